@@ -1,0 +1,436 @@
+//! Command-line syntax, and turning `herd start` flags into an [`AppSpec`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use herd_proto::{AppSpec, Balance, ListenSpec, LogSpec};
+
+/// herd — run any server as a cluster of instances sharing one port.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Start a program as a new app, or start a stopped app again by name, id or `all`.
+    Start(StartArgs),
+    /// Run apps in the foreground without a daemon (containers, first tries).
+    Run(StartArgs),
+    /// Stop apps (they stay listed; their ports are closed).
+    Stop(Target),
+    /// Stop and start apps' instances again.
+    Restart(Target),
+    /// Stop apps and remove them from the list.
+    #[command(alias = "del")]
+    Delete(Target),
+    /// List apps and their instances.
+    #[command(alias = "ls", alias = "status")]
+    List(JsonFlag),
+    /// Show an app's settings and instances.
+    #[command(alias = "show", alias = "info")]
+    Describe(DescribeArgs),
+    /// Show apps' output, and follow it.
+    Logs(LogsArgs),
+    /// Change the number of instances: N, +N or -N.
+    Scale(ScaleArgs),
+    /// Stop every app and the daemon.
+    Kill,
+    /// Check that the daemon answers (and start it).
+    Ping,
+    /// Run the daemon in the foreground (the CLI starts it by itself on first use).
+    #[command(hide = true)]
+    Daemon,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// App name, numeric id, or `all`.
+    pub target: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// App name, numeric id, or `all`.
+    pub target: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// App name, numeric id, or `all` (the default).
+    #[arg(default_value = "all")]
+    pub target: String,
+    /// How many past lines per file.
+    #[arg(long, default_value_t = 15)]
+    pub lines: usize,
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Standard error only.
+    #[arg(long, conflicts_with = "out")]
+    pub err: bool,
+    /// Standard output only.
+    #[arg(long)]
+    pub out: bool,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// App name or id.
+    pub target: String,
+    /// New number of instances, or +N / -N.
+    #[arg(allow_hyphen_values = true)]
+    pub to: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StartArgs {
+    /// Program or script to run (or, for `start`, an existing app's name, id or `all`).
+    pub script: String,
+    /// Arguments for the program (after `--`).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+    /// App name (default: the script's file name without extension).
+    #[arg(short, long)]
+    pub name: Option<String>,
+    /// Number of instances: a number or `max` (one per CPU).
+    #[arg(short = 'i', long = "instances", default_value = "1")]
+    pub instances: String,
+    /// Listen on this TCP port on every IPv4 address (0.0.0.0:PORT).
+    #[arg(short, long)]
+    pub port: Option<u16>,
+    /// Listen on ADDR: HOST:PORT, [V6]:PORT, unix:/path; NAME=ADDR names it in LISTEN_FDNAMES.
+    /// Repeatable.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// How connections are spread: hash (per-instance sockets), sticky (by client address),
+    /// shared (one socket).
+    #[arg(long, default_value = "hash", value_parser = parse_balance)]
+    pub balance: Balance,
+    /// Set an environment variable (KEY=VALUE). Repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Interpreter for the script (default: by extension, e.g. .py → python3, .js → node).
+    #[arg(long)]
+    pub interpreter: Option<String>,
+    /// Working directory (default: the current one).
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// Route to an instance only once it says it is ready (sd_notify READY=1 or IPC).
+    #[arg(long)]
+    pub wait_ready: bool,
+    /// How long a --wait-ready instance has to say so (ms, or 3s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub listen_timeout: Option<Duration>,
+    /// Time between the kill signal and SIGKILL (ms, or 5s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub kill_timeout: Option<Duration>,
+    /// Signal that asks an instance to stop.
+    #[arg(long, default_value = "SIGTERM")]
+    pub kill_signal: String,
+    /// Quick crashes in a row before an instance is marked errored.
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// A run shorter than this counts as a quick crash (ms, or 1s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_uptime: Option<Duration>,
+    /// First restart backoff delay; it doubles up to 15 s (ms, or 100ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub restart_delay: Option<Duration>,
+    /// Do not restart instances that exit.
+    #[arg(long)]
+    pub no_autorestart: bool,
+    /// Exit codes that mean "stopped on purpose" (no restart), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub stop_exit_codes: Vec<i32>,
+    /// Restart an instance whose memory passes this size (e.g. 200M, 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory_restart: Option<u64>,
+    /// Prefix log lines with a timestamp.
+    #[arg(long)]
+    pub time: bool,
+    /// Rotate a log file past this size (default 10M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub log_max_size: Option<u64>,
+    /// Rotated log files to keep (default 3).
+    #[arg(long)]
+    pub log_keep: Option<u32>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_balance(s: &str) -> Result<Balance, String> {
+    match s {
+        "hash" => Ok(Balance::Hash),
+        "sticky" => Ok(Balance::Sticky),
+        "shared" => Ok(Balance::Shared),
+        _ => Err(format!("unknown balance {s:?}; use hash, sticky or shared")),
+    }
+}
+
+/// A duration given as milliseconds (PM2's habit) or with a unit (`5s`, `1m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(s).map_err(|e| {
+        format!("cannot read duration {s:?} ({e}); use milliseconds or a unit, e.g. 5000 or 5s")
+    })
+}
+
+/// A size such as `200M`, `1G`, `512K` or bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.strip_suffix('B').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("cannot read size {s:?}; use e.g. 200M, 1G, 512K"))?;
+    if n < 0.0 {
+        return Err(format!("size {s:?} is negative"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// Interpreter for a script, by extension.
+pub fn interpreter_for(path: &Path) -> Option<&'static str> {
+    match path.extension()?.to_str()? {
+        "py" => Some("python3"),
+        "js" | "cjs" | "mjs" => Some("node"),
+        "sh" => Some("bash"),
+        "rb" => Some("ruby"),
+        "pl" => Some("perl"),
+        "php" => Some("php"),
+        _ => None,
+    }
+}
+
+/// Number of instances from `N` or `max`.
+pub fn parse_instances(s: &str) -> Result<u32> {
+    if s == "max" || s == "-1" {
+        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    }
+    let n: u32 = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("-i takes a number or `max`, not {s:?}"))?;
+    if n == 0 {
+        bail!("-i 0 would run no instance; give at least 1, or -i max for one per CPU");
+    }
+    Ok(n)
+}
+
+impl StartArgs {
+    /// Builds the spec for a new app from the flags, resolving paths against the current
+    /// directory and capturing the current environment.
+    pub fn to_spec(&self) -> Result<AppSpec> {
+        let cwd = match &self.cwd {
+            Some(c) => std::env::current_dir()?.join(c),
+            None => std::env::current_dir().context("reading the current directory")?,
+        };
+        let defaults = AppSpec::default();
+        let mut args = self.args.clone();
+        let as_path = cwd.join(&self.script);
+        let (script, interpreter) = if as_path.exists() {
+            let interp = self
+                .interpreter
+                .clone()
+                .or_else(|| {
+                    // An executable file runs as it is; others by extension.
+                    let exec = is_executable(&as_path);
+                    (!exec
+                        || as_path
+                            .extension()
+                            .is_some_and(|e| e == "js" || e == "mjs" || e == "cjs"))
+                    .then(|| interpreter_for(&as_path).map(str::to_string))
+                    .flatten()
+                })
+                .filter(|i| i != "none");
+            (as_path.display().to_string(), interp)
+        } else if self.script.contains(char::is_whitespace) {
+            // A command line such as "python3 -m http.server".
+            let mut words = self.script.split_whitespace().map(str::to_string);
+            let prog = words.next().expect("has a word");
+            let mut rest: Vec<String> = words.collect();
+            rest.append(&mut args);
+            args = rest;
+            (prog, self.interpreter.clone())
+        } else if self.script.contains('/') || interpreter_for(Path::new(&self.script)).is_some() {
+            bail!(
+                "{} does not exist; check the path (relative paths start from {})",
+                as_path.display(),
+                cwd.display()
+            );
+        } else {
+            (self.script.clone(), self.interpreter.clone())
+        };
+        let name = match &self.name {
+            Some(n) => n.clone(),
+            None => default_name(&script),
+        };
+        let instances = parse_instances(&self.instances)?;
+        let mut listen = Vec::new();
+        if let Some(port) = self.port {
+            listen.push(ListenSpec {
+                name: "http".into(),
+                addr: format!("0.0.0.0:{port}"),
+            });
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            let (name, addr) = match l.split_once('=') {
+                Some((n, a)) if !n.contains(':') && !n.contains('/') => {
+                    (n.to_string(), a.to_string())
+                }
+                _ => (
+                    if i == 0 && self.port.is_none() {
+                        "http".to_string()
+                    } else {
+                        format!("listen{}", listen.len())
+                    },
+                    l.clone(),
+                ),
+            };
+            addr.parse::<herd_core::sockets::ListenAddr>()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            listen.push(ListenSpec { name, addr });
+        }
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        for kv in &self.env {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("--env takes KEY=VALUE, not {kv:?}");
+            };
+            if k.is_empty() {
+                bail!("--env {kv:?} has an empty name");
+            }
+            env.insert(k.to_string(), v.to_string());
+        }
+        if herd_core::supervisor::parse_signal(&self.kill_signal).is_none() {
+            bail!(
+                "unknown signal {:?}; use a name such as SIGTERM, SIGINT or SIGQUIT",
+                self.kill_signal
+            );
+        }
+        let ms = |d: Option<Duration>, default: u64| d.map_or(default, |d| d.as_millis() as u64);
+        let spec = AppSpec {
+            name,
+            script,
+            args,
+            interpreter,
+            interpreter_args: Vec::new(),
+            cwd: cwd.display().to_string(),
+            env,
+            instances,
+            listen,
+            balance: self.balance,
+            kill_signal: self.kill_signal.clone(),
+            kill_timeout_ms: ms(self.kill_timeout, defaults.kill_timeout_ms),
+            wait_ready: self.wait_ready,
+            listen_timeout_ms: ms(self.listen_timeout, defaults.listen_timeout_ms),
+            autorestart: !self.no_autorestart,
+            max_restarts: self.max_restarts.unwrap_or(defaults.max_restarts),
+            min_uptime_ms: ms(self.min_uptime, defaults.min_uptime_ms),
+            restart_delay_ms: ms(self.restart_delay, defaults.restart_delay_ms),
+            max_restart_delay_ms: defaults.max_restart_delay_ms,
+            stop_exit_codes: self.stop_exit_codes.clone(),
+            max_memory_bytes: self.max_memory_restart,
+            log: LogSpec {
+                timestamps: self.time,
+                max_size: self.log_max_size.unwrap_or(defaults.log.max_size),
+                keep: self.log_keep.unwrap_or(defaults.log.keep),
+            },
+        };
+        spec.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(spec)
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `server` for `/srv/server.py`; characters unusable in names become `-`.
+fn default_name(script: &str) -> String {
+    let stem = Path::new(script)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "app".into());
+    let mut name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name = name.trim_start_matches('.').to_string();
+    if !herd_proto::is_valid_name(&name) {
+        name = format!("app-{name}");
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("1500").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("200M").unwrap(), 200 << 20);
+        assert_eq!(parse_size("1gb").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn instances() {
+        assert_eq!(parse_instances("3").unwrap(), 3);
+        assert!(parse_instances("max").unwrap() >= 1);
+        let e = parse_instances("0").unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+        assert!(parse_instances("many").is_err());
+    }
+
+    #[test]
+    fn names_from_scripts() {
+        assert_eq!(default_name("/srv/server.py"), "server");
+        assert_eq!(default_name("/bin/my app"), "my-app");
+        assert_eq!(default_name("/x/123"), "app-123");
+        assert_eq!(interpreter_for(Path::new("a.mjs")), Some("node"));
+    }
+}

@@ -1,0 +1,146 @@
+//! The client side of the control protocol: find or start the daemon, send a request, read
+//! replies. Blocking std I/O: a CLI call is one short exchange, and skipping an async
+//! runtime keeps `herd list` fast.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use herd_daemon::Home;
+use herd_proto::{encode_line, Command, Reply, Request, MAX_CONTROL_LINE};
+
+/// A connection to the daemon.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects to the daemon of `home`, starting it first if none runs.
+    ///
+    /// # Errors
+    /// When the daemon cannot be reached or started.
+    pub fn connect(home: &Home) -> Result<Self> {
+        let path = home.socket();
+        match UnixStream::connect(&path) {
+            Ok(s) => return Self::wrap(s),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot reach the herd daemon at {}", path.display()))
+            }
+        }
+        spawn_daemon(home)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match UnixStream::connect(&path) {
+                Ok(s) => return Self::wrap(s),
+                Err(e) if Instant::now() > deadline => {
+                    bail!(
+                        "the herd daemon did not come up within 10 s ({e}); see {}",
+                        home.daemon_log().display()
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Connects only if a daemon already runs.
+    pub fn connect_existing(home: &Home) -> Option<Self> {
+        UnixStream::connect(home.socket())
+            .ok()
+            .and_then(|s| Self::wrap(s).ok())
+    }
+
+    fn wrap(s: UnixStream) -> Result<Self> {
+        let writer = s.try_clone()?;
+        Ok(Self {
+            reader: BufReader::new(s),
+            writer,
+        })
+    }
+
+    /// Sends one request.
+    ///
+    /// # Errors
+    /// When the daemon has gone away.
+    pub fn send(&mut self, cmd: Command) -> Result<()> {
+        self.writer
+            .write_all(&encode_line(&Request::new(cmd)))
+            .context("sending to the herd daemon")
+    }
+
+    /// Reads the next reply; `None` when the daemon closed the connection.
+    ///
+    /// # Errors
+    /// When a reply cannot be read or understood.
+    pub fn recv(&mut self) -> Result<Option<Reply>> {
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_CONTROL_LINE as u64 * 64)
+            .read_until(b'\n', &mut line)
+            .context("reading from the herd daemon")?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let reply = serde_json::from_slice(&line).with_context(|| {
+            format!(
+                "the daemon answered something this herd does not understand: {}; run `herd kill` to restart it with this version",
+                String::from_utf8_lossy(&line).trim()
+            )
+        })?;
+        Ok(Some(reply))
+    }
+
+    /// Sends a request and reads its one reply.
+    ///
+    /// # Errors
+    /// When the exchange fails.
+    pub fn call(&mut self, cmd: Command) -> Result<Reply> {
+        self.send(cmd)?;
+        self.recv()?
+            .context("the herd daemon closed the connection without answering; see its log (daemon.log in HERD_HOME)")
+    }
+}
+
+use std::io::Read as _;
+
+/// Starts `herd daemon` detached: its own session, output to `daemon.log`.
+fn spawn_daemon(home: &Home) -> Result<()> {
+    home.ensure()
+        .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.daemon_log())
+        .with_context(|| format!("cannot open {}", home.daemon_log().display()))?;
+    let exe = std::env::current_exe().context("finding the herd binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("daemon")
+        .env("HERD_HOME", &home.dir)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the herd daemon")?;
+    // The daemon outlives us; reap it later only if it exits at once (lost the lock race).
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
+}

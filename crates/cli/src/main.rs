@@ -1,0 +1,313 @@
+//! `herd`: the command line and, as `herd daemon`, the daemon itself.
+
+mod args;
+mod client;
+mod output;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use herd_daemon::Home;
+use herd_proto::{Command, ErrorCode, LogStream, Reply, ScaleTo};
+
+use args::{Cli, Cmd};
+use client::Client;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!(": {cause}"));
+            }
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let home = Home::from_env();
+    match cli.cmd {
+        Cmd::Daemon => daemon(&home),
+        Cmd::Run(a) => foreground(&a),
+        Cmd::Start(a) => start(&home, &a),
+        Cmd::Stop(t) => apps_reply(&home, Command::Stop { target: t.target }, t.json),
+        Cmd::Restart(t) => apps_reply(&home, Command::Restart { target: t.target }, t.json),
+        Cmd::Delete(t) => apps_reply(&home, Command::Delete { target: t.target }, t.json),
+        Cmd::List(j) => apps_reply(&home, Command::List, j.json),
+        Cmd::Describe(d) => {
+            let reply = Client::connect(&home)?.call(Command::Describe { target: d.target })?;
+            let apps = expect_apps(reply)?;
+            if d.json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+            } else {
+                for (i, app) in apps.iter().enumerate() {
+                    if i > 0 {
+                        println!();
+                    }
+                    print!("{}", output::describe(app));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Scale(s) => {
+            let to = if let Some(d) = s.to.strip_prefix('+') {
+                ScaleTo::Delta(d.parse().context("scale takes N, +N or -N")?)
+            } else if s.to.starts_with('-') {
+                ScaleTo::Delta(s.to.parse().context("scale takes N, +N or -N")?)
+            } else {
+                ScaleTo::Exactly(
+                    s.to.parse()
+                        .map_err(|_| anyhow::anyhow!("scale takes N, +N or -N, not {:?}", s.to))?,
+                )
+            };
+            apps_reply(
+                &home,
+                Command::Scale {
+                    target: s.target,
+                    to,
+                },
+                s.json,
+            )
+        }
+        Cmd::Logs(l) => logs(&home, l),
+        Cmd::Kill => kill(&home),
+        Cmd::Ping => match Client::connect(&home)?.call(Command::Ping)? {
+            Reply::Pong { version, pid, .. } => {
+                println!(
+                    "herd daemon {version} (pid {pid}) at {}",
+                    home.dir.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            other => unexpected(other),
+        },
+    }
+}
+
+fn start(home: &Home, a: &args::StartArgs) -> Result<ExitCode> {
+    let mut client = Client::connect(home)?;
+    let looks_like_file = std::env::current_dir()?.join(&a.script).exists()
+        || a.script.contains('/')
+        || a.script.contains(char::is_whitespace)
+        || args::interpreter_for(std::path::Path::new(&a.script)).is_some();
+    if !looks_like_file {
+        // `herd start api` starts a stopped app again, as in PM2.
+        match client.call(Command::Resume {
+            target: a.script.clone(),
+        })? {
+            Reply::Error { error, .. } if error.code == ErrorCode::UnknownApp => {
+                // Not an app: maybe a program on PATH.
+            }
+            reply => return print_apps(reply, a.json),
+        }
+    }
+    let spec = a.to_spec()?;
+    let reply = client.call(Command::Start {
+        spec: Box::new(spec),
+    })?;
+    print_apps(reply, a.json)
+}
+
+fn apps_reply(home: &Home, cmd: Command, json: bool) -> Result<ExitCode> {
+    let reply = Client::connect(home)?.call(cmd)?;
+    print_apps(reply, json)
+}
+
+fn print_apps(reply: Reply, json: bool) -> Result<ExitCode> {
+    if let Reply::Done { message, .. } = &reply {
+        if json {
+            println!("{}", serde_json::json!({ "message": message }));
+        } else {
+            println!("{message}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let apps = expect_apps(reply)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+    } else {
+        print!("{}", output::table(&apps));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn expect_apps(reply: Reply) -> Result<Vec<herd_proto::AppInfo>> {
+    match reply {
+        Reply::Apps { apps, .. } => Ok(apps),
+        Reply::Error { error, .. } => bail!("{}", error.message),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+fn unexpected(reply: Reply) -> Result<ExitCode> {
+    match reply {
+        Reply::Error { error, .. } => bail!("{}", error.message),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+fn logs(home: &Home, l: args::LogsArgs) -> Result<ExitCode> {
+    let stream = if l.err {
+        Some(LogStream::Err)
+    } else if l.out {
+        Some(LogStream::Out)
+    } else {
+        None
+    };
+    let mut client = Client::connect(home)?;
+    client.send(Command::Logs {
+        target: l.target,
+        lines: l.lines,
+        follow: l.follow,
+        stream,
+    })?;
+    let stdout = std::io::stdout();
+    loop {
+        match client.recv()? {
+            None | Some(Reply::End { .. }) => return Ok(ExitCode::SUCCESS),
+            Some(Reply::Log {
+                app,
+                instance,
+                stream,
+                line,
+                ..
+            }) => {
+                let mut out = stdout.lock();
+                let text = if l.json {
+                    serde_json::json!({"app": app, "instance": instance, "stream": stream, "line": line})
+                        .to_string()
+                } else {
+                    output::log_line(&app, instance, stream, &line)
+                };
+                if writeln!(out, "{text}").is_err() {
+                    // The reader (e.g. `head`) went away.
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if l.follow {
+                    let _ = out.flush();
+                }
+            }
+            Some(other) => return unexpected(other),
+        }
+    }
+}
+
+fn kill(home: &Home) -> Result<ExitCode> {
+    let Some(mut client) = Client::connect_existing(home) else {
+        println!("no herd daemon runs for {}", home.dir.display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let pid = home.daemon_pid();
+    match client.call(Command::Kill)? {
+        Reply::Done { message, .. } => println!("{message}"),
+        other => return unexpected(other),
+    }
+    // Wait for the process itself to be gone, so a following command starts a fresh one.
+    if let Some(pid) = pid {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn daemon(home: &Home) -> Result<ExitCode> {
+    home.ensure()
+        .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
+    herd_daemon::rotate_daemon_log(home);
+    let Some(_lock) = herd_daemon::take_lock(home)? else {
+        // Another daemon won the race; the client connects to that one.
+        return Ok(ExitCode::SUCCESS);
+    };
+    init_tracing();
+    let swept = herd_core::sweep_leftovers(&home.pids());
+    if swept > 0 {
+        tracing::warn!("killed {swept} processes left by a daemon that died without stopping them");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(herd_daemon::serve(home))
+        .context("running the daemon")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `herd run`: one app in the foreground, output to our stdout/stderr, stop on SIGINT/SIGTERM.
+fn foreground(a: &args::StartArgs) -> Result<ExitCode> {
+    let spec = a.to_spec()?;
+    let dir = tempfile::Builder::new()
+        .prefix("herd-run-")
+        .tempdir()
+        .context("creating a runtime directory")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let (sup, mut done) = herd_core::Supervisor::start(herd_core::Config {
+            log_dir: dir.path().join("logs"),
+            notify_path: dir.path().join("notify.sock"),
+            pids_file: None,
+        })?;
+        let mut logs = sup.subscribe_logs();
+        let printer = tokio::spawn(async move {
+            loop {
+                match logs.recv().await {
+                    Ok(ev) => {
+                        let line = output::log_line(&ev.app, ev.instance, ev.stream, &ev.line);
+                        match ev.stream {
+                            LogStream::Out => println!("{line}"),
+                            LogStream::Err => eprintln!("{line}"),
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("[herd] {n} log lines skipped")
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        match sup
+            .request(Command::Start {
+                spec: Box::new(spec),
+            })
+            .await
+        {
+            Reply::Apps { apps, .. } => eprint!("{}", output::table(&apps)),
+            Reply::Error { error, .. } => bail!("{}", error.message),
+            _ => {}
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = &mut done => return Ok(ExitCode::SUCCESS),
+        }
+        eprintln!("[herd] stopping");
+        sup.request(Command::Kill).await;
+        let _ = done.await;
+        printer.abort();
+        Ok(ExitCode::SUCCESS)
+    })
+}

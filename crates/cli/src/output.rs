@@ -1,0 +1,209 @@
+//! How replies are shown to people: tables, describe pages, log lines.
+
+use herd_proto::{AppInfo, AppStatus, LogStream, ProcessStatus};
+
+fn human_bytes(b: u64) -> String {
+    const K: f64 = 1024.0;
+    let b = b as f64;
+    if b >= K * K * K {
+        format!("{:.1}gb", b / (K * K * K))
+    } else if b >= K * K {
+        format!("{:.1}mb", b / (K * K))
+    } else if b >= K {
+        format!("{:.1}kb", b / K)
+    } else {
+        format!("{b}b")
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// The `herd list` table: one row per instance.
+pub fn table(apps: &[AppInfo]) -> String {
+    let header = [
+        "id", "name", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "port",
+    ];
+    let mut rows: Vec<[String; 10]> = Vec::new();
+    for app in apps {
+        let port = app
+            .port
+            .map(|p| p.to_string())
+            .or_else(|| app.listen.first().cloned())
+            .unwrap_or_else(|| "-".into());
+        if app.processes.is_empty() {
+            rows.push([
+                app.id.to_string(),
+                app.name.clone(),
+                "-".into(),
+                "-".into(),
+                match app.status {
+                    AppStatus::Running => "running".into(),
+                    AppStatus::Stopped => "stopped".into(),
+                },
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                port.clone(),
+            ]);
+        }
+        for p in &app.processes {
+            rows.push([
+                app.id.to_string(),
+                app.name.clone(),
+                p.instance.to_string(),
+                p.pid.map_or("-".into(), |p| p.to_string()),
+                p.status.as_str().into(),
+                p.restarts.to_string(),
+                p.uptime_ms.map_or("-".into(), human_ms),
+                p.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
+                p.memory_bytes.map_or("-".into(), human_bytes),
+                port.clone(),
+            ]);
+        }
+    }
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            s.push_str(&format!("{:<w$}", c, w = widths[i]));
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    if apps.is_empty() {
+        out.push_str("(no apps; start one with `herd start <program> -i 2 --port 8000`)\n");
+    }
+    out
+}
+
+/// The `herd describe` page.
+pub fn describe(app: &AppInfo) -> String {
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| out.push_str(&format!("{k:>16}: {v}\n"));
+    kv("name", app.name.clone());
+    kv("id", app.id.to_string());
+    kv(
+        "status",
+        match app.status {
+            AppStatus::Running => "running".into(),
+            AppStatus::Stopped => "stopped".into(),
+        },
+    );
+    kv("listen", app.listen.join(", "));
+    kv("balance", app.balance.as_str().into());
+    if let Some(spec) = &app.spec {
+        let cmd = match &spec.interpreter {
+            Some(i) => format!("{i} {} {}", spec.script, spec.args.join(" ")),
+            None => format!("{} {}", spec.script, spec.args.join(" ")),
+        };
+        kv("command", cmd.trim_end().to_string());
+        kv("cwd", spec.cwd.clone());
+        kv("instances", spec.instances.to_string());
+        kv(
+            "kill",
+            format!(
+                "{} then SIGKILL after {} ms",
+                spec.kill_signal, spec.kill_timeout_ms
+            ),
+        );
+        kv(
+            "ready",
+            if spec.wait_ready {
+                format!("wait for ready signal, up to {} ms", spec.listen_timeout_ms)
+            } else {
+                "at once".into()
+            },
+        );
+        kv(
+            "restart",
+            if spec.autorestart {
+                format!(
+                    "backoff {}..{} ms; errored after {} runs shorter than {} ms",
+                    spec.restart_delay_ms,
+                    spec.max_restart_delay_ms,
+                    spec.max_restarts,
+                    spec.min_uptime_ms
+                )
+            } else {
+                "never".into()
+            },
+        );
+        if !spec.stop_exit_codes.is_empty() {
+            kv("stop exit codes", format!("{:?}", spec.stop_exit_codes));
+        }
+        if let Some(m) = spec.max_memory_bytes {
+            kv("max memory", human_bytes(m));
+        }
+        kv(
+            "logs",
+            format!(
+                "rotate at {}, keep {}{}",
+                human_bytes(spec.log.max_size),
+                spec.log.keep,
+                if spec.log.timestamps {
+                    ", timestamps"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    out.push('\n');
+    out.push_str(&table(std::slice::from_ref(app)));
+    for p in &app.processes {
+        if let Some(e) = &p.last_exit {
+            if p.status != ProcessStatus::Online {
+                let how = match (&e.code, &e.signal) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (_, Some(s)) => format!("signal {s}"),
+                    _ => "unknown".into(),
+                };
+                out.push_str(&format!("instance {} last ended with {how}\n", p.instance));
+            }
+        }
+    }
+    out
+}
+
+/// One log line as printed by `herd logs`.
+pub fn log_line(app: &str, instance: u32, stream: LogStream, line: &str) -> String {
+    match stream {
+        LogStream::Out => format!("{app}:{instance} | {line}"),
+        LogStream::Err => format!("{app}:{instance} ! {line}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn humane_units() {
+        assert_eq!(human_bytes(1536), "1.5kb");
+        assert_eq!(human_bytes(5 << 20), "5.0mb");
+        assert_eq!(human_ms(61_000), "1m");
+        assert_eq!(human_ms(999), "0s");
+    }
+}

@@ -1,0 +1,15 @@
+//! herd's core: listening sockets shared by instances, spawning, supervision with restart
+//! policy, log capture and the per-instance channels. Used by the daemon and by `herd run`.
+//!
+//! It owns processes and sockets; it does not own the control socket, the CLI or persistence.
+
+pub mod ipc;
+pub mod logs;
+pub mod notify;
+pub mod policy;
+pub mod sockets;
+pub mod spawn;
+pub mod stats;
+pub mod supervisor;
+
+pub use supervisor::{log_path, sweep_leftovers, Config, LogRef, Supervisor};

@@ -1,0 +1,283 @@
+//! Capture of instances' output: pipes read by the daemon, written to
+//! `HERD_HOME/logs/<app>-<i>.out|.err` with size-based rotation, and fanned out to whoever
+//! follows the logs.
+//!
+//! The daemon reads every pipe as soon as data arrives and writes it to the page cache, so an
+//! app that writes fast is not slowed by herd; followers get lines through a bounded broadcast
+//! channel, and a follower that cannot keep up loses lines (counted), never the app.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use herd_proto::{LogSpec, LogStream};
+use tokio::io::AsyncReadExt;
+use tokio::sync::broadcast;
+
+/// One line of output, as sent to followers.
+#[derive(Debug, Clone)]
+pub struct LogEvent {
+    /// App name.
+    pub app: Arc<str>,
+    /// Instance number.
+    pub instance: u32,
+    /// Which stream.
+    pub stream: LogStream,
+    /// The line, without newline.
+    pub line: String,
+}
+
+/// Channel that carries [`LogEvent`]s to followers.
+pub type LogBus = broadcast::Sender<Arc<LogEvent>>;
+
+/// A log file that rotates itself: `x.out` → `x.out.1` → … → `x.out.<keep>`.
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: u64,
+    keep: u32,
+}
+
+/// A log file shared by the processes of one slot (during a reload two write to it).
+pub type SharedLog = Arc<Mutex<LogFile>>;
+
+impl LogFile {
+    /// Opens (appending) or creates the file.
+    ///
+    /// # Errors
+    /// When the file cannot be opened.
+    pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
+        let file = open_append(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path,
+            file,
+            size,
+            max_size: spec.max_size.max(1024),
+            keep: spec.keep,
+        })
+    }
+
+    /// Appends bytes, rotating first if they would pass the size limit.
+    ///
+    /// # Errors
+    /// When writing or rotating fails.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + bytes.len() as u64 > self.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if self.keep == 0 {
+            self.file.set_len(0)?;
+            self.file.seek(SeekFrom::Start(0))?;
+            self.size = 0;
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(numbered(self.keep));
+        for n in (1..self.keep).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        std::fs::rename(&self.path, numbered(1))?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// Where one stream of one process goes.
+#[derive(Debug, Clone)]
+pub struct PumpTarget {
+    /// App name.
+    pub app: Arc<str>,
+    /// Instance number.
+    pub instance: u32,
+    /// Which stream.
+    pub stream: LogStream,
+    /// The slot's file.
+    pub file: SharedLog,
+    /// Prefix lines with a timestamp.
+    pub timestamps: bool,
+    /// Followers.
+    pub bus: LogBus,
+}
+
+/// Longest partial line kept while waiting for its newline; longer ones are cut.
+const MAX_PARTIAL: usize = 64 * 1024;
+
+/// Copies a process's pipe to its log until the pipe closes (the process and all its children
+/// exited or closed it).
+pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(app = %t.app, instance = t.instance, "log pipe read failed: {e}");
+                break;
+            }
+        };
+        let chunk = &buf[..n];
+        let followers = t.bus.receiver_count() > 0;
+        if !t.timestamps && !followers {
+            // Fast path: nobody needs lines, so the bytes go to the file as they are.
+            write_log(&t, chunk);
+            continue;
+        }
+        partial.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(partial.len() + 64);
+        let mut start = 0;
+        while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
+            let line = &partial[start..start + pos];
+            emit_line(&t, line, followers, &mut out);
+            start += pos + 1;
+        }
+        partial.drain(..start);
+        if partial.len() > MAX_PARTIAL {
+            let line = std::mem::take(&mut partial);
+            emit_line(&t, &line, followers, &mut out);
+        }
+        write_log(&t, &out);
+    }
+    if !partial.is_empty() {
+        let mut out = Vec::new();
+        emit_line(&t, &partial, t.bus.receiver_count() > 0, &mut out);
+        write_log(&t, &out);
+    }
+}
+
+fn emit_line(t: &PumpTarget, line: &[u8], followers: bool, out: &mut Vec<u8>) {
+    if t.timestamps {
+        out.extend_from_slice(
+            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                .to_string()
+                .as_bytes(),
+        );
+        out.push(b' ');
+    }
+    out.extend_from_slice(line);
+    out.push(b'\n');
+    if followers {
+        let _ = t.bus.send(Arc::new(LogEvent {
+            app: t.app.clone(),
+            instance: t.instance,
+            stream: t.stream,
+            line: String::from_utf8_lossy(line).into_owned(),
+        }));
+    }
+}
+
+fn write_log(t: &PumpTarget, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let mut f = t
+        .file
+        .lock()
+        .expect("log lock is never poisoned: no panics while held");
+    if let Err(e) = f.write(bytes) {
+        tracing::warn!(path = %f.path.display(), "cannot write log: {e}");
+    }
+}
+
+/// The last `n` lines of a log file and, if it holds fewer, of its first rotated file.
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut lines = tail_one(path, n);
+    if lines.len() < n {
+        let older = PathBuf::from(format!("{}.1", path.display()));
+        let mut before = tail_one(&older, n - lines.len());
+        before.append(&mut lines);
+        lines = before;
+    }
+    lines
+}
+
+fn tail_one(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let Ok(len) = f.seek(SeekFrom::End(0)) else {
+        return Vec::new();
+    };
+    // Read backwards in blocks until enough newlines are seen.
+    let mut pos = len;
+    let mut data: Vec<u8> = Vec::new();
+    while pos > 0 {
+        let step = pos.min(64 * 1024);
+        pos -= step;
+        let mut block = vec![0u8; step as usize];
+        if f.seek(SeekFrom::Start(pos)).is_err() || f.read_exact(&mut block).is_err() {
+            break;
+        }
+        block.extend_from_slice(&data);
+        data = block;
+        if data.iter().filter(|&&b| b == b'\n').count() > n {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&data);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_by_size_and_keeps_n() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a-0.out");
+        let spec = LogSpec {
+            timestamps: false,
+            max_size: 1024,
+            keep: 2,
+        };
+        let mut f = LogFile::open(path.clone(), &spec).unwrap();
+        let line = [b'x'; 99];
+        for _ in 0..40 {
+            f.write(&line).unwrap();
+            f.write(b"\n").unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= 1024);
+        assert!(dir.path().join("a-0.out.1").exists());
+        assert!(dir.path().join("a-0.out.2").exists());
+        assert!(!dir.path().join("a-0.out.3").exists());
+    }
+
+    #[test]
+    fn tail_reads_last_lines_across_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a-0.out");
+        std::fs::write(dir.path().join("a-0.out.1"), "one\ntwo\nthree\n").unwrap();
+        std::fs::write(&path, "four\nfive\n").unwrap();
+        assert_eq!(tail(&path, 3), vec!["three", "four", "five"]);
+        assert_eq!(tail(&path, 1), vec!["five"]);
+    }
+}

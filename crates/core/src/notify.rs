@@ -1,0 +1,120 @@
+//! The `NOTIFY_SOCKET` every instance gets: a Unix datagram socket on which programs that
+//! speak systemd's `sd_notify` protocol say `READY=1`. The sender is identified by its
+//! credentials (`SCM_CREDENTIALS`), not by anything it writes.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
+use tokio::io::Interest;
+use tokio::net::UnixDatagram;
+
+/// What a notify datagram said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Pid of the sending process (from the kernel, not the message).
+    pub pid: u32,
+    /// `READY=1` was in it.
+    pub ready: bool,
+    /// `STATUS=…`, if any.
+    pub status: Option<String>,
+}
+
+/// Binds the notify socket at `path` (replacing a stale one).
+///
+/// # Errors
+/// When the socket cannot be bound.
+pub fn bind(path: &Path) -> io::Result<UnixDatagram> {
+    let _ = std::fs::remove_file(path);
+    let sock = UnixDatagram::bind(path)?;
+    setsockopt(&sock, sockopt::PassCred, &true).map_err(io::Error::from)?;
+    Ok(sock)
+}
+
+/// Receives notices forever, calling `on_notice` for each well-formed one.
+pub async fn serve(sock: UnixDatagram, mut on_notice: impl FnMut(Notice)) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let got = sock
+            .async_io(Interest::READABLE, || {
+                let mut iov = [io::IoSliceMut::new(&mut buf)];
+                let mut cmsg = nix::cmsg_space!(nix::libc::ucred);
+                let msg = recvmsg::<()>(
+                    sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(io::Error::from)?;
+                let mut pid = None;
+                for c in msg.cmsgs().map_err(io::Error::from)? {
+                    if let ControlMessageOwned::ScmCredentials(cred) = c {
+                        pid = Some(cred.pid() as u32);
+                    }
+                }
+                Ok((msg.bytes, pid))
+            })
+            .await;
+        match got {
+            Ok((n, Some(pid))) => {
+                if let Some(notice) = parse(pid, &buf[..n]) {
+                    on_notice(notice);
+                }
+            }
+            Ok((_, None)) => tracing::debug!("notify datagram without credentials ignored"),
+            Err(e) => {
+                tracing::warn!("notify socket: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn parse(pid: u32, data: &[u8]) -> Option<Notice> {
+    let text = std::str::from_utf8(data).ok()?;
+    let mut notice = Notice {
+        pid,
+        ready: false,
+        status: None,
+    };
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("READY", "1")) => notice.ready = true,
+            Some(("STATUS", s)) => notice.status = Some(s.to_string()),
+            _ => {}
+        }
+    }
+    Some(notice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ready_and_status() {
+        let n = parse(7, b"STATUS=warming up\nREADY=1\n").unwrap();
+        assert!(n.ready);
+        assert_eq!(n.status.as_deref(), Some("warming up"));
+        assert!(!parse(7, b"WATCHDOG=1").unwrap().ready);
+        assert!(parse(7, &[0xff, 0xfe]).is_none());
+    }
+
+    #[tokio::test]
+    async fn receives_from_a_real_sender_with_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = bind(&path).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(serve(sock, move |n| {
+            let _ = tx.send(n);
+        }));
+        let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        client.send_to(b"READY=1", &path).unwrap();
+        let n = rx.recv().await.unwrap();
+        assert_eq!(n.pid, std::process::id());
+        assert!(n.ready);
+        task.abort();
+    }
+}

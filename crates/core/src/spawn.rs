@@ -1,0 +1,389 @@
+//! Starting an instance process: fork, set up the child, exec.
+//!
+//! This is the one module of herd with `unsafe` process code. Everything the child needs is
+//! prepared before `fork`; between `fork` and `exec` the child calls only async-signal-safe
+//! functions (no allocation, no locks), as a forked copy of a threaded process must.
+//!
+//! The child:
+//! - becomes a session and process-group leader (`setsid`), so a signal to the group reaches
+//!   everything it starts;
+//! - gets `SIGKILL` when the daemon dies (`PR_SET_PDEATHSIG`), so no instance outlives it;
+//! - gets the listening sockets as fds `3..3+n`, then any extra fds, and `LISTEN_PID` set to
+//!   its own pid (written into a buffer prepared before `fork`), as socket activation asks;
+//! - has default signal dispositions and an empty signal mask, whatever the daemon had.
+//!
+//! If `exec` fails, the child reports the error through a close-on-exec pipe, so the caller
+//! gets "not found" or "permission denied" instead of an instance that dies with code 127.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// What to start.
+#[derive(Debug)]
+pub struct SpawnRequest<'a> {
+    /// Path of the executable (absolute, or relative to the daemon's cwd).
+    pub program: PathBuf,
+    /// `argv`, including `argv[0]`.
+    pub argv: Vec<String>,
+    /// The whole environment of the child. `LISTEN_PID` is added when `fds` is not empty.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Listening sockets, placed at fds 3, 4, … in order.
+    pub listen_fds: Vec<BorrowedFd<'a>>,
+    /// Further fds, placed right after the listening sockets.
+    pub extra_fds: Vec<BorrowedFd<'a>>,
+    /// Becomes fd 0.
+    pub stdin: OwnedFd,
+    /// Becomes fd 1.
+    pub stdout: OwnedFd,
+    /// Becomes fd 2.
+    pub stderr: OwnedFd,
+}
+
+/// Why a process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// `fork` itself failed (out of processes or memory).
+    #[error("cannot create a process: {0}")]
+    Fork(io::Error),
+    /// The working directory could not be entered.
+    #[error("cannot enter working directory {path}: {source}")]
+    Cwd {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// `exec` failed.
+    #[error("cannot run {path}: {source}{hint}")]
+    Exec {
+        /// The program.
+        path: String,
+        /// Why.
+        source: io::Error,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// An argument or variable held a NUL byte.
+    #[error("an argument or environment variable contains a NUL byte")]
+    Nul,
+}
+
+const STAGE_CWD: u32 = 1;
+const STAGE_EXEC: u32 = 2;
+const STAGE_SETUP: u32 = 3;
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// Starts the process and returns its pid once `exec` has succeeded.
+///
+/// # Errors
+/// [`SpawnError`], worded for the user.
+pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
+    let program = cstring(req.program.as_os_str())?;
+    let argv: Vec<CString> = req
+        .argv
+        .iter()
+        .map(|a| cstring(OsStr::new(a)))
+        .collect::<Result<_, _>>()?;
+    let mut env: Vec<Vec<u8>> = Vec::with_capacity(req.env.len() + 1);
+    for (k, v) in &req.env {
+        if k == "LISTEN_PID" {
+            continue;
+        }
+        let mut e = Vec::with_capacity(k.len() + v.len() + 2);
+        e.extend_from_slice(k.as_bytes());
+        e.push(b'=');
+        e.extend_from_slice(v.as_bytes());
+        if e.contains(&0) {
+            return Err(SpawnError::Nul);
+        }
+        e.push(0);
+        env.push(e);
+    }
+    // Room for the pid, written by the child into its own copy of this buffer.
+    let listen_pid_slot = (!req.listen_fds.is_empty()).then(|| {
+        let mut e = LISTEN_PID_PREFIX.to_vec();
+        e.resize(LISTEN_PID_PREFIX.len() + 12, 0);
+        env.push(e);
+        env.len() - 1
+    });
+    let cwd = cstring(req.cwd.as_os_str())?;
+
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*mut libc::c_char> = env
+        .iter_mut()
+        .map(|e| e.as_mut_ptr().cast::<libc::c_char>())
+        .collect();
+    env_ptrs.push(std::ptr::null_mut());
+    let listen_pid_buf: *mut u8 = match listen_pid_slot {
+        Some(i) => env_ptrs[i].cast::<u8>(),
+        None => std::ptr::null_mut(),
+    };
+
+    // fd plan: (source, target). Targets are 0..=2, then 3.. for listeners and extras.
+    let mut plan: Vec<(RawFd, RawFd)> = vec![
+        (req.stdin.as_raw_fd(), 0),
+        (req.stdout.as_raw_fd(), 1),
+        (req.stderr.as_raw_fd(), 2),
+    ];
+    for (i, fd) in req
+        .listen_fds
+        .iter()
+        .chain(req.extra_fds.iter())
+        .enumerate()
+    {
+        plan.push((fd.as_raw_fd(), 3 + i as RawFd));
+    }
+    let high_water = 3 + plan.len() as RawFd;
+    let mut scratch: Vec<RawFd> = vec![-1; plan.len()];
+
+    let (err_read, err_write) = pipe_cloexec().map_err(SpawnError::Fork)?;
+    let parent_pid = std::process::id() as libc::pid_t;
+
+    // SAFETY: after fork the child runs only `child_after_fork`, which uses async-signal-safe
+    // calls on memory prepared above and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Fork(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: see above; every pointer is valid in the child's copy of the address space.
+        unsafe {
+            child_after_fork(ChildPlan {
+                parent_pid,
+                program: program.as_ptr(),
+                argv: argv_ptrs.as_ptr(),
+                envp: env_ptrs.as_ptr(),
+                cwd: cwd.as_ptr(),
+                plan: &plan,
+                scratch: &mut scratch,
+                high_water,
+                listen_pid_buf,
+                err_fd: err_write.as_raw_fd(),
+            })
+        }
+    }
+    drop(err_write);
+    drop(req.stdin);
+    drop(req.stdout);
+    drop(req.stderr);
+
+    let mut report = [0u8; 8];
+    let n = read_full(&err_read, &mut report);
+    if n == 8 {
+        let stage = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+        let source = io::Error::from_raw_os_error(errno);
+        // The child has exited with 127; the reaper collects it.
+        return Err(match stage {
+            STAGE_CWD => SpawnError::Cwd {
+                path: req.cwd.display().to_string(),
+                source,
+            },
+            STAGE_EXEC => SpawnError::Exec {
+                path: req.program.display().to_string(),
+                hint: match errno {
+                    libc::ENOENT => "; check the path, or the interpreter named in its #! line",
+                    libc::EACCES => "; make it executable (chmod +x) or give an interpreter",
+                    libc::ENOEXEC => "; it is not a program: give an interpreter (--interpreter)",
+                    _ => "",
+                },
+                source,
+            },
+            _ => SpawnError::Fork(source),
+        });
+    }
+    Ok(pid as u32)
+}
+
+struct ChildPlan<'a> {
+    parent_pid: libc::pid_t,
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *mut libc::c_char,
+    cwd: *const libc::c_char,
+    plan: &'a [(RawFd, RawFd)],
+    scratch: &'a mut [RawFd],
+    high_water: RawFd,
+    listen_pid_buf: *mut u8,
+    err_fd: RawFd,
+}
+
+/// Runs in the forked child. Only async-signal-safe calls; never returns.
+unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
+    let fail = |stage: u32| -> ! {
+        let errno = *libc::__errno_location();
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&stage.to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(p.err_fd, msg.as_ptr().cast(), 8);
+        libc::_exit(127)
+    };
+
+    // Signal state: empty mask, default dispositions (the daemon ignores SIGPIPE, and ignored
+    // signals survive exec).
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+
+    if libc::setsid() < 0 {
+        fail(STAGE_SETUP);
+    }
+    libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    );
+    // The daemon may have died between fork and prctl; then nobody would kill us.
+    if libc::getppid() != p.parent_pid {
+        libc::_exit(1);
+    }
+
+    // Move every source above all targets first, so no dup2 overwrites a source still needed.
+    for (i, &(src, _)) in p.plan.iter().enumerate() {
+        let tmp = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, p.high_water);
+        if tmp < 0 {
+            fail(STAGE_SETUP);
+        }
+        p.scratch[i] = tmp;
+    }
+    for (i, &(_, target)) in p.plan.iter().enumerate() {
+        // dup2 clears FD_CLOEXEC on the target, so these survive exec; the scratch copies,
+        // and every other fd of the daemon (all opened close-on-exec), do not.
+        if libc::dup2(p.scratch[i], target) < 0 {
+            fail(STAGE_SETUP);
+        }
+    }
+
+    if libc::chdir(p.cwd) < 0 {
+        fail(STAGE_CWD);
+    }
+
+    if !p.listen_pid_buf.is_null() {
+        write_decimal(
+            p.listen_pid_buf.add(LISTEN_PID_PREFIX.len()),
+            libc::getpid() as u32,
+        );
+    }
+
+    libc::execve(p.program, p.argv, p.envp.cast());
+    fail(STAGE_EXEC)
+}
+
+/// Writes `n` in decimal followed by NUL at `out` (at most 11 bytes).
+unsafe fn write_decimal(out: *mut u8, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        *out.add(i) = digits[len - 1 - i];
+    }
+    *out.add(len) = 0;
+}
+
+fn cstring(s: &OsStr) -> Result<CString, SpawnError> {
+    CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul)
+}
+
+/// A pipe whose both ends are close-on-exec.
+pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    Ok((r, w))
+}
+
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// Finds `name` on `path_var` (a `PATH` value) the way `execvp` would, or checks a path.
+///
+/// # Errors
+/// A message naming the problem and the fix.
+pub fn resolve_program(name: &str, path_var: Option<&str>, cwd: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = if Path::new(name).is_absolute() {
+            PathBuf::from(name)
+        } else {
+            cwd.join(name)
+        };
+        return match std::fs::metadata(&p) {
+            Err(_) => Err(format!("{} does not exist; check the path", p.display())),
+            Ok(m) if m.is_dir() => Err(format!("{} is a directory, not a program", p.display())),
+            Ok(_) if !is_exec(&p) => Err(format!(
+                "{} is not executable; run chmod +x on it or give an interpreter (--interpreter)",
+                p.display()
+            )),
+            Ok(_) => Ok(p),
+        };
+    }
+    let path_var = path_var.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(name);
+        if is_exec(&p) {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "{name} was not found on PATH; install it or give its full path"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal() {
+        let mut buf = [0xffu8; 12];
+        unsafe { write_decimal(buf.as_mut_ptr(), 4_194_304) };
+        assert_eq!(&buf[..8], b"4194304\0");
+        unsafe { write_decimal(buf.as_mut_ptr(), 0) };
+        assert_eq!(&buf[..2], b"0\0");
+    }
+
+    #[test]
+    fn resolves_on_path() {
+        let sh = resolve_program("sh", Some("/nonexistent:/bin:/usr/bin"), Path::new("/")).unwrap();
+        assert!(sh.ends_with("sh"));
+        let err =
+            resolve_program("no-such-program-herd", Some("/bin"), Path::new("/")).unwrap_err();
+        assert!(err.contains("not found on PATH"));
+        let err = resolve_program("./missing.py", None, Path::new("/tmp")).unwrap_err();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,1493 @@
+//! The supervisor: one task that owns every app, slot and process, driven by events.
+//!
+//! Control requests, child exits (from the `SIGCHLD` reaper), readiness notices, IPC messages
+//! and timers all arrive as [`Event`]s on one channel and are handled one at a time, so the
+//! state needs no locks and nothing polls while idle. A [`Supervisor`] is the cloneable
+//! handle that sends requests in.
+//!
+//! After every event the supervisor re-derives what follows from the state: which slots are
+//! routed (and re-attaches the reuseport selector if that changed), which sockets can close,
+//! which deleted apps can go, and which waiting requests can be answered.
+//!
+//! It does not own the control socket (the daemon does) or print anything (`herd run` does).
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herd_proto::{
+    AppInfo, AppSpec, AppStatus, Command, ErrorCode, ExitInfo, LogStream, ProcessInfo,
+    ProcessStatus, Reply, ScaleTo, PROTOCOL_VERSION,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::ipc::{self, Inbound};
+use crate::logs::{self, LogBus, LogEvent, LogFile, PumpTarget, SharedLog};
+use crate::notify::{self, Notice};
+use crate::policy::{self, Decision, History};
+use crate::sockets::{ListenAddr, Listener};
+use crate::spawn::{self, SpawnRequest};
+use crate::stats::{self, Sample};
+
+/// How long a scale-down waits for a steered-out slot's queue to empty before stopping it.
+const DRAIN_MAX: Duration = Duration::from_secs(2);
+/// How often a draining slot's queue is looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How often instances are checked against `max_memory_bytes`, when one is set.
+const MEMORY_CHECK: Duration = Duration::from_secs(1);
+
+/// Where the supervisor keeps its files.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of `<app>-<i>.out|.err`.
+    pub log_dir: PathBuf,
+    /// Path of the `NOTIFY_SOCKET` given to instances.
+    pub notify_path: PathBuf,
+    /// File listing the session ids of running instances, for [`sweep_leftovers`].
+    pub pids_file: Option<PathBuf>,
+}
+
+/// A log file of an instance, for `herd logs`.
+#[derive(Debug, Clone)]
+pub struct LogRef {
+    /// App name.
+    pub app: String,
+    /// Instance number.
+    pub instance: u32,
+    /// Which stream.
+    pub stream: LogStream,
+    /// The live file.
+    pub path: PathBuf,
+}
+
+enum Event {
+    Request {
+        cmd: Command,
+        reply: oneshot::Sender<Reply>,
+    },
+    LogFiles {
+        target: String,
+        stream: Option<LogStream>,
+        reply: oneshot::Sender<Result<Vec<LogRef>, Reply>>,
+    },
+    Exited {
+        pid: u32,
+        status: WaitStatus,
+    },
+    Notice(Notice),
+    Ipc {
+        pid: u32,
+        msg: Inbound,
+    },
+    Timer {
+        app: u32,
+        slot: u32,
+        gen: u64,
+    },
+    MemoryCheck {
+        app: u32,
+    },
+}
+
+/// Handle to the supervisor task.
+#[derive(Clone)]
+pub struct Supervisor {
+    tx: mpsc::UnboundedSender<Event>,
+    logs: LogBus,
+}
+
+impl Supervisor {
+    /// Starts the supervisor, its reaper and its notify socket on the current tokio runtime.
+    /// The returned future completes after a [`Command::Kill`] has stopped every app.
+    ///
+    /// # Errors
+    /// When the notify socket or the `SIGCHLD` handler cannot be set up.
+    pub fn start(config: Config) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+        std::fs::create_dir_all(&config.log_dir)?;
+        // Orphaned grandchildren of instances are re-parented to us and reaped, not left as
+        // zombies or handed to init unseen.
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (logs, _) = broadcast::channel(4096);
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let reaper_tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                reap_all(&reaper_tx);
+                if sigchld.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+        let notify_sock = notify::bind(&config.notify_path)?;
+        let notify_tx = tx.clone();
+        tokio::spawn(notify::serve(notify_sock, move |n| {
+            let _ = notify_tx.send(Event::Notice(n));
+        }));
+        let state = State {
+            cfg: config,
+            tx: tx.clone(),
+            logs: logs.clone(),
+            apps: BTreeMap::new(),
+            next_id: 0,
+            pids: HashMap::new(),
+            waiters: Vec::new(),
+            shutting_down: false,
+            done: false,
+        };
+        let task = tokio::spawn(state.run(rx));
+        Ok((Self { tx, logs }, task))
+    }
+
+    /// Sends a command and waits for its reply.
+    pub async fn request(&self, cmd: Command) -> Reply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Event::Request { cmd, reply }).is_err() {
+            return Reply::error(ErrorCode::ShuttingDown, "the daemon is shutting down");
+        }
+        rx.await.unwrap_or_else(|_| {
+            Reply::error(ErrorCode::ShuttingDown, "the daemon is shutting down")
+        })
+    }
+
+    /// The log files of the apps `target` names.
+    ///
+    /// # Errors
+    /// An error reply when no app matches.
+    pub async fn log_files(
+        &self,
+        target: String,
+        stream: Option<LogStream>,
+    ) -> Result<Vec<LogRef>, Reply> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || Reply::error(ErrorCode::ShuttingDown, "the daemon is shutting down");
+        if self
+            .tx
+            .send(Event::LogFiles {
+                target,
+                stream,
+                reply,
+            })
+            .is_err()
+        {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// New output lines of every instance, from now on.
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogEvent>> {
+        self.logs.subscribe()
+    }
+}
+
+/// Collects every exited child without blocking and reports it.
+fn reap_all(tx: &mpsc::UnboundedSender<Event>) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    let _ = tx.send(Event::Exited {
+                        pid: pid.as_raw() as u32,
+                        status,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What a slot does once its process has exited after a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Stay,
+    Restart,
+    Remove,
+}
+
+struct Proc {
+    pid: u32,
+    since: Instant,
+    sample: Option<Sample>,
+    /// Write half of the IPC channel, kept for messages to the instance.
+    _ipc: Option<tokio::net::unix::OwnedWriteHalf>,
+}
+
+enum SlotState {
+    /// Started; waiting for it to say it is ready (`wait_ready`). Not routed.
+    Starting(Proc),
+    /// Serving and routed.
+    Online(Proc),
+    /// Being removed by a scale-down: not routed, emptying its queue.
+    Draining {
+        proc: Proc,
+        since: Instant,
+    },
+    /// Sent its stop signal; SIGKILL follows at the kill timeout.
+    Stopping {
+        proc: Proc,
+        then: Then,
+    },
+    /// Crashed; restarts at the deadline.
+    WaitingRestart,
+    Stopped,
+    Exited,
+    Errored,
+    /// Removed by a scale-down; dropped from the app right after.
+    Gone,
+}
+
+impl SlotState {
+    fn proc(&self) -> Option<&Proc> {
+        match self {
+            SlotState::Starting(p) | SlotState::Online(p) => Some(p),
+            SlotState::Draining { proc, .. } | SlotState::Stopping { proc, .. } => Some(proc),
+            _ => None,
+        }
+    }
+
+    fn proc_mut(&mut self) -> Option<&mut Proc> {
+        match self {
+            SlotState::Starting(p) | SlotState::Online(p) => Some(p),
+            SlotState::Draining { proc, .. } | SlotState::Stopping { proc, .. } => Some(proc),
+            _ => None,
+        }
+    }
+
+    fn status(&self) -> ProcessStatus {
+        match self {
+            SlotState::Starting(_) => ProcessStatus::Starting,
+            SlotState::Online(_) => ProcessStatus::Online,
+            SlotState::Draining { .. } | SlotState::Stopping { .. } => ProcessStatus::Stopping,
+            SlotState::WaitingRestart => ProcessStatus::WaitingRestart,
+            SlotState::Stopped | SlotState::Gone => ProcessStatus::Stopped,
+            SlotState::Exited => ProcessStatus::Exited,
+            SlotState::Errored => ProcessStatus::Errored,
+        }
+    }
+
+    /// Whether a request waiting on this slot can be answered.
+    fn settled(&self) -> bool {
+        !matches!(
+            self,
+            SlotState::Starting(_) | SlotState::Draining { .. } | SlotState::Stopping { .. }
+        )
+    }
+}
+
+struct Slot {
+    index: u32,
+    state: SlotState,
+    /// Bumped on every state change; a timer armed under another generation is stale.
+    gen: u64,
+    restarts: u32,
+    history: History,
+    last_exit: Option<ExitInfo>,
+    out: SharedLog,
+    err: SharedLog,
+}
+
+impl Slot {
+    fn set(&mut self, state: SlotState) {
+        self.gen += 1;
+        self.state = state;
+    }
+}
+
+struct App {
+    id: u32,
+    spec: AppSpec,
+    status: AppStatus,
+    listeners: Vec<Listener>,
+    slots: Vec<Slot>,
+    deleting: bool,
+    /// Slots the selector currently routes to, to re-attach it only on change.
+    routed: Option<Vec<u32>>,
+    memory_check_armed: bool,
+}
+
+impl App {
+    fn settled(&self) -> bool {
+        self.slots.iter().all(|s| s.state.settled())
+    }
+
+    fn has_processes(&self) -> bool {
+        self.slots.iter().any(|s| s.state.proc().is_some())
+    }
+
+    fn port(&self) -> Option<u16> {
+        self.listeners.iter().find_map(Listener::port).or_else(|| {
+            self.spec
+                .listen
+                .iter()
+                .find_map(|l| match l.addr.parse::<ListenAddr>() {
+                    Ok(ListenAddr::Tcp(a)) if a.port() != 0 => Some(a.port()),
+                    _ => None,
+                })
+        })
+    }
+}
+
+enum WaitKind {
+    Apps,
+    Deleted(String),
+    Kill,
+}
+
+struct Waiter {
+    apps: Vec<u32>,
+    kind: WaitKind,
+    reply: oneshot::Sender<Reply>,
+}
+
+struct State {
+    cfg: Config,
+    tx: mpsc::UnboundedSender<Event>,
+    logs: LogBus,
+    apps: BTreeMap<u32, App>,
+    next_id: u32,
+    /// pid → (app id, slot index) of every process the supervisor started.
+    pids: HashMap<u32, (u32, u32)>,
+    waiters: Vec<Waiter>,
+    shutting_down: bool,
+    done: bool,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
+    Reply::error(code, msg)
+}
+
+impl State {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        while let Some(event) = rx.recv().await {
+            self.handle(event);
+            self.after_event();
+            if self.done {
+                break;
+            }
+        }
+        if let Some(path) = &self.cfg.pids_file {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Request { cmd, reply } => self.on_request(cmd, reply),
+            Event::LogFiles {
+                target,
+                stream,
+                reply,
+            } => {
+                let _ = reply.send(self.log_files(&target, stream));
+            }
+            Event::Exited { pid, status } => self.on_exit(pid, status),
+            Event::Notice(n) => {
+                if n.ready {
+                    self.on_ready(n.pid);
+                }
+            }
+            Event::Ipc { pid, msg } => match msg {
+                Inbound::Ready => self.on_ready(pid),
+                Inbound::Malformed(why) => {
+                    tracing::warn!(pid, "malformed message on IPC channel dropped: {why}")
+                }
+                Inbound::Other(v) => tracing::debug!(pid, "IPC message ignored: {v}"),
+            },
+            Event::Timer { app, slot, gen } => self.on_timer(app, slot, gen),
+            Event::MemoryCheck { app } => self.on_memory_check(app),
+        }
+    }
+
+    // ----- requests -------------------------------------------------------------------------
+
+    fn on_request(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
+        if self.shutting_down && !matches!(cmd, Command::Ping | Command::List) {
+            let _ = reply.send(err(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+            return;
+        }
+        match cmd {
+            Command::Ping => {
+                let _ = reply.send(Reply::Pong {
+                    v: PROTOCOL_VERSION,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    pid: std::process::id(),
+                });
+            }
+            Command::List => {
+                let ids: Vec<u32> = self.apps.keys().copied().collect();
+                let _ = reply.send(Reply::apps(self.infos(&ids, false)));
+            }
+            Command::Describe { target } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let _ = reply.send(Reply::apps(self.infos(&ids, true)));
+                }
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Start { spec } => match self.start_app(*spec) {
+                Ok(id) => self.wait(vec![id], WaitKind::Apps, reply),
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Resume { target } => self.for_targets(&target, reply, |s, id| {
+                s.resume(id)?;
+                Ok(())
+            }),
+            Command::Stop { target } => self.for_targets(&target, reply, |s, id| {
+                s.stop_app(id);
+                Ok(())
+            }),
+            Command::Restart { target } => self.for_targets(&target, reply, |s, id| {
+                s.restart_app(id)?;
+                Ok(())
+            }),
+            Command::Delete { target } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let names: Vec<String> = ids
+                        .iter()
+                        .map(|id| self.apps[id].spec.name.clone())
+                        .collect();
+                    for &id in &ids {
+                        self.apps.get_mut(&id).expect("resolved").deleting = true;
+                        self.stop_app(id);
+                    }
+                    let msg = format!("deleted {}", names.join(", "));
+                    self.wait(ids, WaitKind::Deleted(msg), reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Scale { target, to } => match self.scale(&target, to) {
+                Ok(id) => self.wait(vec![id], WaitKind::Apps, reply),
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Logs { .. } => {
+                let _ = reply.send(err(
+                    ErrorCode::BadRequest,
+                    "logs are streamed by the control server, not the supervisor",
+                ));
+            }
+            Command::Kill => {
+                self.shutting_down = true;
+                let ids: Vec<u32> = self.apps.keys().copied().collect();
+                for &id in &ids {
+                    self.stop_app(id);
+                }
+                self.wait(ids, WaitKind::Kill, reply);
+            }
+        }
+    }
+
+    fn for_targets(
+        &mut self,
+        target: &str,
+        reply: oneshot::Sender<Reply>,
+        mut f: impl FnMut(&mut Self, u32) -> Result<(), Reply>,
+    ) {
+        let ids = match self.resolve(target) {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = reply.send(e);
+                return;
+            }
+        };
+        for &id in &ids {
+            if let Err(e) = f(self, id) {
+                let _ = reply.send(e);
+                return;
+            }
+        }
+        self.wait(ids, WaitKind::Apps, reply);
+    }
+
+    fn wait(&mut self, apps: Vec<u32>, kind: WaitKind, reply: oneshot::Sender<Reply>) {
+        self.waiters.push(Waiter { apps, kind, reply });
+    }
+
+    /// Turns a target (name, id or `all`) into app ids.
+    fn resolve(&self, target: &str) -> Result<Vec<u32>, Reply> {
+        if target == "all" {
+            return Ok(self.apps.keys().copied().collect());
+        }
+        if let Ok(id) = target.parse::<u32>() {
+            if self.apps.contains_key(&id) {
+                return Ok(vec![id]);
+            }
+        }
+        if let Some(app) = self.apps.values().find(|a| a.spec.name == target) {
+            return Ok(vec![app.id]);
+        }
+        Err(err(
+            ErrorCode::UnknownApp,
+            format!("no app named or numbered {target:?}; `herd list` shows the apps"),
+        ))
+    }
+
+    fn log_files(&self, target: &str, stream: Option<LogStream>) -> Result<Vec<LogRef>, Reply> {
+        let ids = self.resolve(target)?;
+        let mut out = Vec::new();
+        for id in ids {
+            let app = &self.apps[&id];
+            for i in 0..app.slots.len() as u32 {
+                for s in [LogStream::Out, LogStream::Err] {
+                    if stream.is_none() || stream == Some(s) {
+                        out.push(LogRef {
+                            app: app.spec.name.clone(),
+                            instance: i,
+                            stream: s,
+                            path: log_path(&self.cfg.log_dir, &app.spec.name, i, s),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- app lifecycle --------------------------------------------------------------------
+
+    fn start_app(&mut self, mut spec: AppSpec) -> Result<u32, Reply> {
+        spec.validate()
+            .map_err(|e| err(ErrorCode::InvalidSpec, e.to_string()))?;
+        if let Some(other) = self.apps.values().find(|a| a.spec.name == spec.name) {
+            return Err(err(
+                ErrorCode::NameTaken,
+                format!(
+                    "an app named {:?} exists already (id {}); use `herd restart {}`, `herd delete {}`, or --name to pick another name",
+                    spec.name, other.id, spec.name, spec.name
+                ),
+            ));
+        }
+        check_program(&spec).map_err(|m| err(ErrorCode::InvalidSpec, m))?;
+        let listeners = self.bind_listeners(&spec, None)?;
+        // Record the real port when port 0 was asked, so restarts keep it.
+        for (ls, l) in spec.listen.iter_mut().zip(&listeners) {
+            ls.addr = l.addr().to_string();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut slots = Vec::new();
+        for i in 0..spec.instances {
+            slots.push(
+                self.new_slot(&spec, i)
+                    .map_err(|e| err(ErrorCode::Internal, e))?,
+            );
+        }
+        self.apps.insert(
+            id,
+            App {
+                id,
+                spec,
+                status: AppStatus::Running,
+                listeners,
+                slots,
+                deleting: false,
+                routed: None,
+                memory_check_armed: false,
+            },
+        );
+        let n = self.apps[&id].slots.len() as u32;
+        for i in 0..n {
+            if let Err(e) = self.try_spawn(id, i) {
+                if i == 0 {
+                    // Nothing started: refuse the whole app rather than leave a broken one.
+                    self.apps.remove(&id);
+                    return Err(err(ErrorCode::Spawn, e));
+                }
+                self.spawn_failed(id, i, &e);
+            }
+        }
+        self.arm_memory_check(id);
+        Ok(id)
+    }
+
+    fn new_slot(&self, spec: &AppSpec, index: u32) -> Result<Slot, String> {
+        let open = |s| {
+            let path = log_path(&self.cfg.log_dir, &spec.name, index, s);
+            LogFile::open(path.clone(), &spec.log)
+                .map(|f| Arc::new(Mutex::new(f)))
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
+        };
+        Ok(Slot {
+            index,
+            state: SlotState::Stopped,
+            gen: 0,
+            restarts: 0,
+            history: History::default(),
+            last_exit: None,
+            out: open(LogStream::Out)?,
+            err: open(LogStream::Err)?,
+        })
+    }
+
+    fn bind_listeners(&self, spec: &AppSpec, skip: Option<u32>) -> Result<Vec<Listener>, Reply> {
+        let mut out = Vec::new();
+        for ls in &spec.listen {
+            let addr: ListenAddr = ls
+                .addr
+                .parse()
+                .map_err(|m: String| err(ErrorCode::InvalidSpec, m))?;
+            if let Some(other) = self.apps.values().find(|a| {
+                Some(a.id) != skip && a.listeners.iter().any(|l| overlaps(l.addr(), &addr))
+            }) {
+                return Err(err(
+                    ErrorCode::Listen,
+                    format!(
+                        "{addr} is already used by app {:?} (id {}); choose another port or stop that app",
+                        other.spec.name, other.id
+                    ),
+                ));
+            }
+            let l = Listener::bind(&addr, spec.balance, spec.instances)
+                .map_err(|e| err(ErrorCode::Listen, e.to_string()))?;
+            out.push(l);
+        }
+        Ok(out)
+    }
+
+    fn resume(&mut self, id: u32) -> Result<(), Reply> {
+        let app = &self.apps[&id];
+        if app.status == AppStatus::Running || app.has_processes() {
+            return Ok(());
+        }
+        let listeners = self.bind_listeners(&app.spec, Some(id))?;
+        let app = self.apps.get_mut(&id).expect("resolved");
+        app.listeners = listeners;
+        app.status = AppStatus::Running;
+        app.routed = None;
+        for s in &mut app.slots {
+            s.history = History::default();
+        }
+        for i in 0..app.slots.len() as u32 {
+            self.launch(id, i);
+        }
+        self.arm_memory_check(id);
+        Ok(())
+    }
+
+    fn stop_app(&mut self, id: u32) {
+        let app = self.apps.get_mut(&id).expect("resolved");
+        app.status = AppStatus::Stopped;
+        for i in 0..app.slots.len() as u32 {
+            self.stop_slot(id, i, Then::Stay);
+        }
+    }
+
+    fn restart_app(&mut self, id: u32) -> Result<(), Reply> {
+        if self.apps[&id].status == AppStatus::Stopped && !self.apps[&id].has_processes() {
+            return self.resume(id);
+        }
+        let app = self.apps.get_mut(&id).expect("resolved");
+        app.status = AppStatus::Running;
+        for i in 0..app.slots.len() as u32 {
+            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
+            slot.history = History::default();
+            if slot.state.proc().is_some() {
+                self.stop_slot(id, i, Then::Restart);
+            } else {
+                slot.restarts += 1;
+                self.launch(id, i);
+            }
+        }
+        Ok(())
+    }
+
+    fn scale(&mut self, target: &str, to: ScaleTo) -> Result<u32, Reply> {
+        if target == "all" {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "scale one app at a time: herd scale <name> <N>",
+            ));
+        }
+        let id = self.resolve(target)?[0];
+        let current = self.apps[&id].spec.instances as i64;
+        let wanted = match to {
+            ScaleTo::Exactly(n) => n as i64,
+            ScaleTo::Delta(d) => current + d as i64,
+        };
+        if wanted < 1 {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!("an app needs at least 1 instance (asked for {wanted}); use `herd stop {target}` to stop it"),
+            ));
+        }
+        if wanted > AppSpec::MAX_INSTANCES as i64 {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!("{wanted} instances is more than herd runs per app (at most 1024)"),
+            ));
+        }
+        let wanted = wanted as u32;
+        let running = self.apps[&id].status == AppStatus::Running;
+        self.apps.get_mut(&id).expect("resolved").spec.instances = wanted;
+        let have = self.apps[&id].slots.len() as u32;
+        // Slots that stay or come back.
+        for i in 0..wanted.min(have) {
+            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
+            match &mut slot.state {
+                SlotState::Stopping { then, .. } if *then == Then::Remove => *then = Then::Restart,
+                SlotState::Draining { .. } => {
+                    let SlotState::Draining { proc, .. } =
+                        std::mem::replace(&mut slot.state, SlotState::Gone)
+                    else {
+                        unreachable!()
+                    };
+                    slot.set(SlotState::Online(proc));
+                }
+                _ => {}
+            }
+        }
+        for i in have..wanted {
+            let spec = self.apps[&id].spec.clone();
+            let slot = self
+                .new_slot(&spec, i)
+                .map_err(|e| err(ErrorCode::Internal, e))?;
+            let app = self.apps.get_mut(&id).expect("resolved");
+            app.slots.push(slot);
+            if running {
+                for l in &mut app.listeners {
+                    l.add_slot(i)
+                        .map_err(|e| err(ErrorCode::Listen, e.to_string()))?;
+                }
+                app.routed = None;
+                self.launch(id, i);
+            }
+        }
+        for i in wanted..have {
+            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
+            match std::mem::replace(&mut slot.state, SlotState::Gone) {
+                SlotState::Online(proc) | SlotState::Starting(proc) => {
+                    slot.set(SlotState::Draining {
+                        proc,
+                        since: Instant::now(),
+                    });
+                    self.arm(id, i, DRAIN_POLL);
+                }
+                SlotState::Stopping { proc, .. } => {
+                    slot.state = SlotState::Stopping {
+                        proc,
+                        then: Then::Remove,
+                    }
+                }
+                d @ SlotState::Draining { .. } => slot.state = d,
+                _ => slot.set(SlotState::Gone),
+            }
+        }
+        Ok(id)
+    }
+
+    // ----- slots ----------------------------------------------------------------------------
+
+    /// Starts a slot's process, applying the restart policy if that fails.
+    fn launch(&mut self, id: u32, i: u32) {
+        if let Err(e) = self.try_spawn(id, i) {
+            self.spawn_failed(id, i, &e);
+        }
+    }
+
+    fn spawn_failed(&mut self, id: u32, i: u32, why: &str) {
+        let app = self.apps.get_mut(&id).expect("app exists");
+        let slot = &mut app.slots[i as usize];
+        tracing::warn!(app = %app.spec.name, instance = i, "cannot start instance: {why}");
+        write_note(
+            &slot.err,
+            &format!("[herd] cannot start instance {i}: {why}"),
+        );
+        let decision = policy::on_exit(&app.spec, &mut slot.history, Duration::ZERO, None);
+        self.apply_decision(id, i, decision, true);
+    }
+
+    fn try_spawn(&mut self, id: u32, i: u32) -> Result<(), String> {
+        let app = &self.apps[&id];
+        let spec = &app.spec;
+        let slot = &app.slots[i as usize];
+        let cwd = PathBuf::from(&spec.cwd);
+        let path_var = spec.env.get("PATH").map(String::as_str);
+        let (program, mut argv) = match &spec.interpreter {
+            Some(interp) => {
+                let p = spawn::resolve_program(interp, path_var, &cwd)?;
+                let mut argv = vec![interp.clone()];
+                argv.extend(spec.interpreter_args.iter().cloned());
+                argv.push(spec.script.clone());
+                (p, argv)
+            }
+            None => (
+                spawn::resolve_program(&spec.script, path_var, &cwd)?,
+                vec![spec.script.clone()],
+            ),
+        };
+        argv.extend(spec.args.iter().cloned());
+
+        let listen_fds: Vec<_> = app
+            .listeners
+            .iter()
+            .filter_map(|l| l.fd_for_slot(i))
+            .collect();
+        let names: Vec<&str> = spec.listen.iter().map(|l| l.name.as_str()).collect();
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .filter(|(k, _)| !is_herd_managed(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(port) = app.port() {
+            env.push(("PORT".into(), port.to_string()));
+        }
+        let ipc_fd = 3 + listen_fds.len();
+        env.extend([
+            ("HERD_APP".into(), spec.name.clone()),
+            ("HERD_APP_ID".into(), id.to_string()),
+            ("HERD_INSTANCE".into(), i.to_string()),
+            ("HERD_INSTANCES".into(), spec.instances.to_string()),
+            ("NODE_APP_INSTANCE".into(), i.to_string()),
+            ("HERD_IPC_FD".into(), ipc_fd.to_string()),
+            (
+                "NOTIFY_SOCKET".into(),
+                self.cfg.notify_path.display().to_string(),
+            ),
+        ]);
+        if !listen_fds.is_empty() {
+            env.push(("LISTEN_FDS".into(), listen_fds.len().to_string()));
+            env.push(("LISTEN_FDNAMES".into(), names.join(":")));
+        }
+
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let (out_r, out_w) = spawn::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = spawn::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+        grow_pipe(&out_w);
+        grow_pipe(&err_w);
+        let stdin: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?
+            .into();
+        let pid = spawn::spawn(SpawnRequest {
+            program,
+            argv,
+            env,
+            cwd,
+            listen_fds,
+            extra_fds: vec![theirs.as_fd()],
+            stdin,
+            stdout: out_w,
+            stderr: err_w,
+        })
+        .map_err(|e| e.to_string())?;
+        drop(theirs);
+
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        for (fd, stream, file) in [
+            (out_r, LogStream::Out, slot.out.clone()),
+            (err_r, LogStream::Err, slot.err.clone()),
+        ] {
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) => {
+                    tokio::spawn(logs::pump(
+                        rx,
+                        PumpTarget {
+                            app: name.clone(),
+                            instance: i,
+                            stream,
+                            file,
+                            timestamps: spec.log.timestamps,
+                            bus: self.logs.clone(),
+                        },
+                    ));
+                }
+                Err(e) => tracing::warn!("cannot read output of pid {pid}: {e}"),
+            }
+        }
+        let ipc_write = ours
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::UnixStream::from_std(ours))
+            .map(|s| {
+                let (r, w) = s.into_split();
+                let tx = self.tx.clone();
+                tokio::spawn(ipc::serve(r, move |msg| {
+                    let _ = tx.send(Event::Ipc { pid, msg });
+                }));
+                w
+            })
+            .map_err(|e| tracing::warn!("IPC channel of pid {pid}: {e}"))
+            .ok();
+
+        let wait_ready = spec.wait_ready;
+        let listen_timeout = Duration::from_millis(spec.listen_timeout_ms);
+        let proc = Proc {
+            pid,
+            since: Instant::now(),
+            sample: None,
+            _ipc: ipc_write,
+        };
+        self.pids.insert(pid, (id, i));
+        let slot = &mut self.apps.get_mut(&id).expect("app exists").slots[i as usize];
+        if wait_ready {
+            slot.set(SlotState::Starting(proc));
+            self.arm(id, i, listen_timeout);
+        } else {
+            slot.set(SlotState::Online(proc));
+        }
+        self.write_pids();
+        Ok(())
+    }
+
+    /// Sends the kill signal to a slot's process group; SIGKILL follows after the timeout.
+    fn stop_slot(&mut self, id: u32, i: u32, then: Then) {
+        let app = self.apps.get_mut(&id).expect("app exists");
+        let signal = parse_signal(&app.spec.kill_signal).unwrap_or(Signal::SIGTERM);
+        let timeout = Duration::from_millis(app.spec.kill_timeout_ms);
+        let slot = &mut app.slots[i as usize];
+        match std::mem::replace(&mut slot.state, SlotState::Stopped) {
+            SlotState::Starting(proc)
+            | SlotState::Online(proc)
+            | SlotState::Draining { proc, .. } => {
+                let _ = kill(Pid::from_raw(-(proc.pid as i32)), signal);
+                slot.set(SlotState::Stopping { proc, then });
+                self.arm(id, i, timeout);
+            }
+            SlotState::Stopping { proc, then: old } => {
+                // A removal stays a removal; otherwise the latest wish wins.
+                let then = if old == Then::Remove { old } else { then };
+                slot.state = SlotState::Stopping { proc, then };
+            }
+            SlotState::Gone => slot.state = SlotState::Gone,
+            _ => match then {
+                Then::Stay => slot.set(SlotState::Stopped),
+                Then::Remove => slot.set(SlotState::Gone),
+                Then::Restart => {
+                    slot.set(SlotState::Stopped);
+                    self.launch(id, i);
+                }
+            },
+        }
+    }
+
+    fn arm(&self, app: u32, slot: u32, after: Duration) {
+        let gen = self.apps[&app].slots[slot as usize].gen;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Event::Timer { app, slot, gen });
+        });
+    }
+
+    fn arm_memory_check(&mut self, id: u32) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        if app.spec.max_memory_bytes.is_none() || app.memory_check_armed {
+            return;
+        }
+        app.memory_check_armed = true;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(MEMORY_CHECK).await;
+            let _ = tx.send(Event::MemoryCheck { app: id });
+        });
+    }
+
+    fn on_memory_check(&mut self, id: u32) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        app.memory_check_armed = false;
+        if app.status != AppStatus::Running {
+            return;
+        }
+        let Some(limit) = app.spec.max_memory_bytes else {
+            return;
+        };
+        let mut over = Vec::new();
+        for slot in &app.slots {
+            if let SlotState::Online(p) = &slot.state {
+                if let Some(s) = stats::sample(p.pid) {
+                    if s.rss_bytes > limit {
+                        over.push((slot.index, s.rss_bytes));
+                    }
+                }
+            }
+        }
+        for (i, rss) in over {
+            let app = &self.apps[&id];
+            tracing::info!(app = %app.spec.name, instance = i, rss, limit, "memory limit passed; restarting instance");
+            write_note(
+                &app.slots[i as usize].err,
+                &format!("[herd] instance {i} uses {rss} bytes, over max_memory_restart {limit}; restarting it"),
+            );
+            self.apps.get_mut(&id).expect("exists").slots[i as usize].restarts += 1;
+            self.stop_slot(id, i, Then::Restart);
+        }
+        self.arm_memory_check(id);
+    }
+
+    // ----- events ---------------------------------------------------------------------------
+
+    fn on_exit(&mut self, pid: u32, status: WaitStatus) {
+        let Some((id, i)) = self.pids.remove(&pid) else {
+            // An orphaned grandchild re-parented to us, or a child whose exec failed.
+            return;
+        };
+        // Whatever the instance left behind in its process group goes with it, so nothing
+        // keeps holding the port (PM2 leaves Next.js's child running).
+        let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+        self.write_pids();
+        let exit = exit_info(&status);
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        let name = app.spec.name.clone();
+        let slot = &mut app.slots[i as usize];
+        slot.last_exit = Some(exit.clone());
+        let prev = std::mem::replace(&mut slot.state, SlotState::Stopped);
+        match prev {
+            SlotState::Stopping { then, .. } => match then {
+                Then::Stay => slot.set(SlotState::Stopped),
+                Then::Remove => slot.set(SlotState::Gone),
+                Then::Restart => {
+                    slot.restarts += 1;
+                    slot.set(SlotState::Stopped);
+                    self.launch(id, i);
+                }
+            },
+            SlotState::Draining { .. } => slot.set(SlotState::Gone),
+            SlotState::Starting(proc) | SlotState::Online(proc) => {
+                let uptime = proc.since.elapsed();
+                let decision = policy::on_exit(&app.spec, &mut slot.history, uptime, exit.code);
+                tracing::info!(app = %name, instance = i, pid, ?exit, ?decision, "instance exited");
+                self.apply_decision(id, i, decision, false);
+            }
+            other => slot.state = other,
+        }
+    }
+
+    fn apply_decision(&mut self, id: u32, i: u32, decision: Decision, failed_spawn: bool) {
+        let app = self.apps.get_mut(&id).expect("app exists");
+        let restart_delay = Duration::from_millis(app.spec.restart_delay_ms);
+        let max_restarts = app.spec.max_restarts;
+        let min_uptime = app.spec.min_uptime_ms;
+        let slot = &mut app.slots[i as usize];
+        match decision {
+            Decision::Restart(delay) => {
+                slot.restarts += 1;
+                // A program that cannot even be started is never retried at once.
+                let delay = if failed_spawn {
+                    delay.max(restart_delay)
+                } else {
+                    delay
+                };
+                if delay.is_zero() {
+                    slot.set(SlotState::Stopped);
+                    self.launch(id, i);
+                } else {
+                    slot.set(SlotState::WaitingRestart);
+                    self.arm(id, i, delay);
+                }
+            }
+            Decision::Stop => slot.set(SlotState::Stopped),
+            Decision::Exit => slot.set(SlotState::Exited),
+            Decision::Errored => {
+                write_note(
+                    &slot.err,
+                    &format!(
+                        "[herd] instance {i} exited {} times in a row within {min_uptime} ms of starting; marked errored. Fix it, then `herd restart {}`",
+                        max_restarts + 1,
+                        app.spec.name
+                    ),
+                );
+                slot.set(SlotState::Errored);
+            }
+        }
+    }
+
+    fn on_ready(&mut self, pid: u32) {
+        let key = self.pids.get(&pid).copied().or_else(|| {
+            // A child of the instance may speak for it: look its process group up.
+            nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
+                .ok()
+                .and_then(|g| self.pids.get(&(g.as_raw() as u32)).copied())
+        });
+        let Some((id, i)) = key else {
+            return;
+        };
+        let slot = &mut self.apps.get_mut(&id).expect("app exists").slots[i as usize];
+        if let SlotState::Starting(_) = slot.state {
+            let SlotState::Starting(proc) = std::mem::replace(&mut slot.state, SlotState::Gone)
+            else {
+                unreachable!()
+            };
+            slot.set(SlotState::Online(proc));
+        }
+    }
+
+    fn on_timer(&mut self, id: u32, i: u32, gen: u64) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
+        if slot.gen != gen {
+            return;
+        }
+        match &slot.state {
+            SlotState::WaitingRestart => {
+                slot.set(SlotState::Stopped);
+                self.launch(id, i);
+            }
+            SlotState::Stopping { proc, .. } => {
+                tracing::info!(app = %app.spec.name, instance = i, pid = proc.pid, "kill timeout passed; sending SIGKILL");
+                let _ = kill(Pid::from_raw(-(proc.pid as i32)), Signal::SIGKILL);
+            }
+            SlotState::Starting(_) => {
+                // PM2's behaviour: a wait_ready app that stays silent is put online anyway.
+                tracing::warn!(app = %app.spec.name, instance = i, "no ready signal within listen_timeout; routing to it anyway");
+                write_note(&slot.err, &format!("[herd] instance {i} did not say it was ready within listen_timeout ({} ms); routing to it anyway", app.spec.listen_timeout_ms));
+                let SlotState::Starting(proc) = std::mem::replace(&mut slot.state, SlotState::Gone)
+                else {
+                    unreachable!()
+                };
+                slot.set(SlotState::Online(proc));
+            }
+            SlotState::Draining { since, .. } => {
+                let empty = app.listeners.iter().all(|l| l.queued(i).unwrap_or(0) == 0);
+                // A short grace lets handshakes already routed to the slot land first.
+                if (empty && since.elapsed() >= DRAIN_POLL * 2) || since.elapsed() >= DRAIN_MAX {
+                    self.stop_slot(id, i, Then::Remove);
+                } else {
+                    self.arm(id, i, DRAIN_POLL);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- after every event ----------------------------------------------------------------
+
+    fn after_event(&mut self) {
+        let mut removed = Vec::new();
+        for app in self.apps.values_mut() {
+            while matches!(app.slots.last(), Some(s) if matches!(s.state, SlotState::Gone)) {
+                let slot = app.slots.pop().expect("checked");
+                for l in &mut app.listeners {
+                    l.remove_slot(slot.index);
+                }
+                app.routed = None;
+            }
+            if app.status == AppStatus::Stopped && !app.has_processes() {
+                if !app.listeners.is_empty() {
+                    app.listeners.clear();
+                    app.routed = None;
+                }
+                if app.deleting {
+                    removed.push(app.id);
+                }
+            }
+            if app.status == AppStatus::Running {
+                route(app);
+            }
+        }
+        for id in removed {
+            self.apps.remove(&id);
+        }
+        self.answer_waiters();
+    }
+
+    fn answer_waiters(&mut self) {
+        let waiters = std::mem::take(&mut self.waiters);
+        for w in waiters {
+            let ready = w.apps.iter().all(|id| {
+                self.apps
+                    .get(id)
+                    .is_none_or(|a| a.settled() && (!a.deleting))
+            });
+            if !ready {
+                self.waiters.push(w);
+                continue;
+            }
+            let reply = match w.kind {
+                WaitKind::Apps => {
+                    let ids: Vec<u32> = w
+                        .apps
+                        .iter()
+                        .copied()
+                        .filter(|id| self.apps.contains_key(id))
+                        .collect();
+                    Reply::apps(self.infos(&ids, false))
+                }
+                WaitKind::Deleted(msg) => Reply::done(msg),
+                WaitKind::Kill => {
+                    self.done = true;
+                    Reply::done("stopped every app; the daemon exits")
+                }
+            };
+            let _ = w.reply.send(reply);
+        }
+    }
+
+    fn infos(&mut self, ids: &[u32], with_spec: bool) -> Vec<AppInfo> {
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(app) = self.apps.get_mut(id) else {
+                continue;
+            };
+            let port = app.port();
+            let listen = if app.listeners.is_empty() {
+                app.spec.listen.iter().map(|l| l.addr.clone()).collect()
+            } else {
+                app.listeners.iter().map(|l| l.addr().to_string()).collect()
+            };
+            let processes = app
+                .slots
+                .iter_mut()
+                .map(|slot| {
+                    let status = slot.state.status();
+                    let mut info = ProcessInfo {
+                        instance: slot.index,
+                        pid: None,
+                        status,
+                        restarts: slot.restarts,
+                        uptime_ms: None,
+                        cpu_percent: None,
+                        memory_bytes: None,
+                        last_exit: slot.last_exit.clone(),
+                    };
+                    if let Some(p) = slot.state.proc_mut() {
+                        info.pid = Some(p.pid);
+                        info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
+                        if let Some(s) = stats::sample(p.pid) {
+                            info.cpu_percent =
+                                Some(stats::cpu_percent(&s, p.sample.as_ref(), p.since));
+                            info.memory_bytes = Some(s.rss_bytes);
+                            p.sample = Some(s);
+                        }
+                    }
+                    info
+                })
+                .collect();
+            out.push(AppInfo {
+                id: app.id,
+                name: app.spec.name.clone(),
+                status: app.status,
+                listen,
+                port,
+                balance: app.spec.balance,
+                processes,
+                spec: with_spec.then(|| Box::new(app.spec.clone())),
+            });
+        }
+        out
+    }
+
+    fn write_pids(&self) {
+        let Some(path) = &self.cfg.pids_file else {
+            return;
+        };
+        let mut text = String::new();
+        for pid in self.pids.keys() {
+            text.push_str(&pid.to_string());
+            text.push('\n');
+        }
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .is_err()
+        {
+            tracing::warn!("cannot write {}", path.display());
+        }
+    }
+}
+
+/// Re-attaches the selector when the set of serving slots changed.
+fn route(app: &mut App) {
+    if !app.listeners.iter().any(Listener::is_per_slot) {
+        return;
+    }
+    let live: Vec<u32> = app
+        .slots
+        .iter()
+        .filter(|s| matches!(s.state, SlotState::Online(_)))
+        .map(|s| s.index)
+        .collect();
+    if app.routed.as_ref() == Some(&live) {
+        return;
+    }
+    for l in &app.listeners {
+        if let Err(e) = l.steer(app.spec.balance, &live) {
+            tracing::error!(app = %app.spec.name, "cannot attach the reuseport selector: {e}");
+        }
+    }
+    app.routed = Some(live);
+}
+
+fn overlaps(a: &ListenAddr, b: &ListenAddr) -> bool {
+    match (a, b) {
+        (ListenAddr::Unix(x), ListenAddr::Unix(y)) => x == y,
+        (ListenAddr::Tcp(x), ListenAddr::Tcp(y)) => {
+            x.port() == y.port()
+                && x.port() != 0
+                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+        }
+        _ => false,
+    }
+}
+
+/// Variables herd sets itself; inherited copies would mislead the instance.
+fn is_herd_managed(key: &str) -> bool {
+    matches!(
+        key,
+        "LISTEN_FDS"
+            | "LISTEN_PID"
+            | "LISTEN_FDNAMES"
+            | "NOTIFY_SOCKET"
+            | "PORT"
+            | "NODE_APP_INSTANCE"
+            | "NODE_CHANNEL_FD"
+            | "NODE_UNIQUE_ID"
+    ) || key.starts_with("HERD_") && key != "HERD_HOME"
+}
+
+/// Checks that what the spec runs exists, before anything is bound.
+fn check_program(spec: &AppSpec) -> Result<(), String> {
+    let cwd = Path::new(&spec.cwd);
+    if !cwd.is_dir() {
+        return Err(format!(
+            "working directory {} does not exist",
+            cwd.display()
+        ));
+    }
+    let path_var = spec.env.get("PATH").map(String::as_str);
+    match &spec.interpreter {
+        Some(interp) => {
+            spawn::resolve_program(interp, path_var, cwd)?;
+            let script = cwd.join(&spec.script);
+            if !script.is_file() {
+                return Err(format!(
+                    "script {} does not exist; check the path",
+                    script.display()
+                ));
+            }
+            Ok(())
+        }
+        None => spawn::resolve_program(&spec.script, path_var, cwd).map(|_| ()),
+    }
+}
+
+/// Signal from a name such as `SIGTERM`, `TERM` or `15`.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    if let Ok(n) = name.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse().ok()
+}
+
+fn exit_info(status: &WaitStatus) -> ExitInfo {
+    match status {
+        WaitStatus::Exited(_, code) => ExitInfo {
+            code: Some(*code),
+            signal: None,
+        },
+        WaitStatus::Signaled(_, sig, _) => ExitInfo {
+            code: None,
+            signal: Some(sig.as_str().to_string()),
+        },
+        _ => ExitInfo {
+            code: None,
+            signal: None,
+        },
+    }
+}
+
+/// `<dir>/<app>-<i>.out|.err`
+pub fn log_path(dir: &Path, app: &str, instance: u32, stream: LogStream) -> PathBuf {
+    let ext = match stream {
+        LogStream::Out => "out",
+        LogStream::Err => "err",
+    };
+    dir.join(format!("{app}-{instance}.{ext}"))
+}
+
+fn write_note(file: &SharedLog, note: &str) {
+    let line = format!(
+        "{} {note}\n",
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+    );
+    if let Ok(mut f) = file.lock() {
+        let _ = f.write(line.as_bytes());
+    }
+}
+
+/// A bigger pipe buffer lets a burst of output wait in the kernel instead of the app.
+fn grow_pipe(fd: &OwnedFd) {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(256 * 1024));
+}
+
+/// Kills instance processes left from a daemon that died without stopping them (SIGKILL):
+/// its instances got SIGKILL from the kernel, but their own children may still run. They are
+/// found by session id (every instance leads its own session) and by carrying `HERD_APP`.
+pub fn sweep_leftovers(pids_file: &Path) -> usize {
+    let Ok(text) = std::fs::read_to_string(pids_file) else {
+        return 0;
+    };
+    let sids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    if sids.is_empty() {
+        return 0;
+    }
+    let mut killed = 0;
+    let Ok(all) = procfs::process::all_processes() else {
+        return 0;
+    };
+    for p in all.flatten() {
+        let Ok(stat) = p.stat() else { continue };
+        if !sids.contains(&stat.session) {
+            continue;
+        }
+        let ours = p
+            .environ()
+            .map(|env| env.keys().any(|k| k == "HERD_APP"))
+            .unwrap_or(false);
+        if ours && kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    let _ = std::fs::remove_file(pids_file);
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name() {
+        assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("int"), Some(Signal::SIGINT));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+
+    #[test]
+    fn overlapping_addresses() {
+        let a: ListenAddr = "0.0.0.0:8000".parse().unwrap();
+        let b: ListenAddr = "127.0.0.1:8000".parse().unwrap();
+        let c: ListenAddr = "127.0.0.1:8001".parse().unwrap();
+        assert!(overlaps(&a, &b));
+        assert!(!overlaps(&b, &c));
+    }
+}

@@ -1,0 +1,234 @@
+//! The control server: accepts connections on `herd.sock`, checks who is calling, reads one
+//! request per line (bounded), and writes replies. One task per connection; a bad or vanished
+//! client affects only its own connection.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+
+use herd_core::{logs, Config, Supervisor};
+use herd_proto::{
+    encode_line, Command, ErrorCode, LineBuffer, LineError, LogStream, Reply, Request,
+    MAX_CONTROL_LINE, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::Home;
+
+/// Runs the daemon's control server and supervisor until a `kill` request or SIGTERM/SIGINT
+/// has stopped every app.
+///
+/// # Errors
+/// When the socket or the supervisor cannot be set up.
+pub async fn serve(home: &Home) -> io::Result<()> {
+    let sock_path = home.socket();
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = UnixListener::bind(&sock_path)?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
+    let (sup, mut done) = Supervisor::start(Config {
+        log_dir: home.logs(),
+        notify_path: home.notify(),
+        pids_file: Some(home.pids()),
+    })?;
+    tracing::info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let my_uid = nix::unistd::getuid().as_raw();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((conn, _)) => {
+                    let sup = sup.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(conn, sup, my_uid).await {
+                            tracing::debug!("control connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept on control socket: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            },
+            _ = term.recv() => stop_all(&sup, "SIGTERM"),
+            _ = int.recv() => stop_all(&sup, "SIGINT"),
+            _ = &mut done => break,
+        }
+    }
+    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(home.notify());
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+fn stop_all(sup: &Supervisor, why: &str) {
+    tracing::info!("{why}: stopping every app, then the daemon");
+    let sup = sup.clone();
+    tokio::spawn(async move { sup.request(Command::Kill).await });
+}
+
+async fn send(conn: &mut UnixStream, reply: &Reply) -> io::Result<()> {
+    conn.write_all(&encode_line(reply)).await
+}
+
+async fn connection(mut conn: UnixStream, sup: Supervisor, my_uid: u32) -> io::Result<()> {
+    let cred = conn.peer_cred()?;
+    if cred.uid() != my_uid && cred.uid() != 0 {
+        tracing::warn!(
+            uid = cred.uid(),
+            "control connection from another user refused"
+        );
+        let msg = format!(
+            "this daemon belongs to uid {my_uid}; run herd as that user or set HERD_HOME to a home of your own"
+        );
+        return send(&mut conn, &Reply::error(ErrorCode::BadRequest, msg)).await;
+    }
+    let mut lines = LineBuffer::new(MAX_CONTROL_LINE);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let line = loop {
+            match lines.next_line() {
+                Ok(Some(line)) => break line,
+                Ok(None) => {}
+                Err(LineError::TooLong { limit }) => {
+                    let msg = format!(
+                        "control message longer than {limit} bytes refused; the connection is closed"
+                    );
+                    return send(&mut conn, &Reply::error(ErrorCode::TooLarge, msg)).await;
+                }
+            }
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            lines.extend(&buf[..n]);
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let req: Request = match serde_json::from_slice(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let v = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("v").and_then(|v| v.as_u64()));
+                let reply = match v {
+                    Some(v) if v != u64::from(PROTOCOL_VERSION) => version_error(v),
+                    _ => Reply::error(
+                        ErrorCode::BadRequest,
+                        format!("not a herd control request ({e}); see docs/protocol.md"),
+                    ),
+                };
+                send(&mut conn, &reply).await?;
+                continue;
+            }
+        };
+        if req.v != PROTOCOL_VERSION {
+            send(&mut conn, &version_error(u64::from(req.v))).await?;
+            continue;
+        }
+        match req.cmd {
+            Command::Logs {
+                target,
+                lines: n,
+                follow,
+                stream,
+            } => return stream_logs(conn, &sup, target, n, follow, stream).await,
+            Command::Kill => {
+                let reply = sup.request(Command::Kill).await;
+                return send(&mut conn, &reply).await;
+            }
+            cmd => {
+                let reply = sup.request(cmd).await;
+                send(&mut conn, &reply).await?;
+            }
+        }
+    }
+}
+
+fn version_error(theirs: u64) -> Reply {
+    Reply::error(
+        ErrorCode::Version,
+        format!(
+            "the daemon speaks control protocol {PROTOCOL_VERSION} and the client {theirs}; run `herd kill` to restart the daemon with the installed herd"
+        ),
+    )
+}
+
+async fn stream_logs(
+    mut conn: UnixStream,
+    sup: &Supervisor,
+    target: String,
+    n: usize,
+    follow: bool,
+    stream: Option<LogStream>,
+) -> io::Result<()> {
+    // Subscribe before reading the files, so no line falls between the two.
+    let mut rx = follow.then(|| sup.subscribe_logs());
+    let files = match sup.log_files(target, stream).await {
+        Ok(f) => f,
+        Err(reply) => return send(&mut conn, &reply).await,
+    };
+    for f in &files {
+        for line in logs::tail(&f.path, n) {
+            let reply = Reply::Log {
+                v: PROTOCOL_VERSION,
+                app: f.app.clone(),
+                instance: f.instance,
+                stream: f.stream,
+                line,
+            };
+            send(&mut conn, &reply).await?;
+        }
+    }
+    let Some(rx) = rx.as_mut() else {
+        return send(
+            &mut conn,
+            &Reply::End {
+                v: PROTOCOL_VERSION,
+            },
+        )
+        .await;
+    };
+    let apps: HashSet<String> = files.iter().map(|f| f.app.clone()).collect();
+    let (mut read_half, mut write_half) = conn.into_split();
+    let mut probe = [0u8; 256];
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    if !apps.contains(&*ev.app) || stream.is_some_and(|s| s != ev.stream) {
+                        continue;
+                    }
+                    let reply = Reply::Log {
+                        v: PROTOCOL_VERSION,
+                        app: ev.app.to_string(),
+                        instance: ev.instance,
+                        stream: ev.stream,
+                        line: ev.line.clone(),
+                    };
+                    write_half.write_all(&encode_line(&reply)).await?;
+                }
+                Err(RecvError::Lagged(skipped)) => {
+                    let reply = Reply::Log {
+                        v: PROTOCOL_VERSION,
+                        app: String::from("herd"),
+                        instance: 0,
+                        stream: LogStream::Err,
+                        line: format!("[herd] {skipped} lines skipped: this follower was too slow"),
+                    };
+                    write_half.write_all(&encode_line(&reply)).await?;
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            // The client goes away: stop following.
+            r = read_half.read(&mut probe) => match r {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Control protocol messages: one [`Request`] per line from the client, [`Reply`] lines back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::AppSpec;
+
+/// Version of the control protocol. A daemon refuses requests of another version with
+/// [`ErrorCode::Version`], naming the fix (restart the daemon with `herd kill`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Protocol version the client speaks.
+    pub v: u32,
+    /// What the client asks for.
+    #[serde(flatten)]
+    pub cmd: Command,
+}
+
+impl Request {
+    /// A request of the current protocol version.
+    pub fn new(cmd: Command) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            cmd,
+        }
+    }
+}
+
+/// New size of an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleTo {
+    /// Exactly this many instances.
+    Exactly(u32),
+    /// This many more (or fewer, when negative) than now.
+    Delta(i32),
+}
+
+/// Which output stream of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    /// Standard output, kept in `<app>-<i>.out`.
+    Out,
+    /// Standard error, kept in `<app>-<i>.err`.
+    Err,
+}
+
+/// The commands a client can send. `target` is an app name, an app id, or `all`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Is the daemon there? Answered with [`Reply::Pong`].
+    Ping,
+    /// Register and start a new app.
+    Start {
+        /// The app to run.
+        spec: Box<AppSpec>,
+    },
+    /// Start apps that are registered but stopped.
+    Resume {
+        /// Which apps.
+        target: String,
+    },
+    /// Stop apps' instances and close their sockets; the apps stay registered.
+    Stop {
+        /// Which apps.
+        target: String,
+    },
+    /// Stop and start apps' instances again.
+    Restart {
+        /// Which apps.
+        target: String,
+    },
+    /// Stop apps and forget them.
+    Delete {
+        /// Which apps.
+        target: String,
+    },
+    /// Change the number of instances of one app.
+    Scale {
+        /// Which app (not `all`).
+        target: String,
+        /// The new size.
+        to: ScaleTo,
+    },
+    /// Every app and its instances.
+    List,
+    /// Apps with their full spec.
+    Describe {
+        /// Which apps.
+        target: String,
+    },
+    /// The last lines of apps' logs, then (with `follow`) new lines as they come.
+    Logs {
+        /// Which apps; `all` for every app.
+        target: String,
+        /// How many past lines per file.
+        lines: usize,
+        /// Keep streaming new lines until the client goes away.
+        follow: bool,
+        /// Only this stream; both when absent.
+        stream: Option<LogStream>,
+    },
+    /// Stop every app, then the daemon.
+    Kill,
+}
+
+/// One reply line from the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// Answer to [`Command::Ping`].
+    Pong {
+        /// Protocol version.
+        v: u32,
+        /// The daemon's version.
+        version: String,
+        /// The daemon's pid.
+        pid: u32,
+    },
+    /// Apps touched or listed by the command.
+    Apps {
+        /// Protocol version.
+        v: u32,
+        /// The apps.
+        apps: Vec<AppInfo>,
+    },
+    /// The command was done; nothing to show.
+    Done {
+        /// Protocol version.
+        v: u32,
+        /// What was done, for people.
+        message: String,
+    },
+    /// One line of an instance's output.
+    Log {
+        /// Protocol version.
+        v: u32,
+        /// App name.
+        app: String,
+        /// Instance number.
+        instance: u32,
+        /// Which stream.
+        stream: LogStream,
+        /// The line, without its newline (invalid UTF-8 replaced).
+        line: String,
+    },
+    /// End of a finite stream of replies (logs without follow).
+    End {
+        /// Protocol version.
+        v: u32,
+    },
+    /// The command failed.
+    Error {
+        /// Protocol version.
+        v: u32,
+        /// What went wrong.
+        error: ErrorBody,
+    },
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Reply::Error {
+            v: PROTOCOL_VERSION,
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+
+    /// A reply listing apps.
+    pub fn apps(apps: Vec<AppInfo>) -> Self {
+        Reply::Apps {
+            v: PROTOCOL_VERSION,
+            apps,
+        }
+    }
+
+    /// A reply with a message.
+    pub fn done(message: impl Into<String>) -> Self {
+        Reply::Done {
+            v: PROTOCOL_VERSION,
+            message: message.into(),
+        }
+    }
+}
+
+/// Kinds of failure, stable for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line was not a request of this protocol.
+    BadRequest,
+    /// The line was longer than the limit.
+    TooLarge,
+    /// The client speaks another protocol version.
+    Version,
+    /// No app matches the target.
+    UnknownApp,
+    /// An app of that name exists already.
+    NameTaken,
+    /// The spec cannot be run (bad name, no instances, missing script…).
+    InvalidSpec,
+    /// A listening address cannot be bound.
+    Listen,
+    /// Starting a process failed.
+    Spawn,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// Anything else.
+    Internal,
+}
+
+/// The body of an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable kind.
+    pub code: ErrorCode,
+    /// One line for people: the problem and the fix.
+    pub message: String,
+}
+
+/// Overall state of an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppStatus {
+    /// Its instances are meant to run.
+    Running,
+    /// It was stopped; its sockets are closed.
+    Stopped,
+}
+
+/// State of one instance slot, as shown to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessStatus {
+    /// Started, not yet ready (only with `wait_ready`).
+    Starting,
+    /// Serving.
+    Online,
+    /// Asked to stop, not yet gone.
+    Stopping,
+    /// Crashed; waiting out the restart backoff.
+    WaitingRestart,
+    /// Not running, on purpose.
+    Stopped,
+    /// Exited and will not be restarted (autorestart off).
+    Exited,
+    /// Restarted too often too quickly; given up until restarted by hand.
+    Errored,
+}
+
+impl ProcessStatus {
+    /// The name shown in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessStatus::Starting => "starting",
+            ProcessStatus::Online => "online",
+            ProcessStatus::Stopping => "stopping",
+            ProcessStatus::WaitingRestart => "waiting",
+            ProcessStatus::Stopped => "stopped",
+            ProcessStatus::Exited => "exited",
+            ProcessStatus::Errored => "errored",
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal name, when a signal killed it.
+    pub signal: Option<String>,
+}
+
+/// One instance slot of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Instance number, 0-based (`HERD_INSTANCE`).
+    pub instance: u32,
+    /// Pid of the running process, if any.
+    pub pid: Option<u32>,
+    /// State of the slot.
+    pub status: ProcessStatus,
+    /// How many times the slot's process was started again after the first.
+    pub restarts: u32,
+    /// Milliseconds since the current process started.
+    pub uptime_ms: Option<u64>,
+    /// CPU use of the process since the last look (or its start), in percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory of the process, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// How the last process of the slot ended.
+    pub last_exit: Option<ExitInfo>,
+}
+
+/// One app, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// Numeric id, usable wherever a name is.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Whether it is meant to run.
+    pub status: AppStatus,
+    /// Listening addresses, as bound (the real port when 0 was asked).
+    pub listen: Vec<String>,
+    /// First TCP port, as given to instances in `PORT`.
+    pub port: Option<u16>,
+    /// How connections are spread.
+    pub balance: crate::spec::Balance,
+    /// Instance slots.
+    pub processes: Vec<ProcessInfo>,
+    /// The full spec (in `describe` replies only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub spec: Option<Box<AppSpec>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_shape() {
+        let r = Request::new(Command::Stop {
+            target: "api".into(),
+        });
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"v":1,"cmd":"stop","target":"api"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let list: Request = serde_json::from_str(r#"{"v":1,"cmd":"list"}"#).unwrap();
+        assert_eq!(list.cmd, Command::List);
+    }
+
+    #[test]
+    fn reply_wire_shape() {
+        let s = serde_json::to_string(&Reply::error(ErrorCode::UnknownApp, "no app x")).unwrap();
+        assert_eq!(
+            s,
+            r#"{"reply":"error","v":1,"error":{"code":"unknown_app","message":"no app x"}}"#
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Wire types shared by the `herd` CLI and daemon: the control protocol spoken over
+//! `HERD_HOME/herd.sock`, the app specification it carries, and the newline-delimited JSON
+//! codec with its size limit.
+//!
+//! This crate owns only data shapes and framing. It does no I/O of its own beyond what a
+//! caller hands it, and knows nothing about processes or sockets.
+//!
+//! Every request and every reply is one JSON object on one line, tagged with the protocol
+//! version `v`. See `docs/protocol.md` for the full description.
+
+mod codec;
+mod control;
+mod spec;
+
+pub use codec::{encode_line, LineBuffer, LineError, MAX_CONTROL_LINE};
+pub use control::{
+    AppInfo, AppStatus, Command, ErrorBody, ErrorCode, ExitInfo, LogStream, ProcessInfo,
+    ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,
+};
+pub use spec::{is_valid_name, AppSpec, Balance, ListenSpec, LogSpec, SpecError};

@@ -1,0 +1,234 @@
+//! The description of an app: what to run, how many instances, where they listen and how
+//! they are supervised. The CLI builds one from flags; app files (later) deserialize into it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How new connections are spread over an app's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// One `SO_REUSEPORT` socket per instance slot; the kernel spreads connections by a hash
+    /// of the connection, steered away from slots that are not serving.
+    #[default]
+    Hash,
+    /// Like `hash`, but keyed on the client's address only, so one client always reaches the
+    /// same instance while it lives.
+    Sticky,
+    /// One socket shared by every instance; whichever instance accepts first gets the
+    /// connection.
+    Shared,
+}
+
+impl Balance {
+    /// The name used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Hash => "hash",
+            Balance::Sticky => "sticky",
+            Balance::Shared => "shared",
+        }
+    }
+}
+
+/// One listening address of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenSpec {
+    /// The name given to instances in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// `HOST:PORT` (`127.0.0.1:8000`, `[::1]:8000`, `0.0.0.0:8000`) or `unix:/path`.
+    pub addr: String,
+}
+
+/// Where an app's output goes and how it is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSpec {
+    /// Prefix every line with an RFC 3339 UTC timestamp.
+    pub timestamps: bool,
+    /// Rotate a log file once it would grow past this many bytes.
+    pub max_size: u64,
+    /// How many rotated files to keep besides the live one.
+    pub keep: u32,
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        Self {
+            timestamps: false,
+            max_size: 10 * 1024 * 1024,
+            keep: 3,
+        }
+    }
+}
+
+/// Everything the daemon needs to run an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppSpec {
+    /// Unique name of the app.
+    pub name: String,
+    /// Absolute path of the program or script to run.
+    pub script: String,
+    /// Arguments given to the program.
+    pub args: Vec<String>,
+    /// Interpreter to run the script with (`python3`, `node`…), or none to execute it.
+    pub interpreter: Option<String>,
+    /// Arguments for the interpreter, before the script.
+    pub interpreter_args: Vec<String>,
+    /// Working directory of every instance.
+    pub cwd: String,
+    /// Environment of every instance (the full environment, captured at start).
+    pub env: BTreeMap<String, String>,
+    /// Number of instance slots.
+    pub instances: u32,
+    /// Listening addresses held by the daemon and passed to instances from fd 3.
+    pub listen: Vec<ListenSpec>,
+    /// How connections are spread over instances.
+    pub balance: Balance,
+    /// Signal sent to an instance's process group to stop it (`SIGTERM`, `SIGINT`…).
+    pub kill_signal: String,
+    /// Time an instance gets to exit after `kill_signal` before SIGKILL, in ms.
+    pub kill_timeout_ms: u64,
+    /// Wait for the instance to say it is ready before routing to it.
+    pub wait_ready: bool,
+    /// How long a `wait_ready` instance has to say it is ready, in ms.
+    pub listen_timeout_ms: u64,
+    /// Restart instances that exit on their own.
+    pub autorestart: bool,
+    /// Consecutive restarts of runs shorter than `min_uptime_ms` before a slot is `errored`.
+    pub max_restarts: u32,
+    /// A run shorter than this (ms) counts as unstable.
+    pub min_uptime_ms: u64,
+    /// First delay of the exponential restart backoff, in ms.
+    pub restart_delay_ms: u64,
+    /// Cap of the restart backoff, in ms.
+    pub max_restart_delay_ms: u64,
+    /// Exit codes that mean "stopped on purpose": no restart.
+    pub stop_exit_codes: Vec<i32>,
+    /// Restart an instance whose resident memory passes this many bytes.
+    pub max_memory_bytes: Option<u64>,
+    /// Log capture options.
+    pub log: LogSpec,
+}
+
+impl Default for AppSpec {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            script: String::new(),
+            args: Vec::new(),
+            interpreter: None,
+            interpreter_args: Vec::new(),
+            cwd: String::from("/"),
+            env: BTreeMap::new(),
+            instances: 1,
+            listen: Vec::new(),
+            balance: Balance::Hash,
+            kill_signal: String::from("SIGTERM"),
+            kill_timeout_ms: 5_000,
+            wait_ready: false,
+            listen_timeout_ms: 3_000,
+            autorestart: true,
+            max_restarts: 15,
+            min_uptime_ms: 1_000,
+            restart_delay_ms: 100,
+            max_restart_delay_ms: 15_000,
+            stop_exit_codes: Vec::new(),
+            max_memory_bytes: None,
+            log: LogSpec::default(),
+        }
+    }
+}
+
+/// A spec that cannot be run as it is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The name is empty, numeric, `all`, or has characters unsafe in file names.
+    #[error("app name {0:?} is not usable: use letters, digits, '-', '_' or '.', not only digits, and not \"all\"")]
+    BadName(String),
+    /// Zero instances were asked for.
+    #[error("instances must be at least 1 (use -i max for one per CPU)")]
+    NoInstances,
+    /// More instances than herd supports per app.
+    #[error("{0} instances is more than herd runs per app (at most 1024)")]
+    TooManyInstances(u32),
+    /// The script is empty.
+    #[error("no script or command to run was given")]
+    NoScript,
+}
+
+impl AppSpec {
+    /// Highest number of instances per app.
+    pub const MAX_INSTANCES: u32 = 1024;
+
+    /// Checks what can be checked without touching the system.
+    ///
+    /// # Errors
+    /// The first problem found, worded for the user.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !is_valid_name(&self.name) {
+            return Err(SpecError::BadName(self.name.clone()));
+        }
+        if self.script.is_empty() {
+            return Err(SpecError::NoScript);
+        }
+        if self.instances == 0 {
+            return Err(SpecError::NoInstances);
+        }
+        if self.instances > Self::MAX_INSTANCES {
+            return Err(SpecError::TooManyInstances(self.instances));
+        }
+        Ok(())
+    }
+}
+
+/// Names become file names (`logs/<name>-<i>.out`) and CLI targets, so they are kept tame.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "all"
+        && !name.bytes().all(|b| b.is_ascii_digit())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("api"));
+        assert!(is_valid_name("api-2.v1_x"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("12"));
+        assert!(!is_valid_name("all"));
+        assert!(!is_valid_name("a/b"));
+        assert!(!is_valid_name(".."));
+    }
+
+    #[test]
+    fn spec_round_trips_and_fills_defaults() {
+        let spec: AppSpec = serde_json::from_str(r#"{"name":"api","script":"/bin/true"}"#).unwrap();
+        assert_eq!(spec.instances, 1);
+        assert_eq!(spec.kill_signal, "SIGTERM");
+        assert_eq!(spec.validate(), Ok(()));
+        let again: AppSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn zero_instances_is_refused() {
+        let spec = AppSpec {
+            name: "a".into(),
+            script: "/bin/true".into(),
+            instances: 0,
+            ..AppSpec::default()
+        };
+        assert_eq!(spec.validate(), Err(SpecError::NoInstances));
+    }
+}
