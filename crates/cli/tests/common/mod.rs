@@ -1,0 +1,299 @@
+//! Test harness: a private `HERD_HOME` per test, the real `herd` binary, free loopback ports,
+//! a tiny HTTP client, and cleanup that leaves no process behind.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn herd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herd"))
+}
+
+/// The std-only Rust test server (`crates/cli/examples/hello.rs`).
+pub fn hello_bin() -> PathBuf {
+    let p = herd_bin()
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join("hello");
+    assert!(
+        p.exists(),
+        "{} is missing: build the examples first (`cargo build --examples`, done by scripts/test)",
+        p.display()
+    );
+    p
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Herd {
+    pub home: tempfile::TempDir,
+}
+
+impl Default for Herd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Herd {
+    pub fn new() -> Self {
+        Self {
+            home: tempfile::Builder::new()
+                .prefix("herd-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(herd_bin());
+        c.args(args)
+            .env("HERD_HOME", self.home())
+            .current_dir(repo_root())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs herd and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "herd {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs herd and expects failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "herd {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn list(&self) -> Vec<Value> {
+        serde_json::from_str::<Value>(&self.ok(&["list", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn app(&self, name: &str) -> Value {
+        self.list()
+            .into_iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("no app {name}"))
+    }
+
+    /// Pids of an app's instances that have one.
+    pub fn pids(&self, name: &str) -> Vec<u32> {
+        self.app(name)["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+
+    pub fn statuses(&self, name: &str) -> Vec<String> {
+        self.app(name)["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["status"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.home().join("daemon.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Processes whose environment carries this test's HERD_HOME (the daemon, instances and
+    /// their children all do).
+    pub fn leftovers(&self) -> Vec<i32> {
+        let needle = format!("HERD_HOME={}", self.home().display());
+        let me = std::process::id() as i32;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            // Zombies have an empty environ and are not running anything.
+            if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Stops everything and checks nothing of this test is left running.
+    pub fn finish(self) {
+        self.ok(&["kill"]);
+        let left = wait_until(Duration::from_secs(5), || {
+            let l = self.leftovers();
+            l.is_empty().then_some(()).ok_or(l)
+        });
+        assert!(left.is_ok(), "processes left behind: {:?}", left.err());
+    }
+}
+
+impl Drop for Herd {
+    fn drop(&mut self) {
+        let _ = self
+            .command(&["kill"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(pid) = self.daemon_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for pid in self.leftovers() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie still answers kill(0); look at its state too.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Polls `f` until it returns Ok or the time is up (then returns the last Err).
+pub fn wait_until<T, E>(limit: Duration, mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection; returns the body.
+pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )?;
+    read_body(s)
+}
+
+pub fn read_body(mut s: impl Read) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(std::io::Error::other(format!("bad response: {text:?}"))),
+    }
+}
+
+/// The pid in a `pid=N …` body.
+pub fn pid_of(body: &str) -> u32 {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {body:?}"))
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Writes an executable script into `dir`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// Result of a bounded load loop of fresh connections.
+#[derive(Debug, Default)]
+pub struct Load {
+    pub ok: usize,
+    pub failed: Vec<String>,
+    pub slow: usize,
+    pub max: Duration,
+}
+
+/// Makes fresh-connection requests one after another until `stop` is set or `limit` passes.
+pub fn load_until(addr: SocketAddr, stop: &std::sync::atomic::AtomicBool, limit: Duration) -> Load {
+    let mut l = Load::default();
+    let end = Instant::now() + limit;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+        let t = Instant::now();
+        match get(addr, "/", Duration::from_secs(3)) {
+            Ok(_) => l.ok += 1,
+            Err(e) => l.failed.push(e.to_string()),
+        }
+        let took = t.elapsed();
+        l.max = l.max.max(took);
+        if took > Duration::from_secs(1) {
+            l.slow += 1;
+        }
+    }
+    l
+}
