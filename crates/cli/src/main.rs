@@ -203,19 +203,15 @@ fn kill(home: &Home) -> Result<ExitCode> {
         println!("no herd daemon runs for {}", home.dir.display());
         return Ok(ExitCode::SUCCESS);
     };
-    let pid = home.daemon_pid();
     match client.call(Command::Kill)? {
         Reply::Done { message, .. } => println!("{message}"),
         other => return unexpected(other),
     }
-    // Wait for the process itself to be gone, so a following command starts a fresh one.
-    if let Some(pid) = pid {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+    // Wait until the daemon has released its lock (its process has exited), so a following
+    // command starts a fresh one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while herd_daemon::lock_held(home) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     Ok(ExitCode::SUCCESS)
 }

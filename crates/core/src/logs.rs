@@ -65,12 +65,26 @@ impl LogFile {
     ///
     /// # Errors
     /// When writing or rotating fails.
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.size > 0 && self.size + bytes.len() as u64 > self.max_size {
+    pub fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        // A file never passes max_size: a large write is split, at a line end where one fits.
+        while !bytes.is_empty() {
+            let room = self.max_size.saturating_sub(self.size) as usize;
+            if bytes.len() <= room {
+                self.file.write_all(bytes)?;
+                self.size += bytes.len() as u64;
+                return Ok(());
+            }
+            let cut = bytes[..room]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|i| i + 1)
+                .or((self.size == 0).then_some(room))
+                .unwrap_or(0);
+            self.file.write_all(&bytes[..cut])?;
+            self.size += cut as u64;
+            bytes = &bytes[cut..];
             self.rotate()?;
         }
-        self.file.write_all(bytes)?;
-        self.size += bytes.len() as u64;
         Ok(())
     }
 
@@ -265,6 +279,7 @@ mod tests {
             f.write(&line).unwrap();
             f.write(b"\n").unwrap();
         }
+        f.write(&[b'y'; 5000]).unwrap();
         assert!(std::fs::metadata(&path).unwrap().len() <= 1024);
         assert!(dir.path().join("a-0.out.1").exists());
         assert!(dir.path().join("a-0.out.2").exists());

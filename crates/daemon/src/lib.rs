@@ -120,6 +120,17 @@ pub fn take_lock(home: &Home) -> io::Result<Option<Lock>> {
     Ok(Some(Lock { _file: file }))
 }
 
+/// Whether a daemon holds the home's lock right now.
+pub fn lock_held(home: &Home) -> bool {
+    let Ok(file) = File::open(home.lock()) else {
+        return false;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_) => false,
+        Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
+    }
+}
+
 /// Keeps `daemon.log` from growing without bound: past 10 MiB it moves to `daemon.log.1`.
 pub fn rotate_daemon_log(home: &Home) {
     let path = home.daemon_log();
