@@ -237,3 +237,52 @@ fn scale_up_and_down_keeps_serving() {
     assert!(err.contains("at least 1"), "{err}");
     h.finish();
 }
+
+#[test]
+fn a_crash_looping_slot_in_backoff_gets_no_new_connections() {
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    // Instance 1 dies 100 ms after every start and waits out a long backoff; instance 0 serves.
+    let flaky = script(
+        dir.path(),
+        "flaky.sh",
+        &format!(
+            "#!/bin/sh\nif [ \"$HERD_INSTANCE\" = 1 ]; then sleep 0.1; exit 1; fi\nexec {}\n",
+            hello_bin().display()
+        ),
+    );
+    h.ok(&[
+        "start",
+        flaky.to_str().unwrap(),
+        "--name",
+        "flaky",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+        "--wait-ready",
+        "--listen-timeout",
+        "5000",
+        "--restart-delay",
+        "2000",
+    ]);
+    let addr = loopback(port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || load_until(addr, &stop, Duration::from_secs(3)))
+    };
+    let l = client.join().unwrap();
+    assert!(l.failed.is_empty(), "{:?}", l.failed);
+    assert_eq!(
+        l.slow, 0,
+        "connections hung (max {:?}) on the crashing slot",
+        l.max
+    );
+    assert!(l.ok > 50);
+    let app = h.app("flaky");
+    assert!(app["processes"][1]["restarts"].as_u64().unwrap() >= 1);
+    h.finish();
+}

@@ -317,3 +317,32 @@ fn max_memory_restart_restarts_a_growing_instance() {
     .expect("never restarted for memory");
     h.finish();
 }
+
+#[test]
+fn connections_queued_on_an_instance_that_gives_up_fail_fast_instead_of_hanging() {
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    // Never accepts, then exits for good.
+    let quitter = script(dir.path(), "quitter.sh", "#!/bin/sh\nsleep 0.5\nexit 1\n");
+    h.ok(&[
+        "start",
+        quitter.to_str().unwrap(),
+        "--name",
+        "q",
+        "--listen",
+        &listen,
+        "--no-autorestart",
+    ]);
+    let t = Instant::now();
+    let r = get(loopback(port), "/", Duration::from_secs(5));
+    assert!(r.is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "a queued connection hung for {:?}",
+        t.elapsed()
+    );
+    assert_eq!(h.statuses("q"), vec!["exited"]);
+    h.finish();
+}

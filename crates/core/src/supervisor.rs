@@ -1094,8 +1094,14 @@ impl State {
                     self.arm(id, i, delay);
                 }
             }
-            Decision::Stop => slot.set(SlotState::Stopped),
-            Decision::Exit => slot.set(SlotState::Exited),
+            Decision::Stop => {
+                slot.set(SlotState::Stopped);
+                recycle_sockets(app, i);
+            }
+            Decision::Exit => {
+                slot.set(SlotState::Exited);
+                recycle_sockets(app, i);
+            }
             Decision::Errored => {
                 write_note(
                     &slot.err,
@@ -1106,6 +1112,7 @@ impl State {
                     ),
                 );
                 slot.set(SlotState::Errored);
+                recycle_sockets(app, i);
             }
         }
     }
@@ -1305,6 +1312,25 @@ impl State {
         {
             tracing::warn!("cannot write {}", path.display());
         }
+    }
+}
+
+/// Gives a slot that will not run again by itself a fresh socket. Connections that queued on
+/// the old one while its process was starting would otherwise wait forever; closing it resets
+/// them, so their clients fail fast and retry instead of hanging.
+fn recycle_sockets(app: &mut App, i: u32) {
+    let mut recycled = false;
+    for l in &mut app.listeners {
+        if l.is_per_slot() && l.queued(i).unwrap_or(0) > 0 {
+            l.remove_slot(i);
+            if let Err(e) = l.add_slot(i) {
+                tracing::error!(app = %app.spec.name, instance = i, "cannot renew the slot's socket: {e}");
+            }
+            recycled = true;
+        }
+    }
+    if recycled {
+        app.routed = None;
     }
 }
 
