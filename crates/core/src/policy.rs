@@ -5,15 +5,12 @@ use std::time::Duration;
 
 use herd_proto::AppSpec;
 
-/// A run at least this long resets the backoff to an immediate restart.
-pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
-
 /// What the policy remembers about a slot between exits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct History {
     /// Consecutive runs shorter than `min_uptime`.
     pub unstable: u32,
-    /// Consecutive restarts without a run of [`BACKOFF_RESET`].
+    /// Consecutive restarts without a stable run (one of at least `min_uptime`).
     pub backoff_step: u32,
 }
 
@@ -45,16 +42,16 @@ pub fn on_exit(
     if !spec.autorestart {
         return Decision::Exit;
     }
+    // A stable run (at least min_uptime) is restarted at once and clears both counters; quick
+    // crashes back off exponentially and, past max_restarts in a row, give up.
     if uptime < Duration::from_millis(spec.min_uptime_ms) {
         history.unstable += 1;
     } else {
         history.unstable = 0;
+        history.backoff_step = 0;
     }
     if history.unstable > spec.max_restarts {
         return Decision::Errored;
-    }
-    if uptime >= BACKOFF_RESET {
-        history.backoff_step = 0;
     }
     let delay = backoff(spec, history.backoff_step);
     history.backoff_step = history.backoff_step.saturating_add(1);
@@ -127,12 +124,12 @@ mod tests {
         assert_eq!(h.unstable, 3);
         assert_eq!(
             on_exit(&s, &mut h, Duration::from_secs(2), None),
-            Decision::Restart(Duration::from_millis(400))
+            Decision::Restart(Duration::ZERO)
         );
         assert_eq!(h.unstable, 0);
         assert_eq!(
-            on_exit(&s, &mut h, Duration::from_secs(60), None),
-            Decision::Restart(Duration::ZERO)
+            on_exit(&s, &mut h, Duration::from_millis(10), None),
+            Decision::Restart(Duration::from_millis(100))
         );
     }
 

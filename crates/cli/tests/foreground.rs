@@ -1,0 +1,110 @@
+//! `herd run` (no daemon) and the daemon's own signals.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn herd_run_serves_in_the_foreground_and_stops_on_sigterm() {
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut run = h
+        .command(&[
+            "run",
+            hello_bin().to_str().unwrap(),
+            "--name",
+            "fg",
+            "-i",
+            "2",
+            "--listen",
+            &listen,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(run.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // Instance output reaches our stdout, prefixed with app and instance.
+    let mut serving = 0;
+    while serving < 2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no output from herd run");
+        if line.starts_with("fg:") && line.contains("serving") {
+            serving += 1;
+        }
+    }
+    let seen: HashSet<u32> = (0..40)
+        .map(|_| pid_of(&get(loopback(port), "/", Duration::from_secs(2)).unwrap()))
+        .collect();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        !h.home().join("herd.sock").exists(),
+        "herd run must not start a daemon"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_until(Duration::from_secs(10), || {
+        run.try_wait().unwrap().ok_or(())
+    })
+    .unwrap();
+    assert!(status.success(), "herd run exited with {status:?}");
+    for pid in seen {
+        assert!(!alive(pid), "instance {pid} outlived herd run");
+    }
+    assert!(get(loopback(port), "/", Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn sigterm_to_the_daemon_stops_every_app_then_the_daemon() {
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    h.ok(&[
+        "start",
+        hello_bin().to_str().unwrap(),
+        "--name",
+        "api",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+    ]);
+    let pids = h.pids("api");
+    let daemon = h.daemon_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        if alive(daemon as u32) {
+            Err(())
+        } else {
+            Ok(())
+        }
+    })
+    .expect("daemon did not exit on SIGTERM");
+    for pid in pids {
+        assert!(!alive(pid));
+    }
+    assert!(!h.home().join("herd.sock").exists());
+    let log = std::fs::read_to_string(h.home().join("daemon.log")).unwrap();
+    assert!(log.contains("SIGTERM"), "{log}");
+    h.finish();
+}
