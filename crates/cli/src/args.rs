@@ -24,8 +24,11 @@ pub enum Cmd {
     Run(StartArgs),
     /// Stop apps (they stay listed; their ports are closed).
     Stop(Target),
-    /// Stop and start apps' instances again.
+    /// Stop and start apps' instances again (all at once).
     Restart(Target),
+    /// Replace apps' instances one by one, each new one ready before the old one stops:
+    /// no request is dropped.
+    Reload(Target),
     /// Stop apps and remove them from the list.
     #[command(alias = "del")]
     Delete(Target),
@@ -117,8 +120,8 @@ pub struct StartArgs {
     /// App name (default: the script's file name without extension).
     #[arg(short, long)]
     pub name: Option<String>,
-    /// Number of instances: a number or `max` (one per CPU).
-    #[arg(short = 'i', long = "instances", default_value = "1")]
+    /// Number of instances: a number, `max` (one per CPU) or -1 (one per CPU but one).
+    #[arg(short = 'i', long = "instances", default_value = "1", allow_hyphen_values = true)]
     pub instances: String,
     /// Listen on this TCP port on every IPv4 address (0.0.0.0:PORT).
     #[arg(short, long)]
@@ -158,7 +161,8 @@ pub struct StartArgs {
     /// A run shorter than this counts as a quick crash (ms, or 1s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_uptime: Option<Duration>,
-    /// First restart backoff delay; it doubles up to 15 s (ms, or 100ms).
+    /// Backoff after a quick crash (a run shorter than --min-uptime): the first restart is
+    /// immediate, then this delay, doubling up to 15 s (ms, or 100ms).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub restart_delay: Option<Duration>,
     /// Do not restart instances that exit.
@@ -170,6 +174,13 @@ pub struct StartArgs {
     /// Restart an instance whose memory passes this size (e.g. 200M, 1G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_memory_restart: Option<u64>,
+    /// Stop instances by sending them the message "shutdown" (PM2's shutdown_with_message)
+    /// instead of a signal.
+    #[arg(long)]
+    pub shutdown_with_message: bool,
+    /// Run a Node.js script as a plain process with LISTEN_FDS instead of as a cluster worker.
+    #[arg(long)]
+    pub no_node_cluster: bool,
     /// Prefix log lines with a timestamp.
     #[arg(long)]
     pub time: bool,
@@ -238,8 +249,13 @@ pub fn interpreter_for(path: &Path) -> Option<&'static str> {
 
 /// Number of instances from `N` or `max`.
 pub fn parse_instances(s: &str) -> Result<u32> {
-    if s == "max" || s == "-1" {
-        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    if s == "max" {
+        return Ok(cpus);
+    }
+    if s == "-1" {
+        // PM2's meaning: every CPU but one.
+        return Ok(cpus.saturating_sub(1).max(1));
     }
     let n: u32 = s
         .parse()
@@ -260,8 +276,9 @@ impl StartArgs {
         };
         let defaults = AppSpec::default();
         let mut args = self.args.clone();
+        let mut interpreter_args = Vec::new();
         let as_path = cwd.join(&self.script);
-        let (script, interpreter) = if as_path.exists() {
+        let (mut script, mut interpreter) = if as_path.exists() {
             let interp = self
                 .interpreter
                 .clone()
@@ -278,7 +295,7 @@ impl StartArgs {
                 .filter(|i| i != "none");
             (as_path.display().to_string(), interp)
         } else if self.script.contains(char::is_whitespace) {
-            // A command line such as "python3 -m http.server".
+            // A command line such as "python3 -m http.server" or "next start".
             let mut words = self.script.split_whitespace().map(str::to_string);
             let prog = words.next().expect("has a word");
             let mut rest: Vec<String> = words.collect();
@@ -294,6 +311,28 @@ impl StartArgs {
         } else {
             (self.script.clone(), self.interpreter.clone())
         };
+        // `node [flags] app.js args…` runs app.js under node; so do scripts whose #! names
+        // node (node_modules/.bin/next), found on PATH or in ./node_modules/.bin.
+        if interpreter.is_none() && !script.contains('/') {
+            let base = script.clone();
+            if base == "node" || base == "nodejs" {
+                let pos = args.iter().position(|a| !a.starts_with('-'));
+                let Some(pos) = pos else {
+                    bail!("`node` needs a script to run, e.g. herd start \"node server.js\"");
+                };
+                interpreter_args = args.drain(..pos).collect();
+                let file = args.remove(0);
+                interpreter = Some(base);
+                script = cwd.join(&file).display().to_string();
+            } else if let Some(found) = find_program(&script, &cwd) {
+                if herd_core::node::shebang_is_node(&found) {
+                    interpreter = Some("node".into());
+                }
+                script = found.display().to_string();
+            }
+        }
+        let node = !self.no_node_cluster
+            && herd_core::node::is_node(interpreter.as_deref(), Path::new(&script));
         let name = match &self.name {
             Some(n) => n.clone(),
             None => default_name(&script),
@@ -346,7 +385,7 @@ impl StartArgs {
             script,
             args,
             interpreter,
-            interpreter_args: Vec::new(),
+            interpreter_args,
             cwd: cwd.display().to_string(),
             env,
             instances,
@@ -368,10 +407,21 @@ impl StartArgs {
                 max_size: self.log_max_size.unwrap_or(defaults.log.max_size),
                 keep: self.log_keep.unwrap_or(defaults.log.keep),
             },
+            node,
+            shutdown_with_message: self.shutdown_with_message,
         };
         spec.validate().map_err(|e| anyhow::anyhow!(e))?;
         Ok(spec)
     }
+}
+
+/// A program name looked up on PATH, then in ./node_modules/.bin (as `npm run` would).
+fn find_program(name: &str, cwd: &Path) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(std::iter::once(cwd.join("node_modules/.bin")))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

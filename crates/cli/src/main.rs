@@ -38,6 +38,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Start(a) => start(&home, &a),
         Cmd::Stop(t) => apps_reply(&home, Command::Stop { target: t.target }, t.json),
         Cmd::Restart(t) => apps_reply(&home, Command::Restart { target: t.target }, t.json),
+        Cmd::Reload(t) => apps_reply(&home, Command::Reload { target: t.target }, t.json),
         Cmd::Delete(t) => apps_reply(&home, Command::Delete { target: t.target }, t.json),
         Cmd::List(j) => apps_reply(&home, Command::List, j.json),
         Cmd::Describe(d) => {
@@ -227,6 +228,12 @@ fn init_tracing() {
 }
 
 fn daemon(home: &Home) -> Result<ExitCode> {
+    // Fds inherited from whoever started us without close-on-exec are not ours to hold (and
+    // would leak into every instance).
+    // SAFETY: nothing in this process uses an fd above 2 yet.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
+    }
     home.ensure()
         .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
     herd_daemon::rotate_daemon_log(home);

@@ -5,6 +5,7 @@
 
 pub mod ipc;
 pub mod logs;
+pub mod node;
 pub mod notify;
 pub mod policy;
 pub mod sockets;

@@ -268,6 +268,15 @@ unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
         }
     }
 
+    // Nothing else crosses exec: fds the daemon itself inherited without close-on-exec (from
+    // the shell that first ran herd) would otherwise leak into every instance.
+    libc::syscall(
+        libc::SYS_close_range,
+        p.high_water as libc::c_uint,
+        libc::c_uint::MAX,
+        0 as libc::c_uint,
+    );
+
     if libc::chdir(p.cwd) < 0 {
         fail(STAGE_CWD);
     }

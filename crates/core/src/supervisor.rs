@@ -26,13 +26,49 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::ipc::{self, Inbound};
+use crate::ipc::{self, Channel, Inbound};
 use crate::logs::{self, LogBus, LogEvent, LogFile, PumpTarget, SharedLog};
 use crate::notify::{self, Notice};
 use crate::policy::{self, Decision, History};
 use crate::sockets::{ListenAddr, Listener};
 use crate::spawn::{self, SpawnRequest};
 use crate::stats::{self, Sample};
+
+mod cluster;
+mod reload;
+
+use cluster::begin_stop;
+
+/// How a process said it was ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadyKind {
+    /// It said so: sd_notify `READY=1`, `{"herd":"ready"}`, or `process.send('ready')`.
+    Explicit,
+    /// A Node worker's server is listening (cluster's `listening`).
+    Listening,
+}
+
+/// Whether an app's instances are routed to only once they are ready.
+fn needs_ready(spec: &AppSpec) -> bool {
+    spec.wait_ready || spec.node
+}
+
+/// SIGKILL for a retiring process that has not exited after `after`.
+fn arm_retire(tx: &mpsc::UnboundedSender<Event>, pid: u32, after: Duration) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let _ = tx.send(Event::RetireTimeout { pid });
+    });
+}
+
+fn describe_exit(e: &ExitInfo) -> String {
+    match (&e.code, &e.signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (_, Some(s)) => format!("killed by {s}"),
+        _ => "unknown status".into(),
+    }
+}
 
 /// How long a scale-down waits for a steered-out slot's queue to empty before stopping it.
 const DRAIN_MAX: Duration = Duration::from_secs(2);
@@ -89,6 +125,16 @@ enum Event {
         slot: u32,
         gen: u64,
     },
+    /// A reload's new process of a slot has had `listen_timeout` to get ready.
+    NextTimeout {
+        app: u32,
+        slot: u32,
+        pid: u32,
+    },
+    /// A retiring (reloaded-away) process has had `kill_timeout` to exit.
+    RetireTimeout {
+        pid: u32,
+    },
     MemoryCheck {
         app: u32,
     },
@@ -137,6 +183,7 @@ impl Supervisor {
             next_id: 0,
             pids: HashMap::new(),
             waiters: Vec::new(),
+            reload_errors: HashMap::new(),
             shutting_down: false,
             done: false,
         };
@@ -211,12 +258,36 @@ enum Then {
     Remove,
 }
 
+/// Which process of a slot a pid is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The slot's process.
+    Current,
+    /// A reload's new process, not yet ready.
+    Next,
+    /// A reloaded-away process finishing its requests.
+    Retiring,
+}
+
 struct Proc {
     pid: u32,
     since: Instant,
     sample: Option<Sample>,
-    /// Write half of the IPC channel, kept for messages to the instance.
-    _ipc: Option<tokio::net::unix::OwnedWriteHalf>,
+    /// The instance's channel (Node's IPC channel for Node apps).
+    channel: Option<Channel>,
+    /// Sockets for the app's own port handed to this Node worker so far.
+    listens: u32,
+    /// Sequence number of the next cluster message herd sends it.
+    seq: u64,
+    /// Asked to stop and waiting for its channel to close before the kill signal.
+    disconnecting: bool,
+}
+
+impl Proc {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
 }
 
 enum SlotState {
@@ -284,6 +355,8 @@ impl SlotState {
 struct Slot {
     index: u32,
     state: SlotState,
+    /// A reload's new process, started next to the current one.
+    next: Option<Proc>,
     /// Bumped on every state change; a timer armed under another generation is stale.
     gen: u64,
     restarts: u32,
@@ -310,15 +383,37 @@ struct App {
     /// Slots the selector currently routes to, to re-attach it only on change.
     routed: Option<Vec<u32>>,
     memory_check_armed: bool,
+    /// Reloaded-away processes finishing their requests, with their slot.
+    retiring: Vec<(u32, Proc)>,
+    /// Sockets bound for Node workers' other listens (another port, port 0, a path), shared
+    /// by all instances as under Node's cluster module. Keyed by the worker's request.
+    extra: HashMap<String, Listener>,
+    /// A rolling reload in progress.
+    reload: Option<Reload>,
+}
+
+/// A rolling reload: slots still to do, and the slot being done.
+struct Reload {
+    pending: std::collections::VecDeque<u32>,
+    active: Option<u32>,
 }
 
 impl App {
     fn settled(&self) -> bool {
-        self.slots.iter().all(|s| s.state.settled())
+        self.reload.is_none()
+            && self.retiring.is_empty()
+            && self
+                .slots
+                .iter()
+                .all(|s| s.state.settled() && s.next.is_none())
     }
 
     fn has_processes(&self) -> bool {
-        self.slots.iter().any(|s| s.state.proc().is_some())
+        !self.retiring.is_empty()
+            || self
+                .slots
+                .iter()
+                .any(|s| s.state.proc().is_some() || s.next.is_some())
     }
 
     fn port(&self) -> Option<u16> {
@@ -336,6 +431,8 @@ impl App {
 
 enum WaitKind {
     Apps,
+    /// Like `Apps`, but an error reply if the app's reload failed.
+    Reload,
     Deleted(String),
     Kill,
 }
@@ -352,8 +449,10 @@ struct State {
     logs: LogBus,
     apps: BTreeMap<u32, App>,
     next_id: u32,
-    /// pid → (app id, slot index) of every process the supervisor started.
-    pids: HashMap<u32, (u32, u32)>,
+    /// pid → (app id, slot index, role) of every process the supervisor started.
+    pids: HashMap<u32, (u32, u32, Role)>,
+    /// Reload failures by app, reported to the reload's waiter.
+    reload_errors: HashMap<u32, String>,
     waiters: Vec<Waiter>,
     shutting_down: bool,
     done: bool,
@@ -390,17 +489,30 @@ impl State {
             Event::Exited { pid, status } => self.on_exit(pid, status),
             Event::Notice(n) => {
                 if n.ready {
-                    self.on_ready(n.pid);
+                    self.on_ready(n.pid, ReadyKind::Explicit);
                 }
             }
             Event::Ipc { pid, msg } => match msg {
-                Inbound::Ready => self.on_ready(pid),
+                Inbound::Ready => self.on_ready(pid, ReadyKind::Explicit),
+                Inbound::Cluster(m) => self.on_cluster(pid, m),
+                Inbound::HandleAck => {}
+                Inbound::HandleNack => {
+                    tracing::warn!(pid, "a Node worker refused a socket herd sent it")
+                }
+                Inbound::Closed => self.on_channel_closed(pid),
                 Inbound::Malformed(why) => {
                     tracing::warn!(pid, "malformed message on IPC channel dropped: {why}")
                 }
-                Inbound::Other(v) => tracing::debug!(pid, "IPC message ignored: {v}"),
+                Inbound::App(v) => tracing::debug!(pid, "message from instance: {v}"),
             },
             Event::Timer { app, slot, gen } => self.on_timer(app, slot, gen),
+            Event::NextTimeout { app, slot, pid } => self.on_next_timeout(app, slot, pid),
+            Event::RetireTimeout { pid } => {
+                if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
+                    tracing::info!(pid, "kill timeout passed for a reloaded-away process; sending SIGKILL");
+                    let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+                }
+            }
             Event::MemoryCheck { app } => self.on_memory_check(app),
         }
     }
@@ -450,6 +562,21 @@ impl State {
                 s.restart_app(id)?;
                 Ok(())
             }),
+            Command::Reload { target } => match self.resolve(&target) {
+                Ok(ids) => {
+                    for &id in &ids {
+                        self.reload_errors.remove(&id);
+                        if let Err(e) = self.start_reload(id) {
+                            let _ = reply.send(e);
+                            return;
+                        }
+                    }
+                    self.wait(ids, WaitKind::Reload, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
             Command::Delete { target } => match self.resolve(&target) {
                 Ok(ids) => {
                     let names: Vec<String> = ids
@@ -571,6 +698,15 @@ impl State {
             ));
         }
         check_program(&spec).map_err(|m| err(ErrorCode::InvalidSpec, m))?;
+        if parse_signal(&spec.kill_signal).is_none() {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "unknown kill signal {:?}; use a name such as SIGTERM, SIGINT or SIGQUIT",
+                    spec.kill_signal
+                ),
+            ));
+        }
         let listeners = self.bind_listeners(&spec, None)?;
         // Record the real port when port 0 was asked, so restarts keep it.
         for (ls, l) in spec.listen.iter_mut().zip(&listeners) {
@@ -596,6 +732,9 @@ impl State {
                 deleting: false,
                 routed: None,
                 memory_check_armed: false,
+                retiring: Vec::new(),
+                extra: HashMap::new(),
+                reload: None,
             },
         );
         let n = self.apps[&id].slots.len() as u32;
@@ -623,6 +762,7 @@ impl State {
         Ok(Slot {
             index,
             state: SlotState::Stopped,
+            next: None,
             gen: 0,
             restarts: 0,
             history: History::default(),
@@ -680,6 +820,10 @@ impl State {
     fn stop_app(&mut self, id: u32) {
         let app = self.apps.get_mut(&id).expect("resolved");
         app.status = AppStatus::Stopped;
+        if app.reload.take().is_some() {
+            self.reload_errors
+                .insert(id, format!("the reload of {} was cut short: the app was stopped", app.spec.name));
+        }
         for i in 0..app.slots.len() as u32 {
             self.stop_slot(id, i, Then::Stay);
         }
@@ -809,7 +953,24 @@ impl State {
         self.apply_decision(id, i, decision, true);
     }
 
+    /// Starts the slot's process and makes it the current one.
     fn try_spawn(&mut self, id: u32, i: u32) -> Result<(), String> {
+        let proc = self.spawn_proc(id, i, Role::Current)?;
+        let spec = &self.apps[&id].spec;
+        let wait = needs_ready(spec);
+        let listen_timeout = Duration::from_millis(spec.listen_timeout_ms);
+        let slot = &mut self.apps.get_mut(&id).expect("app exists").slots[i as usize];
+        if wait {
+            slot.set(SlotState::Starting(proc));
+            self.arm(id, i, listen_timeout);
+        } else {
+            slot.set(SlotState::Online(proc));
+        }
+        Ok(())
+    }
+
+    /// Starts a process for slot `i` and registers its pid; the caller places it.
+    fn spawn_proc(&mut self, id: u32, i: u32, role: Role) -> Result<Proc, String> {
         let app = &self.apps[&id];
         let spec = &app.spec;
         let slot = &app.slots[i as usize];
@@ -830,19 +991,25 @@ impl State {
         };
         argv.extend(spec.args.iter().cloned());
 
-        let listen_fds: Vec<_> = app
-            .listeners
-            .iter()
-            .filter_map(|l| l.fd_for_slot(i))
-            .collect();
+        // Node workers get their sockets through the cluster protocol, not as inherited fds.
+        let listen_fds: Vec<_> = if spec.node {
+            Vec::new()
+        } else {
+            app.listeners
+                .iter()
+                .filter_map(|l| l.fd_for_slot(i))
+                .collect()
+        };
         let names: Vec<&str> = spec.listen.iter().map(|l| l.name.as_str()).collect();
+        let port = app.port();
         let mut env: Vec<(String, String)> = spec
             .env
             .iter()
-            .filter(|(k, _)| !is_herd_managed(k))
+            // The user's own PORT stands when herd has no port to give.
+            .filter(|(k, _)| !is_herd_managed(k) || (k.as_str() == "PORT" && port.is_none()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if let Some(port) = app.port() {
+        if let Some(port) = port {
             env.push(("PORT".into(), port.to_string()));
         }
         let ipc_fd = 3 + listen_fds.len();
@@ -852,12 +1019,20 @@ impl State {
             ("HERD_INSTANCE".into(), i.to_string()),
             ("HERD_INSTANCES".into(), spec.instances.to_string()),
             ("NODE_APP_INSTANCE".into(), i.to_string()),
-            ("HERD_IPC_FD".into(), ipc_fd.to_string()),
             (
                 "NOTIFY_SOCKET".into(),
                 self.cfg.notify_path.display().to_string(),
             ),
         ]);
+        if spec.node {
+            env.extend([
+                ("NODE_CHANNEL_FD".into(), ipc_fd.to_string()),
+                ("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()),
+                ("NODE_UNIQUE_ID".into(), (i + 1).to_string()),
+            ]);
+        } else {
+            env.push(("HERD_IPC_FD".into(), ipc_fd.to_string()));
+        }
         if !listen_fds.is_empty() {
             env.push(("LISTEN_FDS".into(), listen_fds.len().to_string()));
             env.push(("LISTEN_FDNAMES".into(), names.join(":")));
@@ -908,51 +1083,42 @@ impl State {
                 Err(e) => tracing::warn!("cannot read output of pid {pid}: {e}"),
             }
         }
-        let ipc_write = ours
-            .set_nonblocking(true)
-            .and_then(|_| tokio::net::UnixStream::from_std(ours))
-            .map(|s| {
-                let (r, w) = s.into_split();
-                let tx = self.tx.clone();
-                tokio::spawn(ipc::serve(r, move |msg| {
-                    let _ = tx.send(Event::Ipc { pid, msg });
-                }));
-                w
-            })
-            .map_err(|e| tracing::warn!("IPC channel of pid {pid}: {e}"))
-            .ok();
-
-        let wait_ready = spec.wait_ready;
-        let listen_timeout = Duration::from_millis(spec.listen_timeout_ms);
-        let proc = Proc {
+        let tx = self.tx.clone();
+        let channel = ipc::start(ours, move |msg| {
+            let _ = tx.send(Event::Ipc { pid, msg });
+        })
+        .map_err(|e| tracing::warn!("IPC channel of pid {pid}: {e}"))
+        .ok();
+        self.pids.insert(pid, (id, i, role));
+        self.write_pids();
+        Ok(Proc {
             pid,
             since: Instant::now(),
             sample: None,
-            _ipc: ipc_write,
-        };
-        self.pids.insert(pid, (id, i));
-        let slot = &mut self.apps.get_mut(&id).expect("app exists").slots[i as usize];
-        if wait_ready {
-            slot.set(SlotState::Starting(proc));
-            self.arm(id, i, listen_timeout);
-        } else {
-            slot.set(SlotState::Online(proc));
-        }
-        self.write_pids();
-        Ok(())
+            channel,
+            listens: 0,
+            seq: 0,
+            disconnecting: false,
+        })
     }
 
-    /// Sends the kill signal to a slot's process group; SIGKILL follows after the timeout.
+    /// Asks a slot's process to stop (see [`begin_stop`]); SIGKILL follows after the timeout.
     fn stop_slot(&mut self, id: u32, i: u32, then: Then) {
         let app = self.apps.get_mut(&id).expect("app exists");
-        let signal = parse_signal(&app.spec.kill_signal).unwrap_or(Signal::SIGTERM);
         let timeout = Duration::from_millis(app.spec.kill_timeout_ms);
         let slot = &mut app.slots[i as usize];
+        // A reload's new process goes too.
+        if let Some(mut next) = slot.next.take() {
+            begin_stop(&app.spec, &mut next);
+            self.pids.insert(next.pid, (id, i, Role::Retiring));
+            arm_retire(&self.tx, next.pid, timeout);
+            app.retiring.push((i, next));
+        }
         match std::mem::replace(&mut slot.state, SlotState::Stopped) {
-            SlotState::Starting(proc)
-            | SlotState::Online(proc)
-            | SlotState::Draining { proc, .. } => {
-                let _ = kill(Pid::from_raw(-(proc.pid as i32)), signal);
+            SlotState::Starting(mut proc)
+            | SlotState::Online(mut proc)
+            | SlotState::Draining { mut proc, .. } => {
+                begin_stop(&app.spec, &mut proc);
                 slot.set(SlotState::Stopping { proc, then });
                 self.arm(id, i, timeout);
             }
@@ -1025,7 +1191,6 @@ impl State {
                 &app.slots[i as usize].err,
                 &format!("[herd] instance {i} uses {rss} bytes, over max_memory_restart {limit}; restarting it"),
             );
-            self.apps.get_mut(&id).expect("exists").slots[i as usize].restarts += 1;
             self.stop_slot(id, i, Then::Restart);
         }
         self.arm_memory_check(id);
@@ -1034,7 +1199,7 @@ impl State {
     // ----- events ---------------------------------------------------------------------------
 
     fn on_exit(&mut self, pid: u32, status: WaitStatus) {
-        let Some((id, i)) = self.pids.remove(&pid) else {
+        let Some((id, i, role)) = self.pids.remove(&pid) else {
             // An orphaned grandchild re-parented to us, or a child whose exec failed.
             return;
         };
@@ -1046,10 +1211,44 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
+        match role {
+            Role::Retiring => {
+                app.retiring.retain(|(_, p)| p.pid != pid);
+                return;
+            }
+            Role::Next => {
+                if let Some(slot) = app.slots.get_mut(i as usize) {
+                    if slot.next.as_ref().is_some_and(|p| p.pid == pid) {
+                        slot.next = None;
+                    }
+                }
+                self.reload_failed(
+                    id,
+                    i,
+                    format!(
+                        "the new process of instance {i} exited ({}) before it was ready",
+                        describe_exit(&exit)
+                    ),
+                );
+                return;
+            }
+            Role::Current => {}
+        }
         let name = app.spec.name.clone();
         let slot = &mut app.slots[i as usize];
         slot.last_exit = Some(exit.clone());
         let prev = std::mem::replace(&mut slot.state, SlotState::Stopped);
+        // The current process died during a reload of its slot: the new one takes over.
+        if matches!(prev, SlotState::Starting(_) | SlotState::Online(_)) {
+            if let Some(next) = slot.next.take() {
+                slot.restarts += 1;
+                self.pids.insert(next.pid, (id, i, Role::Current));
+                let timeout = Duration::from_millis(app.spec.listen_timeout_ms);
+                slot.set(SlotState::Starting(next));
+                self.arm(id, i, timeout);
+                return;
+            }
+        }
         match prev {
             SlotState::Stopping { then, .. } => match then {
                 Then::Stay => slot.set(SlotState::Stopped),
@@ -1117,23 +1316,41 @@ impl State {
         }
     }
 
-    fn on_ready(&mut self, pid: u32) {
+    fn on_ready(&mut self, pid: u32, kind: ReadyKind) {
         let key = self.pids.get(&pid).copied().or_else(|| {
             // A child of the instance may speak for it: look its process group up.
             nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
                 .ok()
                 .and_then(|g| self.pids.get(&(g.as_raw() as u32)).copied())
         });
-        let Some((id, i)) = key else {
+        let Some((id, i, role)) = key else {
             return;
         };
-        let slot = &mut self.apps.get_mut(&id).expect("app exists").slots[i as usize];
-        if let SlotState::Starting(_) = slot.state {
-            let SlotState::Starting(proc) = std::mem::replace(&mut slot.state, SlotState::Gone)
-            else {
-                unreachable!()
-            };
-            slot.set(SlotState::Online(proc));
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        // With wait_ready the app itself must say so; listening is not enough.
+        if app.spec.wait_ready && kind == ReadyKind::Listening {
+            return;
+        }
+        match role {
+            Role::Current => {
+                let slot = &mut app.slots[i as usize];
+                if let SlotState::Starting(_) = slot.state {
+                    let SlotState::Starting(proc) =
+                        std::mem::replace(&mut slot.state, SlotState::Gone)
+                    else {
+                        unreachable!()
+                    };
+                    slot.set(SlotState::Online(proc));
+                    if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
+                        app.reload.as_mut().expect("checked").active = None;
+                        self.reload_step(id);
+                    }
+                }
+            }
+            Role::Next => self.promote(id, i),
+            Role::Retiring => {}
         }
     }
 
@@ -1196,6 +1413,7 @@ impl State {
                     app.listeners.clear();
                     app.routed = None;
                 }
+                app.extra.clear();
                 if app.deleting {
                     removed.push(app.id);
                 }
@@ -1231,6 +1449,24 @@ impl State {
                         .filter(|id| self.apps.contains_key(id))
                         .collect();
                     Reply::apps(self.infos(&ids, false))
+                }
+                WaitKind::Reload => {
+                    let failures: Vec<String> = w
+                        .apps
+                        .iter()
+                        .filter_map(|id| self.reload_errors.remove(id))
+                        .collect();
+                    if failures.is_empty() {
+                        let ids: Vec<u32> = w
+                            .apps
+                            .iter()
+                            .copied()
+                            .filter(|id| self.apps.contains_key(id))
+                            .collect();
+                        Reply::apps(self.infos(&ids, false))
+                    } else {
+                        Reply::error(ErrorCode::ReloadFailed, failures.join("; "))
+                    }
                 }
                 WaitKind::Deleted(msg) => Reply::done(msg),
                 WaitKind::Kill => {

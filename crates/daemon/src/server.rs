@@ -168,7 +168,7 @@ async fn stream_logs(
 ) -> io::Result<()> {
     // Subscribe before reading the files, so no line falls between the two.
     let mut rx = follow.then(|| sup.subscribe_logs());
-    let files = match sup.log_files(target, stream).await {
+    let files = match sup.log_files(target.clone(), stream).await {
         Ok(f) => f,
         Err(reply) => return send(&mut conn, &reply).await,
     };
@@ -194,13 +194,15 @@ async fn stream_logs(
         .await;
     };
     let apps: HashSet<String> = files.iter().map(|f| f.app.clone()).collect();
+    // Following `all` includes apps started later.
+    let follow_all = target == "all";
     let (mut read_half, mut write_half) = conn.into_split();
     let mut probe = [0u8; 256];
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
                 Ok(ev) => {
-                    if !apps.contains(&*ev.app) || stream.is_some_and(|s| s != ev.stream) {
+                    if !(follow_all || apps.contains(&*ev.app)) || stream.is_some_and(|s| s != ev.stream) {
                         continue;
                     }
                     let reply = Reply::Log {

@@ -74,6 +74,12 @@ pub enum Command {
         /// Which apps.
         target: String,
     },
+    /// Replace apps' instances one by one without dropping a connection: each slot's new
+    /// process must be ready before the old one is asked to stop.
+    Reload {
+        /// Which apps.
+        target: String,
+    },
     /// Stop apps and forget them.
     Delete {
         /// Which apps.
@@ -209,6 +215,8 @@ pub enum ErrorCode {
     InvalidSpec,
     /// A listening address cannot be bound.
     Listen,
+    /// A reload stopped because a new process did not become ready; old ones keep serving.
+    ReloadFailed,
     /// Starting a process failed.
     Spawn,
     /// The daemon is shutting down.

@@ -111,6 +111,12 @@ pub struct AppSpec {
     pub max_memory_bytes: Option<u64>,
     /// Log capture options.
     pub log: LogSpec,
+    /// Run as a Node.js cluster worker: sockets are handed over through Node's cluster
+    /// protocol instead of `LISTEN_FDS`. Set by the CLI when the script runs under `node`.
+    pub node: bool,
+    /// Stop by sending the message `"shutdown"` on the instance's channel instead of a signal
+    /// (PM2's `shutdown_with_message`); SIGKILL still follows after `kill_timeout_ms`.
+    pub shutdown_with_message: bool,
 }
 
 impl Default for AppSpec {
@@ -138,6 +144,8 @@ impl Default for AppSpec {
             stop_exit_codes: Vec::new(),
             max_memory_bytes: None,
             log: LogSpec::default(),
+            node: false,
+            shutdown_with_message: false,
         }
     }
 }

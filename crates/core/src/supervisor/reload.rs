@@ -1,0 +1,175 @@
+//! Rolling reload: for each slot in turn, start the next process beside the current one,
+//! wait until it is ready, then ask the current one to stop (it stops accepting first and
+//! finishes its in-flight requests) and move on. Both processes accept from the same slot
+//! socket, so no connection is refused or lost. A next process that never gets ready is killed
+//! and the old one keeps serving; the reload stops there, so a broken version never replaces
+//! more than nothing.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use herd_proto::{AppStatus, Reply};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{arm_retire, begin_stop, needs_ready, write_note, Event, Reload, Role, SlotState, State};
+
+impl State {
+    /// Starts a rolling reload of app `id` (a stopped app is simply started).
+    pub(super) fn start_reload(&mut self, id: u32) -> Result<(), Reply> {
+        let app = self.apps.get_mut(&id).expect("resolved");
+        if app.status == AppStatus::Stopped && !app.has_processes() {
+            return self.resume(id);
+        }
+        app.status = AppStatus::Running;
+        if app.reload.is_none() {
+            app.reload = Some(Reload {
+                pending: (0..app.slots.len() as u32).collect::<VecDeque<u32>>(),
+                active: None,
+            });
+            self.reload_step(id);
+        }
+        Ok(())
+    }
+
+    /// Moves the reload on to the next slot that needs it, or ends it.
+    pub(super) fn reload_step(&mut self, id: u32) {
+        loop {
+            let Some(app) = self.apps.get_mut(&id) else {
+                return;
+            };
+            let Some(job) = app.reload.as_mut() else {
+                return;
+            };
+            if job.active.is_some() {
+                return;
+            }
+            let Some(i) = job.pending.pop_front() else {
+                app.reload = None;
+                return;
+            };
+            let Some(slot) = app.slots.get_mut(i as usize) else {
+                continue;
+            };
+            match slot.state {
+                SlotState::Starting(_) | SlotState::Online(_) => {
+                    let timeout = Duration::from_millis(app.spec.listen_timeout_ms);
+                    match self.spawn_proc(id, i, Role::Next) {
+                        Ok(next) => {
+                            let pid = next.pid;
+                            let app = self.apps.get_mut(&id).expect("exists");
+                            app.slots[i as usize].next = Some(next);
+                            app.reload.as_mut().expect("exists").active = Some(i);
+                            let tx = self.tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(timeout).await;
+                                let _ = tx.send(Event::NextTimeout { app: id, slot: i, pid });
+                            });
+                            return;
+                        }
+                        Err(e) => {
+                            self.reload_failed(id, i, format!("cannot start instance {i}: {e}"));
+                            return;
+                        }
+                    }
+                }
+                // Being stopped or removed: nothing to reload.
+                SlotState::Stopping { .. } | SlotState::Draining { .. } | SlotState::Gone => {}
+                // Not running (crashed, errored, exited): a reload starts it afresh.
+                _ => {
+                    slot.history = Default::default();
+                    slot.restarts += 1;
+                    self.launch(id, i);
+                }
+            }
+        }
+    }
+
+    /// The next process of slot `i` is ready: it becomes the current one, and the old one is
+    /// asked to stop.
+    pub(super) fn promote(&mut self, id: u32, i: u32) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        let kill_timeout = Duration::from_millis(app.spec.kill_timeout_ms);
+        let slot = &mut app.slots[i as usize];
+        let Some(next) = slot.next.take() else {
+            return;
+        };
+        self.pids.insert(next.pid, (id, i, Role::Current));
+        match std::mem::replace(&mut slot.state, SlotState::Stopped) {
+            SlotState::Starting(mut old) | SlotState::Online(mut old) => {
+                begin_stop(&app.spec, &mut old);
+                self.pids.insert(old.pid, (id, i, Role::Retiring));
+                let pid = old.pid;
+                app.retiring.push((i, old));
+                arm_retire(&self.tx, pid, kill_timeout);
+            }
+            other => slot.state = other,
+        }
+        slot.restarts += 1;
+        slot.set(SlotState::Online(next));
+        if let Some(job) = app.reload.as_mut() {
+            if job.active == Some(i) {
+                job.active = None;
+            }
+        }
+        self.reload_step(id);
+    }
+
+    /// The next process of slot `i` has had its time.
+    pub(super) fn on_next_timeout(&mut self, id: u32, i: u32, pid: u32) {
+        let Some(app) = self.apps.get(&id) else {
+            return;
+        };
+        let Some(slot) = app.slots.get(i as usize) else {
+            return;
+        };
+        if !slot.next.as_ref().is_some_and(|p| p.pid == pid) {
+            return;
+        }
+        if needs_ready(&app.spec) {
+            let why = if app.spec.wait_ready {
+                "did not say it was ready"
+            } else {
+                "did not listen"
+            };
+            self.reload_failed(
+                id,
+                i,
+                format!(
+                    "the new process of instance {i} {why} within listen_timeout ({} ms)",
+                    app.spec.listen_timeout_ms
+                ),
+            );
+        } else {
+            // A program that never signals readiness is taken as ready once it has stayed up
+            // for listen_timeout.
+            self.promote(id, i);
+        }
+    }
+
+    /// Ends a reload after a failure at slot `i`: its next process is killed, old processes
+    /// keep serving, and the reload's requester gets the reason.
+    pub(super) fn reload_failed(&mut self, id: u32, i: u32, why: String) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        if app.reload.take().is_none() {
+            return;
+        }
+        let slot = &mut app.slots[i as usize];
+        if let Some(next) = slot.next.take() {
+            let _ = kill(Pid::from_raw(-(next.pid as i32)), Signal::SIGKILL);
+            self.pids.insert(next.pid, (id, i, Role::Retiring));
+            app.retiring.push((i, next));
+        }
+        let msg = format!(
+            "reload of {} stopped: {why}; the old processes keep serving (see `herd logs {}`)",
+            app.spec.name, app.spec.name
+        );
+        tracing::warn!("{msg}");
+        write_note(&slot.err, &format!("[herd] {msg}"));
+        self.reload_errors.insert(id, msg);
+    }
+}
