@@ -121,7 +121,12 @@ pub struct StartArgs {
     #[arg(short, long)]
     pub name: Option<String>,
     /// Number of instances: a number, `max` (one per CPU) or -1 (one per CPU but one).
-    #[arg(short = 'i', long = "instances", default_value = "1", allow_hyphen_values = true)]
+    #[arg(
+        short = 'i',
+        long = "instances",
+        default_value = "1",
+        allow_hyphen_values = true
+    )]
     pub instances: String,
     /// Listen on this TCP port on every IPv4 address (0.0.0.0:PORT).
     #[arg(short, long)]

@@ -232,7 +232,12 @@ fn daemon(home: &Home) -> Result<ExitCode> {
     // would leak into every instance).
     // SAFETY: nothing in this process uses an fd above 2 yet.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
     }
     home.ensure()
         .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;

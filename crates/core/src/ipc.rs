@@ -277,7 +277,10 @@ mod tests {
             classify(br#"{"cmd":"NODE_CLUSTER","act":"online","seq":0}"#),
             Inbound::Cluster(_)
         ));
-        assert_eq!(classify(br#"{"cmd":"NODE_HANDLE_ACK"}"#), Inbound::HandleAck);
+        assert_eq!(
+            classify(br#"{"cmd":"NODE_HANDLE_ACK"}"#),
+            Inbound::HandleAck
+        );
     }
 
     #[test]
@@ -306,7 +309,8 @@ mod tests {
             let mut buf = [0u8; 256];
             let mut iov = [IoSliceMut::new(&mut buf)];
             let mut space = nix::cmsg_space!([RawFd; 1]);
-            let msg = recvmsg::<()>(theirs_fd, &mut iov, Some(&mut space), MsgFlags::empty()).unwrap();
+            let msg =
+                recvmsg::<()>(theirs_fd, &mut iov, Some(&mut space), MsgFlags::empty()).unwrap();
             let fds: Vec<RawFd> = msg
                 .cmsgs()
                 .unwrap()

@@ -509,7 +509,10 @@ impl State {
             Event::NextTimeout { app, slot, pid } => self.on_next_timeout(app, slot, pid),
             Event::RetireTimeout { pid } => {
                 if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
-                    tracing::info!(pid, "kill timeout passed for a reloaded-away process; sending SIGKILL");
+                    tracing::info!(
+                        pid,
+                        "kill timeout passed for a reloaded-away process; sending SIGKILL"
+                    );
                     let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
                 }
             }
@@ -821,8 +824,13 @@ impl State {
         let app = self.apps.get_mut(&id).expect("resolved");
         app.status = AppStatus::Stopped;
         if app.reload.take().is_some() {
-            self.reload_errors
-                .insert(id, format!("the reload of {} was cut short: the app was stopped", app.spec.name));
+            self.reload_errors.insert(
+                id,
+                format!(
+                    "the reload of {} was cut short: the app was stopped",
+                    app.spec.name
+                ),
+            );
         }
         for i in 0..app.slots.len() as u32 {
             self.stop_slot(id, i, Then::Stay);

@@ -159,7 +159,8 @@ fn socket_for(
     if q.kind == AddressType::Udp {
         return Err((
             libc::EOPNOTSUPP,
-            "herd does not share UDP sockets between workers; bind them with exclusive: true".into(),
+            "herd does not share UDP sockets between workers; bind them with exclusive: true"
+                .into(),
         ));
     }
     // The app's own port (or Unix path): this slot's socket.

@@ -12,7 +12,9 @@ use herd_proto::{AppStatus, Reply};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{arm_retire, begin_stop, needs_ready, write_note, Event, Reload, Role, SlotState, State};
+use super::{
+    arm_retire, begin_stop, needs_ready, write_note, Event, Reload, Role, SlotState, State,
+};
 
 impl State {
     /// Starts a rolling reload of app `id` (a stopped app is simply started).
@@ -63,7 +65,11 @@ impl State {
                             let tx = self.tx.clone();
                             tokio::spawn(async move {
                                 tokio::time::sleep(timeout).await;
-                                let _ = tx.send(Event::NextTimeout { app: id, slot: i, pid });
+                                let _ = tx.send(Event::NextTimeout {
+                                    app: id,
+                                    slot: i,
+                                    pid,
+                                });
                             });
                             return;
                         }
@@ -125,7 +131,7 @@ impl State {
         let Some(slot) = app.slots.get(i as usize) else {
             return;
         };
-        if !slot.next.as_ref().is_some_and(|p| p.pid == pid) {
+        if slot.next.as_ref().is_none_or(|p| p.pid != pid) {
             return;
         }
         if needs_ready(&app.spec) {
