@@ -10,8 +10,11 @@ number and the MODE variable.
 import http.server
 import json
 import os
+import signal
 import socket
 import sys
+import threading
+import time
 
 
 def inherited_socket():
@@ -24,6 +27,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        if self.path.startswith("/sleep/"):
+            time.sleep(int(self.path[7:] or 0) / 1000)
         body = "pid={} instance={} mode={}".format(
             os.getpid(), os.environ.get("HERD_INSTANCE"), os.environ.get("MODE", "")
         ).encode()
@@ -41,12 +46,17 @@ def main():
     server = http.server.ThreadingHTTPServer(("", 0), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = inherited_socket()
-    server.daemon_threads = True
+    # On SIGTERM: stop accepting, let requests in progress finish, then exit. (Python's
+    # ThreadingHTTPServer makes its threads daemons, which die at exit mid-request; non-daemon
+    # threads are joined by server_close.)
+    server.daemon_threads = False
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print("hello.py: instance {} pid {} serving".format(os.environ.get("HERD_INSTANCE"), os.getpid()), flush=True)
     ipc = os.environ.get("HERD_IPC_FD")
     if ipc:
         os.write(int(ipc), (json.dumps({"herd": "ready"}) + "\n").encode())
     server.serve_forever()
+    server.server_close()
 
 
 if __name__ == "__main__":

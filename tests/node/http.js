@@ -17,7 +17,9 @@ const server = http.createServer((req, res) => {
 });
 server.listen(port, () => console.log(`http.js pid ${process.pid} listening on ${port}`));
 
-// Echo messages back, as apps using PM2's process messages do.
+// Answer messages the way a PM2 app does, echoing the data back to whoever asked.
 process.on('message', (msg) => {
-  if (process.send) process.send({ type: 'process:msg', data: { echo: msg, pid: process.pid }, topic: 'echo' });
+  if (msg && msg.type === 'process:msg') {
+    process.send({ type: 'process:msg', topic: 'echo', reply_to: msg.request, data: { echo: msg.data, pid: process.pid } });
+  }
 });

@@ -42,6 +42,10 @@ pub enum Cmd {
     Logs(LogsArgs),
     /// Change the number of instances: N, +N or -N.
     Scale(ScaleArgs),
+    /// Send a JSON message to instances: app:i, app, or all.
+    Send(SendArgs),
+    /// Send a JSON message to one instance and print its reply.
+    Request(RequestArgs),
     /// Stop every app and the daemon.
     Kill,
     /// Check that the daemon answers (and start it).
@@ -108,6 +112,36 @@ pub struct ScaleArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Where to: app:INSTANCE, app (each instance), or all.
+    pub to: String,
+    /// The message, as JSON (a bare word is sent as a string).
+    pub data: String,
+    /// Topic of the message (PM2's `topic`).
+    #[arg(long)]
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Which instance: app:INSTANCE, or app for any one.
+    pub to: String,
+    /// The message, as JSON (a bare word is sent as a string).
+    pub data: String,
+    /// Topic of the message.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// How long to wait for the reply (ms, or 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Message data from the command line: JSON if it parses, else the text as a string.
+pub fn message_data(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_string()))
 }
 
 #[derive(Debug, Args, Clone)]

@@ -77,6 +77,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )
         }
         Cmd::Logs(l) => logs(&home, l),
+        Cmd::Send(a) => {
+            let reply = Client::connect(&home)?.call(Command::Send {
+                to: a.to,
+                topic: a.topic,
+                data: args::message_data(&a.data),
+            })?;
+            match reply {
+                Reply::Done { message, .. } => {
+                    println!("{message}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => unexpected(other),
+            }
+        }
+        Cmd::Request(a) => {
+            let reply = Client::connect(&home)?.call(Command::Request {
+                to: a.to,
+                topic: a.topic,
+                data: args::message_data(&a.data),
+                timeout_ms: a.timeout.as_millis() as u64,
+            })?;
+            match reply {
+                Reply::Message { data, .. } => {
+                    println!("{data}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => unexpected(other),
+            }
+        }
         Cmd::Kill => kill(&home),
         Cmd::Ping => match Client::connect(&home)?.call(Command::Ping)? {
             Reply::Pong { version, pid, .. } => {

@@ -346,3 +346,92 @@ fn connections_queued_on_an_instance_that_gives_up_fail_fast_instead_of_hanging(
     assert_eq!(h.statuses("q"), vec!["exited"]);
     h.finish();
 }
+
+#[test]
+fn reload_of_a_non_node_app_fails_zero_requests() {
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // hello.py says ready on HERD_IPC_FD and, on SIGTERM, stops accepting and finishes what
+    // it has started.
+    h.ok(&[
+        "start",
+        "examples/hello.py",
+        "--name",
+        "py",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+    ]);
+    let before = h.pids("py");
+    let loads = under_load(loopback(port), "/sleep/30", 4, || {
+        h.ok(&["reload", "py"]);
+        h.ok(&["reload", "py"]);
+    });
+    let failed: Vec<&String> = loads.iter().flat_map(|l| &l.failed).collect();
+    let ok: usize = loads.iter().map(|l| l.ok).sum();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed during reload: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 20);
+    let after = h.pids("py");
+    assert!(before.iter().all(|p| !after.contains(p)));
+    h.finish();
+}
+
+#[test]
+fn a_reload_whose_new_process_never_gets_ready_keeps_the_old_one_serving() {
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("broken");
+    // The "new version" hangs without ever saying ready once the marker exists.
+    let app = script(
+        dir.path(),
+        "app.sh",
+        &format!(
+            "#!/bin/sh\nif [ -e {} ]; then exec sleep 300; fi\nexec {}\n",
+            marker.display(),
+            hello_bin().display()
+        ),
+    );
+    h.ok(&[
+        "start",
+        app.to_str().unwrap(),
+        "--name",
+        "app",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+        "--wait-ready",
+        "--listen-timeout",
+        "500",
+    ]);
+    let before = h.pids("app");
+    std::fs::write(&marker, "").unwrap();
+    let e = h.fails(&["reload", "app"]);
+    assert!(
+        e.contains("did not say it was ready") && e.contains("old processes keep serving"),
+        "{e}"
+    );
+    assert_eq!(h.pids("app"), before, "the old processes were replaced");
+    assert_eq!(h.statuses("app"), vec!["online", "online"]);
+    for _ in 0..20 {
+        assert!(before.contains(&pid_of(
+            &get(loopback(port), "/", Duration::from_secs(2)).unwrap()
+        )));
+    }
+    // Only the sleeping new process was killed; nothing is left of it.
+    wait_until(Duration::from_secs(3), || {
+        let n = h.leftovers().len();
+        // daemon + 2 instances
+        (n == 3).then_some(()).ok_or(n)
+    })
+    .unwrap();
+    h.finish();
+}

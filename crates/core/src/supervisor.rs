@@ -35,6 +35,7 @@ use crate::spawn::{self, SpawnRequest};
 use crate::stats::{self, Sample};
 
 mod cluster;
+mod messages;
 mod reload;
 
 use cluster::begin_stop;
@@ -135,6 +136,10 @@ enum Event {
     RetireTimeout {
         pid: u32,
     },
+    /// A request to an instance has had its time.
+    RequestTimeout {
+        id: u64,
+    },
     MemoryCheck {
         app: u32,
     },
@@ -184,6 +189,8 @@ impl Supervisor {
             pids: HashMap::new(),
             waiters: Vec::new(),
             reload_errors: HashMap::new(),
+            requests: HashMap::new(),
+            next_request: 0,
             shutting_down: false,
             done: false,
         };
@@ -453,6 +460,9 @@ struct State {
     pids: HashMap<u32, (u32, u32, Role)>,
     /// Reload failures by app, reported to the reload's waiter.
     reload_errors: HashMap<u32, String>,
+    /// Requests to instances waiting for a reply, by request number.
+    requests: HashMap<u64, messages::Pending>,
+    next_request: u64,
     waiters: Vec<Waiter>,
     shutting_down: bool,
     done: bool,
@@ -503,10 +513,11 @@ impl State {
                 Inbound::Malformed(why) => {
                     tracing::warn!(pid, "malformed message on IPC channel dropped: {why}")
                 }
-                Inbound::App(v) => tracing::debug!(pid, "message from instance: {v}"),
+                Inbound::App(v) => self.on_app_message(pid, v),
             },
             Event::Timer { app, slot, gen } => self.on_timer(app, slot, gen),
             Event::NextTimeout { app, slot, pid } => self.on_next_timeout(app, slot, pid),
+            Event::RequestTimeout { id } => self.on_request_timeout(id),
             Event::RetireTimeout { pid } => {
                 if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
                     tracing::info!(
@@ -609,6 +620,15 @@ impl State {
                     "logs are streamed by the control server, not the supervisor",
                 ));
             }
+            Command::Send { to, topic, data } => {
+                let _ = reply.send(self.send_message(&to, topic, data));
+            }
+            Command::Request {
+                to,
+                topic,
+                data,
+                timeout_ms,
+            } => self.start_request(&to, topic, data, Duration::from_millis(timeout_ms), reply),
             Command::Kill => {
                 self.shutting_down = true;
                 let ids: Vec<u32> = self.apps.keys().copied().collect();
@@ -1221,6 +1241,7 @@ impl State {
         };
         match role {
             Role::Retiring => {
+                tracing::info!(app = %app.spec.name, instance = i, pid, exit = %describe_exit(&exit), "reloaded-away process exited");
                 app.retiring.retain(|(_, p)| p.pid != pid);
                 return;
             }
@@ -1384,7 +1405,12 @@ impl State {
             SlotState::Starting(_) => {
                 // PM2's behaviour: a wait_ready app that stays silent is put online anyway.
                 tracing::warn!(app = %app.spec.name, instance = i, "no ready signal within listen_timeout; routing to it anyway");
-                write_note(&slot.err, &format!("[herd] instance {i} did not say it was ready within listen_timeout ({} ms); routing to it anyway", app.spec.listen_timeout_ms));
+                let what = if app.spec.wait_ready {
+                    "did not say it was ready"
+                } else {
+                    "did not listen"
+                };
+                write_note(&slot.err, &format!("[herd] instance {i} {what} within listen_timeout ({} ms); routing to it anyway", app.spec.listen_timeout_ms));
                 let SlotState::Starting(proc) = std::mem::replace(&mut slot.state, SlotState::Gone)
                 else {
                     unreachable!()

@@ -110,6 +110,30 @@ pub enum Command {
         /// Only this stream; both when absent.
         stream: Option<LogStream>,
     },
+    /// Deliver a message to instances: `app:i` (one), `app` (each of an app), `all` (each of
+    /// every app). Node apps receive it through `process.on('message')`.
+    Send {
+        /// Where to.
+        to: String,
+        /// Topic (PM2's `topic`); `herd` when absent.
+        #[serde(default)]
+        topic: Option<String>,
+        /// The message.
+        data: serde_json::Value,
+    },
+    /// Deliver a message to one instance and wait for its reply (a message carrying
+    /// `reply_to` equal to the request's `request` number).
+    Request {
+        /// Which instance: `app:i`, or `app` for any one of its instances.
+        to: String,
+        /// Topic; `herd` when absent.
+        #[serde(default)]
+        topic: Option<String>,
+        /// The message.
+        data: serde_json::Value,
+        /// How long to wait for the reply, in ms.
+        timeout_ms: u64,
+    },
     /// Stop every app, then the daemon.
     Kill,
 }
@@ -153,6 +177,15 @@ pub enum Reply {
         stream: LogStream,
         /// The line, without its newline (invalid UTF-8 replaced).
         line: String,
+    },
+    /// A message from an instance (the reply to a request).
+    Message {
+        /// Protocol version.
+        v: u32,
+        /// Who sent it: `app:i`.
+        from: String,
+        /// What it sent: the `data` of its message, or the whole message if it had none.
+        data: serde_json::Value,
     },
     /// End of a finite stream of replies (logs without follow).
     End {
@@ -221,6 +254,10 @@ pub enum ErrorCode {
     Spawn,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// No running instance matches the message's address.
+    NoRecipient,
+    /// A request got no reply in time.
+    Timeout,
     /// Anything else.
     Internal,
 }

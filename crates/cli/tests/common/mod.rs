@@ -281,11 +281,153 @@ pub struct Load {
 
 /// Makes fresh-connection requests one after another until `stop` is set or `limit` passes.
 pub fn load_until(addr: SocketAddr, stop: &std::sync::atomic::AtomicBool, limit: Duration) -> Load {
+    load_path_until(addr, "/", stop, limit)
+}
+
+/// Node.js test apps with their npm packages (express, next, react), installed from the npm
+/// registry into a cache folder outside the repository (`$XDG_CACHE_HOME/herd-test-node`, or
+/// `~/.cache/herd-test-node`), once per machine. Returns the folder, whose `apps/` holds copies
+/// of `tests/node/*` next to `node_modules/` so that both `require` and `import` find the
+/// packages.
+///
+/// Without node or npm this says so loudly; with `CI=true` it fails the test.
+pub fn node_fixture() -> Option<PathBuf> {
+    let have = |cmd: &str| {
+        Command::new(cmd)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !have("node") || !have("npm") {
+        let msg = "node and npm are needed for the Node.js tests; install Node.js 20 (Debian: apt-get install nodejs npm)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("herd-test-node");
+    std::fs::create_dir_all(&base).unwrap();
+    // Tests run in parallel processes: one installs, the others wait.
+    let lock = std::fs::File::create(base.join(".lock")).unwrap();
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let packages = [
+        "express@4.21.2",
+        "next@14.2.35",
+        "react@18.3.1",
+        "react-dom@18.3.1",
+    ];
+    let stamp = base.join(".installed");
+    let want = packages.join(" ");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+        std::fs::write(
+            base.join("package.json"),
+            "{\"name\":\"herd-test-node\",\"private\":true,\"version\":\"1.0.0\"}\n",
+        )
+        .unwrap();
+        let out = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-save"])
+            .args(packages)
+            .current_dir(&base)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "npm install failed (the npm registry must be reachable): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&stamp, &want).unwrap();
+    }
+    // The apps, refreshed from the repository each run.
+    let apps = base.join("apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    copy_dir(&repo_root().join("tests/node"), &apps);
+    Some(base)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            let new = std::fs::read(e.path()).unwrap();
+            if std::fs::read(&target).ok().as_ref() != Some(&new) {
+                std::fs::write(&target, new).unwrap();
+            }
+        }
+    }
+}
+
+/// The Next.js test app, built once (`next build`) and rebuilt when its source changes.
+pub fn next_app(base: &Path) -> PathBuf {
+    let app = base.join("apps/next-app");
+    let lock = std::fs::File::create(base.join(".next-lock")).unwrap();
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let source = std::fs::read(app.join("pages/index.js")).unwrap();
+    let stamp = app.join(".built-from");
+    if std::fs::read(&stamp).ok() != Some(source.clone()) || !app.join(".next/BUILD_ID").exists() {
+        let out = Command::new(base.join("node_modules/.bin/next"))
+            .arg("build")
+            .current_dir(&app)
+            .env("NEXT_TELEMETRY_DISABLED", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "next build failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&stamp, source).unwrap();
+    }
+    app
+}
+
+/// Runs `load_until` on `threads` threads while `during` runs, then returns every result.
+pub fn under_load(
+    addr: SocketAddr,
+    path: &'static str,
+    threads: usize,
+    during: impl FnOnce(),
+) -> Vec<Load> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || load_path_until(addr, path, &stop, Duration::from_secs(60)))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Like [`load_until`] on a given path.
+pub fn load_path_until(
+    addr: SocketAddr,
+    path: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    limit: Duration,
+) -> Load {
     let mut l = Load::default();
     let end = Instant::now() + limit;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
         let t = Instant::now();
-        match get(addr, "/", Duration::from_secs(3)) {
+        match get(addr, path, Duration::from_secs(5)) {
             Ok(_) => l.ok += 1,
             Err(e) => l.failed.push(e.to_string()),
         }

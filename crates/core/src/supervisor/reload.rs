@@ -105,6 +105,7 @@ impl State {
         self.pids.insert(next.pid, (id, i, Role::Current));
         match std::mem::replace(&mut slot.state, SlotState::Stopped) {
             SlotState::Starting(mut old) | SlotState::Online(mut old) => {
+                tracing::info!(app = %app.spec.name, instance = i, new = next.pid, old = old.pid, "reload: new process ready; stopping the old one");
                 begin_stop(&app.spec, &mut old);
                 self.pids.insert(old.pid, (id, i, Role::Retiring));
                 let pid = old.pid;

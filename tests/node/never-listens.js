@@ -1,0 +1,2 @@
+console.log('working without a server');
+setInterval(() => {}, 1000);
