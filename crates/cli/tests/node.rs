@@ -354,3 +354,30 @@ fn shutdown_with_message_lets_the_app_stop_itself() {
     assert_eq!(h.app("sm")["processes"][0]["last_exit"]["code"], 0);
     h.finish();
 }
+
+#[test]
+fn mjs_and_cjs_scripts_run_as_node_workers() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    for (file, kind) in [("hello.mjs", "mjs"), ("hello.cjs", "cjs")] {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let script = base.join("apps").join(file);
+        h.ok(&[
+            "start",
+            script.to_str().unwrap(),
+            "--name",
+            kind,
+            "-i",
+            "2",
+            "--listen",
+            &listen,
+        ]);
+        let pids = distinct_pids(port, "/", 2);
+        assert_eq!(pids, h.pids(kind).into_iter().collect());
+        assert!(get(loopback(port), "/", Duration::from_secs(2))
+            .unwrap()
+            .ends_with(kind));
+    }
+    h.finish();
+}
