@@ -46,6 +46,10 @@ pub enum Cmd {
     Send(SendArgs),
     /// Send a JSON message to one instance and print its reply.
     Request(RequestArgs),
+    /// Publish a JSON message on a topic (to subscribed instances, on every host).
+    Publish(PublishArgs),
+    /// Show messages passing through the bus, as they pass (all, or of some topics).
+    Bus(BusArgs),
     /// Stop every app and the daemon.
     Kill,
     /// Check that the daemon answers (and start it).
@@ -137,6 +141,23 @@ pub struct RequestArgs {
     /// How long to wait for the reply (ms, or 5s).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The topic.
+    pub topic: String,
+    /// The message, as JSON (a bare word is sent as a string).
+    pub data: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BusArgs {
+    /// Topics to show (all messages when none).
+    pub topics: Vec<String>,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Message data from the command line: JSON if it parses, else the text as a string.

@@ -37,6 +37,8 @@ impl Client {
                     .with_context(|| format!("cannot reach the herd daemon at {}", path.display()))
             }
         }
+        // A broken config.toml is reported here, rather than as a daemon that never comes up.
+        herd_daemon::load_settings(home).map_err(anyhow::Error::msg)?;
         spawn_daemon(home)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -43,6 +43,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::List(j) => apps_reply(&home, Command::List, j.json),
         Cmd::Describe(d) => {
             let reply = Client::connect(&home)?.call(Command::Describe { target: d.target })?;
+            let bus = match &reply {
+                Reply::Apps { bus, .. } => bus.clone(),
+                _ => None,
+            };
             let apps = expect_apps(reply)?;
             if d.json {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
@@ -52,6 +56,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         println!();
                     }
                     print!("{}", output::describe(app));
+                }
+                if let Some(bus) = bus {
+                    println!();
+                    print!("{}", output::bus_stats(&bus));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -104,6 +112,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 other => unexpected(other),
+            }
+        }
+        Cmd::Publish(a) => {
+            let reply = Client::connect(&home)?.call(Command::Publish {
+                topic: a.topic,
+                data: args::message_data(&a.data),
+            })?;
+            match reply {
+                Reply::Done { message, .. } => {
+                    println!("{message}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => unexpected(other),
+            }
+        }
+        Cmd::Bus(a) => {
+            let mut client = Client::connect(&home)?;
+            client.send(Command::Bus { topics: a.topics })?;
+            let stdout = std::io::stdout();
+            loop {
+                match client.recv()? {
+                    None => return Ok(ExitCode::SUCCESS),
+                    Some(Reply::Bus { message, .. }) => {
+                        let line = if a.json {
+                            message.to_string()
+                        } else {
+                            output::bus_line(&message)
+                        };
+                        let mut out = stdout.lock();
+                        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    }
+                    Some(other) => return unexpected(other),
+                }
             }
         }
         Cmd::Kill => kill(&home),
@@ -284,7 +327,8 @@ fn daemon(home: &Home) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(herd_daemon::serve(home))
+    let settings = herd_daemon::load_settings(home).map_err(anyhow::Error::msg)?;
+    rt.block_on(herd_daemon::serve(home, settings))
         .context("running the daemon")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -301,7 +345,11 @@ fn foreground(a: &args::StartArgs) -> Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
+        let settings = herd_daemon::load_settings(&Home::from_env()).map_err(anyhow::Error::msg)?;
         let (sup, mut done) = herd_core::Supervisor::start(herd_core::Config {
+            host: settings.host,
+            bus_url: settings.bus,
+            max_message_bytes: settings.max_message_bytes,
             log_dir: dir.path().join("logs"),
             notify_path: dir.path().join("notify.sock"),
             pids_file: None,

@@ -187,6 +187,50 @@ pub fn describe(app: &AppInfo) -> String {
     out
 }
 
+/// The daemon's bus state, as `herd describe` ends.
+pub fn bus_stats(b: &herd_proto::BusStats) -> String {
+    let broker = match &b.broker {
+        Some(url) => format!(
+            "{url} ({}; {} sent, {} received, {} lost while away, {} reconnects)",
+            if b.connected {
+                "connected"
+            } else {
+                "NOT connected"
+            },
+            b.remote_published,
+            b.remote_received,
+            b.lost,
+            b.reconnects
+        ),
+        None => "none (this host only; set HERD_BUS or bus in config.toml)".into(),
+    };
+    format!(
+        "{:>16}: {} on host {}\n{:>16}: {broker}\n{:>16}: {} dropped (slow readers), {} refused (too large or malformed), {} without recipient\n",
+        "bus",
+        format_args!("{} messages routed", b.routed),
+        b.host,
+        "broker",
+        "losses",
+        b.dropped,
+        b.rejected,
+        b.no_recipient
+    )
+}
+
+/// One message seen on the bus, for `herd bus`.
+pub fn bus_line(m: &serde_json::Value) -> String {
+    let s = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let mut line = format!("{:<8} {}", s("kind"), s("from"));
+    if !s("to").is_empty() {
+        line.push_str(&format!(" -> {}", s("to")));
+    }
+    if !s("topic").is_empty() {
+        line.push_str(&format!(" [{}]", s("topic")));
+    }
+    line.push_str(&format!(" {}", m.get("data").cloned().unwrap_or_default()));
+    line
+}
+
 /// One log line as printed by `herd logs`.
 pub fn log_line(app: &str, instance: u32, stream: LogStream, line: &str) -> String {
     match stream {

@@ -208,3 +208,28 @@ fn two_clients_starting_the_daemon_at_once_get_one_daemon() {
     assert_eq!(pids.len(), 1, "several daemons answered: {pids:?}");
     h.finish();
 }
+
+#[test]
+fn a_broken_config_file_is_reported_with_its_place_and_fix() {
+    let h = Herd::new();
+    std::fs::create_dir_all(h.home()).unwrap();
+    std::fs::write(
+        h.home().join("config.toml"),
+        "bus = \"redis://127.0.0.1:1\"\nmax_message_bytes = \"lots\"\n",
+    )
+    .unwrap();
+    let e = h.fails(&["list"]);
+    assert!(
+        e.contains("config.toml") && e.contains("line 2") && e.contains("max_message_bytes"),
+        "{e}"
+    );
+    std::fs::write(h.home().join("config.toml"), "bsu = 1\n").unwrap();
+    let e = h.fails(&["list"]);
+    assert!(e.contains("unknown field") && e.contains("bsu"), "{e}");
+    std::fs::write(h.home().join("config.toml"), "bus = \"http://x\"\n").unwrap();
+    let e = h.fails(&["list"]);
+    assert!(e.contains("redis://") && e.contains("nats://"), "{e}");
+    std::fs::remove_file(h.home().join("config.toml")).unwrap();
+    h.ok(&["list"]);
+    h.finish();
+}

@@ -40,6 +40,8 @@ pub enum Inbound {
     App(Value),
     /// A line that is not JSON; it is dropped.
     Malformed(String),
+    /// A line longer than the limit; it is dropped and the channel goes on.
+    TooLarge(usize),
     /// The instance closed its end (a Node worker that disconnected, or an exiting process).
     Closed,
 }
@@ -155,13 +157,14 @@ impl Channel {
 /// When the socket cannot be registered with the runtime.
 pub fn start(
     ours: std::os::unix::net::UnixStream,
+    max_message: usize,
     on_message: impl FnMut(Inbound) + Send + 'static,
 ) -> io::Result<Channel> {
     ours.set_nonblocking(true)?;
     let stream = Arc::new(UnixStream::from_std(ours)?);
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(write_loop(stream.clone(), rx));
-    tokio::spawn(read_loop(stream, on_message));
+    tokio::spawn(read_loop(stream, max_message, on_message));
     Ok(Channel {
         tx,
         dropped: Arc::new(AtomicU64::new(0)),
@@ -204,8 +207,8 @@ async fn write_loop(stream: Arc<UnixStream>, mut rx: mpsc::Receiver<Outgoing>) {
     }
 }
 
-async fn read_loop(stream: Arc<UnixStream>, mut on_message: impl FnMut(Inbound)) {
-    let mut lines = LineBuffer::new(MAX_IPC_MESSAGE);
+async fn read_loop(stream: Arc<UnixStream>, max: usize, mut on_message: impl FnMut(Inbound)) {
+    let mut lines = LineBuffer::new(max);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let r = stream
@@ -247,16 +250,8 @@ async fn read_loop(stream: Arc<UnixStream>, mut on_message: impl FnMut(Inbound))
                 Ok(Some(line)) => on_message(classify(&line)),
                 Ok(None) => break,
                 Err(LineError::TooLong { limit }) => {
-                    on_message(Inbound::Malformed(format!(
-                        "message longer than {limit} bytes; channel closed"
-                    )));
-                    // Close both ways, so the instance's writes fail instead of blocking.
-                    let _ = nix::sys::socket::shutdown(
-                        stream.as_raw_fd(),
-                        nix::sys::socket::Shutdown::Both,
-                    );
-                    on_message(Inbound::Closed);
-                    return;
+                    on_message(Inbound::TooLarge(limit));
+                    lines.skip_current();
                 }
             }
         }
@@ -297,7 +292,7 @@ mod tests {
     async fn passes_an_fd_and_reads_lines() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let ch = start(ours, move |m| {
+        let ch = start(ours, MAX_IPC_MESSAGE, move |m| {
             let _ = tx.send(m);
         })
         .unwrap();

@@ -34,8 +34,8 @@ use crate::sockets::{ListenAddr, Listener};
 use crate::spawn::{self, SpawnRequest};
 use crate::stats::{self, Sample};
 
+mod bus;
 mod cluster;
-mod messages;
 mod reload;
 
 use cluster::begin_stop;
@@ -78,9 +78,15 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How often instances are checked against `max_memory_bytes`, when one is set.
 const MEMORY_CHECK: Duration = Duration::from_secs(1);
 
-/// Where the supervisor keeps its files.
+/// Where the supervisor keeps its files, and how its bus is set up.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// This daemon's name on the bus (`HERD_HOST`).
+    pub host: String,
+    /// Broker URL bridging the bus to other hosts (`redis://…`, `nats://…`).
+    pub bus_url: Option<String>,
+    /// Largest message an instance may send, in bytes.
+    pub max_message_bytes: usize,
     /// Directory of `<app>-<i>.out|.err`.
     pub log_dir: PathBuf,
     /// Path of the `NOTIFY_SOCKET` given to instances.
@@ -140,6 +146,8 @@ enum Event {
     RequestTimeout {
         id: u64,
     },
+    /// An envelope from another host, through the broker.
+    Remote(crate::bus::Envelope),
     MemoryCheck {
         app: u32,
     },
@@ -150,6 +158,7 @@ enum Event {
 pub struct Supervisor {
     tx: mpsc::UnboundedSender<Event>,
     logs: LogBus,
+    monitor: broadcast::Sender<Arc<crate::bus::Envelope>>,
 }
 
 impl Supervisor {
@@ -157,7 +166,8 @@ impl Supervisor {
     /// The returned future completes after a [`Command::Kill`] has stopped every app.
     ///
     /// # Errors
-    /// When the notify socket or the `SIGCHLD` handler cannot be set up.
+    /// When the notify socket or the `SIGCHLD` handler cannot be set up, or the bus URL is
+    /// not usable.
     pub fn start(config: Config) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
         std::fs::create_dir_all(&config.log_dir)?;
         // Orphaned grandchildren of instances are re-parented to us and reaped, not left as
@@ -180,7 +190,22 @@ impl Supervisor {
         tokio::spawn(notify::serve(notify_sock, move |n| {
             let _ = notify_tx.send(Event::Notice(n));
         }));
+        let bridge = match &config.bus_url {
+            Some(url) => {
+                let remote_tx = tx.clone();
+                Some(
+                    crate::bus::Bridge::start(url, &config.host, move |env| {
+                        let _ = remote_tx.send(Event::Remote(env));
+                    })
+                    .map_err(std::io::Error::other)?,
+                )
+            }
+            None => None,
+        };
+        let bus = bus::Bus::new(config.host.clone(), config.max_message_bytes, bridge);
+        let monitor = bus.monitor.clone();
         let state = State {
+            bus,
             cfg: config,
             tx: tx.clone(),
             logs: logs.clone(),
@@ -189,13 +214,11 @@ impl Supervisor {
             pids: HashMap::new(),
             waiters: Vec::new(),
             reload_errors: HashMap::new(),
-            requests: HashMap::new(),
-            next_request: 0,
             shutting_down: false,
             done: false,
         };
         let task = tokio::spawn(state.run(rx));
-        Ok((Self { tx, logs }, task))
+        Ok((Self { tx, logs, monitor }, task))
     }
 
     /// Sends a command and waits for its reply.
@@ -232,6 +255,11 @@ impl Supervisor {
             return Err(gone());
         }
         rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Every message that passes through the bus, from now on.
+    pub fn subscribe_bus(&self) -> broadcast::Receiver<Arc<crate::bus::Envelope>> {
+        self.monitor.subscribe()
     }
 
     /// New output lines of every instance, from now on.
@@ -460,9 +488,8 @@ struct State {
     pids: HashMap<u32, (u32, u32, Role)>,
     /// Reload failures by app, reported to the reload's waiter.
     reload_errors: HashMap<u32, String>,
-    /// Requests to instances waiting for a reply, by request number.
-    requests: HashMap<u64, messages::Pending>,
-    next_request: u64,
+    /// The message bus.
+    bus: bus::Bus,
     waiters: Vec<Waiter>,
     shutting_down: bool,
     done: bool,
@@ -510,14 +537,22 @@ impl State {
                     tracing::warn!(pid, "a Node worker refused a socket herd sent it")
                 }
                 Inbound::Closed => self.on_channel_closed(pid),
-                Inbound::Malformed(why) => {
-                    tracing::warn!(pid, "malformed message on IPC channel dropped: {why}")
-                }
+                Inbound::Malformed(why) => self.on_bad_message(
+                    pid,
+                    format!("a message that is not JSON was dropped: {why}"),
+                ),
+                Inbound::TooLarge(limit) => self.on_bad_message(
+                    pid,
+                    format!(
+                        "a message longer than {limit} bytes was dropped; send smaller messages"
+                    ),
+                ),
                 Inbound::App(v) => self.on_app_message(pid, v),
             },
             Event::Timer { app, slot, gen } => self.on_timer(app, slot, gen),
             Event::NextTimeout { app, slot, pid } => self.on_next_timeout(app, slot, pid),
             Event::RequestTimeout { id } => self.on_request_timeout(id),
+            Event::Remote(env) => self.on_remote(env),
             Event::RetireTimeout { pid } => {
                 if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
                     tracing::info!(
@@ -552,7 +587,12 @@ impl State {
             }
             Command::Describe { target } => match self.resolve(&target) {
                 Ok(ids) => {
-                    let _ = reply.send(Reply::apps(self.infos(&ids, true)));
+                    let apps = self.infos(&ids, true);
+                    let _ = reply.send(Reply::Apps {
+                        v: PROTOCOL_VERSION,
+                        apps,
+                        bus: Some(Box::new(self.bus_stats())),
+                    });
                 }
                 Err(e) => {
                     let _ = reply.send(e);
@@ -621,14 +661,23 @@ impl State {
                 ));
             }
             Command::Send { to, topic, data } => {
-                let _ = reply.send(self.send_message(&to, topic, data));
+                let _ = reply.send(self.cli_send(&to, topic, data));
+            }
+            Command::Publish { topic, data } => {
+                let _ = reply.send(self.cli_publish(topic, data));
             }
             Command::Request {
                 to,
                 topic,
                 data,
                 timeout_ms,
-            } => self.start_request(&to, topic, data, Duration::from_millis(timeout_ms), reply),
+            } => self.cli_request(&to, topic, data, Duration::from_millis(timeout_ms), reply),
+            Command::Bus { .. } => {
+                let _ = reply.send(err(
+                    ErrorCode::BadRequest,
+                    "the bus is streamed by the control server, not the supervisor",
+                ));
+            }
             Command::Kill => {
                 self.shutting_down = true;
                 let ids: Vec<u32> = self.apps.keys().copied().collect();
@@ -1112,7 +1161,7 @@ impl State {
             }
         }
         let tx = self.tx.clone();
-        let channel = ipc::start(ours, move |msg| {
+        let channel = ipc::start(ours, self.cfg.max_message_bytes, move |msg| {
             let _ = tx.send(Event::Ipc { pid, msg });
         })
         .map_err(|e| tracing::warn!("IPC channel of pid {pid}: {e}"))
@@ -1234,6 +1283,7 @@ impl State {
         // Whatever the instance left behind in its process group goes with it, so nothing
         // keeps holding the port (PM2 leaves Next.js's child running).
         let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+        self.forget_instance(pid);
         self.write_pids();
         let exit = exit_info(&status);
         let Some(app) = self.apps.get_mut(&id) else {
@@ -1538,9 +1588,11 @@ impl State {
                         cpu_percent: None,
                         memory_bytes: None,
                         last_exit: slot.last_exit.clone(),
+                        messages_dropped: 0,
                     };
                     if let Some(p) = slot.state.proc_mut() {
                         info.pid = Some(p.pid);
+                        info.messages_dropped = p.channel.as_ref().map_or(0, |c| c.dropped());
                         info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
                         if let Some(s) = stats::sample(p.pid) {
                             info.cpu_percent =

@@ -86,6 +86,80 @@ impl Home {
     }
 }
 
+/// Daemon settings: `HERD_HOME/config.toml`, then the environment (`HERD_HOST`, `HERD_BUS`),
+/// which wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Name of this daemon on the bus.
+    pub host: String,
+    /// Broker URL bridging the bus across hosts.
+    pub bus: Option<String>,
+    /// Largest message on the bus, in bytes.
+    pub max_message_bytes: usize,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    bus: Option<String>,
+    host: Option<String>,
+    max_message_bytes: Option<usize>,
+}
+
+/// Reads the settings.
+///
+/// # Errors
+/// A message naming the file, the place and the problem when `config.toml` is broken.
+pub fn load_settings(home: &Home) -> Result<Settings, String> {
+    let path = home.dir.join("config.toml");
+    let file: ConfigFile = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not valid: {}; fix it (keys: bus, host, max_message_bytes) or remove it",
+                path.display(),
+                e.to_string().trim().replace('\n', " ")
+            )
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => ConfigFile::default(),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let host = env("HERD_HOST")
+        .or(file.host)
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let max = file
+        .max_message_bytes
+        .unwrap_or(herd_proto::MAX_CONTROL_LINE);
+    if !(256..=64 << 20).contains(&max) {
+        return Err(format!(
+            "max_message_bytes = {max} in {} is out of range; use 256 to 67108864",
+            path.display()
+        ));
+    }
+    let bus = env("HERD_BUS").or(file.bus);
+    if let Some(url) = &bus {
+        if !["redis://", "rediss://", "nats://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(format!(
+                "bus URL {url:?} (from HERD_BUS or {}) is not supported: use redis://HOST:PORT or nats://HOST:PORT",
+                path.display()
+            ));
+        }
+    }
+    Ok(Settings {
+        host,
+        bus,
+        max_message_bytes: max,
+    })
+}
+
 /// The daemon's claim on a home: an exclusive `flock` held for its whole life.
 #[derive(Debug)]
 pub struct Lock {

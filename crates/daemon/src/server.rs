@@ -22,16 +22,21 @@ use crate::Home;
 ///
 /// # Errors
 /// When the socket or the supervisor cannot be set up.
-pub async fn serve(home: &Home) -> io::Result<()> {
-    let sock_path = home.socket();
-    let _ = std::fs::remove_file(&sock_path);
-    let listener = UnixListener::bind(&sock_path)?;
-    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
+pub async fn serve(home: &Home, settings: crate::Settings) -> io::Result<()> {
     let (sup, mut done) = Supervisor::start(Config {
+        host: settings.host,
+        bus_url: settings.bus,
+        max_message_bytes: settings.max_message_bytes,
         log_dir: home.logs(),
         notify_path: home.notify(),
         pids_file: Some(home.pids()),
     })?;
+    // The socket appears only once the daemon can serve: a client never connects to a daemon
+    // that is about to give up.
+    let sock_path = home.socket();
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = UnixListener::bind(&sock_path)?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -141,6 +146,7 @@ async fn connection(mut conn: UnixStream, sup: Supervisor, my_uid: u32) -> io::R
                 let reply = sup.request(Command::Kill).await;
                 return send(&mut conn, &reply).await;
             }
+            Command::Bus { topics } => return stream_bus(conn, &sup, topics).await,
             cmd => {
                 let reply = sup.request(cmd).await;
                 send(&mut conn, &reply).await?;
@@ -156,6 +162,35 @@ fn version_error(theirs: u64) -> Reply {
             "the daemon speaks control protocol {PROTOCOL_VERSION} and the client {theirs}; run `herd kill` to restart the daemon with the installed herd"
         ),
     )
+}
+
+/// Streams every envelope that passes (of `topics`, if any) until the client goes away.
+async fn stream_bus(conn: UnixStream, sup: &Supervisor, topics: Vec<String>) -> io::Result<()> {
+    let mut rx = sup.subscribe_bus();
+    let (mut read_half, mut write_half) = conn.into_split();
+    let mut probe = [0u8; 256];
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(env) => {
+                    if !topics.is_empty() && !env.topic.as_ref().is_some_and(|t| topics.contains(t)) {
+                        continue;
+                    }
+                    let message = serde_json::to_value(&*env).unwrap_or_default();
+                    write_half.write_all(&encode_line(&Reply::Bus { v: PROTOCOL_VERSION, message })).await?;
+                }
+                Err(RecvError::Lagged(n)) => {
+                    let message = serde_json::json!({"kind": "error", "from": "herd", "data": format!("{n} messages not shown: this watcher was too slow")});
+                    write_half.write_all(&encode_line(&Reply::Bus { v: PROTOCOL_VERSION, message })).await?;
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            r = read_half.read(&mut probe) => match r {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            },
+        }
+    }
 }
 
 async fn stream_logs(

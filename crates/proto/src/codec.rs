@@ -25,6 +25,8 @@ pub enum LineError {
 pub struct LineBuffer {
     buf: Vec<u8>,
     limit: usize,
+    /// Dropping the rest of an oversized line, up to its newline.
+    skipping: bool,
     /// Bytes of `buf` already scanned for a newline, so each byte is scanned once.
     scanned: usize,
 }
@@ -35,13 +37,38 @@ impl LineBuffer {
         Self {
             buf: Vec::new(),
             limit,
+            skipping: false,
             scanned: 0,
         }
     }
 
     /// Appends bytes read from the peer.
-    pub fn extend(&mut self, bytes: &[u8]) {
+    pub fn extend(&mut self, mut bytes: &[u8]) {
+        if self.skipping {
+            match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.skipping = false;
+                    bytes = &bytes[i + 1..];
+                }
+                None => return,
+            }
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Drops the oversized line in progress (up to its newline, even if that is still to
+    /// come), so a peer that sent one too large can go on with the next.
+    pub fn skip_current(&mut self) {
+        match self.buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                self.buf.drain(..=i);
+            }
+            None => {
+                self.buf.clear();
+                self.skipping = true;
+            }
+        }
+        self.scanned = 0;
     }
 
     /// Takes the next complete line, if any.
@@ -103,6 +130,21 @@ mod tests {
         let mut b = LineBuffer::new(8);
         b.extend(b"0123456789");
         assert_eq!(b.next_line(), Err(LineError::TooLong { limit: 8 }));
+    }
+
+    #[test]
+    fn after_an_oversized_line_the_next_one_is_read() {
+        let mut b = LineBuffer::new(4);
+        b.extend(b"0123456789");
+        assert!(b.next_line().is_err());
+        b.skip_current();
+        b.extend(b"abc\nok\n");
+        assert_eq!(b.next_line().unwrap().unwrap(), b"ok");
+        let mut b = LineBuffer::new(4);
+        b.extend(b"0123456\nok\n");
+        assert!(b.next_line().is_err());
+        b.skip_current();
+        assert_eq!(b.next_line().unwrap().unwrap(), b"ok");
     }
 
     #[test]

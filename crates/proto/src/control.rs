@@ -134,6 +134,20 @@ pub enum Command {
         /// How long to wait for the reply, in ms.
         timeout_ms: u64,
     },
+    /// Publish a message on a topic: instances that subscribed to it get it, on every host.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The message.
+        data: serde_json::Value,
+    },
+    /// Stream every message that passes through the bus (for debugging), optionally only
+    /// those of some topics.
+    Bus {
+        /// Topics to show; all when empty.
+        #[serde(default)]
+        topics: Vec<String>,
+    },
     /// Stop every app, then the daemon.
     Kill,
 }
@@ -157,6 +171,16 @@ pub enum Reply {
         v: u32,
         /// The apps.
         apps: Vec<AppInfo>,
+        /// The message bus's state (in `describe` replies only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bus: Option<Box<BusStats>>,
+    },
+    /// A message seen on the bus (for `bus`): an envelope as daemons exchange them.
+    Bus {
+        /// Protocol version.
+        v: u32,
+        /// The envelope: `kind`, `from`, `origin`, `to`, `topic`, `data`, `id`, `reply_to`.
+        message: serde_json::Value,
     },
     /// The command was done; nothing to show.
     Done {
@@ -218,6 +242,7 @@ impl Reply {
         Reply::Apps {
             v: PROTOCOL_VERSION,
             apps,
+            bus: None,
         }
     }
 
@@ -260,6 +285,33 @@ pub enum ErrorCode {
     Timeout,
     /// Anything else.
     Internal,
+}
+
+/// State and counters of the daemon's message bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusStats {
+    /// This daemon's host name on the bus (`HERD_HOST`).
+    pub host: String,
+    /// The broker bridging hosts, password hidden; none when the bus is local only.
+    pub broker: Option<String>,
+    /// Connected to the broker now.
+    pub connected: bool,
+    /// Messages handed to instances here.
+    pub routed: u64,
+    /// Messages dropped because an instance's queue was full (it did not read).
+    pub dropped: u64,
+    /// Messages refused: over the size limit, not JSON, or malformed.
+    pub rejected: u64,
+    /// Messages addressed to no running instance.
+    pub no_recipient: u64,
+    /// Envelopes put on the broker.
+    pub remote_published: u64,
+    /// Envelopes taken from the broker.
+    pub remote_received: u64,
+    /// Envelopes that could not go to the broker (it was away).
+    pub lost: u64,
+    /// Times the broker connection was made again.
+    pub reconnects: u64,
 }
 
 /// The body of an error reply.
@@ -342,6 +394,9 @@ pub struct ProcessInfo {
     pub cpu_percent: Option<f64>,
     /// Resident memory of the process, in bytes.
     pub memory_bytes: Option<u64>,
+    /// Messages to this instance dropped because it did not read them fast enough.
+    #[serde(default)]
+    pub messages_dropped: u64,
     /// How the last process of the slot ended.
     pub last_exit: Option<ExitInfo>,
 }

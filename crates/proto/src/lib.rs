@@ -14,7 +14,7 @@ mod spec;
 
 pub use codec::{encode_line, LineBuffer, LineError, MAX_CONTROL_LINE};
 pub use control::{
-    AppInfo, AppStatus, Command, ErrorBody, ErrorCode, ExitInfo, LogStream, ProcessInfo,
+    AppInfo, AppStatus, BusStats, Command, ErrorBody, ErrorCode, ExitInfo, LogStream, ProcessInfo,
     ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,
 };
 pub use spec::{is_valid_name, AppSpec, Balance, ListenSpec, LogSpec, SpecError};

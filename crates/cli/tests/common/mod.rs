@@ -350,6 +350,11 @@ pub fn node_fixture() -> Option<PathBuf> {
     let apps = base.join("apps");
     std::fs::create_dir_all(&apps).unwrap();
     copy_dir(&repo_root().join("tests/node"), &apps);
+    // The bus helper, as an app would vendor it.
+    let helper = std::fs::read(repo_root().join("node/herd.js")).unwrap();
+    if std::fs::read(apps.join("herd.js")).ok() != Some(helper.clone()) {
+        std::fs::write(apps.join("herd.js"), helper).unwrap();
+    }
     Some(base)
 }
 

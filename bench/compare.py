@@ -1,0 +1,1058 @@
+#!/usr/bin/env python3
+"""herd side by side with Node's cluster module, PM2, raw processes and a lone hyper server.
+
+    python3 bench/compare.py            # full run: 3 rounds, about 12 minutes
+    python3 bench/compare.py --quick    # CI smoke: 1 round, short loads, under 2 minutes
+    python3 bench/compare.py --herd PATH  # use a herd binary built elsewhere (no herd build)
+
+One command: it installs what it needs (wrk with apt-get when missing, PM2 from the npm
+registry into bench/.cache/npm, never global), builds herd and bench/hyper-hello in release
+mode, measures every figure in this run on this machine and prints one markdown table on
+stdout (progress goes to stderr). bench/README.md says what each row means.
+
+Rules it keeps: 127.0.0.1 only; every load is bounded in time; each manager gets its own
+home folder (PM2_HOME, HERD_HOME) and is stopped by its own command, then whatever is left of
+it is killed by pid; systems alternate within each round (A B C … A B C …); every process it
+starts carries HERD_BENCH_TAG in its environment, and on exit (also on error or Ctrl-C) every
+process still carrying the run's tag is killed by pid and reported.
+"""
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+APPS = os.path.join(BENCH, "apps")
+CACHE = os.path.join(BENCH, ".cache")
+QUICK = "--quick" in sys.argv
+# --herd PATH: benchmark this herd binary instead of building the working tree's.
+HERD_GIVEN = sys.argv[sys.argv.index("--herd") + 1] if "--herd" in sys.argv else None
+
+N = os.cpu_count() or 2
+PM2_VERSION = "7.0.4"
+RUNS = 1 if QUICK else 3
+WRK_SECS = 2 if QUICK else 5
+WRK_CONNS = 64
+CRASH_KILLS = 4 if QUICK else 10
+RELOAD_SIZES = (2,) if QUICK else (2, 4)
+IDLE_SECS = 10 if QUICK else 30
+LIST_RUNS = 20
+# The bounded load of the crash and reload rows: fresh connections (and, for reload, also
+# keep-alive ones) from Python threads, paced, each request given 1 s.
+FRESH_THREADS, FRESH_RATE = 8, 50  # 8 × 50 = 400 requests/s
+KEEP_THREADS, KEEP_RATE = 4, 100  # 4 × 100 = 400 requests/s
+TIMEOUT = 1.0
+
+RUN_TAG = f"{os.getpid()}-{int(time.time())}"
+CLK = os.sysconf("SC_CLK_TCK")
+NOTES = []  # problems seen during the run, printed under the table
+LEFTOVERS = []
+ACTIVE = []  # systems started and not yet stopped
+
+NODE = shutil.which("node") or "node"
+HELLO_JS = os.path.join(APPS, "hello.js")
+
+
+def log(msg):
+    print(f"[compare] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Installing and building
+
+
+def ensure_wrk():
+    wrk = shutil.which("wrk")
+    if wrk:
+        return wrk
+    if os.geteuid() != 0:
+        sys.exit("wrk is missing: install it with `sudo apt-get install -y wrk` (Debian package)")
+    log("wrk is missing: installing Debian's package with `apt-get install -y wrk` (running as root)")
+    NOTES.append("wrk was installed by this run with `apt-get install -y wrk` (as root).")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    r = subprocess.run(["apt-get", "install", "-y", "wrk"], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], env=env, capture_output=True, check=True)
+    return shutil.which("wrk") or sys.exit("wrk still missing after apt-get install")
+
+
+def ensure_pm2():
+    prefix = os.path.join(CACHE, "npm")
+    pkg = os.path.join(prefix, "node_modules", "pm2", "package.json")
+    try:
+        have = json.load(open(pkg))["version"]
+    except (OSError, ValueError, KeyError):
+        have = None
+    if have != PM2_VERSION:
+        log(f"installing pm2@{PM2_VERSION} from the npm registry into {os.path.relpath(prefix, ROOT)}")
+        os.makedirs(prefix, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--prefix", prefix, f"pm2@{PM2_VERSION}", "--no-audit", "--no-fund", "--silent"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return os.path.join(prefix, "node_modules", "pm2", "bin", "pm2")
+
+
+def build():
+    if HERD_GIVEN:
+        herd = os.path.abspath(HERD_GIVEN)
+        log(f"using the herd binary {herd}; building bench/hyper-hello (release)")
+    else:
+        log("building herd (release) and bench/hyper-hello (release)")
+        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "herd-cli", "--bin", "herd"], cwd=ROOT, check=True)
+        herd = os.path.join(ROOT, "target", "release", "herd")
+    target = os.path.join(CACHE, "hyper-target")
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(BENCH, "hyper-hello", "Cargo.toml")],
+        cwd=ROOT,
+        check=True,
+        env=dict(os.environ, CARGO_TARGET_DIR=target),
+    )
+    return herd, os.path.join(target, "release", "hyper-hello")
+
+
+def versions(wrk, pm2, herd):
+    def out(argv):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    pm2v = json.load(open(os.path.join(os.path.dirname(os.path.dirname(pm2)), "package.json")))["version"]
+    hyperv = "?"
+    lock = open(os.path.join(BENCH, "hyper-hello", "Cargo.lock")).read()
+    m = re.search(r'name = "hyper"\nversion = "([^"]+)"', lock)
+    if m:
+        hyperv = m.group(1)
+    wrkv = out([wrk, "-v"])
+    m = re.match(r"wrk (\S+)", wrkv)
+    return {
+        "node": out([NODE, "--version"]),
+        "pm2": pm2v,
+        "wrk": m.group(1) if m else wrkv,
+        "herd": out([herd, "--version"]).replace("herd ", ""),
+        "rustc": out(["rustc", "--version"]).split(" (")[0].replace("rustc ", ""),
+        "hyper": hyperv,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# /proc
+
+
+def proc_table():
+    """{pid: (ppid, utime+stime ticks, starttime)} of every process."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
+    return table
+
+
+def descendants(roots, table=None):
+    table = table or proc_table()
+    kids = {}
+    for pid, (ppid, _, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    seen, todo = set(), [r for r in roots if r in table]
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo.extend(kids.get(p, []))
+    return seen
+
+
+def tree_ticks(roots):
+    table = proc_table()
+    return {p: (table[p][1], table[p][2]) for p in descendants(roots, table)}
+
+
+def cpu_seconds(before, after):
+    """CPU used between two tree_ticks samples (a pid counts only if it is the same process)."""
+    used = 0
+    for pid, (ticks, start) in after.items():
+        b = before.get(pid)
+        used += ticks - (b[0] if b and b[1] == start else 0)
+    return used / CLK
+
+
+def children(pid):
+    table = proc_table()
+    return sorted((p for p, (pp, _, _) in table.items() if pp == pid), key=lambda p: table[p][2])
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def cmdline(pid):
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def tagged(tag):
+    """Pids (other than ours) whose environment carries HERD_BENCH_TAG=tag (or a tag under it)."""
+    needle = f"HERD_BENCH_TAG={tag}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            env = open(f"/proc/{name}/environ", "rb").read()
+        except OSError:
+            continue
+        if any(v == needle or v.startswith(needle + b"-") for v in env.split(b"\0")) and alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+def kill_pids(pids):
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP clients
+
+
+def free_port():
+    while True:
+        port = random.randint(20000, 32000)  # below the ephemeral range wrk's connections use
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+
+
+def get(port, path="/", timeout=2.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ConnectionError(head[:40])
+    return body.decode()
+
+
+def counts(port, pids):
+    """{pid: requests served} of each instance, asked on fresh connections until each answered."""
+    want, seen = set(pids), {}
+    for _ in range(600):
+        try:
+            pid, n = get(port, "/count").split()
+            seen[int(pid)] = int(n)
+        except (OSError, ValueError):
+            time.sleep(0.01)
+        if want <= set(seen):
+            break
+    return {p: seen.get(p) for p in want}
+
+
+def wait_ready(port, n, node=True, limit=30.0):
+    """Until `n` distinct instances answer (node apps tell their pid on /count)."""
+    deadline, pids = time.time() + limit, set()
+    while time.time() < deadline:
+        try:
+            body = get(port, "/count" if node else "/", timeout=1.0)
+            if not node:
+                return
+            pids.add(int(body.split()[0]))
+            if len(pids) >= n:
+                return
+        except (OSError, ValueError):
+            time.sleep(0.02)
+    raise RuntimeError(f"port {port}: {len(pids)} of {n} instances answered within {limit:.0f} s")
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk(port, secs, close=False):
+    argv = [WRK, "-t2", f"-c{WRK_CONNS}", f"-d{secs}s", "--latency"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}/")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60, env=dict(os.environ, HERD_BENCH_TAG=RUN_TAG))
+    out = r.stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(\w+)", out, re.M)
+    if r.returncode != 0 or not (m and rps and p99):
+        raise RuntimeError(f"wrk failed ({r.returncode}): {out}\n{r.stderr}")
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = (sum(int(x) for x in sock.groups()) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    return {
+        "requests": int(m.group(1)),
+        "rps": float(rps.group(1)),
+        "p99": float(p99.group(1)) * UNITS[p99.group(2)],
+        "errors": errors,
+        "detail": (sock.group(0) if sock else "") + (f", non-2xx {non2xx.group(1)}" if non2xx else ""),
+    }
+
+
+class Load:
+    """A paced load from Python threads, each request given TIMEOUT seconds in all:
+    `fresh` threads open a new connection per request; `keep` threads reuse one connection
+    (reconnecting, without counting a failure, when the server closed it while idle, as HTTP
+    clients do). Outcomes: ok, failed (refused, reset, bad or empty answer) or hung (no answer
+    within TIMEOUT). Stops at `stop()` or after `limit` seconds."""
+
+    def __init__(self, port, fresh=(FRESH_THREADS, FRESH_RATE), keep=(0, 0), limit=120.0):
+        self.port, self.limit = port, limit
+        self.halt = threading.Event()
+        self.results = {"fresh": [], "keep": []}  # (outcome, latency ms)
+        self.threads = [threading.Thread(target=self.fresh_loop, args=(fresh[1],)) for _ in range(fresh[0])]
+        self.threads += [threading.Thread(target=self.keep_loop, args=(keep[1],)) for _ in range(keep[0])]
+
+    def start(self):
+        self.t0 = time.perf_counter()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self):
+        self.halt.set()
+        for t in self.threads:
+            t.join()
+
+    def paced(self, rate):
+        nxt = time.perf_counter() + random.random() / rate
+        while not self.halt.is_set() and time.perf_counter() - self.t0 < self.limit:
+            now = time.perf_counter()
+            if nxt > now:
+                time.sleep(nxt - now)
+            nxt = max(nxt + 1 / rate, time.perf_counter())
+            yield
+
+    def fresh_loop(self, rate):
+        req = b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+        out = self.results["fresh"]
+        for _ in self.paced(rate):
+            t = time.perf_counter()
+            end = t + TIMEOUT
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as s:
+                    s.sendall(req)
+                    data = b""
+                    while True:
+                        s.settimeout(max(end - time.perf_counter(), 0.001))
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                ok = data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello")
+                out.append(("ok" if ok else "failed", (time.perf_counter() - t) * 1000))
+            except socket.timeout:
+                out.append(("hung", TIMEOUT * 1000))
+            except OSError:
+                out.append(("failed", (time.perf_counter() - t) * 1000))
+
+    def keep_loop(self, rate):
+        req = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
+        out = self.results["keep"]
+        s = None
+        for _ in self.paced(rate):
+            if s is not None:
+                # A connection the server closed while idle: reconnect (no request was sent).
+                try:
+                    s.setblocking(False)
+                    if s.recv(1, socket.MSG_PEEK) == b"":
+                        s.close()
+                        s = None
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    s.close()
+                    s = None
+            t = time.perf_counter()
+            end = t + TIMEOUT
+            try:
+                if s is None:
+                    s = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+                s.settimeout(TIMEOUT)
+                s.sendall(req)
+                data = b""
+                while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < clen(data):
+                    s.settimeout(max(end - time.perf_counter(), 0.001))
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        raise ConnectionError("closed before the answer")
+                    data += chunk
+                ok = data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello")
+                out.append(("ok" if ok else "failed", (time.perf_counter() - t) * 1000))
+                if not ok or b"connection: close" in data.lower():
+                    s.close()
+                    s = None
+            except socket.timeout:
+                out.append(("hung", TIMEOUT * 1000))
+                s.close()
+                s = None
+            except OSError:
+                out.append(("failed", (time.perf_counter() - t) * 1000))
+                if s is not None:
+                    s.close()
+                s = None
+        if s is not None:
+            s.close()
+
+    def summary(self, kind="fresh"):
+        rs = self.results[kind]
+        lat = sorted(ms for _, ms in rs)
+        return {
+            "total": len(rs),
+            "failed": sum(1 for o, _ in rs if o == "failed"),
+            "hung": sum(1 for o, _ in rs if o == "hung"),
+            "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
+        }
+
+
+def clen(data):
+    m = re.search(rb"\r\ncontent-length:\s*(\d+)", data.partition(b"\r\n\r\n")[0], re.I)
+    return int(m.group(1)) if m else 0
+
+
+# --------------------------------------------------------------------------------------------
+# The systems
+
+
+class System:
+    """One server setup. roots(): pids whose process trees are the whole server side (manager
+    included); manager(): the manager's pid (or None); instances(): the app's processes."""
+
+    count = 0
+
+    def __init__(self, n, port, mark_dir=None):
+        System.count += 1
+        self.n, self.port = n, port
+        self.tag = f"{RUN_TAG}-{System.count}"
+        self.env = dict(os.environ, HERD_BENCH_TAG=self.tag, PORT=str(port))
+        if mark_dir:
+            self.env["BENCH_MARK_DIR"] = mark_dir
+        self.procs = []
+        self.home = None
+
+    def __enter__(self):
+        ACTIVE.append(self)
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def popen(self, argv):
+        p = subprocess.Popen(
+            argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+        self.procs.append(p)
+        return p
+
+    def manager(self):
+        return None
+
+    def roots(self):
+        return [p.pid for p in self.procs]
+
+    def instances(self):
+        return self.roots()
+
+    def stop(self):
+        if self in ACTIVE:
+            ACTIVE.remove(self)
+        try:
+            self.shutdown()
+        except Exception as e:  # noqa: BLE001 - the sweep below still runs
+            NOTES.append(f"{self.label}: stopping failed: {e}")
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        # Anything of ours still alive a few seconds after the stop is a leftover: kill by pid.
+        deadline = time.time() + 5
+        while time.time() < deadline and tagged(self.tag):
+            time.sleep(0.05)
+        left = tagged(self.tag)
+        for pid in left:
+            LEFTOVERS.append(f"{self.label}: pid {pid} `{cmdline(pid)}` still alive 5 s after stop")
+        kill_pids(left)
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def shutdown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                kill_pids(descendants([p.pid]))
+
+
+class Plain(System):
+    label = "node ×1"
+
+    def start(self):
+        self.popen([NODE, HELLO_JS])
+        wait_ready(self.port, 1)
+
+
+class Raw(System):
+    label = "raw node ×N"
+
+    def start(self):
+        self.popen([sys.executable, os.path.join(APPS, "reuseport.py"), str(self.n), str(self.port), NODE, os.path.join(APPS, "hello-fd.js")])
+        wait_ready(self.port, self.n)
+
+    def instances(self):
+        return children(self.procs[0].pid)
+
+
+class Cluster(System):
+    label = "Node cluster ×N"
+
+    def start(self):
+        self.popen([NODE, os.path.join(APPS, "cluster.js"), str(self.n)])
+        wait_ready(self.port, self.n)
+
+    def manager(self):
+        return self.procs[0].pid
+
+    def instances(self):
+        return children(self.procs[0].pid)
+
+
+class Managed(System):
+    """A daemon-based manager (PM2, herd): started and stopped by its CLI."""
+
+    daemon = None
+
+    def cli(self, *args, timeout=120):
+        r = subprocess.run([self.bin, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"`{os.path.basename(self.bin)} {' '.join(args)}` failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+        return r
+
+    def manager(self):
+        return self.daemon
+
+    def roots(self):
+        return [self.daemon]
+
+    def instances(self):
+        return children(self.daemon)
+
+    def shutdown(self):
+        try:
+            self.cli("kill", timeout=60)
+        finally:
+            if self.daemon:
+                deadline = time.time() + 5
+                while time.time() < deadline and alive(self.daemon):
+                    time.sleep(0.02)
+                rest = descendants([self.daemon])
+                if rest:
+                    LEFTOVERS.append(f"{self.label}: daemon tree {sorted(rest)} alive 5 s after `kill`; killed by pid")
+                    kill_pids(rest)
+
+
+class PM2(Managed):
+    label = "PM2 ×N"
+
+    def start(self):
+        self.bin = PM2_BIN
+        self.home = tempfile.mkdtemp(prefix="pm2-home-")
+        self.env["PM2_HOME"] = self.home
+        self.cli("start", HELLO_JS, "-i", str(self.n), "--name", "hello")
+        self.daemon = int(open(os.path.join(self.home, "pm2.pid")).read().strip())
+        wait_ready(self.port, self.n)
+
+    def reload(self):
+        self.cli("reload", "hello")
+
+
+class Herd(Managed):
+    label = "herd ×N"
+
+    def __init__(self, n, port, mark_dir=None, program=None, args=()):
+        super().__init__(n, port, mark_dir)
+        self.program, self.args = program or HELLO_JS, list(args)
+
+    def start(self):
+        self.bin = HERD_BIN
+        self.home = tempfile.mkdtemp(prefix="herd-home-")
+        self.env["HERD_HOME"] = self.home
+        extra = ["--", *self.args] if self.args else []
+        self.cli("start", self.program, "-i", str(self.n), "--listen", f"127.0.0.1:{self.port}", "--name", "hello", *extra)
+        self.daemon = int(open(os.path.join(self.home, "daemon.lock")).read().strip())
+        wait_ready(self.port, self.n, node=self.program == HELLO_JS)
+
+    def reload(self):
+        self.cli("reload", "hello")
+
+
+class HyperAlone(System):
+    label = "hyper alone"
+
+    def start(self):
+        self.popen([HYPER_BIN, "--threads", str(self.n)])
+        wait_ready(self.port, 1, node=False)
+
+
+def hyper_herd(n, port):
+    h = Herd(n, port, program=HYPER_BIN, args=["--threads", "1"])
+    h.label = "hyper under herd"
+    return h
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+
+R = {}  # R[(figure, system)] = [values, one per run]
+
+
+def put(fig, sysname, value):
+    R.setdefault((fig, sysname), []).append(value)
+
+
+def balance(c0, c1):
+    if any(c0.get(p) is None or c1.get(p) is None for p in c1):
+        return float("nan")
+    served = [c1[p] - c0[p] for p in c1]
+    return max(served) / min(served) if min(served) > 0 else float("inf")
+
+
+def throughput(name, make, node=True):
+    port = free_port()
+    with make(port) as s:
+        wrk(port, 1)  # warm-up (JIT, connection pools)
+        for mode in ("ka", "close"):
+            pids = s.instances()
+            c0 = counts(port, pids) if node and len(pids) > 1 else None
+            t0 = tree_ticks(s.roots())
+            w = wrk(port, WRK_SECS, close=mode == "close")
+            t1 = tree_ticks(s.roots())
+            cpu = cpu_seconds(t0, t1)
+            put(f"{mode}.rps", name, w["rps"])
+            put(f"{mode}.p99", name, w["p99"])
+            put(f"{mode}.cpu", name, cpu / max(w["requests"], 1) * 1e6)
+            put(f"{mode}.err", name, w["errors"])
+            if w["errors"]:
+                NOTES.append(f"{s.label}, {'keep-alive' if mode == 'ka' else 'Connection: close'}: wrk reported {w['detail']}")
+            if c0 is not None:
+                put(f"{mode}.bal", name, balance(c0, counts(port, pids)))
+            if sorted(s.instances()) != sorted(pids):
+                NOTES.append(f"{s.label}: instance pids changed during a throughput run ({pids} → {s.instances()})")
+
+
+def crash(name, make):
+    port = free_port()
+    marks = tempfile.mkdtemp(prefix="herd-bench-marks-")
+    try:
+        with make(port, marks) as s:
+            load = Load(port, limit=CRASH_KILLS + 3).start()
+            time.sleep(1.0)
+            kills = []  # (time of SIGKILL, replacement pid or None)
+            t_first = time.time()
+            for k in range(CRASH_KILLS):
+                time.sleep(max(0.0, t_first + k - time.time()))
+                before = s.instances()
+                if not before:
+                    kills.append((time.time(), None))
+                    continue
+                victim = before[0]  # the oldest instance: each slot is killed in turn
+                t = time.time()
+                os.kill(victim, signal.SIGKILL)
+                new = None
+                while new is None and time.time() < t_first + k + 0.95:
+                    fresh = [p for p in s.instances() if p not in before]
+                    new = fresh[0] if fresh else None
+                    if new is None:
+                        time.sleep(0.002)
+                kills.append((t, new))
+            time.sleep(1.0)
+            load.stop()
+            sm = load.summary()
+            put("crash.failed", name, sm["failed"])
+            put("crash.hung", name, sm["hung"])
+            put("crash.total", name, sm["total"])
+            put("crash.p99", name, sm["p99"])
+            for t, new in kills:
+                try:
+                    served = float(open(os.path.join(marks, str(new))).read()) / 1000
+                    put("crash.serve", name, (served - t) * 1000)
+                except (OSError, ValueError, TypeError):
+                    put("crash.noserve", name, 1)
+    finally:
+        shutil.rmtree(marks, ignore_errors=True)
+
+
+def reload(name, make, n):
+    port = free_port()
+    with make(n, port) as s:
+        before = set(s.instances())
+        load = Load(port, keep=(KEEP_THREADS, KEEP_RATE), limit=180).start()
+        time.sleep(1.0)
+        t = time.perf_counter()
+        try:
+            s.reload()
+            took = time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - recorded in the notes
+            took = float("nan")
+            NOTES.append(f"{s.label} -i {n}: reload failed: {e}")
+        time.sleep(1.0)
+        load.stop()
+        after = set(s.instances())
+        if before & after or len(after) != n:
+            NOTES.append(f"{s.label} -i {n}: after reload, {len(before & after)} of {n} old pids still serve, {len(after)} instances")
+        fresh, keep = load.summary("fresh"), load.summary("keep")
+        put(f"reload{n}.failed", name, fresh["failed"] + fresh["hung"])
+        put(f"reload{n}.kfailed", name, keep["failed"] + keep["hung"])
+        put(f"reload{n}.total", name, fresh["total"] + keep["total"])
+        put(f"reload{n}.time", name, took)
+
+
+def spawn_time(argv, env):
+    t = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0), (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+    _, status = os.waitpid(pid, 0)
+    took = time.perf_counter() - t
+    if status != 0:
+        raise RuntimeError(f"{argv} failed with status {status}")
+    return took
+
+
+def footprint():
+    ports = [free_port() for _ in range(3)]
+    with Cluster(N, ports[0]) as c, PM2(N, ports[1]) as p, Herd(N, ports[2]) as h:
+        for port in ports:
+            for _ in range(100):
+                get(port)
+        time.sleep(2)
+        managers = {"cluster": c.manager(), "pm2": p.manager(), "herd": h.manager()}
+        for k, pid in managers.items():
+            put("rss", k, rss_kb(pid) / 1024)
+        c0 = {k: ticks(pid) for k, pid in managers.items()}
+        t0 = time.time()
+        time.sleep(IDLE_SECS)
+        dt = time.time() - t0
+        for k, pid in managers.items():
+            put("idle", k, (ticks(pid) - c0[k]) / CLK)
+        put("idle.secs", "all", dt)
+        lists = {"pm2": [], "herd": []}
+        for _ in range(LIST_RUNS):  # alternating: pm2, herd, pm2, herd …
+            lists["pm2"].append(spawn_time([PM2_BIN, "list"], p.env))
+            lists["herd"].append(spawn_time([HERD_BIN, "list"], h.env))
+        for k, v in lists.items():
+            put("list", k, statistics.median(v) * 1000)
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+
+
+def med(fig, sysname):
+    v = [x for x in R.get((fig, sysname), []) if x == x]  # drop NaN
+    return statistics.median(v) if v else None
+
+
+def cell(fig, sysname, fmt, scale=1.0):
+    v = [x for x in R.get((fig, sysname), []) if x == x]
+    if not v:
+        return "—"
+    m = statistics.median(v)
+    if len(v) == 1 or min(v) == max(v):
+        return fmt(m * scale)
+    return f"{fmt(m * scale)} ({fmt(min(v) * scale)}–{fmt(max(v) * scale)})"
+
+
+def k(x):
+    return f"{x / 1000:.1f}k"
+
+
+def ms(x):
+    return f"{x:.2f} ms" if x < 10 else f"{x:.0f} ms"
+
+
+def num(d):
+    return lambda x: f"{x:.{d}f}"
+
+
+def ratio(fig, a, b):
+    x, y = med(fig, a), med(fig, b)
+    if x is None or not y:
+        return None
+    return x / y
+
+
+def ratios(fig, anchors, names):
+    parts = []
+    for a in anchors:
+        r = ratio(fig, "herd", a)
+        if r is not None:
+            parts.append(f"{r:.2f}× {names[a]}")
+    return ", ".join(parts) or "—"
+
+
+def on_sigterm(*_):
+    raise KeyboardInterrupt
+
+
+def main():
+    global WRK, PM2_BIN, HERD_BIN, HYPER_BIN
+    signal.signal(signal.SIGTERM, on_sigterm)
+    started = time.time()
+    WRK = ensure_wrk()
+    PM2_BIN = ensure_pm2()
+    HERD_BIN, HYPER_BIN = build()
+    vers = versions(WRK, PM2_BIN, HERD_BIN)
+    try:
+        systems = [
+            ("node1", lambda port: Plain(1, port), True),
+            ("raw", lambda port: Raw(N, port), True),
+            ("cluster", lambda port: Cluster(N, port), True),
+            ("pm2", lambda port: PM2(N, port), True),
+            ("herd", lambda port: Herd(N, port), True),
+            ("hyper.alone", lambda port: HyperAlone(N, port), False),
+            ("hyper.herd", lambda port: hyper_herd(N, port), False),
+        ]
+        for run in range(RUNS):
+            for name, make, node in systems:
+                log(f"round {run + 1}/{RUNS}: throughput, {name}")
+                throughput(name, make, node)
+        managers = [
+            ("cluster", lambda port, marks: Cluster(N, port, marks)),
+            ("pm2", lambda port, marks: PM2(N, port, marks)),
+            ("herd", lambda port, marks: Herd(N, port, marks)),
+        ]
+        for run in range(RUNS):
+            for name, make in managers:
+                log(f"round {run + 1}/{RUNS}: crash, {name}")
+                crash(name, make)
+        for run in range(RUNS):
+            for n in RELOAD_SIZES:
+                for name, make in (("pm2", PM2), ("herd", Herd)):
+                    log(f"round {run + 1}/{RUNS}: reload -i {n}, {name}")
+                    reload(name, make, n)
+        for run in range(RUNS):
+            log(f"round {run + 1}/{RUNS}: footprint ({IDLE_SECS} s idle, {LIST_RUNS}× list)")
+            footprint()
+    finally:
+        for s in list(ACTIVE):
+            s.stop()
+        left = tagged(RUN_TAG)
+        for pid in left:
+            LEFTOVERS.append(f"pid {pid} `{cmdline(pid)}` still alive at the end")
+        kill_pids(left)
+        for x in LEFTOVERS:
+            log(f"LEFTOVER (killed by pid): {x}")
+    print_table(vers, time.time() - started)
+
+
+def print_table(vers, took):
+    names = {"node1": "node ×1", "raw": "raw", "cluster": "cluster", "pm2": "PM2", "herd": "herd"}
+    cols = ["node1", "raw", "cluster", "pm2", "herd"]
+    rows = []
+
+    def met(cond_parts):
+        """cond_parts: [(ok or None, text)]; None means not measured."""
+        if any(ok is None for ok, _ in cond_parts):
+            return "?"
+        bad = [t for ok, t in cond_parts if not ok]
+        return "yes" if not bad else "NO: " + ", ".join(bad)
+
+    def row(fig, label, fmt, anchors, target="", check=None, systems=cols):
+        cells = [cell(fig, s, fmt) if s in systems else "—" for s in cols]
+        rows.append([label, *cells, ratios(fig, anchors, names) if anchors else "—", target, check() if check else ""])
+
+    def tp_check(fig, vs_managers):
+        def check():
+            parts = []
+            r = ratio(fig, "herd", "raw")
+            parts.append((None if r is None else r >= 0.98, f"{r or 0:.2f}× raw < 0.98"))
+            for a in ("cluster", "pm2"):
+                r = ratio(fig, "herd", a)
+                parts.append((None if r is None else r >= vs_managers, f"{r or 0:.2f}× {names[a]} < {vs_managers}"))
+            return met(parts)
+
+        return check
+
+    def bal_check(fig):
+        def check():
+            b = med(fig, "herd")
+            return met([(None if b is None else b <= 1.2, f"herd {b or 0:.2f} > 1.2")])
+
+        return check
+
+    managed = ["cluster", "pm2", "herd"]
+    d = WRK_SECS
+    row("ka.rps", f"keep-alive req/s (wrk -c{WRK_CONNS} -t2, {d} s)", k, ["raw", "cluster", "pm2"],
+        "≥ 0.98× raw, ≥ 1.0× cluster and PM2", tp_check("ka.rps", 1.0))
+    row("ka.p99", "keep-alive p99 latency", ms, ["raw", "cluster", "pm2"])
+    row("ka.cpu", "keep-alive server CPU per request", lambda x: f"{x:.1f} µs", ["raw", "cluster", "pm2"])
+    row("ka.bal", "keep-alive balance, requests per instance max/min", num(2), None, "herd ≤ 1.2", bal_check("ka.bal"),
+        systems=["raw", *managed])
+    row("close.rps", f"Connection: close req/s (wrk -c{WRK_CONNS} -t2, {d} s)", k, ["raw", "cluster", "pm2"],
+        "≥ 0.98× raw, ≥ 1.3× cluster and PM2", tp_check("close.rps", 1.3))
+    row("close.p99", "Connection: close p99 latency", ms, ["raw", "cluster", "pm2"])
+    row("close.cpu", "Connection: close server CPU per request", lambda x: f"{x:.1f} µs", ["raw", "cluster", "pm2"])
+    row("close.bal", "Connection: close balance, requests per instance max/min", num(2), None, "herd ≤ 1.2",
+        bal_check("close.bal"), systems=["raw", *managed])
+    rows.append(["wrk errors, keep-alive / close (sum of runs)"]
+                + [f"{int(sum(R.get(('ka.err', s), [0])))} / {int(sum(R.get(('close.err', s), [0])))}" for s in cols]
+                + ["—", "0", ""])
+
+    # hyper: alone in the "raw" column (no manager), under herd in the "herd" column.
+    for mode, title in (("ka", "keep-alive"), ("close", "Connection: close")):
+        for fig, what, fmt in (("rps", "req/s", k), ("p99", "p99 latency", ms), ("cpu", "server CPU per request", lambda x: f"{x:.1f} µs")):
+            f = f"{mode}.{fig}"
+            alone, under = cell(f, "hyper.alone", fmt), cell(f, "hyper.herd", fmt)
+            r = ratio(f, "hyper.herd", "hyper.alone")
+            rows.append([f"Rust hyper, {title} {what}: raw column = alone (1 process, {N} threads), herd column = under herd ({N} × 1 thread)",
+                         "—", alone, "—", "—", under, f"{r:.2f}× alone" if r else "—", "", ""])
+
+    # crash
+    def crash_cell(s):
+        if not R.get(("crash.total", s)):
+            return "—"
+        return (f"failed {cell('crash.failed', s, num(0))}, hung {cell('crash.hung', s, num(0))} "
+                f"of {int(med('crash.total', s))}; p99 {cell('crash.p99', s, ms)}")
+
+    rows.append([f"crash: SIGKILL an instance every 1 s for {CRASH_KILLS} s under {FRESH_THREADS * FRESH_RATE} req/s of fresh "
+                 f"connections (1 s timeout): requests failed, hung > 1 s, p99",
+                 "—", "—", *[crash_cell(s) for s in managed], "—", "", ""])
+
+    def serve_cell(s):
+        v = R.get(("crash.serve", s))
+        miss = len(R.get(("crash.noserve", s), []))
+        if not v:
+            return "—" if not miss else f"none served ({miss} kills)"
+        txt = f"{statistics.median(v):.0f} ms ({min(v):.0f}–{max(v):.0f})"
+        return txt + (f"; {miss} of {len(v) + miss} not serving within 1 s" if miss else "")
+
+    rows.append(["crash: SIGKILL → replacement serving its first request, median (min–max) over all kills",
+                 "—", "—", *[serve_cell(s) for s in managed], "—", "", ""])
+
+    # reload
+    for n in RELOAD_SIZES:
+        def rl(s, n=n):
+            if not R.get((f"reload{n}.total", s)):
+                return "—"
+            return (f"{cell(f'reload{n}.failed', s, num(0))} fresh / {cell(f'reload{n}.kfailed', s, num(0))} keep-alive "
+                    f"of {int(med(f'reload{n}.total', s))}")
+
+        fails = R.get((f"reload{n}.failed", "herd"), []) + R.get((f"reload{n}.kfailed", "herd"), [])
+        rows.append([f"reload -i {n} under {FRESH_THREADS * FRESH_RATE} req/s fresh + {KEEP_THREADS * KEEP_RATE} req/s keep-alive: "
+                     f"requests failed or hung", "—", "—", "—", rl("pm2"), rl("herd"), "—", "herd 0, every run",
+                     met([(bool(fails) and max(fails) == 0 if fails else None, f"herd failed up to {int(max(fails or [0]))}")])])
+        r = ratio(f"reload{n}.time", "herd", "pm2")
+        rows.append([f"reload -i {n}: wall time of `reload` (under that load)", "—", "—", "—",
+                     cell(f"reload{n}.time", "pm2", lambda x: f"{x:.2f} s"), cell(f"reload{n}.time", "herd", lambda x: f"{x:.2f} s"),
+                     f"{r:.2f}× PM2" if r else "—", "", ""])
+
+    # footprint
+    r = ratio("rss", "herd", "pm2")
+    rows.append([f"manager RSS with {N} instances running (cluster: primary; PM2, herd: daemon)", "—", "—",
+                 cell("rss", "cluster", lambda x: f"{x:.1f} MB"), cell("rss", "pm2", lambda x: f"{x:.1f} MB"),
+                 cell("rss", "herd", lambda x: f"{x:.1f} MB"), ratios("rss", ["cluster", "pm2"], names), "≤ 0.1× PM2",
+                 met([(None if r is None else r <= 0.1, f"{r or 0:.2f}× PM2")])])
+    rows.append([f"manager CPU over {IDLE_SECS} s idle", "—", "—",
+                 *[cell("idle", s, lambda x: f"{x:.2f} s") for s in managed], "—", "", ""])
+    r = ratio("list", "pm2", "herd")
+    rows.append([f"`list` wall time, median of {LIST_RUNS} (`pm2 list` vs `herd list`)", "—", "—", "—",
+                 cell("list", "pm2", ms), cell("list", "herd", ms), f"{1 / r:.3f}× PM2 ({r:.0f}× faster)" if r else "—",
+                 "≥ 50× faster than PM2", met([(None if r is None else r >= 50, f"only {r or 0:.0f}× faster")])])
+    rows.append(["message bus round trips/s, p50/p99 vs Node cluster IPC", "—", "—", "not measured yet (bus issue)",
+                 "—", "not measured yet (bus issue)", "—", "", ""])
+
+    mode = ("QUICK smoke run: 1 run per figure, short loads — do not read these numbers as results"
+            if QUICK else f"full run: median (min–max) of {RUNS} runs, systems alternating within each round")
+    print(f"herd side-by-side benchmark — {time.strftime('%Y-%m-%d')}, {platform.node()}, {N} cores, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Linux {platform.release()}; "
+          f"node {vers['node']}, pm2 {vers['pm2']}, wrk {vers['wrk']}, herd {vers['herd']}, rustc {vers['rustc']}, "
+          f"hyper {vers['hyper']}; {mode}; took {took / 60:.1f} min.\n")
+    print(f"| figure | node ×1 | raw node ×{N} (no manager) | Node cluster ×{N} | PM2 ×{N} | herd ×{N} | herd ÷ anchor | target | met? |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+    print(f"wrk runs on the same {N} cores as the servers (for every system alike). Server CPU = utime+stime of every "
+          "process in the server's tree (manager included) from /proc, sampled before and after each wrk run.")
+    for n in NOTES:
+        print(f"- note: {n}")
+    if LEFTOVERS:
+        for x in LEFTOVERS:
+            print(f"- LEFTOVER (killed by pid): {x}")
+    else:
+        print("- no process was left behind: after every stop, no process with this run's tag was alive.")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; every process started was stopped", file=sys.stderr)
+        sys.exit(130)

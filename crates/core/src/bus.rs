@@ -1,0 +1,430 @@
+//! The message bus's shared pieces: addresses, the envelope daemons exchange, and the bridge
+//! that carries envelopes between daemons on different hosts through a real broker (Redis
+//! pub/sub or NATS).
+//!
+//! Routing itself (who gets what on this host) is the supervisor's; this module only names
+//! things and moves bytes to and from the broker. herd keeps no membership of its own: a
+//! daemon subscribes to `herd.all` (publishes, app-wide and broadcast messages) and to
+//! `herd.host.<its host>` (messages addressed to it), and that is all.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Where a message goes: `api:3`, `api`, `*` (or `all`), each optionally `@host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// App name or id; `None` for every app.
+    pub app: Option<String>,
+    /// One instance of the app.
+    pub instance: Option<u32>,
+    /// One host; `None` for every host (or, for one instance, this host).
+    pub host: Option<String>,
+}
+
+impl Address {
+    /// Reads an address.
+    ///
+    /// # Errors
+    /// A message naming the accepted forms.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("cannot read address {s:?}: use app, app:INSTANCE or * (each optionally @host)")
+        };
+        let (target, host) = match s.split_once('@') {
+            Some((t, h)) if !h.is_empty() => (t, Some(h.to_string())),
+            Some(_) => return Err(bad()),
+            None => (s, None),
+        };
+        if target == "*" || target == "all" || target.is_empty() && host.is_some() {
+            return Ok(Self {
+                app: None,
+                instance: None,
+                host,
+            });
+        }
+        let (app, instance) = match target.rsplit_once(':') {
+            Some((a, i)) => (a, Some(i.parse::<u32>().map_err(|_| bad())?)),
+            None => (target, None),
+        };
+        if app.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            app: Some(app.to_string()),
+            instance,
+            host,
+        })
+    }
+
+    /// Whether the address can reach instances on `host` (this daemon's).
+    pub fn reaches(&self, host: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+    }
+
+    /// Whether it can reach instances on other hosts.
+    pub fn reaches_others(&self, host: &str) -> bool {
+        match &self.host {
+            Some(h) => h != host,
+            // One instance without a host means this host's.
+            None => self.instance.is_none(),
+        }
+    }
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// To instances named by `to`.
+    Send,
+    /// To whoever subscribed to `topic`.
+    Publish,
+    /// To one instance named by `to`; a `reply` is awaited.
+    Request,
+    /// The answer to `reply_to`.
+    Reply,
+    /// A request could not be delivered or answered.
+    Error,
+}
+
+/// A message as daemons exchange it over the broker, and as `herd bus` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// What it is.
+    pub kind: Kind,
+    /// Sender: `app:i@host` or `cli@host`.
+    pub from: String,
+    /// Host of the daemon that put it on the bus.
+    pub origin: String,
+    /// Address, for send and request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Topic, for publish (and optionally send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The payload.
+    #[serde(default)]
+    pub data: Value,
+    /// Request id, unique per origin (`host:n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Request this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+/// Counters of a bridge, visible in `herd describe`.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    /// Connected to the broker now.
+    pub connected: AtomicBool,
+    /// Envelopes put on the broker.
+    pub published: AtomicU64,
+    /// Envelopes taken from the broker.
+    pub received: AtomicU64,
+    /// Envelopes that could not be put on the broker (it was away, or the queue was full).
+    pub lost: AtomicU64,
+    /// Times the connection was made again after losing it.
+    pub reconnects: AtomicU64,
+}
+
+/// The broker channel of every daemon.
+pub const ALL: &str = "herd.all";
+
+/// The broker channel of one host's daemon.
+pub fn host_channel(host: &str) -> String {
+    let safe: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("herd.host.{safe}")
+}
+
+/// A connection to the broker, kept up by a task of its own.
+#[derive(Clone)]
+pub struct Bridge {
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+    /// Its counters.
+    pub stats: Arc<BridgeStats>,
+    /// The URL with any password hidden, for display.
+    pub url: String,
+}
+
+impl Bridge {
+    /// Connects (in the background) to the broker at `url` and calls `on_envelope` for every
+    /// envelope on `herd.all` (except this host's own) and on this host's channel.
+    ///
+    /// # Errors
+    /// When the URL is not `redis://…`, `rediss://…` or `nats://…`, or cannot be read.
+    pub fn start(
+        url: &str,
+        host: &str,
+        on_envelope: impl Fn(Envelope) + Send + Sync + 'static,
+    ) -> Result<Self, String> {
+        let stats = Arc::new(BridgeStats::default());
+        let (tx, rx) = mpsc::channel(4096);
+        let host = host.to_string();
+        let me = host.clone();
+        let deliver = Arc::new(move |bytes: &[u8], stats: &BridgeStats| {
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            match serde_json::from_slice::<Envelope>(bytes) {
+                Ok(env) if env.origin != me => on_envelope(env),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("bus: unreadable envelope from the broker dropped: {e}"),
+            }
+        });
+        let shown = hide_password(url);
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            let client = redis::Client::open(url)
+                .map_err(|e| format!("cannot read bus URL {shown}: {e}"))?;
+            tokio::spawn(redis_task(client, host, rx, stats.clone(), deliver));
+        } else if url.starts_with("nats://") {
+            tokio::spawn(nats_task(url.to_string(), host, rx, stats.clone(), deliver));
+        } else {
+            return Err(format!(
+                "bus URL {shown} is not supported: use redis://HOST:PORT or nats://HOST:PORT"
+            ));
+        }
+        Ok(Self {
+            tx,
+            stats,
+            url: shown,
+        })
+    }
+
+    /// Puts an envelope on a broker channel. Never waits: while the broker is away, or if the
+    /// queue is full, the envelope is counted as lost.
+    pub fn publish(&self, channel: &str, env: &Envelope) {
+        if !self.stats.connected.load(Ordering::Relaxed) {
+            self.stats.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let bytes = serde_json::to_vec(env).expect("envelopes always serialise");
+        if self.tx.try_send((channel.to_string(), bytes)).is_err() {
+            self.stats.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn hide_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+type Deliver = Arc<dyn Fn(&[u8], &BridgeStats) + Send + Sync>;
+
+async fn redis_task(
+    client: redis::Client,
+    host: String,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    stats: Arc<BridgeStats>,
+    deliver: Deliver,
+) {
+    let mine = host_channel(&host);
+    let mut delay = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let connected = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut sub = client.get_async_pubsub().await?;
+            sub.subscribe(ALL).await?;
+            sub.subscribe(&mine).await?;
+            let conn = client.get_multiplexed_async_connection().await?;
+            Ok::<_, redis::RedisError>((sub, conn))
+        })
+        .await;
+        match connected {
+            Ok(Ok((sub, mut conn))) => {
+                if !first {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                first = false;
+                delay = Duration::from_millis(100);
+                stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!("bus: connected to redis");
+                let mut messages = sub.into_on_message();
+                loop {
+                    tokio::select! {
+                        m = messages.next() => match m {
+                            Some(m) => deliver(m.get_payload_bytes(), &stats),
+                            None => break,
+                        },
+                        out = rx.recv() => match out {
+                            Some((channel, bytes)) => {
+                                let r: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(&channel).arg(bytes).query_async(&mut conn).await;
+                                match r {
+                                    Ok(_) => { stats.published.fetch_add(1, Ordering::Relaxed); }
+                                    Err(e) => {
+                                        stats.lost.fetch_add(1, Ordering::Relaxed);
+                                        tracing::warn!("bus: publish to redis failed: {e}");
+                                        break;
+                                    }
+                                }
+                            }
+                            None => return,
+                        },
+                    }
+                }
+                stats.connected.store(false, Ordering::Relaxed);
+                tracing::warn!("bus: lost the connection to redis; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!("bus: cannot connect to redis: {e}"),
+            Err(_) => tracing::debug!("bus: connecting to redis timed out"),
+        }
+        // Whatever was queued for the broker while it was away is lost, and counted.
+        while rx.try_recv().is_ok() {
+            stats.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn nats_task(
+    url: String,
+    host: String,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    stats: Arc<BridgeStats>,
+    deliver: Deliver,
+) {
+    let events = stats.clone();
+    let first = Arc::new(AtomicBool::new(true));
+    let options = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100u64 << attempts.min(5) as u64).min(2000))
+        })
+        .event_callback(move |event| {
+            let stats = events.clone();
+            let first = first.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        if !first.swap(false, Ordering::Relaxed) {
+                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        stats.connected.store(true, Ordering::Relaxed);
+                        tracing::info!("bus: connected to nats");
+                    }
+                    async_nats::Event::Disconnected => {
+                        stats.connected.store(false, Ordering::Relaxed);
+                        tracing::warn!("bus: lost the connection to nats; reconnecting");
+                    }
+                    _ => {}
+                }
+            }
+        });
+    let client = match options.connect(url.as_str()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("bus: cannot use nats at {}: {e}", hide_password(&url));
+            return;
+        }
+    };
+    let subs = async {
+        let a = client.subscribe(ALL).await?;
+        let b = client.subscribe(host_channel(&host)).await?;
+        Ok::<_, async_nats::SubscribeError>(futures_util::stream::select(a, b))
+    }
+    .await;
+    let mut subs = match subs {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("bus: cannot subscribe on nats: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            m = subs.next() => match m {
+                Some(m) => deliver(&m.payload, &stats),
+                None => return,
+            },
+            out = rx.recv() => match out {
+                Some((subject, bytes)) => match client.publish(subject, bytes.into()).await {
+                    Ok(()) => { stats.published.fetch_add(1, Ordering::Relaxed); }
+                    Err(e) => {
+                        stats.lost.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("bus: publish to nats failed: {e}");
+                    }
+                },
+                None => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let a = Address::parse("api:3@b").unwrap();
+        assert_eq!(
+            (a.app.as_deref(), a.instance, a.host.as_deref()),
+            (Some("api"), Some(3), Some("b"))
+        );
+        let a = Address::parse("api").unwrap();
+        assert!(a.reaches("x") && a.reaches_others("x"));
+        let a = Address::parse("api:1").unwrap();
+        assert!(a.reaches("x") && !a.reaches_others("x"));
+        let a = Address::parse("*").unwrap();
+        assert_eq!(a.app, None);
+        let a = Address::parse("api:0@me").unwrap();
+        assert!(a.reaches("me") && !a.reaches_others("me"));
+        assert!(Address::parse("api:x").is_err());
+        assert!(Address::parse("api@").is_err());
+        assert!(Address::parse(":1").is_err());
+    }
+
+    #[test]
+    fn channels_and_urls() {
+        assert_eq!(
+            host_channel("web-1.example.com"),
+            "herd.host.web-1_example_com"
+        );
+        assert_eq!(
+            hide_password("redis://:secret@127.0.0.1:6379"),
+            "redis://***@127.0.0.1:6379"
+        );
+        assert_eq!(
+            hide_password("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert!(Bridge::start("http://x", "h", |_| {}).is_err());
+    }
+
+    #[test]
+    fn envelope_wire_shape() {
+        let e = Envelope {
+            kind: Kind::Publish,
+            from: "api:0@a".into(),
+            origin: "a".into(),
+            to: None,
+            topic: Some("news".into()),
+            data: serde_json::json!({"x": 1}),
+            id: None,
+            reply_to: None,
+        };
+        let s = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            s,
+            r#"{"kind":"publish","from":"api:0@a","origin":"a","topic":"news","data":{"x":1}}"#
+        );
+    }
+}
