@@ -155,7 +155,7 @@ def versions(wrk, pm2, herd):
 
 
 def proc_table():
-    """{pid: (ppid, utime+stime ticks, starttime)} of every process."""
+    """{pid: (ppid, utime+stime ticks, starttime)} of every process but zombies."""
     table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -165,7 +165,8 @@ def proc_table():
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        table[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
+        if fields[0] != "Z":  # a zombie is not running; its parent (often pid 1) reaps it later
+            table[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
     return table
 
 

@@ -47,6 +47,8 @@ pub fn free_port() -> u16 {
 
 pub struct Herd {
     pub home: tempfile::TempDir,
+    /// Extra environment for every herd command (and so for the daemon).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Herd {
@@ -62,7 +64,18 @@ impl Herd {
                 .prefix("herd-test-")
                 .tempdir()
                 .unwrap(),
+            env: Vec::new(),
         }
+    }
+
+    /// A herd whose daemon runs with these variables (e.g. HERD_HOST, HERD_BUS).
+    pub fn with_env(vars: &[(&str, &str)]) -> Self {
+        let mut h = Self::new();
+        h.env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        h
     }
 
     pub fn home(&self) -> &Path {
@@ -72,6 +85,7 @@ impl Herd {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(herd_bin());
         c.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("HERD_HOME", self.home())
             .current_dir(repo_root())
             .stdin(Stdio::null());
@@ -443,4 +457,104 @@ pub fn load_path_until(
         }
     }
     l
+}
+
+/// A real broker (`redis-server` or `nats-server` from Debian) on a free loopback port, for
+/// this test only, stopped by pid when dropped.
+pub struct Broker {
+    pub kind: &'static str,
+    pub port: u16,
+    bin: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    /// Starts one, or says loudly that the binary is missing (and fails when `CI=true`).
+    pub fn start(kind: &'static str) -> Option<Self> {
+        let bin = match kind {
+            "redis" => "redis-server",
+            _ => "nats-server",
+        };
+        let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(bin))
+            .find(|p| p.exists());
+        let Some(found) = found else {
+            let msg = format!("{bin} is needed for the cross-host bus tests; install it (Debian: apt-get install {})", if kind == "redis" { "redis-server" } else { "nats-server" });
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{msg}");
+            }
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        };
+        let mut b = Self {
+            kind,
+            port: free_port(),
+            bin: found,
+            child: None,
+        };
+        b.spawn();
+        Some(b)
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            "redis" => {
+                let mut c = Command::new(&self.bin);
+                c.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ]);
+                c
+            }
+            _ => {
+                let mut c = Command::new(&self.bin);
+                c.args(["-a", "127.0.0.1", "-p", &port]);
+                c
+            }
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(loopback(self.port)).map(|_| ())
+        })
+        .unwrap_or_else(|e| panic!("{} did not come up on port {}: {e}", self.kind, self.port));
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.kind, self.port)
+    }
+
+    /// Kills the broker (SIGKILL, by pid) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
