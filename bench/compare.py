@@ -256,6 +256,59 @@ def kill_pids(pids):
             pass
 
 
+def cpu_busy():
+    """Busy and steal ticks of the whole machine since boot, from /proc/stat."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = f
+    return user + nice + system + irq + softirq, steal
+
+
+QUIET = {"waited": 0.0, "busy_runs": 0, "runs": 0, "background": [], "steal": []}
+QUIET_LIMIT = 0.15  # CPU of other programs, in cores, below which the machine counts as quiet
+
+
+def settle():
+    """Waits (bounded) until other programs use under QUIET_LIMIT of a core, so that a run does
+    not start in the middle of someone else's load. Our own servers are idle at this point."""
+    budget = min(30.0 if QUICK else 60.0, max(0.0, (60.0 if QUICK else 300.0) - QUIET["waited"]))
+    t0 = time.time()
+    QUIET["runs"] += 1
+    while True:
+        b0, _ = cpu_busy()
+        time.sleep(0.5)
+        b1, _ = cpu_busy()
+        if (b1 - b0) / CLK / 0.5 < QUIET_LIMIT:
+            break
+        if time.time() - t0 > budget:
+            QUIET["busy_runs"] += 1
+            break
+    QUIET["waited"] += time.time() - t0
+
+
+class Background:
+    """CPU used by everything but the measured server, wrk and this script during a run, and
+    CPU steal of the VM: both make figures noisy and are reported under the table."""
+
+    def __enter__(self):
+        self.t, (self.busy, self.steal), self.ours = time.time(), cpu_busy(), self.own()
+        return self
+
+    @staticmethod
+    def own():
+        a, b = os.times(), None
+        return a.user + a.system + a.children_user + a.children_system
+
+    def done(self, server_cpu):
+        dt = time.time() - self.t
+        busy, steal = cpu_busy()
+        other = (busy - self.busy) / CLK - server_cpu - (self.own() - self.ours)
+        QUIET["background"].append(max(other, 0.0) / dt)
+        QUIET["steal"].append((steal - self.steal) / CLK / dt)
+
+    def __exit__(self, *exc):
+        return False
+
+
 # --------------------------------------------------------------------------------------------
 # HTTP clients
 
@@ -693,10 +746,13 @@ def throughput(name, make, node=True):
         for mode in ("ka", "close"):
             pids = s.instances()
             c0 = counts(port, pids) if node and len(pids) > 1 else None
-            t0 = tree_ticks(s.roots())
-            w = wrk(port, WRK_SECS, close=mode == "close")
-            t1 = tree_ticks(s.roots())
-            cpu = cpu_seconds(t0, t1)
+            settle()
+            with Background() as bg:
+                t0 = tree_ticks(s.roots())
+                w = wrk(port, WRK_SECS, close=mode == "close")
+                t1 = tree_ticks(s.roots())
+                cpu = cpu_seconds(t0, t1)
+                bg.done(cpu)
             put(f"{mode}.rps", name, w["rps"])
             put(f"{mode}.p99", name, w["p99"])
             put(f"{mode}.cpu", name, cpu / max(w["requests"], 1) * 1e6)
@@ -714,6 +770,7 @@ def crash(name, make):
     marks = tempfile.mkdtemp(prefix="herd-bench-marks-")
     try:
         with make(port, marks) as s:
+            settle()
             load = Load(port, limit=CRASH_KILLS + 3).start()
             time.sleep(1.0)
             kills = []  # (time of SIGKILL, replacement pid or None)
@@ -755,6 +812,7 @@ def reload(name, make, n):
     port = free_port()
     with make(n, port) as s:
         before = set(s.instances())
+        settle()
         load = Load(port, keep=(KEEP_THREADS, KEEP_RATE), limit=180).start()
         time.sleep(1.0)
         t = time.perf_counter()
@@ -804,6 +862,7 @@ def footprint():
             put("idle", k, (ticks(pid) - c0[k]) / CLK)
         put("idle.secs", "all", dt)
         lists = {"pm2": [], "herd": []}
+        settle()
         for _ in range(LIST_RUNS):  # alternating: pm2, herd, pm2, herd …
             lists["pm2"].append(spawn_time([PM2_BIN, "list"], p.env))
             lists["herd"].append(spawn_time([HERD_BIN, "list"], h.env))

@@ -195,3 +195,91 @@ fn malformed_json_from_any_program_gets_an_error_back() {
     );
     h.finish();
 }
+
+#[test]
+fn rust_and_node_instances_talk_through_the_bus() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    let echo = example_bin("bus-echo");
+    h.ok(&[
+        "start",
+        echo.to_str().unwrap(),
+        "--name",
+        "rust",
+        "-i",
+        "2",
+        "--wait-ready",
+    ]);
+    assert_eq!(h.statuses("rust"), vec!["online", "online"]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let script = base.join("apps/bus.js");
+    h.ok(&[
+        "start",
+        script.to_str().unwrap(),
+        "--name",
+        "nb",
+        "--listen",
+        &listen,
+    ]);
+
+    // CLI → Rust.
+    let r = request(&h, "rust:1", r#"{"x":1}"#);
+    assert_eq!(r["lang"], "rust");
+    assert_eq!(r["echo"]["x"], 1);
+    // Node → Rust.
+    let r: Value = serde_json::from_str(
+        &get(
+            loopback(port),
+            "/ask?to=rust:0&data=from-node",
+            Duration::from_secs(5),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["lang"], "rust");
+    assert_eq!(r["echo"], "from-node");
+    // Rust → Node.
+    let r = request(&h, "rust:0", r#"{"ask":"nb:0"}"#);
+    assert_eq!(r["answer"]["echo"], "from rust", "{r}");
+    // Topics reach Rust subscribers, from Node and from the CLI.
+    get(
+        loopback(port),
+        "/publish?topic=news&data=node-news",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    h.ok(&["publish", "news", r#""cli-news""#]);
+    wait_until(Duration::from_secs(5), || {
+        let s = serde_json::to_string(&request(&h, "rust:1", r#""seen""#)).unwrap();
+        (s.contains("node-news") && s.contains("cli-news"))
+            .then_some(())
+            .ok_or(s)
+    })
+    .unwrap();
+    // `herd bus` shows what passes.
+    let mut watcher = h
+        .command(&["bus", "--json", "news"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    h.ok(&["publish", "news", r#""watched""#]);
+    let line = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("herd bus showed nothing");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["kind"], "publish");
+    assert_eq!(v["data"], "watched");
+    h.finish();
+}

@@ -29,6 +29,17 @@ pub fn hello_bin() -> PathBuf {
     p
 }
 
+/// An example program of the workspace (built with the tests), e.g. `bus-echo`.
+pub fn example_bin(name: &str) -> PathBuf {
+    let p = herd_bin()
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    assert!(p.exists(), "{} is missing: build the examples first (`cargo build --workspace --all-targets`, done by scripts/test)", p.display());
+    p
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
