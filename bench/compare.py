@@ -16,6 +16,7 @@ it is killed by pid; systems alternate within each round (A B C … A B C …); 
 starts carries HERD_BENCH_TAG in its environment, and on exit (also on error or Ctrl-C) every
 process still carrying the run's tag is killed by pid and reported.
 """
+import errno
 import json
 import os
 import platform
@@ -295,7 +296,7 @@ class Background:
 
     @staticmethod
     def own():
-        a, b = os.times(), None
+        a = os.times()
         return a.user + a.system + a.children_user + a.children_system
 
     def done(self, server_cpu):
@@ -438,10 +439,10 @@ class Load:
         for _ in self.paced(rate):
             t = time.perf_counter()
             end = t + TIMEOUT
+            data = b""
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as s:
                     s.sendall(req)
-                    data = b""
                     while True:
                         s.settimeout(max(end - time.perf_counter(), 0.001))
                         chunk = s.recv(4096)
@@ -449,11 +450,12 @@ class Load:
                             break
                         data += chunk
                 ok = data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello")
-                out.append(("ok" if ok else "failed", (time.perf_counter() - t) * 1000))
+                why = None if ok else ("closed without an answer" if not data else "bad answer")
+                out.append(("ok" if ok else "failed", (time.perf_counter() - t) * 1000, why))
             except socket.timeout:
-                out.append(("hung", TIMEOUT * 1000))
-            except OSError:
-                out.append(("failed", (time.perf_counter() - t) * 1000))
+                out.append(("hung", TIMEOUT * 1000, "no answer in 1 s" if data == b"" else "answer cut"))
+            except OSError as e:
+                out.append(("failed", (time.perf_counter() - t) * 1000, errname(e)))
 
     def keep_loop(self, rate):
         req = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
@@ -474,29 +476,34 @@ class Load:
                     s = None
             t = time.perf_counter()
             end = t + TIMEOUT
+            reused = s is not None
+            data = b""
             try:
                 if s is None:
                     s = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
                 s.settimeout(TIMEOUT)
                 s.sendall(req)
-                data = b""
                 while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < clen(data):
                     s.settimeout(max(end - time.perf_counter(), 0.001))
                     chunk = s.recv(4096)
                     if not chunk:
-                        raise ConnectionError("closed before the answer")
+                        raise ConnectionError("closed")
                     data += chunk
                 ok = data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello")
-                out.append(("ok" if ok else "failed", (time.perf_counter() - t) * 1000))
+                out.append(("ok" if ok else "failed", (time.perf_counter() - t) * 1000, None if ok else "bad answer"))
                 if not ok or b"connection: close" in data.lower():
                     s.close()
                     s = None
             except socket.timeout:
-                out.append(("hung", TIMEOUT * 1000))
+                out.append(("hung", TIMEOUT * 1000, "no answer in 1 s"))
                 s.close()
                 s = None
-            except OSError:
-                out.append(("failed", (time.perf_counter() - t) * 1000))
+            except OSError as e:
+                if reused and not data:
+                    why = "reused connection closed before any answer byte"
+                else:
+                    why = errname(e)
+                out.append(("failed", (time.perf_counter() - t) * 1000, why))
                 if s is not None:
                     s.close()
                 s = None
@@ -505,13 +512,22 @@ class Load:
 
     def summary(self, kind="fresh"):
         rs = self.results[kind]
-        lat = sorted(ms for _, ms in rs)
+        lat = sorted(ms for _, ms, _ in rs)
+        why = {}
+        for o, _, w in rs:
+            if o != "ok":
+                why[w] = why.get(w, 0) + 1
         return {
             "total": len(rs),
-            "failed": sum(1 for o, _ in rs if o == "failed"),
-            "hung": sum(1 for o, _ in rs if o == "hung"),
+            "failed": sum(1 for o, _, _ in rs if o == "failed"),
+            "hung": sum(1 for o, _, _ in rs if o == "hung"),
             "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
+            "why": ", ".join(f"{w} ×{n}" for w, n in sorted(why.items())),
         }
+
+
+def errname(e):
+    return errno.errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__
 
 
 def clen(data):
@@ -794,6 +810,8 @@ def crash(name, make):
             time.sleep(1.0)
             load.stop()
             sm = load.summary()
+            if sm["why"]:
+                NOTES.append(f"crash, {s.label}: {sm['why']}")
             put("crash.failed", name, sm["failed"])
             put("crash.hung", name, sm["hung"])
             put("crash.total", name, sm["total"])
@@ -828,6 +846,9 @@ def reload(name, make, n):
         if before & after or len(after) != n:
             NOTES.append(f"{s.label} -i {n}: after reload, {len(before & after)} of {n} old pids still serve, {len(after)} instances")
         fresh, keep = load.summary("fresh"), load.summary("keep")
+        for kind, sm in (("fresh", fresh), ("keep-alive", keep)):
+            if sm["why"]:
+                NOTES.append(f"reload -i {n}, {s.label}, {kind} connections: {sm['why']}")
         put(f"reload{n}.failed", name, fresh["failed"] + fresh["hung"])
         put(f"reload{n}.kfailed", name, keep["failed"] + keep["hung"])
         put(f"reload{n}.total", name, fresh["total"] + keep["total"])
@@ -1025,14 +1046,16 @@ def print_table(vers, took):
                 + [f"{int(sum(R.get(('ka.err', s), [0])))} / {int(sum(R.get(('close.err', s), [0])))}" for s in cols]
                 + ["—", "0", ""])
 
-    # hyper: alone in the "raw" column (no manager), under herd in the "herd" column.
+    # hyper: alone in the "no manager" column, under herd in the "herd" column.
+    rows.append([f"**Rust hyper** (no-manager column: hyper alone, 1 process × {N} threads; herd column: under herd, "
+                 f"{N} instances × 1 thread)", "", "", "", "", "", "", "", ""])
     for mode, title in (("ka", "keep-alive"), ("close", "Connection: close")):
         for fig, what, fmt in (("rps", "req/s", k), ("p99", "p99 latency", ms), ("cpu", "server CPU per request", lambda x: f"{x:.1f} µs")):
             f = f"{mode}.{fig}"
             alone, under = cell(f, "hyper.alone", fmt), cell(f, "hyper.herd", fmt)
             r = ratio(f, "hyper.herd", "hyper.alone")
-            rows.append([f"Rust hyper, {title} {what}: raw column = alone (1 process, {N} threads), herd column = under herd ({N} × 1 thread)",
-                         "—", alone, "—", "—", under, f"{r:.2f}× alone" if r else "—", "", ""])
+            rows.append([f"hyper {title} {what}", "—", alone, "—", "—", under, f"{r:.2f}× alone" if r else "—", "", ""])
+    rows.append(["**Node managers under failure, reload, and idle**", "", "", "", "", "", "", "", ""])
 
     # crash
     def crash_cell(s):
@@ -1101,6 +1124,13 @@ def print_table(vers, took):
     print()
     print(f"wrk runs on the same {N} cores as the servers (for every system alike). Server CPU = utime+stime of every "
           "process in the server's tree (manager included) from /proc, sampled before and after each wrk run.")
+    bgv, st = sorted(QUIET["background"]), sorted(QUIET["steal"])
+    if bgv:
+        print(f"- machine: before each measured load the script waits (bounded) until other programs use < {QUIET_LIMIT} "
+              f"core; it waited {QUIET['waited']:.0f} s in all, and {QUIET['busy_runs']} of {QUIET['runs']} loads started "
+              f"with the machine still busy. CPU of other programs during the wrk runs: median {statistics.median(bgv):.2f}, "
+              f"max {bgv[-1]:.2f} cores (estimate: machine busy time − server − wrk − this script); VM steal: median "
+              f"{statistics.median(st):.2f}, max {st[-1]:.2f} cores.")
     for n in NOTES:
         print(f"- note: {n}")
     if LEFTOVERS:
