@@ -283,3 +283,35 @@ fn rust_and_node_instances_talk_through_the_bus() {
     assert_eq!(v["data"], "watched");
     h.finish();
 }
+
+#[test]
+fn the_python_client_in_docs_bus_md_works_as_printed() {
+    let h = Herd::new();
+    let doc = std::fs::read_to_string(repo_root().join("docs/bus.md")).unwrap();
+    let code = doc
+        .split("```python\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client.py");
+    std::fs::write(&file, code).unwrap();
+    h.ok(&["start", file.to_str().unwrap(), "--name", "py"]);
+    wait_until(Duration::from_secs(5), || {
+        let out = h.run(&["publish", "news", r#""from cli""#]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("to 1 subscriber").then_some(()).ok_or(text)
+    })
+    .unwrap();
+    assert_eq!(h.ok(&["request", "py:0", r#""ping""#]).trim(), r#""pong""#);
+    wait_until(Duration::from_secs(5), || {
+        let l = h.ok(&["logs", "py"]);
+        (l.contains("news hi") && l.contains("news from cli"))
+            .then_some(())
+            .ok_or(l)
+    })
+    .unwrap();
+    h.finish();
+}
