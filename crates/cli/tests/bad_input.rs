@@ -233,3 +233,40 @@ fn a_broken_config_file_is_reported_with_its_place_and_fix() {
     h.ok(&["list"]);
     h.finish();
 }
+
+#[test]
+fn a_privileged_port_without_the_privilege_names_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let h = Herd::new();
+    let root = nix::unistd::getuid().is_root();
+    // As root, run herd as `nobody` so that port 80 is really refused.
+    let nobody = 65534;
+    if root {
+        std::fs::set_permissions(h.home(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let home = h.home().join("unprivileged");
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(herd_bin());
+        c.args(args).env("HERD_HOME", &home).current_dir("/");
+        if root {
+            c.uid(nobody).gid(nobody);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&["start", hello_bin().to_str().unwrap(), "--port", "80"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    if e.contains("Permission denied") && e.contains("hello") {
+        // The test binary itself is not reachable by `nobody` here; nothing to check.
+        eprintln!("SKIPPED: {e}");
+    } else {
+        assert!(
+            e.contains("port 80 needs root or CAP_NET_BIND_SERVICE") && e.contains("8080"),
+            "{e}"
+        );
+    }
+    let out = run(&["kill"]);
+    assert!(out.status.success());
+    h.finish();
+}
