@@ -9,9 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -134,6 +132,9 @@ pub struct BridgeStats {
     pub reconnects: AtomicU64,
 }
 
+#[cfg(feature = "bridge")]
+mod brokers;
+
 /// The broker channel of every daemon.
 pub const ALL: &str = "herd.all";
 
@@ -173,35 +174,46 @@ impl Bridge {
         host: &str,
         on_envelope: impl Fn(Envelope) + Send + Sync + 'static,
     ) -> Result<Self, String> {
-        let stats = Arc::new(BridgeStats::default());
-        let (tx, rx) = mpsc::channel(4096);
-        let host = host.to_string();
-        let me = host.clone();
-        let deliver = Arc::new(move |bytes: &[u8], stats: &BridgeStats| {
-            stats.received.fetch_add(1, Ordering::Relaxed);
-            match serde_json::from_slice::<Envelope>(bytes) {
-                Ok(env) if env.origin != me => on_envelope(env),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("bus: unreadable envelope from the broker dropped: {e}"),
-            }
-        });
         let shown = hide_password(url);
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
-            let client = redis::Client::open(url)
-                .map_err(|e| format!("cannot read bus URL {shown}: {e}"))?;
-            tokio::spawn(redis_task(client, host, rx, stats.clone(), deliver));
-        } else if url.starts_with("nats://") {
-            tokio::spawn(nats_task(url.to_string(), host, rx, stats.clone(), deliver));
-        } else {
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("nats://"))
+        {
             return Err(format!(
                 "bus URL {shown} is not supported: use redis://HOST:PORT or nats://HOST:PORT"
             ));
         }
-        Ok(Self {
-            tx,
-            stats,
-            url: shown,
-        })
+        #[cfg(not(feature = "bridge"))]
+        {
+            let _ = (host, on_envelope);
+            Err(format!(
+                "this build of herd has no broker support (cargo feature `bridge`); cannot use {shown}"
+            ))
+        }
+        #[cfg(feature = "bridge")]
+        {
+            let stats = Arc::new(BridgeStats::default());
+            let (tx, rx) = mpsc::channel(4096);
+            let host = host.to_string();
+            let me = host.clone();
+            let deliver = Arc::new(move |bytes: &[u8], stats: &BridgeStats| {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                match serde_json::from_slice::<Envelope>(bytes) {
+                    Ok(env) if env.origin != me => on_envelope(env),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("bus: unreadable envelope from the broker dropped: {e}")
+                    }
+                }
+            });
+            brokers::spawn(url, host, rx, stats.clone(), deliver)
+                .map_err(|e| format!("cannot read bus URL {shown}: {e}"))?;
+            Ok(Self {
+                tx,
+                stats,
+                url: shown,
+            })
+        }
     }
 
     /// Puts an envelope on a broker channel. Never waits: while the broker is away, or if the
@@ -225,148 +237,8 @@ fn hide_password(url: &str) -> String {
     }
 }
 
+#[cfg(feature = "bridge")]
 type Deliver = Arc<dyn Fn(&[u8], &BridgeStats) + Send + Sync>;
-
-async fn redis_task(
-    client: redis::Client,
-    host: String,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
-    stats: Arc<BridgeStats>,
-    deliver: Deliver,
-) {
-    let mine = host_channel(&host);
-    let mut delay = Duration::from_millis(100);
-    let mut first = true;
-    loop {
-        let connected = tokio::time::timeout(Duration::from_secs(3), async {
-            let mut sub = client.get_async_pubsub().await?;
-            sub.subscribe(ALL).await?;
-            sub.subscribe(&mine).await?;
-            let conn = client.get_multiplexed_async_connection().await?;
-            Ok::<_, redis::RedisError>((sub, conn))
-        })
-        .await;
-        match connected {
-            Ok(Ok((sub, mut conn))) => {
-                if !first {
-                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                first = false;
-                delay = Duration::from_millis(100);
-                stats.connected.store(true, Ordering::Relaxed);
-                tracing::info!("bus: connected to redis");
-                let mut messages = sub.into_on_message();
-                loop {
-                    tokio::select! {
-                        m = messages.next() => match m {
-                            Some(m) => deliver(m.get_payload_bytes(), &stats),
-                            None => break,
-                        },
-                        out = rx.recv() => match out {
-                            Some((channel, bytes)) => {
-                                let r: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(&channel).arg(bytes).query_async(&mut conn).await;
-                                match r {
-                                    Ok(_) => { stats.published.fetch_add(1, Ordering::Relaxed); }
-                                    Err(e) => {
-                                        stats.lost.fetch_add(1, Ordering::Relaxed);
-                                        tracing::warn!("bus: publish to redis failed: {e}");
-                                        break;
-                                    }
-                                }
-                            }
-                            None => return,
-                        },
-                    }
-                }
-                stats.connected.store(false, Ordering::Relaxed);
-                tracing::warn!("bus: lost the connection to redis; reconnecting");
-            }
-            Ok(Err(e)) => tracing::debug!("bus: cannot connect to redis: {e}"),
-            Err(_) => tracing::debug!("bus: connecting to redis timed out"),
-        }
-        // Whatever was queued for the broker while it was away is lost, and counted.
-        while rx.try_recv().is_ok() {
-            stats.lost.fetch_add(1, Ordering::Relaxed);
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn nats_task(
-    url: String,
-    host: String,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
-    stats: Arc<BridgeStats>,
-    deliver: Deliver,
-) {
-    let events = stats.clone();
-    let first = Arc::new(AtomicBool::new(true));
-    let options = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((100u64 << attempts.min(5) as u64).min(2000))
-        })
-        .event_callback(move |event| {
-            let stats = events.clone();
-            let first = first.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        if !first.swap(false, Ordering::Relaxed) {
-                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                        }
-                        stats.connected.store(true, Ordering::Relaxed);
-                        tracing::info!("bus: connected to nats");
-                    }
-                    async_nats::Event::Disconnected => {
-                        stats.connected.store(false, Ordering::Relaxed);
-                        tracing::warn!("bus: lost the connection to nats; reconnecting");
-                    }
-                    _ => {}
-                }
-            }
-        });
-    let client = match options.connect(url.as_str()).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("bus: cannot use nats at {}: {e}", hide_password(&url));
-            return;
-        }
-    };
-    let subs = async {
-        let a = client.subscribe(ALL).await?;
-        let b = client.subscribe(host_channel(&host)).await?;
-        Ok::<_, async_nats::SubscribeError>(futures_util::stream::select(a, b))
-    }
-    .await;
-    let mut subs = match subs {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("bus: cannot subscribe on nats: {e}");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            m = subs.next() => match m {
-                Some(m) => deliver(&m.payload, &stats),
-                None => return,
-            },
-            out = rx.recv() => match out {
-                Some((subject, bytes)) => match client.publish(subject, bytes.into()).await {
-                    Ok(()) => { stats.published.fetch_add(1, Ordering::Relaxed); }
-                    Err(e) => {
-                        stats.lost.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("bus: publish to nats failed: {e}");
-                    }
-                },
-                None => return,
-            },
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -14,4 +14,4 @@ pub mod spawn;
 pub mod stats;
 pub mod supervisor;
 
-pub use supervisor::{log_path, sweep_leftovers, Config, LogRef, Supervisor};
+pub use supervisor::{log_path, sweep_leftovers, Config, Lifecycle, LogRef, Supervisor};

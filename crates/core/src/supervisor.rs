@@ -95,6 +95,31 @@ pub struct Config {
     pub pids_file: Option<PathBuf>,
 }
 
+/// Something that happened to an instance process, for embedders (the Rust cluster API).
+#[derive(Debug, Clone)]
+pub enum Lifecycle {
+    /// A process of the slot started.
+    Started {
+        /// App name.
+        app: String,
+        /// Instance number.
+        instance: u32,
+        /// Its pid.
+        pid: u32,
+    },
+    /// The slot's current process exited (crashed, or was stopped).
+    Exited {
+        /// App name.
+        app: String,
+        /// Instance number.
+        instance: u32,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+}
+
 /// A log file of an instance, for `herd logs`.
 #[derive(Debug, Clone)]
 pub struct LogRef {
@@ -159,6 +184,7 @@ pub struct Supervisor {
     tx: mpsc::UnboundedSender<Event>,
     logs: LogBus,
     monitor: broadcast::Sender<Arc<crate::bus::Envelope>>,
+    lifecycle: broadcast::Sender<Lifecycle>,
 }
 
 impl Supervisor {
@@ -204,7 +230,9 @@ impl Supervisor {
         };
         let bus = bus::Bus::new(config.host.clone(), config.max_message_bytes, bridge);
         let monitor = bus.monitor.clone();
+        let (lifecycle, _) = broadcast::channel(1024);
         let state = State {
+            lifecycle: lifecycle.clone(),
             bus,
             cfg: config,
             tx: tx.clone(),
@@ -218,7 +246,15 @@ impl Supervisor {
             done: false,
         };
         let task = tokio::spawn(state.run(rx));
-        Ok((Self { tx, logs, monitor }, task))
+        Ok((
+            Self {
+                tx,
+                logs,
+                monitor,
+                lifecycle,
+            },
+            task,
+        ))
     }
 
     /// Sends a command and waits for its reply.
@@ -255,6 +291,11 @@ impl Supervisor {
             return Err(gone());
         }
         rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Instance starts and exits, from now on.
+    pub fn subscribe_lifecycle(&self) -> broadcast::Receiver<Lifecycle> {
+        self.lifecycle.subscribe()
     }
 
     /// Every message that passes through the bus, from now on.
@@ -479,6 +520,7 @@ struct Waiter {
 }
 
 struct State {
+    lifecycle: broadcast::Sender<Lifecycle>,
     cfg: Config,
     tx: mpsc::UnboundedSender<Event>,
     logs: LogBus,
@@ -1168,6 +1210,11 @@ impl State {
         .ok();
         self.pids.insert(pid, (id, i, role));
         self.write_pids();
+        let _ = self.lifecycle.send(Lifecycle::Started {
+            app: spec.name.clone(),
+            instance: i,
+            pid,
+        });
         Ok(Proc {
             pid,
             since: Instant::now(),
@@ -1314,6 +1361,12 @@ impl State {
             Role::Current => {}
         }
         let name = app.spec.name.clone();
+        let _ = self.lifecycle.send(Lifecycle::Exited {
+            app: name.clone(),
+            instance: i,
+            pid,
+            exit: exit.clone(),
+        });
         let slot = &mut app.slots[i as usize];
         slot.last_exit = Some(exit.clone());
         let prev = std::mem::replace(&mut slot.state, SlotState::Stopped);

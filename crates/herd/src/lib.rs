@@ -21,6 +21,8 @@
 
 #[cfg(feature = "tokio")]
 pub mod bus;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, RawFd};
@@ -115,6 +117,23 @@ pub fn tokio_listener() -> std::io::Result<Option<tokio::net::TcpListener>> {
             Ok(Some(tokio::net::TcpListener::from_std(l)?))
         }
         None => Ok(None),
+    }
+}
+
+/// Resolves when this instance is asked to stop (SIGTERM or SIGINT, which is how herd and
+/// the embedded primary ask): stop accepting, finish in-flight work, then return from main.
+/// Use it with `axum::serve(…).with_graceful_shutdown(herd::shutdown())`.
+///
+/// # Panics
+/// Outside a tokio runtime, or if the signal handlers cannot be installed.
+#[cfg(feature = "tokio")]
+pub async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 

@@ -1,0 +1,169 @@
+//! The two brokers a bridge can use: Redis pub/sub and NATS. Each runs as one task that
+//! keeps the connection up, delivers what arrives and publishes what is queued.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{hide_password, host_channel, BridgeStats, Deliver, ALL};
+
+/// Starts the task for `url`'s broker.
+pub(super) fn spawn(
+    url: &str,
+    host: String,
+    rx: mpsc::Receiver<(String, Vec<u8>)>,
+    stats: Arc<BridgeStats>,
+    deliver: Deliver,
+) -> Result<(), String> {
+    if url.starts_with("nats://") {
+        tokio::spawn(nats_task(url.to_string(), host, rx, stats, deliver));
+    } else {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        tokio::spawn(redis_task(client, host, rx, stats, deliver));
+    }
+    Ok(())
+}
+
+async fn redis_task(
+    client: redis::Client,
+    host: String,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    stats: Arc<BridgeStats>,
+    deliver: Deliver,
+) {
+    let mine = host_channel(&host);
+    let mut delay = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let connected = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut sub = client.get_async_pubsub().await?;
+            sub.subscribe(ALL).await?;
+            sub.subscribe(&mine).await?;
+            let conn = client.get_multiplexed_async_connection().await?;
+            Ok::<_, redis::RedisError>((sub, conn))
+        })
+        .await;
+        match connected {
+            Ok(Ok((sub, mut conn))) => {
+                if !first {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                first = false;
+                delay = Duration::from_millis(100);
+                stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!("bus: connected to redis");
+                let mut messages = sub.into_on_message();
+                loop {
+                    tokio::select! {
+                        m = messages.next() => match m {
+                            Some(m) => deliver(m.get_payload_bytes(), &stats),
+                            None => break,
+                        },
+                        out = rx.recv() => match out {
+                            Some((channel, bytes)) => {
+                                let r: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(&channel).arg(bytes).query_async(&mut conn).await;
+                                match r {
+                                    Ok(_) => { stats.published.fetch_add(1, Ordering::Relaxed); }
+                                    Err(e) => {
+                                        stats.lost.fetch_add(1, Ordering::Relaxed);
+                                        tracing::warn!("bus: publish to redis failed: {e}");
+                                        break;
+                                    }
+                                }
+                            }
+                            None => return,
+                        },
+                    }
+                }
+                stats.connected.store(false, Ordering::Relaxed);
+                tracing::warn!("bus: lost the connection to redis; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!("bus: cannot connect to redis: {e}"),
+            Err(_) => tracing::debug!("bus: connecting to redis timed out"),
+        }
+        // Whatever was queued for the broker while it was away is lost, and counted.
+        while rx.try_recv().is_ok() {
+            stats.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn nats_task(
+    url: String,
+    host: String,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    stats: Arc<BridgeStats>,
+    deliver: Deliver,
+) {
+    let events = stats.clone();
+    let first = Arc::new(AtomicBool::new(true));
+    let options = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100u64 << attempts.min(5) as u64).min(2000))
+        })
+        .event_callback(move |event| {
+            let stats = events.clone();
+            let first = first.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        if !first.swap(false, Ordering::Relaxed) {
+                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        stats.connected.store(true, Ordering::Relaxed);
+                        tracing::info!("bus: connected to nats");
+                    }
+                    async_nats::Event::Disconnected => {
+                        stats.connected.store(false, Ordering::Relaxed);
+                        tracing::warn!("bus: lost the connection to nats; reconnecting");
+                    }
+                    _ => {}
+                }
+            }
+        });
+    let client = match options.connect(url.as_str()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("bus: cannot use nats at {}: {e}", hide_password(&url));
+            return;
+        }
+    };
+    let subs = async {
+        let a = client.subscribe(ALL).await?;
+        let b = client.subscribe(host_channel(&host)).await?;
+        Ok::<_, async_nats::SubscribeError>(futures_util::stream::select(a, b))
+    }
+    .await;
+    let mut subs = match subs {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("bus: cannot subscribe on nats: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            m = subs.next() => match m {
+                Some(m) => deliver(&m.payload, &stats),
+                None => return,
+            },
+            out = rx.recv() => match out {
+                Some((subject, bytes)) => match client.publish(subject, bytes.into()).await {
+                    Ok(()) => { stats.published.fetch_add(1, Ordering::Relaxed); }
+                    Err(e) => {
+                        stats.lost.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("bus: publish to nats failed: {e}");
+                    }
+                },
+                None => return,
+            },
+        }
+    }
+}
