@@ -184,6 +184,10 @@ fn nextjs_app_serves_from_two_workers_reloads_without_errors_and_stops_clean() {
         "2",
         "--listen",
         &listen,
+        // next start takes seconds to come up on a busy 2-core machine (PM2 users raise
+        // listen_timeout for Next.js too).
+        "--listen-timeout",
+        "30s",
         "--",
         "start",
     ]);
