@@ -126,3 +126,46 @@ fn the_same_binary_under_the_daemon_is_a_worker_of_the_daemon() {
     assert_eq!(r["pid"].as_u64().unwrap() as u32, h.pids("cl")[1]);
     h.finish();
 }
+
+#[test]
+fn hyper_and_axum_servers_serve_on_herds_socket() {
+    let h = Herd::new();
+    for (name, bin, needle) in [("hy", "hyper", "hyper"), ("ax", "axum-hello", "hello")] {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        h.ok(&[
+            "start",
+            example_bin(bin).to_str().unwrap(),
+            "--name",
+            name,
+            "-i",
+            "2",
+            "--listen",
+            &listen,
+            "--wait-ready",
+        ]);
+        assert_eq!(h.statuses(name), vec!["online", "online"]);
+        for _ in 0..10 {
+            assert!(get(loopback(port), "/", Duration::from_secs(2))
+                .unwrap()
+                .contains(needle));
+        }
+        // The servers stop gracefully on herd's signal.
+        let pids = h.pids(name);
+        h.ok(&["stop", name]);
+        for pid in pids {
+            assert!(!alive(pid));
+        }
+        let exits: Vec<_> = h.app(name)["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["last_exit"]["code"].clone())
+            .collect();
+        assert!(
+            exits.iter().all(|c| c == 0),
+            "{name} did not exit cleanly: {exits:?}"
+        );
+    }
+    h.finish();
+}
