@@ -85,20 +85,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )
         }
         Cmd::Logs(l) => logs(&home, l),
-        Cmd::Send(a) => {
-            let reply = Client::connect(&home)?.call(Command::Send {
-                to: a.to,
-                topic: a.topic,
-                data: args::message_data(&a.data),
-            })?;
-            match reply {
-                Reply::Done { message, .. } => {
-                    println!("{message}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                other => unexpected(other),
-            }
-        }
+        Cmd::Send(a) => print_reply(Client::connect(&home)?.call(Command::Send {
+            to: a.to,
+            topic: a.topic,
+            data: args::message_data(&a.data),
+        })?),
         Cmd::Request(a) => {
             let reply = Client::connect(&home)?.call(Command::Request {
                 to: a.to,
@@ -106,27 +97,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 data: args::message_data(&a.data),
                 timeout_ms: a.timeout.as_millis() as u64,
             })?;
-            match reply {
-                Reply::Message { data, .. } => {
-                    println!("{data}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                other => unexpected(other),
-            }
+            print_reply(reply)
         }
-        Cmd::Publish(a) => {
-            let reply = Client::connect(&home)?.call(Command::Publish {
-                topic: a.topic,
-                data: args::message_data(&a.data),
-            })?;
-            match reply {
-                Reply::Done { message, .. } => {
-                    println!("{message}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                other => unexpected(other),
-            }
-        }
+        Cmd::Publish(a) => print_reply(Client::connect(&home)?.call(Command::Publish {
+            topic: a.topic,
+            data: args::message_data(&a.data),
+        })?),
         Cmd::Bus(a) => {
             let mut client = Client::connect(&home)?;
             client.send(Command::Bus { topics: a.topics })?;
@@ -216,6 +192,16 @@ fn expect_apps(reply: Reply) -> Result<Vec<herd_proto::AppInfo>> {
         Reply::Error { error, .. } => bail!("{}", error.message),
         other => bail!("unexpected reply from the daemon: {other:?}"),
     }
+}
+
+/// Prints a `done` message or a `message` reply's data; anything else is an error.
+fn print_reply(reply: Reply) -> Result<ExitCode> {
+    match reply {
+        Reply::Done { message, .. } => println!("{message}"),
+        Reply::Message { data, .. } => println!("{data}"),
+        other => return unexpected(other),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn unexpected(reply: Reply) -> Result<ExitCode> {
