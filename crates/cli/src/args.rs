@@ -50,6 +50,10 @@ pub enum Cmd {
     Publish(PublishArgs),
     /// Show messages passing through the bus, as they pass (all, or of some topics).
     Bus(BusArgs),
+    /// Save the app list to HERD_HOME/dump.json, for `herd resurrect`.
+    Save(SaveArgs),
+    /// Start the apps saved by `herd save` again.
+    Resurrect(JsonFlag),
     /// Stop every app and the daemon.
     Kill,
     /// Check that the daemon answers (and start it).
@@ -144,6 +148,13 @@ pub struct RequestArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Overwrite a saved list with an empty one.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct PublishArgs {
     /// The topic.
     pub topic: String,
@@ -194,12 +205,21 @@ pub struct StartArgs {
     /// shared (one socket).
     #[arg(long, default_value = "hash", value_parser = parse_balance)]
     pub balance: Balance,
-    /// Set an environment variable (KEY=VALUE). Repeatable.
+    /// Set an environment variable (KEY=VALUE), repeatable; with an app file, a bare NAME
+    /// selects its env_NAME blocks (PM2's --env production).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Interpreter for the script (default: by extension, e.g. .py → python3, .js → node).
     #[arg(long)]
     pub interpreter: Option<String>,
+    /// Arguments for the interpreter, before the script (PM2's --node-args).
+    #[arg(
+        long = "interpreter-args",
+        alias = "node-args",
+        value_delimiter = ' ',
+        allow_hyphen_values = true
+    )]
+    pub interpreter_args: Vec<String>,
     /// Working directory (default: the current one).
     #[arg(long)]
     pub cwd: Option<PathBuf>,
@@ -327,6 +347,33 @@ pub fn parse_instances(s: &str) -> Result<u32> {
 }
 
 impl StartArgs {
+    /// Flags as the command line leaves them when only SCRIPT is given.
+    pub fn new(script: String) -> Self {
+        let cli = Cli::try_parse_from(["herd", "start", &script]).expect("defaults parse");
+        match cli.cmd {
+            Cmd::Start(a) => a,
+            _ => unreachable!("parsed as start"),
+        }
+    }
+
+    /// `--env` values without `=`: the names of env blocks to select in an app file.
+    pub fn env_blocks(&self) -> Vec<&str> {
+        self.env
+            .iter()
+            .filter(|e| !e.contains('='))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// `--env K=V` values.
+    pub fn env_vars(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .filter(|e| e.contains('='))
+            .cloned()
+            .collect()
+    }
+
     /// Builds the spec for a new app from the flags, resolving paths against the current
     /// directory and capturing the current environment.
     pub fn to_spec(&self) -> Result<AppSpec> {
@@ -336,7 +383,7 @@ impl StartArgs {
         };
         let defaults = AppSpec::default();
         let mut args = self.args.clone();
-        let mut interpreter_args = Vec::new();
+        let mut interpreter_args = self.interpreter_args.clone();
         let as_path = cwd.join(&self.script);
         let (mut script, mut interpreter) = if as_path.exists() {
             let interp = self

@@ -1,7 +1,9 @@
 //! `herd`: the command line and, as `herd daemon`, the daemon itself.
 
+mod appfile;
 mod args;
 mod client;
+mod dump;
 mod output;
 
 use std::io::Write;
@@ -125,6 +127,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Cmd::Save(s) => dump::save(&home, s.force),
+        Cmd::Resurrect(j) => dump::resurrect(&home, j.json),
         Cmd::Kill => kill(&home),
         Cmd::Ping => match Client::connect(&home)?.call(Command::Ping)? {
             Reply::Pong { version, pid, .. } => {
@@ -141,6 +145,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn start(home: &Home, a: &args::StartArgs) -> Result<ExitCode> {
     let mut client = Client::connect(home)?;
+    if appfile::is_app_file(std::path::Path::new(&a.script)) {
+        let specs = load_app_file(a)?;
+        let mut apps = Vec::new();
+        for spec in specs {
+            let name = spec.name.clone();
+            match client.call(Command::Start {
+                spec: Box::new(spec),
+            })? {
+                Reply::Apps { apps: mut got, .. } => apps.append(&mut got),
+                Reply::Error { error, .. } => bail!("app {name}: {}", error.message),
+                other => return unexpected(other),
+            }
+        }
+        return print_apps(Reply::apps(apps), a.json);
+    }
     let looks_like_file = std::env::current_dir()?.join(&a.script).exists()
         || a.script.contains('/')
         || a.script.contains(char::is_whitespace)
@@ -161,6 +180,18 @@ fn start(home: &Home, a: &args::StartArgs) -> Result<ExitCode> {
         spec: Box::new(spec),
     })?;
     print_apps(reply, a.json)
+}
+
+fn load_app_file(a: &args::StartArgs) -> Result<Vec<herd_proto::AppSpec>> {
+    let blocks = a.env_blocks();
+    if blocks.len() > 1 {
+        bail!("select one env block with --env NAME, not {blocks:?}");
+    }
+    appfile::load(
+        std::path::Path::new(&a.script),
+        blocks.first().copied(),
+        &a.env_vars(),
+    )
 }
 
 fn apps_reply(home: &Home, cmd: Command, json: bool) -> Result<ExitCode> {

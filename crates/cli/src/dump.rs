@@ -1,0 +1,147 @@
+//! `herd save` and `herd resurrect`: the app list in `HERD_HOME/dump.json`.
+//!
+//! The file is written atomically (temporary file, fsync, rename) and the previous one is kept
+//! as `dump.json.bak`; a corrupted dump falls back to the backup with a clear word. Saving an
+//! empty list never replaces a non-empty one without `--force`. The dump holds each app's
+//! captured environment, so it is readable by its owner only.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use herd_daemon::Home;
+use herd_proto::{AppSpec, AppStatus, Command, Reply};
+use serde::{Deserialize, Serialize};
+
+use crate::client::Client;
+
+#[derive(Serialize, Deserialize)]
+struct Dump {
+    version: u32,
+    apps: Vec<Saved>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    status: AppStatus,
+    spec: AppSpec,
+}
+
+pub fn save(home: &Home, force: bool) -> Result<ExitCode> {
+    let apps = match Client::connect(home)?.call(Command::Describe {
+        target: "all".into(),
+    })? {
+        Reply::Apps { apps, .. } => apps,
+        Reply::Error { error, .. } => bail!("{}", error.message),
+        other => bail!("unexpected reply: {other:?}"),
+    };
+    let path = home.dir.join("dump.json");
+    if apps.is_empty() && !force {
+        if let Ok(old) = read(&path) {
+            if !old.apps.is_empty() {
+                bail!(
+                    "no app runs, and {} holds {} saved app(s); not overwriting it with an empty list (use --force to do so)",
+                    path.display(),
+                    old.apps.len()
+                );
+            }
+        }
+    }
+    let dump = Dump {
+        version: 1,
+        apps: apps
+            .into_iter()
+            .filter_map(|a| {
+                a.spec.map(|spec| Saved {
+                    status: a.status,
+                    spec: *spec,
+                })
+            })
+            .collect(),
+    };
+    let tmp = home.dir.join("dump.json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(&dump)?)?;
+    f.sync_all()?;
+    drop(f);
+    if path.exists() {
+        std::fs::copy(&path, home.dir.join("dump.json.bak"))
+            .context("keeping the previous dump as dump.json.bak")?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Ok(dir) = std::fs::File::open(&home.dir) {
+        let _ = dir.sync_all();
+    }
+    println!("saved {} app(s) to {}", dump.apps.len(), path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path) -> Result<Dump> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let dump: Dump =
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupted", path.display()))?;
+    if dump.version != 1 {
+        bail!(
+            "{} has format version {}, which this herd does not read",
+            path.display(),
+            dump.version
+        );
+    }
+    Ok(dump)
+}
+
+pub fn resurrect(home: &Home, json: bool) -> Result<ExitCode> {
+    let path = home.dir.join("dump.json");
+    let bak = home.dir.join("dump.json.bak");
+    let dump = match read(&path) {
+        Ok(d) => d,
+        Err(e) if path.exists() || bak.exists() => {
+            eprintln!("warning: {e:#}; using the previous save, {}", bak.display());
+            read(&bak).with_context(|| format!("{e:#}, and the backup cannot be used either"))?
+        }
+        Err(_) => bail!(
+            "nothing saved yet in {}; run `herd save` first",
+            path.display()
+        ),
+    };
+    let mut client = Client::connect(home)?;
+    let mut started = Vec::new();
+    for saved in dump.apps {
+        let name = saved.spec.name.clone();
+        match client.call(Command::Start {
+            spec: Box::new(saved.spec),
+        })? {
+            Reply::Apps { apps, .. } => {
+                if saved.status == AppStatus::Stopped {
+                    client.call(Command::Stop {
+                        target: name.clone(),
+                    })?;
+                }
+                started.extend(apps.into_iter().map(|a| a.name));
+            }
+            Reply::Error { error, .. } => {
+                eprintln!("warning: {name} not resurrected: {}", error.message)
+            }
+            other => bail!("unexpected reply: {other:?}"),
+        }
+    }
+    let apps = match client.call(Command::List)? {
+        Reply::Apps { apps, .. } => apps,
+        other => bail!("unexpected reply: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+    } else {
+        print!("{}", crate::output::table(&apps));
+    }
+    Ok(ExitCode::SUCCESS)
+}

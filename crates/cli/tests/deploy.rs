@@ -1,0 +1,193 @@
+//! How herd is deployed: app files (herd.toml/json/yaml and PM2 ecosystem files) and
+//! save/resurrect.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn herd_toml_with_two_apps_and_an_env_block() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let file = write(
+        dir.path(),
+        "herd.toml",
+        &format!(
+            r#"
+[[apps]]
+name = "rs"
+script = "{hello}"
+instances = 2
+listen = ["127.0.0.1:{p1}"]
+kill_timeout = "2s"
+
+[[apps]]
+name = "py"
+script = "{py}"
+port = {p2}
+env = {{ MODE = "dev" }}
+env_production = {{ MODE = "prod" }}
+"#,
+            hello = hello_bin().display(),
+            py = repo_root().join("examples/hello.py").display()
+        ),
+    );
+    h.ok(&["start", file.to_str().unwrap(), "--env", "production"]);
+    assert_eq!(h.pids("rs").len(), 2);
+    let body = wait_until(Duration::from_secs(5), || {
+        get(loopback(p2), "/", Duration::from_secs(2))
+    })
+    .unwrap();
+    assert!(body.contains("mode=prod"), "{body}");
+    get(loopback(p1), "/", Duration::from_secs(2)).unwrap();
+    let spec = &serde_json::from_str::<serde_json::Value>(&h.ok(&["describe", "rs", "--json"]))
+        .unwrap()[0]["spec"];
+    assert_eq!(spec["kill_timeout_ms"], 2000);
+    h.finish();
+}
+
+#[test]
+fn pm2_ecosystem_file_runs_as_it_is() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = write(
+        dir.path(),
+        "ecosystem.config.js",
+        &format!(
+            "module.exports = {{ apps: [{{ name: 'eco', script: '{}', instances: 2, exec_mode: 'cluster', \
+             env: {{ PORT: {port}, NODE_ENV: 'development' }}, env_production: {{ NODE_ENV: 'production' }}, \
+             max_memory_restart: '300M', kill_timeout: 3000, source_map_support: true }}] }};\n",
+            base.join("apps/http.js").display()
+        ),
+    );
+    let out = h.run(&["start", file.to_str().unwrap(), "--env", "production"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("source_map_support") && err.contains("ignored"),
+        "{err}"
+    );
+    let pids: BTreeSet<u32> = wait_until(Duration::from_secs(10), || {
+        let s: BTreeSet<u32> = (0..30)
+            .filter_map(|_| get(loopback(port), "/", Duration::from_secs(2)).ok())
+            .map(|b| pid_of(&b))
+            .collect();
+        (s.len() == 2).then_some(s.clone()).ok_or(s)
+    })
+    .unwrap();
+    assert_eq!(pids, h.pids("eco").into_iter().collect());
+    let spec = &serde_json::from_str::<serde_json::Value>(&h.ok(&["describe", "eco", "--json"]))
+        .unwrap()[0]["spec"];
+    assert_eq!(spec["env"]["NODE_ENV"], "production");
+    assert_eq!(spec["max_memory_bytes"], 300 << 20);
+    assert_eq!(spec["node"], true);
+    h.finish();
+}
+
+#[test]
+fn bad_app_files_name_file_app_field_and_place() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let hello = hello_bin().display().to_string();
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("syntax.toml", "[[apps]\nname = 'x'\n".into(), vec!["syntax.toml", "line 1"]),
+        ("type.toml", format!("[[apps]]\nname = 'x'\nscript = '{hello}'\nmax_restarts = 'many'\n"), vec!["type.toml", "line 4", "max_restarts"]),
+        ("unknown.toml", format!("[[apps]]\nname = 'x'\nscript = '{hello}'\ninstanses = 2\n"), vec!["unknown.toml", "app x", "unknown field", "instanses"]),
+        ("noscript.toml", "[[apps]]\nname = 'x'\n".into(), vec!["noscript.toml", "app x", "script is missing"]),
+        ("twice.toml", format!("[[apps]]\nname = 'x'\nscript = '{hello}'\n[[apps]]\nname = 'x'\nscript = '{hello}'\n"), vec!["twice.toml", "used twice"]),
+        ("missing.json", r#"{"apps":[{"name":"x","script":"./nope.py"}]}"#.into(), vec!["missing.json", "app x", "does not exist"]),
+        ("broken.json", "{\"apps\": [\n  {\"name\": \"x\",}\n]}".into(), vec!["broken.json", "line 2"]),
+        ("broken.yaml", "apps:\n  - name: x\n    script: [unclosed\n".into(), vec!["broken.yaml"]),
+    ];
+    for (name, text, needles) in cases {
+        let f = write(dir.path(), name, &text);
+        let e = h.fails(&["start", f.to_str().unwrap()]);
+        for n in needles {
+            assert!(e.contains(n), "{name}: {e:?} lacks {n:?}");
+        }
+        assert_eq!(e.trim().lines().count(), 1, "{name}: not one line: {e}");
+    }
+    // A good YAML file works too.
+    let port = free_port();
+    let f = write(
+        dir.path(),
+        "good.yaml",
+        &format!("apps:\n  - name: y\n    script: {hello}\n    listen: ['127.0.0.1:{port}']\n"),
+    );
+    h.ok(&["start", f.to_str().unwrap()]);
+    get(loopback(port), "/", Duration::from_secs(2)).unwrap();
+    h.finish();
+}
+
+#[test]
+fn save_kill_resurrect_reproduces_the_list_and_survives_a_corrupted_dump() {
+    let h = Herd::new();
+    let (p1, p2) = (free_port(), free_port());
+    let (l1, l2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    let hello = hello_bin();
+    h.ok(&[
+        "start",
+        hello.to_str().unwrap(),
+        "--name",
+        "a",
+        "-i",
+        "2",
+        "--listen",
+        &l1,
+    ]);
+    h.ok(&[
+        "start",
+        hello.to_str().unwrap(),
+        "--name",
+        "b",
+        "--listen",
+        &l2,
+    ]);
+    h.ok(&["stop", "b"]);
+    h.ok(&["save"]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(h.home().join("dump.json"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    h.ok(&["kill"]);
+    // An empty daemon does not overwrite the saved list.
+    let e = h.fails(&["save"]);
+    assert!(e.contains("--force"), "{e}");
+    h.ok(&["resurrect"]);
+    assert_eq!(h.statuses("a"), vec!["online", "online"]);
+    assert_eq!(h.app("b")["status"], "stopped");
+    get(loopback(p1), "/", Duration::from_secs(2)).unwrap();
+
+    // Save again (a .bak of the first save is kept), then corrupt the dump.
+    h.ok(&["save"]);
+    assert!(h.home().join("dump.json.bak").exists());
+    h.ok(&["kill"]);
+    std::fs::write(h.home().join("dump.json"), "{ not json").unwrap();
+    let out = h.run(&["resurrect"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corrupted") && err.contains("dump.json.bak"),
+        "{err}"
+    );
+    assert_eq!(h.statuses("a"), vec!["online", "online"]);
+    h.finish();
+}
