@@ -20,8 +20,9 @@ pub struct Cli {
 pub enum Cmd {
     /// Start a program as a new app, or start a stopped app again by name, id or `all`.
     Start(StartArgs),
-    /// Run apps in the foreground without a daemon (containers, first tries).
-    Run(StartArgs),
+    /// Run apps in the foreground without a daemon (containers, first tries): a program with
+    /// the same flags as `start`, or an app file.
+    Run(RunArgs),
     /// Stop apps (they stay listed; their ports are closed).
     Stop(Target),
     /// Stop and start apps' instances again (all at once).
@@ -145,6 +146,18 @@ pub struct RequestArgs {
     /// How long to wait for the reply (ms, or 5s).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+    /// Print instance output as one JSON object per line.
+    #[arg(long)]
+    pub json_logs: bool,
+    /// Keep running when every app has stopped for good (default: exit).
+    #[arg(long)]
+    pub keep_alive: bool,
 }
 
 #[derive(Debug, Args)]

@@ -36,7 +36,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let home = Home::from_env();
     match cli.cmd {
         Cmd::Daemon => daemon(&home),
-        Cmd::Run(a) => foreground(&a),
+        Cmd::Run(r) => foreground(&r),
         Cmd::Start(a) => start(&home, &a),
         Cmd::Stop(t) => apps_reply(&home, Command::Stop { target: t.target }, t.json),
         Cmd::Restart(t) => apps_reply(&home, Command::Restart { target: t.target }, t.json),
@@ -350,9 +350,17 @@ fn daemon(home: &Home) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `herd run`: one app in the foreground, output to our stdout/stderr, stop on SIGINT/SIGTERM.
-fn foreground(a: &args::StartArgs) -> Result<ExitCode> {
-    let spec = a.to_spec()?;
+/// `herd run`: apps in the foreground, output to our stdout/stderr; SIGINT/SIGTERM stop them
+/// gracefully. Made for containers: as PID 1 it reaps orphans (the supervisor is a
+/// subreaper), and it exits once every app has stopped for good, with status 0 only if all of
+/// them ended well. Under systemd (`NOTIFY_SOCKET`) it says READY=1 and STOPPING=1.
+fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
+    let a = &r.start;
+    let specs = if appfile::is_app_file(std::path::Path::new(&a.script)) {
+        load_app_file(a)?
+    } else {
+        vec![a.to_spec()?]
+    };
     let dir = tempfile::Builder::new()
         .prefix("herd-run-")
         .tempdir()
@@ -361,6 +369,8 @@ fn foreground(a: &args::StartArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let json_logs = r.json_logs;
+    let keep_alive = r.keep_alive;
     rt.block_on(async move {
         let settings = herd_daemon::load_settings(&Home::from_env()).map_err(anyhow::Error::msg)?;
         let (sup, mut done) = herd_core::Supervisor::start(herd_core::Config {
@@ -376,7 +386,15 @@ fn foreground(a: &args::StartArgs) -> Result<ExitCode> {
             loop {
                 match logs.recv().await {
                     Ok(ev) => {
-                        let line = output::log_line(&ev.app, ev.instance, ev.stream, &ev.line);
+                        let line = if json_logs {
+                            serde_json::json!({
+                                "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                                "app": &*ev.app, "instance": ev.instance, "stream": ev.stream, "line": ev.line,
+                            })
+                            .to_string()
+                        } else {
+                            output::log_line(&ev.app, ev.instance, ev.stream, &ev.line)
+                        };
                         match ev.stream {
                             LogStream::Out => println!("{line}"),
                             LogStream::Err => eprintln!("{line}"),
@@ -389,27 +407,65 @@ fn foreground(a: &args::StartArgs) -> Result<ExitCode> {
                 }
             }
         });
-        match sup
-            .request(Command::Start {
-                spec: Box::new(spec),
-            })
-            .await
-        {
-            Reply::Apps { apps, .. } => eprint!("{}", output::table(&apps)),
-            Reply::Error { error, .. } => bail!("{}", error.message),
-            _ => {}
+        let mut life = sup.subscribe_lifecycle();
+        for spec in specs {
+            match sup.request(Command::Start { spec: Box::new(spec) }).await {
+                Reply::Apps { apps, .. } => eprint!("{}", output::table(&apps)),
+                Reply::Error { error, .. } => {
+                    sup.request(Command::Kill).await;
+                    bail!("{}", error.message)
+                }
+                _ => {}
+            }
         }
+        let _ = herd::notify("READY=1");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = &mut done => return Ok(ExitCode::SUCCESS),
-        }
+        let code = loop {
+            tokio::select! {
+                _ = term.recv() => break ExitCode::SUCCESS,
+                _ = int.recv() => break ExitCode::SUCCESS,
+                _ = &mut done => return Ok(ExitCode::SUCCESS),
+                ev = life.recv() => {
+                    if keep_alive || !matches!(ev, Ok(herd_core::Lifecycle::Exited { .. })) {
+                        continue;
+                    }
+                    // Give the supervisor a moment to decide on restarts, then look.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Reply::Apps { apps, .. } = sup.request(Command::List).await {
+                        if let Some(code) = finished(&apps) {
+                            eprintln!("[herd] every app has stopped for good");
+                            break code;
+                        }
+                    }
+                }
+            }
+        };
+        let _ = herd::notify("STOPPING=1");
         eprintln!("[herd] stopping");
         sup.request(Command::Kill).await;
         let _ = done.await;
         printer.abort();
-        Ok(ExitCode::SUCCESS)
+        Ok(code)
+    })
+}
+
+/// `Some(exit code)` when no instance runs or will be restarted: 0 if every one ended well.
+fn finished(apps: &[herd_proto::AppInfo]) -> Option<ExitCode> {
+    use herd_proto::ProcessStatus as S;
+    let all: Vec<_> = apps.iter().flat_map(|a| &a.processes).collect();
+    if all
+        .iter()
+        .any(|p| !matches!(p.status, S::Stopped | S::Exited | S::Errored))
+    {
+        return None;
+    }
+    let clean = all
+        .iter()
+        .all(|p| p.status != S::Errored && p.last_exit.as_ref().is_none_or(|e| e.code == Some(0)));
+    Some(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }

@@ -108,3 +108,94 @@ fn sigterm_to_the_daemon_stops_every_app_then_the_daemon() {
     assert!(log.contains("SIGTERM"), "{log}");
     h.finish();
 }
+
+#[test]
+fn herd_run_reaps_orphans_and_exits_when_every_app_is_done() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Leaves an orphan in its own session (beyond the group kill), then finishes.
+    let job = script(
+        dir.path(),
+        "job.sh",
+        "#!/bin/sh\nsetsid sh -c 'sleep 0.3' &\necho \"orphan $!\"\nsleep 0.5\necho done\nexit 0\n",
+    );
+    let out = h
+        .command(&[
+            "run",
+            job.to_str().unwrap(),
+            "--name",
+            "job",
+            "--no-autorestart",
+            "--json-logs",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["line"] == "done" && l["app"] == "job" && l["instance"] == 0));
+    let orphan: u32 = lines
+        .iter()
+        .find_map(|l| l["line"].as_str()?.strip_prefix("orphan ")?.parse().ok())
+        .unwrap();
+    // herd run was the orphan's reaper: it is gone, not a zombie left to init.
+    assert!(!std::path::Path::new(&format!("/proc/{orphan}")).exists() || !alive(orphan));
+
+    // An app that fails for good makes herd run fail.
+    let bad = script(dir.path(), "bad.sh", "#!/bin/sh\nexit 3\n");
+    let out = h
+        .command(&["run", bad.to_str().unwrap(), "--no-autorestart"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn herd_run_takes_an_app_file() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = dir.path().join("herd.toml");
+    std::fs::write(
+        &file,
+        format!("[[apps]]\nname = \"web\"\nscript = \"{}\"\ninstances = 2\nlisten = [\"127.0.0.1:{port}\"]\n", hello_bin().display()),
+    )
+    .unwrap();
+    let mut run = h
+        .command(&["run", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen: HashSet<u32> = wait_until(Duration::from_secs(10), || {
+        let s: HashSet<u32> = (0..30)
+            .filter_map(|_| get(loopback(port), "/", Duration::from_secs(1)).ok())
+            .map(|b| pid_of(&b))
+            .collect();
+        (s.len() == 2).then_some(s.clone()).ok_or(s)
+    })
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_until(Duration::from_secs(10), || {
+        run.try_wait().unwrap().ok_or(())
+    })
+    .unwrap();
+    assert!(status.success());
+    for p in seen {
+        assert!(!alive(p));
+    }
+}
