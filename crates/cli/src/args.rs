@@ -55,6 +55,8 @@ pub enum Cmd {
     Save(SaveArgs),
     /// Start the apps saved by `herd save` again.
     Resurrect(JsonFlag),
+    /// Print (or install) a systemd unit that runs the saved apps at boot.
+    Startup(StartupArgs),
     /// Stop every app and the daemon.
     Kill,
     /// Check that the daemon answers (and start it).
@@ -158,6 +160,19 @@ pub struct RunArgs {
     /// Keep running when every app has stopped for good (default: exit).
     #[arg(long)]
     pub keep_alive: bool,
+    /// Run the apps saved by `herd save` (what `herd startup` units do).
+    #[arg(long)]
+    pub resurrect: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StartupArgs {
+    /// Init system: systemd.
+    #[arg(default_value = "systemd")]
+    pub system: String,
+    /// Write the unit (system-wide as root, else for this user) instead of printing it.
+    #[arg(long)]
+    pub install: bool,
 }
 
 #[derive(Debug, Args)]
@@ -191,7 +206,9 @@ pub fn message_data(s: &str) -> serde_json::Value {
 
 #[derive(Debug, Args, Clone)]
 pub struct StartArgs {
-    /// Program or script to run (or, for `start`, an existing app's name, id or `all`).
+    /// Program or script to run, an app file, or (for `start`) an existing app's name, id or
+    /// `all`.
+    #[arg(default_value = "")]
     pub script: String,
     /// Arguments for the program (after `--`).
     #[arg(last = true)]

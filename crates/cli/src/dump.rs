@@ -99,20 +99,79 @@ fn read(path: &Path) -> Result<Dump> {
     Ok(dump)
 }
 
-pub fn resurrect(home: &Home, json: bool) -> Result<ExitCode> {
+/// The saved list, falling back to the backup when the dump is corrupted.
+fn load(home: &Home) -> Result<Dump> {
     let path = home.dir.join("dump.json");
     let bak = home.dir.join("dump.json.bak");
-    let dump = match read(&path) {
-        Ok(d) => d,
+    match read(&path) {
+        Ok(d) => Ok(d),
         Err(e) if path.exists() || bak.exists() => {
             eprintln!("warning: {e:#}; using the previous save, {}", bak.display());
-            read(&bak).with_context(|| format!("{e:#}, and the backup cannot be used either"))?
+            read(&bak).with_context(|| format!("{e:#}, and the backup cannot be used either"))
         }
         Err(_) => bail!(
             "nothing saved yet in {}; run `herd save` first",
             path.display()
         ),
+    }
+}
+
+/// The saved apps that were running, for `herd run --resurrect`.
+pub fn saved_specs(home: &Home) -> Result<Vec<AppSpec>> {
+    Ok(load(home)?
+        .apps
+        .into_iter()
+        .filter(|s| s.status == AppStatus::Running)
+        .map(|s| s.spec)
+        .collect())
+}
+
+/// `herd startup systemd`: a unit that runs the saved apps in the foreground under systemd,
+/// as `Type=notify` (herd run says READY=1 and STOPPING=1).
+pub fn startup(home: &Home, system: &str, install: bool) -> Result<ExitCode> {
+    if system != "systemd" {
+        bail!("herd startup knows systemd only; run `herd run --resurrect` from your init system");
+    }
+    let exe = std::env::current_exe()?;
+    let root = nix::unistd::getuid().is_root();
+    let unit = format!(
+        "[Unit]\nDescription=herd: the apps saved with `herd save` in {home}\nAfter=network-online.target\nWants=network-online.target\n\n\
+         [Service]\nType=notify\nNotifyAccess=main\nEnvironment=HERD_HOME={home}\nExecStart={exe} run --resurrect\n\
+         Restart=always\nRestartSec=1\nKillMode=mixed\nTimeoutStopSec=30\n\n[Install]\nWantedBy={target}\n",
+        home = home.dir.display(),
+        exe = exe.display(),
+        target = if root { "multi-user.target" } else { "default.target" },
+    );
+    if !install {
+        print!("{unit}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = if root {
+        std::path::PathBuf::from("/etc/systemd/system")
+    } else {
+        let home_dir = std::env::var_os("HOME").context("HOME is not set")?;
+        std::path::Path::new(&home_dir).join(".config/systemd/user")
     };
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("herd.service");
+    std::fs::write(&path, unit).with_context(|| format!("cannot write {}", path.display()))?;
+    let ctl = if root {
+        "systemctl"
+    } else {
+        "systemctl --user"
+    };
+    println!(
+        "wrote {}; now run: {ctl} daemon-reload && {ctl} enable --now herd",
+        path.display()
+    );
+    println!(
+        "(save the apps first with `herd save`; the unit runs them with `herd run --resurrect`)"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn resurrect(home: &Home, json: bool) -> Result<ExitCode> {
+    let dump = load(home)?;
     let mut client = Client::connect(home)?;
     let mut started = Vec::new();
     for saved in dump.apps {

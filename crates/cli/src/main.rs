@@ -129,6 +129,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Save(s) => dump::save(&home, s.force),
         Cmd::Resurrect(j) => dump::resurrect(&home, j.json),
+        Cmd::Startup(s) => dump::startup(&home, &s.system, s.install),
         Cmd::Kill => kill(&home),
         Cmd::Ping => match Client::connect(&home)?.call(Command::Ping)? {
             Reply::Pong { version, pid, .. } => {
@@ -144,6 +145,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn start(home: &Home, a: &args::StartArgs) -> Result<ExitCode> {
+    if a.script.is_empty() {
+        bail!("herd start needs a program, a script, an app file or an app's name: herd start ./server -i 2 --port 8000");
+    }
     let mut client = Client::connect(home)?;
     if appfile::is_app_file(std::path::Path::new(&a.script)) {
         let specs = load_app_file(a)?;
@@ -356,7 +360,11 @@ fn daemon(home: &Home) -> Result<ExitCode> {
 /// them ended well. Under systemd (`NOTIFY_SOCKET`) it says READY=1 and STOPPING=1.
 fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
     let a = &r.start;
-    let specs = if appfile::is_app_file(std::path::Path::new(&a.script)) {
+    let specs = if r.resurrect {
+        dump::saved_specs(&Home::from_env())?
+    } else if a.script.is_empty() {
+        bail!("herd run needs a program, a script or an app file (or --resurrect)");
+    } else if appfile::is_app_file(std::path::Path::new(&a.script)) {
         load_app_file(a)?
     } else {
         vec![a.to_spec()?]

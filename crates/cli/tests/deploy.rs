@@ -191,3 +191,72 @@ fn save_kill_resurrect_reproduces_the_list_and_survives_a_corrupted_dump() {
     assert_eq!(h.statuses("a"), vec!["online", "online"]);
     h.finish();
 }
+
+#[test]
+fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    h.ok(&[
+        "start",
+        hello_bin().to_str().unwrap(),
+        "--name",
+        "boot",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+    ]);
+    h.ok(&["save"]);
+    h.ok(&["kill"]);
+
+    let unit = h.ok(&["startup", "systemd"]);
+    for line in [
+        "Type=notify".to_string(),
+        "Restart=always".to_string(),
+        format!("Environment=HERD_HOME={}", h.home().display()),
+        format!("ExecStart={} run --resurrect", herd_bin().display()),
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "unit lacks {line:?}:\n{unit}"
+        );
+    }
+
+    // What systemd would do: run it with a NOTIFY_SOCKET and wait for READY=1.
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut run = h
+        .command(&["run", "--resurrect"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("no READY=1 from herd run");
+    assert_eq!(&buf[..n], b"READY=1");
+    let pids: BTreeSet<u32> = (0..30)
+        .map(|_| pid_of(&get(loopback(port), "/", Duration::from_secs(2)).unwrap()))
+        .collect();
+    assert_eq!(pids.len(), 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = notify.recv(&mut buf).expect("no STOPPING=1 from herd run");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let status = wait_until(Duration::from_secs(10), || {
+        run.try_wait().unwrap().ok_or(())
+    })
+    .unwrap();
+    assert!(status.success());
+    for p in pids {
+        assert!(!alive(p));
+    }
+}
