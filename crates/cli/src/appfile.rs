@@ -85,6 +85,10 @@ struct Entry {
     log_keep: Option<u32>,
     shutdown_with_message: Option<bool>,
     node_cluster: Option<bool>,
+    /// `true` (the app's folder) or a list of paths.
+    watch: Option<Value>,
+    #[serde(default)]
+    ignore_watch: Words,
     /// Everything else: `env_<name>` blocks, PM2 fields herd does not have, typos.
     #[serde(flatten)]
     rest: BTreeMap<String, Value>,
@@ -340,6 +344,14 @@ impl Entry {
         a.log_keep = self.log_keep;
         a.shutdown_with_message = self.shutdown_with_message.unwrap_or(false);
         a.no_node_cluster = self.node_cluster == Some(false);
+        a.watch = match self.watch {
+            None | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(Vec::new()),
+            Some(Value::String(s)) => Some(vec![s]),
+            Some(Value::Array(v)) => Some(v.iter().map(scalar).collect()),
+            Some(_) => bail!("watch must be true, a path or a list of paths"),
+        };
+        a.ignore_watch = self.ignore_watch.into_vec();
         a.to_spec()
     }
 }

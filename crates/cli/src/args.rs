@@ -291,6 +291,14 @@ pub struct StartArgs {
     /// Run a Node.js script as a plain process with LISTEN_FDS instead of as a cluster worker.
     #[arg(long)]
     pub no_node_cluster: bool,
+    /// Reload the app when files change: under its folder, or under the paths given
+    /// (`--watch=src,config`).
+    #[arg(long, num_args = 0..=1, require_equals = true, value_delimiter = ',', default_missing_value = "", value_name = "PATHS")]
+    pub watch: Option<Vec<String>>,
+    /// A path component whose changes do not count when watching; repeatable (default:
+    /// node_modules and .git).
+    #[arg(long = "ignore-watch", value_name = "NAME")]
+    pub ignore_watch: Vec<String>,
     /// Prefix log lines with a timestamp.
     #[arg(long)]
     pub time: bool,
@@ -546,6 +554,26 @@ impl StartArgs {
             },
             node,
             shutdown_with_message: self.shutdown_with_message,
+            watch: match &self.watch {
+                None => Vec::new(),
+                Some(paths) => {
+                    let paths: Vec<String> = paths
+                        .iter()
+                        .filter(|p| !p.is_empty())
+                        .map(|p| cwd.join(p).display().to_string())
+                        .collect();
+                    if paths.is_empty() {
+                        vec![cwd.display().to_string()]
+                    } else {
+                        paths
+                    }
+                }
+            },
+            watch_ignore: if self.ignore_watch.is_empty() {
+                defaults.watch_ignore.clone()
+            } else {
+                self.ignore_watch.clone()
+            },
         };
         spec.validate().map_err(|e| anyhow::anyhow!(e))?;
         Ok(spec)

@@ -260,3 +260,51 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
         assert!(!alive(p));
     }
 }
+
+#[test]
+fn watch_reloads_on_a_touched_file_and_ignores_node_modules() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("node_modules/pkg")).unwrap();
+    std::fs::copy(
+        repo_root().join("examples/hello.py"),
+        dir.path().join("app.py"),
+    )
+    .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = h.command(&[
+        "start", "app.py", "--name", "w", "-i", "2", "--listen", &listen, "--watch",
+    ]);
+    let out = cmd.current_dir(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = h.pids("w");
+    // A change in node_modules is ignored.
+    std::fs::write(dir.path().join("node_modules/pkg/index.js"), "x").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        h.pids("w"),
+        before,
+        "a change in node_modules reloaded the app"
+    );
+    // A change of the app's own files reloads it, instance by instance.
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    let after = wait_until(Duration::from_secs(10), || {
+        let p = h.pids("w");
+        (p.len() == 2 && p.iter().all(|x| !before.contains(x)))
+            .then_some(p.clone())
+            .ok_or(p)
+    })
+    .unwrap();
+    assert_eq!(
+        get(loopback(port), "/", Duration::from_secs(2))
+            .map(|b| after.contains(&pid_of(&b)))
+            .ok(),
+        Some(true)
+    );
+    h.finish();
+}

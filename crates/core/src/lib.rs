@@ -13,5 +13,6 @@ pub mod sockets;
 pub mod spawn;
 pub mod stats;
 pub mod supervisor;
+pub mod watch;
 
 pub use supervisor::{log_path, sweep_leftovers, Config, Lifecycle, LogRef, Supervisor};

@@ -71,6 +71,9 @@ fn describe_exit(e: &ExitInfo) -> String {
     }
 }
 
+/// Quiet time after the last change of a watched file before the app is reloaded.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
+
 /// How long a scale-down waits for a steered-out slot's queue to empty before stopping it.
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 /// How often a draining slot's queue is looked at.
@@ -173,6 +176,15 @@ enum Event {
     },
     /// An envelope from another host, through the broker.
     Remote(crate::bus::Envelope),
+    /// A watched file of an app changed.
+    FileChanged {
+        app: u32,
+    },
+    /// No further change for the debounce time: reload.
+    WatchSettled {
+        app: u32,
+        gen: u64,
+    },
     MemoryCheck {
         app: u32,
     },
@@ -466,6 +478,10 @@ struct App {
     extra: HashMap<String, Listener>,
     /// A rolling reload in progress.
     reload: Option<Reload>,
+    /// File watcher (`--watch`), while the app runs.
+    watcher: Option<::notify::RecommendedWatcher>,
+    /// Bumped on every change, so only the last one's timer reloads.
+    watch_gen: u64,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -595,6 +611,26 @@ impl State {
             Event::NextTimeout { app, slot, pid } => self.on_next_timeout(app, slot, pid),
             Event::RequestTimeout { id } => self.on_request_timeout(id),
             Event::Remote(env) => self.on_remote(env),
+            Event::FileChanged { app } => {
+                if let Some(a) = self.apps.get_mut(&app) {
+                    a.watch_gen += 1;
+                    let gen = a.watch_gen;
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(WATCH_DEBOUNCE).await;
+                        let _ = tx.send(Event::WatchSettled { app, gen });
+                    });
+                }
+            }
+            Event::WatchSettled { app, gen } => {
+                let due = self.apps.get(&app).is_some_and(|a| {
+                    a.watch_gen == gen && a.status == AppStatus::Running && a.watcher.is_some()
+                });
+                if due {
+                    tracing::info!(app = %self.apps[&app].spec.name, "watched files changed; reloading");
+                    let _ = self.start_reload(app);
+                }
+            }
             Event::RetireTimeout { pid } => {
                 if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
                     tracing::info!(
@@ -849,8 +885,14 @@ impl State {
                 retiring: Vec::new(),
                 extra: HashMap::new(),
                 reload: None,
+                watcher: None,
+                watch_gen: 0,
             },
         );
+        if let Err(e) = self.start_watching(id) {
+            self.apps.remove(&id);
+            return Err(err(ErrorCode::InvalidSpec, e));
+        }
         let n = self.apps[&id].slots.len() as u32;
         for i in 0..n {
             if let Err(e) = self.try_spawn(id, i) {
@@ -928,12 +970,30 @@ impl State {
             self.launch(id, i);
         }
         self.arm_memory_check(id);
+        if let Err(e) = self.start_watching(id) {
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+
+    /// Starts the app's file watcher, if it asked for one.
+    fn start_watching(&mut self, id: u32) -> Result<(), String> {
+        let app = self.apps.get_mut(&id).expect("app exists");
+        if app.spec.watch.is_empty() || app.watcher.is_some() {
+            return Ok(());
+        }
+        let tx = self.tx.clone();
+        let w = crate::watch::start(&app.spec.watch, app.spec.watch_ignore.clone(), move || {
+            let _ = tx.send(Event::FileChanged { app: id });
+        })?;
+        app.watcher = Some(w);
         Ok(())
     }
 
     fn stop_app(&mut self, id: u32) {
         let app = self.apps.get_mut(&id).expect("resolved");
         app.status = AppStatus::Stopped;
+        app.watcher = None;
         if app.reload.take().is_some() {
             self.reload_errors.insert(
                 id,

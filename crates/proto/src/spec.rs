@@ -117,6 +117,10 @@ pub struct AppSpec {
     /// Stop by sending the message `"shutdown"` on the instance's channel instead of a signal
     /// (PM2's `shutdown_with_message`); SIGKILL still follows after `kill_timeout_ms`.
     pub shutdown_with_message: bool,
+    /// Reload the app when a file under these paths changes (absolute paths; empty: off).
+    pub watch: Vec<String>,
+    /// Path components whose changes do not count (`node_modules`, `.git`…).
+    pub watch_ignore: Vec<String>,
 }
 
 impl Default for AppSpec {
@@ -146,6 +150,8 @@ impl Default for AppSpec {
             log: LogSpec::default(),
             node: false,
             shutdown_with_message: false,
+            watch: Vec::new(),
+            watch_ignore: vec!["node_modules".into(), ".git".into()],
         }
     }
 }
