@@ -1579,6 +1579,12 @@ impl State {
                     unreachable!()
                 };
                 slot.set(SlotState::Online(proc));
+                // A reload waiting on this slot (its new process took over from a crashed
+                // current one) moves on.
+                if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
+                    app.reload.as_mut().expect("checked").active = None;
+                    self.reload_step(id);
+                }
             }
             SlotState::Draining { since, .. } => {
                 let empty = app.listeners.iter().all(|l| l.queued(i).unwrap_or(0) == 0);
