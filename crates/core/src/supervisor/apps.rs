@@ -1,0 +1,285 @@
+//! App lifecycle: start, resume, stop, restart and scale whole apps.
+
+use super::*;
+
+impl State {
+    pub(super) fn start_app(&mut self, mut spec: AppSpec) -> Result<u32, Reply> {
+        spec.validate()
+            .map_err(|e| err(ErrorCode::InvalidSpec, e.to_string()))?;
+        if let Some(other) = self.apps.values().find(|a| a.spec.name == spec.name) {
+            return Err(err(
+                ErrorCode::NameTaken,
+                format!(
+                    "an app named {:?} exists already (id {}); use `herd restart {}`, `herd delete {}`, or --name to pick another name",
+                    spec.name, other.id, spec.name, spec.name
+                ),
+            ));
+        }
+        check_program(&spec).map_err(|m| err(ErrorCode::InvalidSpec, m))?;
+        if parse_signal(&spec.kill_signal).is_none() {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "unknown kill signal {:?}; use a name such as SIGTERM, SIGINT or SIGQUIT",
+                    spec.kill_signal
+                ),
+            ));
+        }
+        let listeners = self.bind_listeners(&spec, None)?;
+        // Record the real port when port 0 was asked, so restarts keep it.
+        for (ls, l) in spec.listen.iter_mut().zip(&listeners) {
+            ls.addr = l.addr().to_string();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut slots = Vec::new();
+        for i in 0..spec.instances {
+            slots.push(
+                self.new_slot(&spec, i)
+                    .map_err(|e| err(ErrorCode::Internal, e))?,
+            );
+        }
+        self.apps.insert(
+            id,
+            App {
+                id,
+                spec,
+                status: AppStatus::Running,
+                listeners,
+                slots,
+                deleting: false,
+                routed: None,
+                memory_check_armed: false,
+                retiring: Vec::new(),
+                extra: HashMap::new(),
+                reload: None,
+                watcher: None,
+                watch_gen: 0,
+            },
+        );
+        if let Err(e) = self.start_watching(id) {
+            self.apps.remove(&id);
+            return Err(err(ErrorCode::InvalidSpec, e));
+        }
+        let n = self.apps[&id].slots.len() as u32;
+        for i in 0..n {
+            if let Err(e) = self.try_spawn(id, i) {
+                if i == 0 {
+                    // Nothing started: refuse the whole app rather than leave a broken one.
+                    self.apps.remove(&id);
+                    return Err(err(ErrorCode::Spawn, e));
+                }
+                self.spawn_failed(id, i, &e);
+            }
+        }
+        self.arm_memory_check(id);
+        Ok(id)
+    }
+
+    pub(super) fn new_slot(&self, spec: &AppSpec, index: u32) -> Result<Slot, String> {
+        let open = |s| {
+            let path = log_path(&self.cfg.log_dir, &spec.name, index, s);
+            LogFile::open(path.clone(), &spec.log)
+                .map(|f| Arc::new(Mutex::new(f)))
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
+        };
+        Ok(Slot {
+            index,
+            state: SlotState::Stopped,
+            next: None,
+            gen: 0,
+            restarts: 0,
+            history: History::default(),
+            last_exit: None,
+            out: open(LogStream::Out)?,
+            err: open(LogStream::Err)?,
+        })
+    }
+
+    pub(super) fn bind_listeners(
+        &self,
+        spec: &AppSpec,
+        skip: Option<u32>,
+    ) -> Result<Vec<Listener>, Reply> {
+        let mut out = Vec::new();
+        for ls in &spec.listen {
+            let addr: ListenAddr = ls
+                .addr
+                .parse()
+                .map_err(|m: String| err(ErrorCode::InvalidSpec, m))?;
+            if let Some(other) = self.apps.values().find(|a| {
+                Some(a.id) != skip && a.listeners.iter().any(|l| overlaps(l.addr(), &addr))
+            }) {
+                return Err(err(
+                    ErrorCode::Listen,
+                    format!(
+                        "{addr} is already used by app {:?} (id {}); choose another port or stop that app",
+                        other.spec.name, other.id
+                    ),
+                ));
+            }
+            let l = Listener::bind(&addr, spec.balance, spec.instances)
+                .map_err(|e| err(ErrorCode::Listen, e.to_string()))?;
+            out.push(l);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn resume(&mut self, id: u32) -> Result<(), Reply> {
+        let app = &self.apps[&id];
+        if app.status == AppStatus::Running || app.has_processes() {
+            return Ok(());
+        }
+        let listeners = self.bind_listeners(&app.spec, Some(id))?;
+        let app = self.apps.get_mut(&id).expect("resolved");
+        app.listeners = listeners;
+        app.status = AppStatus::Running;
+        app.routed = None;
+        for s in &mut app.slots {
+            s.history = History::default();
+        }
+        for i in 0..app.slots.len() as u32 {
+            self.launch(id, i);
+        }
+        self.arm_memory_check(id);
+        if let Err(e) = self.start_watching(id) {
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+
+    /// Starts the app's file watcher, if it asked for one.
+    pub(super) fn start_watching(&mut self, id: u32) -> Result<(), String> {
+        let app = self.apps.get_mut(&id).expect("app exists");
+        if app.spec.watch.is_empty() || app.watcher.is_some() {
+            return Ok(());
+        }
+        let tx = self.tx.clone();
+        let w = crate::watch::start(&app.spec.watch, app.spec.watch_ignore.clone(), move || {
+            let _ = tx.send(Event::FileChanged { app: id });
+        })?;
+        app.watcher = Some(w);
+        Ok(())
+    }
+
+    pub(super) fn stop_app(&mut self, id: u32) {
+        let app = self.apps.get_mut(&id).expect("resolved");
+        app.status = AppStatus::Stopped;
+        app.watcher = None;
+        if app.reload.take().is_some() {
+            self.reload_errors.insert(
+                id,
+                format!(
+                    "the reload of {} was cut short: the app was stopped",
+                    app.spec.name
+                ),
+            );
+        }
+        for i in 0..app.slots.len() as u32 {
+            self.stop_slot(id, i, Then::Stay);
+        }
+    }
+
+    pub(super) fn restart_app(&mut self, id: u32) -> Result<(), Reply> {
+        if self.apps[&id].status == AppStatus::Stopped && !self.apps[&id].has_processes() {
+            return self.resume(id);
+        }
+        let app = self.apps.get_mut(&id).expect("resolved");
+        app.status = AppStatus::Running;
+        for i in 0..app.slots.len() as u32 {
+            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
+            slot.history = History::default();
+            if slot.state.proc().is_some() {
+                self.stop_slot(id, i, Then::Restart);
+            } else {
+                slot.restarts += 1;
+                self.launch(id, i);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn scale(&mut self, target: &str, to: ScaleTo) -> Result<u32, Reply> {
+        if target == "all" {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "scale one app at a time: herd scale <name> <N>",
+            ));
+        }
+        let id = self.resolve(target)?[0];
+        let current = self.apps[&id].spec.instances as i64;
+        let wanted = match to {
+            ScaleTo::Exactly(n) => n as i64,
+            ScaleTo::Delta(d) => current + d as i64,
+        };
+        if wanted < 1 {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!("an app needs at least 1 instance (asked for {wanted}); use `herd stop {target}` to stop it"),
+            ));
+        }
+        if wanted > AppSpec::MAX_INSTANCES as i64 {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!("{wanted} instances is more than herd runs per app (at most 1024)"),
+            ));
+        }
+        let wanted = wanted as u32;
+        let running = self.apps[&id].status == AppStatus::Running;
+        self.apps.get_mut(&id).expect("resolved").spec.instances = wanted;
+        let have = self.apps[&id].slots.len() as u32;
+        // Slots that stay or come back.
+        for i in 0..wanted.min(have) {
+            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
+            match &mut slot.state {
+                SlotState::Stopping { then, .. } if *then == Then::Remove => *then = Then::Restart,
+                SlotState::Draining { .. } => {
+                    let SlotState::Draining { proc, .. } =
+                        std::mem::replace(&mut slot.state, SlotState::Gone)
+                    else {
+                        unreachable!()
+                    };
+                    slot.set(SlotState::Online(proc));
+                }
+                _ => {}
+            }
+        }
+        for i in have..wanted {
+            let spec = self.apps[&id].spec.clone();
+            let slot = self
+                .new_slot(&spec, i)
+                .map_err(|e| err(ErrorCode::Internal, e))?;
+            let app = self.apps.get_mut(&id).expect("resolved");
+            app.slots.push(slot);
+            if running {
+                for l in &mut app.listeners {
+                    l.add_slot(i)
+                        .map_err(|e| err(ErrorCode::Listen, e.to_string()))?;
+                }
+                app.routed = None;
+                self.launch(id, i);
+            }
+        }
+        for i in wanted..have {
+            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
+            match std::mem::replace(&mut slot.state, SlotState::Gone) {
+                SlotState::Online(proc) | SlotState::Starting(proc) => {
+                    slot.set(SlotState::Draining {
+                        proc,
+                        since: Instant::now(),
+                    });
+                    self.arm(id, i, DRAIN_POLL);
+                }
+                SlotState::Stopping { proc, .. } => {
+                    slot.state = SlotState::Stopping {
+                        proc,
+                        then: Then::Remove,
+                    }
+                }
+                d @ SlotState::Draining { .. } => slot.state = d,
+                _ => slot.set(SlotState::Gone),
+            }
+        }
+        Ok(id)
+    }
+}

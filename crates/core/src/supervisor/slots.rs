@@ -1,0 +1,273 @@
+//! One slot's process: spawning it (with the worker contract's fds and variables), asking it
+//! to stop, and the timers that follow.
+
+use super::*;
+
+impl State {
+    /// Starts a slot's process, applying the restart policy if that fails.
+    pub(super) fn launch(&mut self, id: u32, i: u32) {
+        if let Err(e) = self.try_spawn(id, i) {
+            self.spawn_failed(id, i, &e);
+        }
+    }
+
+    pub(super) fn spawn_failed(&mut self, id: u32, i: u32, why: &str) {
+        let app = self.apps.get_mut(&id).expect("app exists");
+        let slot = &mut app.slots[i as usize];
+        tracing::warn!(app = %app.spec.name, instance = i, "cannot start instance: {why}");
+        write_note(
+            &slot.err,
+            &format!("[herd] cannot start instance {i}: {why}"),
+        );
+        let decision = policy::on_exit(&app.spec, &mut slot.history, Duration::ZERO, None);
+        self.apply_decision(id, i, decision, true);
+    }
+
+    /// Starts the slot's process and makes it the current one.
+    pub(super) fn try_spawn(&mut self, id: u32, i: u32) -> Result<(), String> {
+        let proc = self.spawn_proc(id, i, Role::Current)?;
+        let spec = &self.apps[&id].spec;
+        let wait = needs_ready(spec);
+        let listen_timeout = Duration::from_millis(spec.listen_timeout_ms);
+        let slot = &mut self.apps.get_mut(&id).expect("app exists").slots[i as usize];
+        if wait {
+            slot.set(SlotState::Starting(proc));
+            self.arm(id, i, listen_timeout);
+        } else {
+            slot.set(SlotState::Online(proc));
+        }
+        Ok(())
+    }
+
+    /// Starts a process for slot `i` and registers its pid; the caller places it.
+    pub(super) fn spawn_proc(&mut self, id: u32, i: u32, role: Role) -> Result<Proc, String> {
+        let app = &self.apps[&id];
+        let spec = &app.spec;
+        let slot = &app.slots[i as usize];
+        let cwd = PathBuf::from(&spec.cwd);
+        let path_var = spec.env.get("PATH").map(String::as_str);
+        let (program, mut argv) = match &spec.interpreter {
+            Some(interp) => {
+                let p = spawn::resolve_program(interp, path_var, &cwd)?;
+                let mut argv = vec![interp.clone()];
+                argv.extend(spec.interpreter_args.iter().cloned());
+                argv.push(spec.script.clone());
+                (p, argv)
+            }
+            None => (
+                spawn::resolve_program(&spec.script, path_var, &cwd)?,
+                vec![spec.script.clone()],
+            ),
+        };
+        argv.extend(spec.args.iter().cloned());
+
+        // Node workers get their sockets through the cluster protocol, not as inherited fds.
+        let listen_fds: Vec<_> = if spec.node {
+            Vec::new()
+        } else {
+            app.listeners
+                .iter()
+                .filter_map(|l| l.fd_for_slot(i))
+                .collect()
+        };
+        let names: Vec<&str> = spec.listen.iter().map(|l| l.name.as_str()).collect();
+        let port = app.port();
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            // The user's own PORT stands when herd has no port to give.
+            .filter(|(k, _)| !is_herd_managed(k) || (k.as_str() == "PORT" && port.is_none()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(port) = port {
+            env.push(("PORT".into(), port.to_string()));
+        }
+        let ipc_fd = 3 + listen_fds.len();
+        env.extend([
+            ("HERD_APP".into(), spec.name.clone()),
+            ("HERD_APP_ID".into(), id.to_string()),
+            ("HERD_INSTANCE".into(), i.to_string()),
+            ("HERD_INSTANCES".into(), spec.instances.to_string()),
+            ("NODE_APP_INSTANCE".into(), i.to_string()),
+            (
+                "NOTIFY_SOCKET".into(),
+                self.cfg.notify_path.display().to_string(),
+            ),
+        ]);
+        if spec.node {
+            env.extend([
+                ("NODE_CHANNEL_FD".into(), ipc_fd.to_string()),
+                ("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()),
+                ("NODE_UNIQUE_ID".into(), (i + 1).to_string()),
+            ]);
+        } else {
+            env.push(("HERD_IPC_FD".into(), ipc_fd.to_string()));
+        }
+        if !listen_fds.is_empty() {
+            env.push(("LISTEN_FDS".into(), listen_fds.len().to_string()));
+            env.push(("LISTEN_FDNAMES".into(), names.join(":")));
+        }
+
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let (out_r, out_w) = spawn::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = spawn::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+        grow_pipe(&out_w);
+        grow_pipe(&err_w);
+        let stdin: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?
+            .into();
+        let pid = spawn::spawn(SpawnRequest {
+            program,
+            argv,
+            env,
+            cwd,
+            listen_fds,
+            extra_fds: vec![theirs.as_fd()],
+            stdin,
+            stdout: out_w,
+            stderr: err_w,
+        })
+        .map_err(|e| e.to_string())?;
+        drop(theirs);
+
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        for (fd, stream, file) in [
+            (out_r, LogStream::Out, slot.out.clone()),
+            (err_r, LogStream::Err, slot.err.clone()),
+        ] {
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) => {
+                    tokio::spawn(logs::pump(
+                        rx,
+                        PumpTarget {
+                            app: name.clone(),
+                            instance: i,
+                            stream,
+                            file,
+                            timestamps: spec.log.timestamps,
+                            bus: self.logs.clone(),
+                        },
+                    ));
+                }
+                Err(e) => tracing::warn!("cannot read output of pid {pid}: {e}"),
+            }
+        }
+        let tx = self.tx.clone();
+        let channel = ipc::start(ours, self.cfg.max_message_bytes, move |msg| {
+            let _ = tx.send(Event::Ipc { pid, msg });
+        })
+        .map_err(|e| tracing::warn!("IPC channel of pid {pid}: {e}"))
+        .ok();
+        self.pids.insert(pid, (id, i, role));
+        self.write_pids();
+        let _ = self.lifecycle.send(Lifecycle::Started {
+            app: spec.name.clone(),
+            instance: i,
+            pid,
+        });
+        Ok(Proc {
+            pid,
+            since: Instant::now(),
+            sample: None,
+            channel,
+            listens: 0,
+            seq: 0,
+            disconnecting: false,
+        })
+    }
+
+    /// Asks a slot's process to stop (see [`begin_stop`]); SIGKILL follows after the timeout.
+    pub(super) fn stop_slot(&mut self, id: u32, i: u32, then: Then) {
+        let app = self.apps.get_mut(&id).expect("app exists");
+        let timeout = Duration::from_millis(app.spec.kill_timeout_ms);
+        let slot = &mut app.slots[i as usize];
+        // A reload's new process goes too.
+        if let Some(mut next) = slot.next.take() {
+            begin_stop(&app.spec, &mut next);
+            self.pids.insert(next.pid, (id, i, Role::Retiring));
+            arm_retire(&self.tx, next.pid, timeout);
+            app.retiring.push((i, next));
+        }
+        match std::mem::replace(&mut slot.state, SlotState::Stopped) {
+            SlotState::Starting(mut proc)
+            | SlotState::Online(mut proc)
+            | SlotState::Draining { mut proc, .. } => {
+                begin_stop(&app.spec, &mut proc);
+                slot.set(SlotState::Stopping { proc, then });
+                self.arm(id, i, timeout);
+            }
+            SlotState::Stopping { proc, then: old } => {
+                // A removal stays a removal; otherwise the latest wish wins.
+                let then = if old == Then::Remove { old } else { then };
+                slot.state = SlotState::Stopping { proc, then };
+            }
+            SlotState::Gone => slot.state = SlotState::Gone,
+            _ => match then {
+                Then::Stay => slot.set(SlotState::Stopped),
+                Then::Remove => slot.set(SlotState::Gone),
+                Then::Restart => {
+                    slot.set(SlotState::Stopped);
+                    self.launch(id, i);
+                }
+            },
+        }
+    }
+
+    pub(super) fn arm(&self, app: u32, slot: u32, after: Duration) {
+        let gen = self.apps[&app].slots[slot as usize].gen;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Event::Timer { app, slot, gen });
+        });
+    }
+
+    pub(super) fn arm_memory_check(&mut self, id: u32) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        if app.spec.max_memory_bytes.is_none() || app.memory_check_armed {
+            return;
+        }
+        app.memory_check_armed = true;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(MEMORY_CHECK).await;
+            let _ = tx.send(Event::MemoryCheck { app: id });
+        });
+    }
+
+    pub(super) fn on_memory_check(&mut self, id: u32) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        app.memory_check_armed = false;
+        if app.status != AppStatus::Running {
+            return;
+        }
+        let Some(limit) = app.spec.max_memory_bytes else {
+            return;
+        };
+        let mut over = Vec::new();
+        for slot in &app.slots {
+            if let SlotState::Online(p) = &slot.state {
+                if let Some(s) = stats::sample(p.pid) {
+                    if s.rss_bytes > limit {
+                        over.push((slot.index, s.rss_bytes));
+                    }
+                }
+            }
+        }
+        for (i, rss) in over {
+            let app = &self.apps[&id];
+            tracing::info!(app = %app.spec.name, instance = i, rss, limit, "memory limit passed; restarting instance");
+            write_note(
+                &app.slots[i as usize].err,
+                &format!("[herd] instance {i} uses {rss} bytes, over max_memory_restart {limit}; restarting it"),
+            );
+            self.stop_slot(id, i, Then::Restart);
+        }
+        self.arm_memory_check(id);
+    }
+}
