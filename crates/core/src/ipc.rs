@@ -150,21 +150,24 @@ impl Channel {
     }
 }
 
-/// Starts reading and writing the daemon's end of a channel. `on_message` is called for every
-/// message, and once with [`Inbound::Closed`] at the end.
+/// Starts reading and writing the daemon's end of a channel. Every message goes to `sink`
+/// (through `wrap`), and [`Inbound::Closed`] at the end. The sink is bounded: when the daemon
+/// falls behind, this reader waits, so a flooding instance is slowed down (its own writes
+/// block) instead of the daemon's memory growing.
 ///
 /// # Errors
 /// When the socket cannot be registered with the runtime.
-pub fn start(
+pub fn start<T: Send + 'static>(
     ours: std::os::unix::net::UnixStream,
     max_message: usize,
-    on_message: impl FnMut(Inbound) + Send + 'static,
+    sink: mpsc::Sender<T>,
+    wrap: impl Fn(Inbound) -> T + Send + Sync + 'static,
 ) -> io::Result<Channel> {
     ours.set_nonblocking(true)?;
     let stream = Arc::new(UnixStream::from_std(ours)?);
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(write_loop(stream.clone(), rx));
-    tokio::spawn(read_loop(stream, max_message, on_message));
+    tokio::spawn(read_loop(stream, max_message, sink, wrap));
     Ok(Channel {
         tx,
         dropped: Arc::new(AtomicU64::new(0)),
@@ -207,7 +210,13 @@ async fn write_loop(stream: Arc<UnixStream>, mut rx: mpsc::Receiver<Outgoing>) {
     }
 }
 
-async fn read_loop(stream: Arc<UnixStream>, max: usize, mut on_message: impl FnMut(Inbound)) {
+async fn read_loop<T>(
+    stream: Arc<UnixStream>,
+    max: usize,
+    sink: mpsc::Sender<T>,
+    wrap: impl Fn(Inbound) -> T,
+) {
+    let on_message = |m: Inbound| sink.send(wrap(m));
     let mut lines = LineBuffer::new(max);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -238,7 +247,7 @@ async fn read_loop(stream: Arc<UnixStream>, max: usize, mut on_message: impl FnM
             .await;
         let n = match r {
             Ok(0) | Err(_) => {
-                on_message(Inbound::Closed);
+                let _ = on_message(Inbound::Closed).await;
                 return;
             }
             Ok(n) => n,
@@ -247,10 +256,14 @@ async fn read_loop(stream: Arc<UnixStream>, max: usize, mut on_message: impl FnM
         loop {
             match lines.next_line() {
                 Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => {}
-                Ok(Some(line)) => on_message(classify(&line)),
+                Ok(Some(line)) => {
+                    if on_message(classify(&line)).await.is_err() {
+                        return;
+                    }
+                }
                 Ok(None) => break,
                 Err(LineError::TooLong { limit }) => {
-                    on_message(Inbound::TooLarge(limit));
+                    let _ = on_message(Inbound::TooLarge(limit)).await;
                     lines.skip_current();
                 }
             }
@@ -291,11 +304,8 @@ mod tests {
     #[tokio::test]
     async fn passes_an_fd_and_reads_lines() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let ch = start(ours, MAX_IPC_MESSAGE, move |m| {
-            let _ = tx.send(m);
-        })
-        .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let ch = start(ours, MAX_IPC_MESSAGE, tx, |m| m).unwrap();
         let (r, _w) = nix::unistd::pipe().unwrap();
         assert!(ch.send(&serde_json::json!({"cmd":"NODE_HANDLE"}), Some(r)));
         // Read on the other end with recvmsg and check an fd arrived.

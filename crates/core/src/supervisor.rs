@@ -172,10 +172,6 @@ enum Event {
     RetireTimeout {
         pid: u32,
     },
-    /// A request to an instance has had its time.
-    RequestTimeout {
-        id: u64,
-    },
     /// An envelope from another host, through the broker.
     Remote(crate::bus::Envelope),
     /// A watched file of an app changed.
@@ -245,7 +241,9 @@ impl Supervisor {
         let bus = bus::Bus::new(config.host.clone(), config.max_message_bytes, bridge);
         let monitor = bus.monitor.clone();
         let (lifecycle, _) = broadcast::channel(1024);
+        let (ipc_tx, ipc_rx) = mpsc::channel(1024);
         let state = State {
+            ipc_tx,
             lifecycle: lifecycle.clone(),
             bus,
             cfg: config,
@@ -259,7 +257,7 @@ impl Supervisor {
             shutting_down: false,
             done: false,
         };
-        let task = tokio::spawn(state.run(rx));
+        let task = tokio::spawn(state.run(rx, ipc_rx));
         Ok((
             Self {
                 tx,
@@ -539,6 +537,8 @@ struct Waiter {
 
 struct State {
     lifecycle: broadcast::Sender<Lifecycle>,
+    /// Bounded path for instances' messages: a flood waits in the instances, not in memory.
+    ipc_tx: mpsc::Sender<Event>,
     cfg: Config,
     tx: mpsc::UnboundedSender<Event>,
     logs: LogBus,
@@ -560,8 +560,25 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
 }
 
 impl State {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
-        while let Some(event) = rx.recv().await {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        mut ipc_rx: mpsc::Receiver<Event>,
+    ) {
+        loop {
+            let deadline = self.next_deadline();
+            let event = tokio::select! {
+                e = rx.recv() => match e {
+                    Some(e) => e,
+                    None => break,
+                },
+                Some(e) = ipc_rx.recv() => e,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    self.expire_requests();
+                    self.after_event();
+                    continue;
+                }
+            };
             self.handle(event);
             self.after_event();
             if self.done {
@@ -611,7 +628,6 @@ impl State {
             },
             Event::Timer { app, slot, gen } => self.on_timer(app, slot, gen),
             Event::NextTimeout { app, slot, pid } => self.on_next_timeout(app, slot, pid),
-            Event::RequestTimeout { id } => self.on_request_timeout(id),
             Event::Remote(env) => self.on_remote(env),
             Event::FileChanged { app } => {
                 if let Some(a) = self.apps.get_mut(&app) {

@@ -17,7 +17,7 @@ use herd_proto::{BusStats, ErrorCode, Reply, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, oneshot};
 
-use super::{err, Event, SlotState, State};
+use super::{err, SlotState, State};
 use crate::bus::{host_channel, Address, Bridge, Envelope, Kind, ALL};
 
 /// Who waits for a reply.
@@ -45,6 +45,8 @@ pub(super) struct Bus {
     /// Topic → pids of instances subscribed.
     subs: HashMap<String, BTreeSet<u32>>,
     requests: HashMap<u64, Pending>,
+    /// When each request times out (answered ones are skipped when their time comes).
+    pub deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, u64)>>,
     next: u64,
     /// Every envelope that passes, for `herd bus`.
     pub monitor: broadcast::Sender<Arc<Envelope>>,
@@ -61,6 +63,7 @@ impl Bus {
             max_bytes,
             subs: HashMap::new(),
             requests: HashMap::new(),
+            deadlines: std::collections::BinaryHeap::new(),
             next: 0,
             monitor: broadcast::channel(1024).0,
             bridge,
@@ -384,12 +387,36 @@ impl State {
                 to: to.to_string(),
             },
         );
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let _ = tx.send(Event::RequestTimeout { id: n });
-        });
+        // One heap entry per request, not a task: at tens of thousands of requests a second,
+        // a sleeping task each would hold megabytes.
+        self.bus.deadlines.push(std::cmp::Reverse((
+            tokio::time::Instant::now() + timeout,
+            n,
+        )));
         Ok(())
+    }
+
+    /// The earliest request deadline still pending.
+    pub(super) fn next_deadline(&mut self) -> Option<tokio::time::Instant> {
+        while let Some(std::cmp::Reverse((at, n))) = self.bus.deadlines.peek().copied() {
+            if self.bus.requests.contains_key(&n) {
+                return Some(at);
+            }
+            self.bus.deadlines.pop();
+        }
+        None
+    }
+
+    /// Times out every request whose deadline has passed.
+    pub(super) fn expire_requests(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some(std::cmp::Reverse((at, n))) = self.bus.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.bus.deadlines.pop();
+            self.on_request_timeout(n);
+        }
     }
 
     pub(super) fn on_request_timeout(&mut self, n: u64) {

@@ -153,10 +153,12 @@ impl State {
                 Err(e) => tracing::warn!("cannot read output of pid {pid}: {e}"),
             }
         }
-        let tx = self.tx.clone();
-        let channel = ipc::start(ours, self.cfg.max_message_bytes, move |msg| {
-            let _ = tx.send(Event::Ipc { pid, msg });
-        })
+        let channel = ipc::start(
+            ours,
+            self.cfg.max_message_bytes,
+            self.ipc_tx.clone(),
+            move |msg| Event::Ipc { pid, msg },
+        )
         .map_err(|e| tracing::warn!("IPC channel of pid {pid}: {e}"))
         .ok();
         self.pids.insert(pid, (id, i, role));
