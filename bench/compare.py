@@ -1083,10 +1083,10 @@ def print_table(vers, took, setup):
         def check():
             parts = []
             r = ratio(fig, "herd", "raw")
-            parts.append((None if r is None else r >= 0.98, f"{r or 0:.2f}× raw < 0.98"))
+            parts.append((None if r is None else r >= 0.98, f"{r or 0:.3f}× raw < 0.98"))
             for a in ("cluster", "pm2"):
                 r = ratio(fig, "herd", a)
-                parts.append((None if r is None else r >= vs_managers, f"{r or 0:.2f}× {names[a]} < {vs_managers}"))
+                parts.append((None if r is None else r >= vs_managers, f"{r or 0:.3f}× {names[a]} < {vs_managers}"))
             return met(parts)
 
         return check
@@ -1175,7 +1175,7 @@ def print_table(vers, took, setup):
     rows.append([f"manager RSS with {N} instances running (cluster: primary; PM2, herd: daemon)", "—", "—",
                  cell("rss", "cluster", lambda x: f"{x:.1f} MB"), cell("rss", "pm2", lambda x: f"{x:.1f} MB"),
                  cell("rss", "herd", lambda x: f"{x:.1f} MB"), ratios("rss", ["cluster", "pm2"], names), "≤ 0.1× PM2",
-                 met([(None if r is None else r <= 0.1, f"{r or 0:.2f}× PM2")])])
+                 met([(None if r is None else r <= 0.1, f"{r or 0:.3f}× PM2")])])
     rows.append([f"manager CPU over {IDLE_SECS} s idle", "—", "—",
                  *[cell("idle", s, lambda x: f"{x:.2f} s") for s in managed], "—", "", ""])
     r = ratio("list", "pm2", "herd")
