@@ -26,10 +26,10 @@ pub enum Cmd {
     /// Stop apps (they stay listed; their ports are closed).
     Stop(Target),
     /// Stop and start apps' instances again (all at once).
-    Restart(Target),
+    Restart(RestartArgs),
     /// Replace apps' instances one by one, each new one ready before the old one stops:
     /// no request is dropped.
-    Reload(Target),
+    Reload(RestartArgs),
     /// Stop apps and remove them from the list.
     #[command(alias = "del")]
     Delete(Target),
@@ -80,6 +80,26 @@ pub struct Target {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// App name, numeric id, or `all`.
+    pub target: String,
+    /// Give the new processes this shell's environment instead of the one captured at start
+    /// (variables the app sets itself keep their values).
+    #[arg(long)]
+    pub update_env: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RestartArgs {
+    /// The environment to send with the request, when `--update-env` is given.
+    pub fn env(&self) -> Option<BTreeMap<String, String>> {
+        self.update_env.then(|| std::env::vars().collect())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -509,6 +529,7 @@ impl StartArgs {
             listen.push(ListenSpec { name, addr });
         }
         let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        let mut declared_env = Vec::new();
         for kv in &self.env {
             let Some((k, v)) = kv.split_once('=') else {
                 bail!("--env takes KEY=VALUE, not {kv:?}");
@@ -517,6 +538,9 @@ impl StartArgs {
                 bail!("--env {kv:?} has an empty name");
             }
             env.insert(k.to_string(), v.to_string());
+            if !declared_env.iter().any(|d| d == k) {
+                declared_env.push(k.to_string());
+            }
         }
         if herd_core::supervisor::parse_signal(&self.kill_signal).is_none() {
             bail!(
@@ -533,6 +557,7 @@ impl StartArgs {
             interpreter_args,
             cwd: cwd.display().to_string(),
             env,
+            declared_env,
             instances,
             listen,
             balance: self.balance,

@@ -39,8 +39,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run(r) => foreground(&r),
         Cmd::Start(a) => start(&home, &a),
         Cmd::Stop(t) => apps_reply(&home, Command::Stop { target: t.target }, t.json),
-        Cmd::Restart(t) => apps_reply(&home, Command::Restart { target: t.target }, t.json),
-        Cmd::Reload(t) => apps_reply(&home, Command::Reload { target: t.target }, t.json),
+        Cmd::Restart(t) => {
+            let env = t.env();
+            apps_reply(
+                &home,
+                Command::Restart {
+                    target: t.target,
+                    env,
+                },
+                t.json,
+            )
+        }
+        Cmd::Reload(t) => {
+            let env = t.env();
+            apps_reply(
+                &home,
+                Command::Reload {
+                    target: t.target,
+                    env,
+                },
+                t.json,
+            )
+        }
         Cmd::Delete(t) => apps_reply(&home, Command::Delete { target: t.target }, t.json),
         Cmd::List(j) => apps_reply(&home, Command::List, j.json),
         Cmd::Describe(d) => {
@@ -51,6 +71,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let apps = expect_apps(reply)?;
             if d.json {
+                let apps: Vec<_> = apps.into_iter().map(output::masked).collect();
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else {
                 for (i, app) in apps.iter().enumerate() {

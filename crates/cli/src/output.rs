@@ -169,10 +169,17 @@ pub fn describe(app: &AppInfo) -> String {
                 }
             ),
         );
+        env_lines(&mut out, spec, app.env_version);
     }
     out.push('\n');
     out.push_str(&table(std::slice::from_ref(app)));
     for p in &app.processes {
+        if p.pid.is_some() && p.env_version != 0 && p.env_version != app.env_version {
+            out.push_str(&format!(
+                "instance {} runs environment version {} (the app's is {}); restart or reload to apply\n",
+                p.instance, p.env_version, app.env_version
+            ));
+        }
         if let Some(e) = &p.last_exit {
             if p.status != ProcessStatus::Online {
                 let how = match (&e.code, &e.signal) {
@@ -185,6 +192,47 @@ pub fn describe(app: &AppInfo) -> String {
         }
     }
     out
+}
+
+/// The environment part of a describe page: the variables the app sets and those that differ
+/// from the caller's shell (PM2's "divergent env"), secrets masked.
+fn env_lines(out: &mut String, spec: &herd_proto::AppSpec, version: u32) {
+    let here: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let differs: Vec<&String> = spec
+        .env
+        .keys()
+        .filter(|k| !spec.declared_env.contains(k) && here.get(*k) != spec.env.get(*k))
+        .collect();
+    out.push_str(&format!(
+        "{:>16}: version {version}; {} variables, {} set by the app, {} differ from this shell\n",
+        "env",
+        spec.env.len(),
+        spec.declared_env.len(),
+        differs.len()
+    ));
+    let show = |k: &str| herd_proto::masked_value(k, spec.env.get(k).map_or("", String::as_str));
+    for k in &spec.declared_env {
+        out.push_str(&format!("{:>18}{k}={} (app)\n", "", show(k)));
+    }
+    for k in &differs {
+        out.push_str(&format!("{:>18}{k}={}\n", "", show(k)));
+    }
+    if !differs.is_empty() {
+        out.push_str(&format!(
+            "{:>18}(restart or reload with --update-env to use this shell's values)\n",
+            ""
+        ));
+    }
+}
+
+/// An app as `describe --json` prints it: environment values that look secret are masked.
+pub fn masked(mut app: AppInfo) -> AppInfo {
+    if let Some(spec) = &mut app.spec {
+        for (k, v) in spec.env.iter_mut() {
+            *v = herd_proto::masked_value(k, v);
+        }
+    }
+    app
 }
 
 /// The daemon's bus state, as `herd describe` ends.

@@ -308,3 +308,86 @@ fn watch_reloads_on_a_touched_file_and_ignores_node_modules() {
     );
     h.finish();
 }
+
+/// Restarts keep the environment captured at start; `--update-env` takes the caller's (keeping
+/// what the app sets itself); describe shows secrets masked.
+#[test]
+fn update_env_refreshes_the_environment_and_describe_masks_secrets() {
+    let h = Herd::new();
+    let port = free_port();
+    let py = repo_root().join("examples/hello.py");
+    let run = |mode: &str, args: &[&str]| {
+        let out = h
+            .command(args)
+            .env("MODE", mode)
+            .env("DATABASE_URL", "postgres://app:hunter2@db:5432/x")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "herd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let port_s = port.to_string();
+    run(
+        "one",
+        &[
+            "start",
+            py.to_str().unwrap(),
+            "--name",
+            "py",
+            "--port",
+            &port_s,
+            "--env",
+            "API_KEY=s3cret",
+        ],
+    );
+    let mode = || {
+        wait_until(Duration::from_secs(5), || {
+            get(loopback(port), "/", Duration::from_secs(2))
+        })
+        .unwrap()
+    };
+    assert!(mode().contains("mode=one"));
+    run("two", &["restart", "py"]);
+    assert!(
+        mode().contains("mode=one"),
+        "a restart keeps the captured environment"
+    );
+
+    let page = run("two", &["describe", "py"]);
+    assert!(page.contains("version 1;"), "{page}");
+    assert!(page.contains("API_KEY=******** (app)"), "{page}");
+    assert!(
+        page.contains("MODE=one"),
+        "MODE differs from the shell: {page}"
+    );
+    let json = run("two", &["describe", "py", "--json"]);
+    assert!(json.contains("postgres://app:********@db:5432/x"), "{json}");
+    for secret in ["s3cret", "hunter2"] {
+        assert!(
+            !page.contains(secret) && !json.contains(secret),
+            "{page}\n{json}"
+        );
+    }
+
+    run("two", &["reload", "py", "--update-env"]);
+    assert!(mode().contains("mode=two"));
+    let pid = h.pids("py")[0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.split('\0').any(|kv| kv == "API_KEY=s3cret"),
+        "a declared variable keeps its value"
+    );
+    let info =
+        &serde_json::from_str::<serde_json::Value>(&run("two", &["describe", "py", "--json"]))
+            .unwrap()[0];
+    assert_eq!(info["env_version"], 2);
+    assert_eq!(info["processes"][0]["env_version"], 2);
+    let page = run("two", &["describe", "py"]);
+    assert!(page.contains("0 differ from this shell"), "{page}");
+    h.finish();
+}

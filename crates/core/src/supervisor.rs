@@ -369,6 +369,8 @@ struct Proc {
     seq: u64,
     /// Asked to stop and waiting for its channel to close before the kill signal.
     disconnecting: bool,
+    /// The app's environment version it was started with.
+    env_version: u32,
 }
 
 impl Proc {
@@ -482,6 +484,8 @@ struct App {
     watcher: Option<::notify::RecommendedWatcher>,
     /// Bumped on every change, so only the last one's timer reloads.
     watch_gen: u64,
+    /// Bumped each time `--update-env` changes the environment.
+    env_version: u32,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -708,13 +712,19 @@ impl State {
                 s.stop_app(id);
                 Ok(())
             }),
-            Command::Restart { target } => self.for_targets(&target, reply, |s, id| {
+            Command::Restart { target, env } => self.for_targets(&target, reply, |s, id| {
+                if let Some(env) = &env {
+                    s.update_env(id, env);
+                }
                 s.restart_app(id)?;
                 Ok(())
             }),
-            Command::Reload { target } => match self.resolve(&target) {
+            Command::Reload { target, env } => match self.resolve(&target) {
                 Ok(ids) => {
                     for &id in &ids {
+                        if let Some(env) = &env {
+                            self.update_env(id, env);
+                        }
                         self.reload_errors.remove(&id);
                         if let Err(e) = self.start_reload(id) {
                             let _ = reply.send(e);
@@ -1179,9 +1189,11 @@ impl State {
                         memory_bytes: None,
                         last_exit: slot.last_exit.clone(),
                         messages_dropped: 0,
+                        env_version: 0,
                     };
                     if let Some(p) = slot.state.proc_mut() {
                         info.pid = Some(p.pid);
+                        info.env_version = p.env_version;
                         info.messages_dropped = p.channel.as_ref().map_or(0, |c| c.dropped());
                         info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
                         if let Some(s) = stats::sample(p.pid) {
@@ -1203,6 +1215,7 @@ impl State {
                 balance: app.spec.balance,
                 processes,
                 spec: with_spec.then(|| Box::new(app.spec.clone())),
+                env_version: app.env_version,
             });
         }
         out

@@ -73,12 +73,19 @@ pub enum Command {
     Restart {
         /// Which apps.
         target: String,
+        /// `--update-env`: the caller's environment, replacing the one captured at start
+        /// (keys the app declares keep their values).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<std::collections::BTreeMap<String, String>>,
     },
     /// Replace apps' instances one by one without dropping a connection: each slot's new
     /// process must be ready before the old one is asked to stop.
     Reload {
         /// Which apps.
         target: String,
+        /// `--update-env`, as for [`Command::Restart`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<std::collections::BTreeMap<String, String>>,
     },
     /// Stop apps and forget them.
     Delete {
@@ -399,6 +406,9 @@ pub struct ProcessInfo {
     pub messages_dropped: u64,
     /// How the last process of the slot ended.
     pub last_exit: Option<ExitInfo>,
+    /// Version of the app's environment the running process was started with.
+    #[serde(default)]
+    pub env_version: u32,
 }
 
 /// One app, as listed.
@@ -421,6 +431,10 @@ pub struct AppInfo {
     /// The full spec (in `describe` replies only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub spec: Option<Box<AppSpec>>,
+    /// Version of the app's environment: 1 at start, one more at each `--update-env` that
+    /// changed it.
+    #[serde(default)]
+    pub env_version: u32,
 }
 
 #[cfg(test)]

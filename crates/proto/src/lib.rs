@@ -17,4 +17,6 @@ pub use control::{
     AppInfo, AppStatus, BusStats, Command, ErrorBody, ErrorCode, ExitInfo, LogStream, ProcessInfo,
     ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,
 };
-pub use spec::{is_valid_name, AppSpec, Balance, ListenSpec, LogSpec, SpecError};
+pub use spec::{
+    is_secret_key, is_valid_name, masked_value, AppSpec, Balance, ListenSpec, LogSpec, SpecError,
+};

@@ -81,6 +81,9 @@ pub struct AppSpec {
     pub cwd: String,
     /// Environment of every instance (the full environment, captured at start).
     pub env: BTreeMap<String, String>,
+    /// Keys of `env` the app itself sets (app file `env`, `--env K=V`): `--update-env`
+    /// replaces the captured environment but keeps these.
+    pub declared_env: Vec<String>,
     /// Number of instance slots.
     pub instances: u32,
     /// Listening addresses held by the daemon and passed to instances from fd 3.
@@ -133,6 +136,7 @@ impl Default for AppSpec {
             interpreter_args: Vec::new(),
             cwd: String::from("/"),
             env: BTreeMap::new(),
+            declared_env: Vec::new(),
             instances: 1,
             listen: Vec::new(),
             balance: Balance::Hash,
@@ -198,6 +202,68 @@ impl AppSpec {
     }
 }
 
+impl AppSpec {
+    /// The environment with `fresh` as the captured part: the app's declared keys keep their
+    /// values (PM2's `--update-env`).
+    pub fn updated_env(&self, fresh: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut env = fresh.clone();
+        for k in &self.declared_env {
+            match self.env.get(k) {
+                Some(v) => env.insert(k.clone(), v.clone()),
+                None => env.remove(k),
+            };
+        }
+        env
+    }
+}
+
+/// Whether an environment variable's value should be hidden when shown: its name looks like
+/// it holds a credential.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    [
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+        "COOKIE",
+        "SESSION",
+        "PRIVATE",
+        "SIGNATURE",
+        "SALT",
+        "DSN",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+}
+
+/// A value as shown to people: masked when its key looks secret, and with the password of a
+/// URL (`scheme://user:password@host`) masked whatever the key.
+pub fn masked_value(key: &str, value: &str) -> String {
+    if is_secret_key(key) && !value.is_empty() {
+        return "********".into();
+    }
+    if let Some(scheme_end) = value.find("://") {
+        let rest = &value[scheme_end + 3..];
+        let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..auth_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!(
+                    "{}{}:********{}",
+                    &value[..scheme_end + 3],
+                    &rest[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+    }
+    value.to_string()
+}
+
 /// Names become file names (`logs/<name>-<i>.out`) and CLI targets, so they are kept tame.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -233,6 +299,43 @@ mod tests {
         assert_eq!(spec.validate(), Ok(()));
         let again: AppSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn update_env_keeps_declared_keys() {
+        let spec = AppSpec {
+            env: [("A", "old"), ("PORT", "1"), ("GONE", "x")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            declared_env: vec!["PORT".into()],
+            ..AppSpec::default()
+        };
+        let fresh = [("A", "new"), ("PORT", "2"), ("B", "b")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = spec.updated_env(&fresh);
+        assert_eq!(env["A"], "new");
+        assert_eq!(env["PORT"], "1");
+        assert_eq!(env["B"], "b");
+        assert!(!env.contains_key("GONE"));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(masked_value("API_KEY", "abc"), "********");
+        assert_eq!(masked_value("db_password", "abc"), "********");
+        assert_eq!(masked_value("GITHUB_TOKEN", "abc"), "********");
+        assert_eq!(masked_value("HOME", "/root"), "/root");
+        assert_eq!(
+            masked_value("DATABASE_URL", "postgres://app:hunter2@db:5432/x?a=b@c"),
+            "postgres://app:********@db:5432/x?a=b@c"
+        );
+        assert_eq!(
+            masked_value("REDIS", "redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 
     #[test]

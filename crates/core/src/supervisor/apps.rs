@@ -55,6 +55,7 @@ impl State {
                 reload: None,
                 watcher: None,
                 watch_gen: 0,
+                env_version: 1,
             },
         );
         if let Err(e) = self.start_watching(id) {
@@ -177,6 +178,17 @@ impl State {
         }
         for i in 0..app.slots.len() as u32 {
             self.stop_slot(id, i, Then::Stay);
+        }
+    }
+
+    /// `--update-env`: the app's next processes get `fresh` (with its declared keys kept).
+    pub(super) fn update_env(&mut self, id: u32, fresh: &BTreeMap<String, String>) {
+        let app = self.apps.get_mut(&id).expect("resolved");
+        let env = app.spec.updated_env(fresh);
+        if env != app.spec.env {
+            app.spec.env = env;
+            app.env_version += 1;
+            tracing::info!(app = %app.spec.name, version = app.env_version, "environment updated");
         }
     }
 

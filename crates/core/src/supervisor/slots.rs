@@ -43,6 +43,7 @@ impl State {
     pub(super) fn spawn_proc(&mut self, id: u32, i: u32, role: Role) -> Result<Proc, String> {
         let app = &self.apps[&id];
         let spec = &app.spec;
+        let app_env_version = app.env_version;
         let slot = &app.slots[i as usize];
         let cwd = PathBuf::from(&spec.cwd);
         let path_var = spec.env.get("PATH").map(String::as_str);
@@ -176,6 +177,7 @@ impl State {
             listens: 0,
             seq: 0,
             disconnecting: false,
+            env_version: app_env_version,
         })
     }
 
