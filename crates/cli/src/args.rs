@@ -59,6 +59,9 @@ pub enum Cmd {
     Startup(StartupArgs),
     /// Stop every app and the daemon.
     Kill,
+    /// Replace the running daemon by this herd binary without restarting any app: the daemon
+    /// re-executes itself keeping every instance, socket and channel.
+    Update,
     /// Check that the daemon answers (and start it).
     Ping,
     /// Run the daemon in the foreground (the CLI starts it by itself on first use).

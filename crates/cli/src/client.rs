@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use herd_daemon::Home;
-use herd_proto::{encode_line, Command, Reply, Request, MAX_CONTROL_LINE};
+use herd_proto::{encode_line, Command, ErrorCode, Reply, Request, MAX_CONTROL_LINE};
 
 /// A connection to the daemon.
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    path: std::path::PathBuf,
 }
 
 impl Client {
@@ -26,7 +27,7 @@ impl Client {
     pub fn connect(home: &Home) -> Result<Self> {
         let path = home.socket();
         match UnixStream::connect(&path) {
-            Ok(s) => return Self::wrap(s),
+            Ok(s) => return Self::wrap(s, &path),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -43,7 +44,7 @@ impl Client {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match UnixStream::connect(&path) {
-                Ok(s) => return Self::wrap(s),
+                Ok(s) => return Self::wrap(s, &path),
                 Err(e) if Instant::now() > deadline => {
                     bail!(
                         "the herd daemon did not come up within 10 s ({e}); see {}",
@@ -57,17 +58,27 @@ impl Client {
 
     /// Connects only if a daemon already runs.
     pub fn connect_existing(home: &Home) -> Option<Self> {
-        UnixStream::connect(home.socket())
+        let path = home.socket();
+        UnixStream::connect(&path)
             .ok()
-            .and_then(|s| Self::wrap(s).ok())
+            .and_then(|s| Self::wrap(s, &path).ok())
     }
 
-    fn wrap(s: UnixStream) -> Result<Self> {
+    fn wrap(s: UnixStream, path: &std::path::Path) -> Result<Self> {
         let writer = s.try_clone()?;
         Ok(Self {
             reader: BufReader::new(s),
             writer,
+            path: path.to_path_buf(),
         })
+    }
+
+    /// A fresh connection to the same daemon (after `herd update` closed the old one).
+    fn reconnect(&mut self) -> Result<()> {
+        let s = UnixStream::connect(&self.path)
+            .with_context(|| format!("cannot reach the herd daemon at {}", self.path.display()))?;
+        *self = Self::wrap(s, &self.path.clone())?;
+        Ok(())
     }
 
     /// Sends one request.
@@ -106,10 +117,35 @@ impl Client {
     ///
     /// # Errors
     /// When the exchange fails.
+    ///
+    /// While the daemon is being updated (`herd update`) a command is refused with `busy`
+    /// (it did nothing) and is sent again. A connection the old program accepted but had not
+    /// read from is closed by the update: if the daemon still answers on a new connection,
+    /// the command is sent again on it (it was not carried out: the daemon answers every
+    /// request it read before it hands over).
     pub fn call(&mut self, cmd: Command) -> Result<Reply> {
-        self.send(cmd)?;
-        self.recv()?
-            .context("the herd daemon closed the connection without answering; see its log (daemon.log in HERD_HOME)")
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            self.send(cmd.clone())?;
+            let closed = match self.recv()? {
+                Some(Reply::Error { error, .. }) if error.code == ErrorCode::Busy => false,
+                Some(reply) => return Ok(reply),
+                None => true,
+            };
+            let gone = || {
+                anyhow::anyhow!("the herd daemon closed the connection without answering; see its log (daemon.log in HERD_HOME)")
+            };
+            if Instant::now() > deadline {
+                if closed {
+                    return Err(gone());
+                }
+                bail!("the herd daemon stayed busy (an update?) for 15 s; try again");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            if self.reconnect().is_err() {
+                return Err(gone());
+            }
+        }
     }
 }
 

@@ -152,6 +152,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Resurrect(j) => dump::resurrect(&home, j.json),
         Cmd::Startup(s) => dump::startup(&home, &s.system, s.install),
         Cmd::Kill => kill(&home),
+        Cmd::Update => update(&home),
         Cmd::Ping => match Client::connect(&home)?.call(Command::Ping)? {
             Reply::Pong { version, pid, .. } => {
                 println!(
@@ -313,6 +314,34 @@ fn logs(home: &Home, l: args::LogsArgs) -> Result<ExitCode> {
     }
 }
 
+fn update(home: &Home) -> Result<ExitCode> {
+    let Some(mut client) = Client::connect_existing(home) else {
+        println!(
+            "no herd daemon runs for {}; the next herd command starts this one",
+            home.dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let exe = std::env::current_exe().context("finding this herd binary")?;
+    let reply = client
+        .call(Command::Update {
+            exe: exe.display().to_string(),
+            formats: vec![herd_core::handover::FORMAT],
+        })
+        .context("the daemon went away during the update; see daemon.log in HERD_HOME")?;
+    match reply {
+        Reply::Done { message, .. } => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Reply::Error { error, .. } if error.code == ErrorCode::BadRequest => bail!(
+            "this daemon cannot update in place ({}); use `herd save && herd kill && herd resurrect`",
+            error.message
+        ),
+        other => unexpected(other),
+    }
+}
+
 fn kill(home: &Home) -> Result<ExitCode> {
     let Some(mut client) = Client::connect_existing(home) else {
         println!("no herd daemon runs for {}", home.dir.display());
@@ -342,6 +371,13 @@ fn init_tracing() {
 }
 
 fn daemon(home: &Home) -> Result<ExitCode> {
+    // Started by `herd update` in the process of the daemon it replaces: take over.
+    if let Some(fd) = std::env::var(herd_core::handover::ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        return daemon_after_update(home, fd);
+    }
     // Fds inherited from whoever started us without close-on-exec are not ours to hold (and
     // would leak into every instance).
     // SAFETY: nothing in this process uses an fd above 2 yet.
@@ -356,7 +392,7 @@ fn daemon(home: &Home) -> Result<ExitCode> {
     home.ensure()
         .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
     herd_daemon::rotate_daemon_log(home);
-    let Some(_lock) = herd_daemon::take_lock(home)? else {
+    let Some(lock) = herd_daemon::take_lock(home)? else {
         // Another daemon won the race; the client connects to that one.
         return Ok(ExitCode::SUCCESS);
     };
@@ -365,12 +401,37 @@ fn daemon(home: &Home) -> Result<ExitCode> {
     if swept > 0 {
         tracing::warn!("killed {swept} processes left by a daemon that died without stopping them");
     }
+    run_daemon(home, &lock, None)
+}
+
+/// The daemon after `herd update`: the same process, running the new binary, with the
+/// previous program's state and fds.
+fn daemon_after_update(home: &Home, fd: i32) -> Result<ExitCode> {
+    init_tracing();
+    let handover = herd_core::handover::read(fd)
+        .context("reading the state handed over by the previous daemon")?;
+    let lock_fd = handover
+        .daemon_fds
+        .get("lock")
+        .copied()
+        .filter(|&fd| herd_core::handover::is_open(fd))
+        .context("the handover has no lock")?;
+    // SAFETY: the lock fd listed in the handover, taken once here.
+    let lock = unsafe { herd_daemon::Lock::adopt(lock_fd) };
+    run_daemon(home, &lock, Some(handover))
+}
+
+fn run_daemon(
+    home: &Home,
+    lock: &herd_daemon::Lock,
+    handover: Option<herd_core::handover::Handover>,
+) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let settings = herd_daemon::load_settings(home).map_err(anyhow::Error::msg)?;
-    rt.block_on(herd_daemon::serve(home, settings))
+    rt.block_on(herd_daemon::serve(home, settings, lock.raw_fd(), handover))
         .context("running the daemon")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,18 +7,19 @@
 //! sockets can be handed to a Node worker (`SCM_RIGHTS`). Outgoing messages wait in a bounded
 //! queue; when it is full the message is dropped and counted, never awaited by the daemon.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::io::FromRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use herd_proto::{LineBuffer, LineError};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde_json::Value;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Largest message an instance may send on its channel.
 pub const MAX_IPC_MESSAGE: usize = 1 << 20;
@@ -123,11 +124,60 @@ struct Outgoing {
     fd: Option<OwnedFd>,
 }
 
+/// Messages waiting to be written; the front one may be partly written already.
+#[derive(Default)]
+struct Queue {
+    msgs: VecDeque<Outgoing>,
+    /// Bytes of the front message already written.
+    sent: usize,
+    closed: bool,
+}
+
+/// What the reader holds between reads: unparsed bytes, and whether a parsed message is on
+/// its way to the daemon (waiting for room in the sink).
+struct ReadState {
+    lines: Mutex<LineBuffer>,
+    holding: AtomicBool,
+}
+
 /// Sending side of an instance's channel. Cheap to clone.
 #[derive(Clone)]
 pub struct Channel {
-    tx: mpsc::Sender<Outgoing>,
+    fd: RawFd,
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
+    read: Arc<ReadState>,
     dropped: Arc<AtomicU64>,
+    _last: Arc<Closer>,
+    /// Keeps the socket (and so `fd`) open while a handle exists.
+    _stream: Arc<UnixStream>,
+}
+
+/// Ends the writer once the last handle of a channel is gone.
+struct Closer {
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.queue.lock().expect("never poisoned").closed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// A channel's state at a point where no task of it runs, for a daemon update: the bytes
+/// read but not yet handled, and the messages not yet (fully) written, with their fds.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Bytes read from the instance that no message has been made of yet.
+    pub unread: Vec<u8>,
+    /// Dropping the rest of an oversized line.
+    pub skipping: bool,
+    /// Messages still to write, the first one without its already-written bytes.
+    pub queued: Vec<(Vec<u8>, Option<RawFd>)>,
+    /// Messages dropped so far.
+    pub dropped: u64,
 }
 
 impl Channel {
@@ -136,17 +186,58 @@ impl Channel {
     pub fn send(&self, msg: &Value, fd: Option<OwnedFd>) -> bool {
         let mut bytes = serde_json::to_vec(msg).expect("JSON values always serialise");
         bytes.push(b'\n');
-        if self.tx.try_send(Outgoing { bytes, fd }).is_ok() {
-            true
-        } else {
+        let mut q = self.queue.lock().expect("never poisoned");
+        if q.closed || q.msgs.len() >= QUEUE {
+            drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            false
+            return false;
         }
+        q.msgs.push_back(Outgoing { bytes, fd });
+        drop(q);
+        self.wake.notify_one();
+        true
     }
 
     /// Messages dropped because the instance did not read fast enough (or had gone).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The daemon's end of the socket (owned by the channel's tasks).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Whether the reader holds a message it could not yet hand to the daemon.
+    pub fn holding(&self) -> bool {
+        self.read.holding.load(Ordering::Acquire)
+    }
+
+    /// The channel's buffered state. Only meaningful while its tasks are not running (the
+    /// daemon's single thread is busy) and [`Channel::holding`] is false.
+    pub fn snapshot(&self) -> Snapshot {
+        let q = self.queue.lock().expect("never poisoned");
+        let queued = q
+            .msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let skip = if i == 0 { q.sent } else { 0 };
+                let fd = if i == 0 && q.sent > 0 {
+                    None
+                } else {
+                    m.fd.as_ref().map(AsRawFd::as_raw_fd)
+                };
+                (m.bytes[skip..].to_vec(), fd)
+            })
+            .collect();
+        let (unread, skipping) = self.read.lines.lock().expect("never poisoned").parts();
+        Snapshot {
+            unread,
+            skipping,
+            queued,
+            dropped: self.dropped(),
+        }
     }
 }
 
@@ -163,63 +254,165 @@ pub fn start<T: Send + 'static>(
     sink: mpsc::Sender<T>,
     wrap: impl Fn(Inbound) -> T + Send + Sync + 'static,
 ) -> io::Result<Channel> {
+    resume(ours, max_message, sink, wrap, Resume::default())
+}
+
+/// What a channel taken over from an earlier daemon starts with.
+#[derive(Default)]
+pub struct Resume {
+    /// Bytes read but not yet parsed.
+    pub unread: Vec<u8>,
+    /// Dropping the rest of an oversized line.
+    pub skipping: bool,
+    /// Messages still to write.
+    pub queued: Vec<(Vec<u8>, Option<OwnedFd>)>,
+    /// Messages dropped so far.
+    pub dropped: u64,
+}
+
+/// [`start`], for a channel taken over from an earlier daemon (`herd update`).
+///
+/// # Errors
+/// When the socket cannot be registered with the runtime.
+pub fn resume<T: Send + 'static>(
+    ours: std::os::unix::net::UnixStream,
+    max_message: usize,
+    sink: mpsc::Sender<T>,
+    wrap: impl Fn(Inbound) -> T + Send + Sync + 'static,
+    from: Resume,
+) -> io::Result<Channel> {
     ours.set_nonblocking(true)?;
+    let fd = ours.as_raw_fd();
     let stream = Arc::new(UnixStream::from_std(ours)?);
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(write_loop(stream.clone(), rx));
-    tokio::spawn(read_loop(stream, max_message, sink, wrap));
+    let queue = Arc::new(Mutex::new(Queue {
+        msgs: from
+            .queued
+            .into_iter()
+            .map(|(bytes, fd)| Outgoing { bytes, fd })
+            .collect(),
+        sent: 0,
+        closed: false,
+    }));
+    let wake = Arc::new(Notify::new());
+    let read = Arc::new(ReadState {
+        lines: Mutex::new(LineBuffer::from_parts(
+            max_message,
+            from.unread,
+            from.skipping,
+        )),
+        holding: AtomicBool::new(false),
+    });
+    tokio::spawn(write_loop(stream.clone(), queue.clone(), wake.clone()));
+    tokio::spawn(read_loop(stream.clone(), read.clone(), sink, wrap));
     Ok(Channel {
-        tx,
-        dropped: Arc::new(AtomicU64::new(0)),
+        fd,
+        _last: Arc::new(Closer {
+            queue: queue.clone(),
+            wake: wake.clone(),
+        }),
+        queue,
+        wake,
+        read,
+        dropped: Arc::new(AtomicU64::new(from.dropped)),
+        _stream: stream,
     })
 }
 
-async fn write_loop(stream: Arc<UnixStream>, mut rx: mpsc::Receiver<Outgoing>) {
-    while let Some(msg) = rx.recv().await {
-        let mut sent = 0;
-        let mut fd = msg.fd;
-        while sent < msg.bytes.len() {
-            let r = stream
-                .async_io(Interest::WRITABLE, || {
-                    let iov = [IoSlice::new(&msg.bytes[sent..])];
-                    let raw: Vec<RawFd> = fd.iter().map(AsRawFd::as_raw_fd).collect();
-                    let cmsg: Vec<ControlMessage<'_>> = if raw.is_empty() {
-                        Vec::new()
-                    } else {
-                        vec![ControlMessage::ScmRights(&raw)]
-                    };
-                    sendmsg::<()>(
-                        stream.as_raw_fd(),
-                        &iov,
-                        &cmsg,
-                        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                        None,
-                    )
-                    .map_err(io::Error::from)
-                })
-                .await;
-            match r {
-                Ok(n) => {
-                    sent += n;
-                    // The fd travels with the first bytes; ours closes once it is sent.
-                    fd = None;
-                }
-                Err(_) => return,
+async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
+    loop {
+        let (empty, closed) = {
+            let q = queue.lock().expect("never poisoned");
+            (q.msgs.is_empty(), q.closed)
+        };
+        if empty {
+            if closed {
+                return;
             }
+            wake.notified().await;
+            continue;
+        }
+        // One sendmsg per readiness: the closure writes what it can of the front message and
+        // keeps the queue's bookkeeping, so the queue is consistent whenever this task yields.
+        let r = stream
+            .async_io(Interest::WRITABLE, || {
+                let mut q = queue.lock().expect("never poisoned");
+                let sent = q.sent;
+                let Some(front) = q.msgs.front() else {
+                    return Ok(());
+                };
+                let iov = [IoSlice::new(&front.bytes[sent..])];
+                let raw: Vec<RawFd> = if sent == 0 {
+                    front.fd.iter().map(AsRawFd::as_raw_fd).collect()
+                } else {
+                    Vec::new()
+                };
+                let cmsg: Vec<ControlMessage<'_>> = if raw.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![ControlMessage::ScmRights(&raw)]
+                };
+                let n = sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)?;
+                let len = front.bytes.len();
+                if sent + n >= len {
+                    // The fd travelled with the first bytes; ours closes now.
+                    q.msgs.pop_front();
+                    q.sent = 0;
+                } else {
+                    q.sent += n;
+                }
+                Ok(())
+            })
+            .await;
+        if r.is_err() {
+            let mut q = queue.lock().expect("never poisoned");
+            q.closed = true;
+            q.msgs.clear();
+            return;
         }
     }
 }
 
 async fn read_loop<T>(
     stream: Arc<UnixStream>,
-    max: usize,
+    state: Arc<ReadState>,
     sink: mpsc::Sender<T>,
     wrap: impl Fn(Inbound) -> T,
 ) {
-    let on_message = |m: Inbound| sink.send(wrap(m));
-    let mut lines = LineBuffer::new(max);
+    let on_message = |m: Inbound| {
+        state.holding.store(true, Ordering::Release);
+        let sent = sink.send(wrap(m));
+        async {
+            let r = sent.await;
+            state.holding.store(false, Ordering::Release);
+            r
+        }
+    };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        // Lines already read (handed over by an earlier daemon, or left by the last read).
+        loop {
+            let next = state.lines.lock().expect("never poisoned").next_line();
+            match next {
+                Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => {}
+                Ok(Some(line)) => {
+                    if on_message(classify(&line)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(LineError::TooLong { limit }) => {
+                    state.lines.lock().expect("never poisoned").skip_current();
+                    let _ = on_message(Inbound::TooLarge(limit)).await;
+                }
+            }
+        }
         let r = stream
             .async_io(Interest::READABLE, || {
                 let mut iov = [IoSliceMut::new(&mut buf)];
@@ -252,22 +445,12 @@ async fn read_loop<T>(
             }
             Ok(n) => n,
         };
-        lines.extend(&buf[..n]);
-        loop {
-            match lines.next_line() {
-                Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => {}
-                Ok(Some(line)) => {
-                    if on_message(classify(&line)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(LineError::TooLong { limit }) => {
-                    let _ = on_message(Inbound::TooLarge(limit)).await;
-                    lines.skip_current();
-                }
-            }
-        }
+        // The bytes go into the shared buffer before this task can yield again.
+        state
+            .lines
+            .lock()
+            .expect("never poisoned")
+            .extend(&buf[..n]);
     }
 }
 

@@ -131,6 +131,30 @@ pub struct PumpTarget {
     pub timestamps: bool,
     /// Followers.
     pub bus: LogBus,
+    /// The pipe's state, shared so a daemon update can carry it over.
+    pub state: Arc<PumpState>,
+}
+
+/// What a pump holds, seen from the supervisor.
+#[derive(Debug)]
+pub struct PumpState {
+    /// The pipe's read end (owned by the pump while it runs).
+    pub fd: std::os::fd::RawFd,
+    /// The line in progress.
+    pub partial: Mutex<Vec<u8>>,
+    /// The pump has ended and closed the pipe.
+    pub done: std::sync::atomic::AtomicBool,
+}
+
+impl PumpState {
+    /// The state of a new pump of `fd`, starting with `partial`.
+    pub fn new(fd: std::os::fd::RawFd, partial: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self {
+            fd,
+            partial: Mutex::new(partial),
+            done: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
 }
 
 /// Longest partial line kept while waiting for its newline; longer ones are cut.
@@ -140,7 +164,6 @@ const MAX_PARTIAL: usize = 64 * 1024;
 /// exited or closed it).
 pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut partial: Vec<u8> = Vec::new();
     loop {
         let n = match pipe.read(&mut buf).await {
             Ok(0) => break,
@@ -153,8 +176,10 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
         };
         let chunk = &buf[..n];
         let followers = t.bus.receiver_count() > 0;
-        if !t.timestamps && !followers {
+        let mut partial = t.state.partial.lock().expect("never poisoned");
+        if !t.timestamps && !followers && partial.is_empty() {
             // Fast path: nobody needs lines, so the bytes go to the file as they are.
+            drop(partial);
             write_log(&t, chunk);
             continue;
         }
@@ -168,11 +193,17 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
         }
         partial.drain(..start);
         if partial.len() > MAX_PARTIAL {
-            let line = std::mem::take(&mut partial);
+            let line = std::mem::take(&mut *partial);
             emit_line(&t, &line, followers, &mut out);
         }
+        drop(partial);
         write_log(&t, &out);
     }
+    drop(pipe);
+    t.state
+        .done
+        .store(true, std::sync::atomic::Ordering::Release);
+    let partial = std::mem::take(&mut *t.state.partial.lock().expect("never poisoned"));
     if !partial.is_empty() {
         let mut out = Vec::new();
         emit_line(&t, &partial, t.bus.receiver_count() > 0, &mut out);

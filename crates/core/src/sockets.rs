@@ -201,6 +201,59 @@ impl Listener {
         }
     }
 
+    /// The listener's sockets, kept across `execve` in `kept`, for a daemon update.
+    ///
+    /// # Errors
+    /// When an fd cannot be duplicated.
+    pub fn export(
+        &self,
+        kept: &mut crate::handover::Kept,
+    ) -> io::Result<crate::handover::ListenerState> {
+        let mut state = crate::handover::ListenerState {
+            addr: self.addr.to_string(),
+            shared: None,
+            by_slot: Vec::new(),
+            group: Vec::new(),
+        };
+        match &self.kind {
+            Kind::Shared(fd) => state.shared = Some(kept.keep(fd.as_raw_fd())?),
+            Kind::PerSlot { by_slot, group } => {
+                for fd in by_slot {
+                    state.by_slot.push(match fd {
+                        Some(fd) => Some(kept.keep(fd.as_raw_fd())?),
+                        None => None,
+                    });
+                }
+                state.group = group.clone();
+            }
+        }
+        Ok(state)
+    }
+
+    /// A listener taken over from an earlier daemon.
+    ///
+    /// # Safety
+    /// The fds in `state` must be open, inherited through the handover, and adopted once.
+    ///
+    /// # Errors
+    /// When the address does not parse.
+    pub unsafe fn adopt(state: &crate::handover::ListenerState) -> Result<Self, String> {
+        let addr: ListenAddr = state.addr.parse()?;
+        // SAFETY (both): guaranteed by the caller.
+        let kind = match state.shared {
+            Some(fd) => Kind::Shared(unsafe { crate::handover::adopt(fd) }),
+            None => Kind::PerSlot {
+                by_slot: state
+                    .by_slot
+                    .iter()
+                    .map(|fd| fd.map(|fd| unsafe { crate::handover::adopt(fd) }))
+                    .collect(),
+                group: state.group.clone(),
+            },
+        };
+        Ok(Self { addr, kind })
+    }
+
     /// The address as bound (with the real port).
     pub fn addr(&self) -> &ListenAddr {
         &self.addr

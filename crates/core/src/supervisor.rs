@@ -39,6 +39,9 @@ mod bus;
 mod cluster;
 mod reload;
 mod slots;
+mod update;
+
+pub use update::UpdateRequest;
 
 use cluster::begin_stop;
 
@@ -186,6 +189,13 @@ enum Event {
     MemoryCheck {
         app: u32,
     },
+    /// `herd update`.
+    Update {
+        req: UpdateRequest,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Look again whether the update can go ahead.
+    UpdateRetry,
 }
 
 /// Handle to the supervisor task.
@@ -205,6 +215,37 @@ impl Supervisor {
     /// When the notify socket or the `SIGCHLD` handler cannot be set up, or the bus URL is
     /// not usable.
     pub fn start(config: Config) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+        Self::start_or_adopt(config, None)
+    }
+
+    /// Starts the supervisor with the state an earlier daemon handed over (`herd update`):
+    /// its instances, sockets and channels go on as they were.
+    ///
+    /// # Errors
+    /// As [`Supervisor::start`].
+    pub fn adopt(
+        config: Config,
+        state: crate::handover::SupervisorState,
+    ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+        Self::start_or_adopt(config, Some(state))
+    }
+
+    /// Replaces the daemon's program in place (`herd update`); the reply comes only if that
+    /// fails, since on success this process runs the new program.
+    pub async fn update(&self, req: UpdateRequest) -> Reply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Event::Update { req, reply }).is_err() {
+            return Reply::error(ErrorCode::ShuttingDown, "the daemon is shutting down");
+        }
+        rx.await.unwrap_or_else(|_| {
+            Reply::error(ErrorCode::ShuttingDown, "the daemon is shutting down")
+        })
+    }
+
+    fn start_or_adopt(
+        config: Config,
+        adopted: Option<crate::handover::SupervisorState>,
+    ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
         std::fs::create_dir_all(&config.log_dir)?;
         // Orphaned grandchildren of instances are re-parented to us and reaped, not left as
         // zombies or handed to init unseen.
@@ -221,7 +262,17 @@ impl Supervisor {
                 }
             }
         });
-        let notify_sock = notify::bind(&config.notify_path)?;
+        let notify_sock = match &adopted {
+            Some(a) if crate::handover::is_open(a.notify_fd) => {
+                // SAFETY: listed by the previous daemon, taken once here.
+                let fd = unsafe { crate::handover::adopt(a.notify_fd) };
+                let sock = std::os::unix::net::UnixDatagram::from(fd);
+                sock.set_nonblocking(true)?;
+                tokio::net::UnixDatagram::from_std(sock)?
+            }
+            _ => notify::bind(&config.notify_path)?,
+        };
+        let notify_fd = std::os::fd::AsRawFd::as_raw_fd(&notify_sock);
         let notify_tx = tx.clone();
         tokio::spawn(notify::serve(notify_sock, move |n| {
             let _ = notify_tx.send(Event::Notice(n));
@@ -256,7 +307,13 @@ impl Supervisor {
             reload_errors: HashMap::new(),
             shutting_down: false,
             done: false,
+            updating: None,
+            notify_fd,
         };
+        let mut state = state;
+        if let Some(a) = adopted {
+            state.adopt(a);
+        }
         let task = tokio::spawn(state.run(rx, ipc_rx));
         Ok((
             Self {
@@ -371,6 +428,9 @@ struct Proc {
     disconnecting: bool,
     /// The app's environment version it was started with.
     env_version: u32,
+    /// Its stdout and stderr pumps.
+    out: Option<Arc<logs::PumpState>>,
+    err: Option<Arc<logs::PumpState>>,
 }
 
 impl Proc {
@@ -454,11 +514,14 @@ struct Slot {
     last_exit: Option<ExitInfo>,
     out: SharedLog,
     err: SharedLog,
+    /// When the slot's timer (restart backoff, listen or kill timeout) fires.
+    timer_at: Option<Instant>,
 }
 
 impl Slot {
     fn set(&mut self, state: SlotState) {
         self.gen += 1;
+        self.timer_at = None;
         self.state = state;
     }
 }
@@ -557,6 +620,10 @@ struct State {
     waiters: Vec<Waiter>,
     shutting_down: bool,
     done: bool,
+    /// `herd update` in progress.
+    updating: Option<update::Update>,
+    /// The notify socket (owned by its task, which never ends).
+    notify_fd: std::os::fd::RawFd,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
@@ -585,6 +652,9 @@ impl State {
             };
             self.handle(event);
             self.after_event();
+            if self.updating.is_some() {
+                self.update_step(&mut rx, &mut ipc_rx);
+            }
             if self.done {
                 break;
             }
@@ -663,6 +733,8 @@ impl State {
                 }
             }
             Event::MemoryCheck { app } => self.on_memory_check(app),
+            Event::Update { req, reply } => self.on_update(req, reply),
+            Event::UpdateRetry => self.on_update_retry(),
         }
     }
 
@@ -671,6 +743,18 @@ impl State {
     fn on_request(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
         if self.shutting_down && !matches!(cmd, Command::Ping | Command::List) {
             let _ = reply.send(err(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+            return;
+        }
+        if self.updating.is_some()
+            && !matches!(
+                cmd,
+                Command::Ping | Command::List | Command::Describe { .. }
+            )
+        {
+            let _ = reply.send(err(
+                ErrorCode::Busy,
+                "the daemon is being updated; send the command again in a moment",
+            ));
             return;
         }
         match cmd {
@@ -782,6 +866,12 @@ impl State {
                 let _ = reply.send(err(
                     ErrorCode::BadRequest,
                     "the bus is streamed by the control server, not the supervisor",
+                ));
+            }
+            Command::Update { .. } => {
+                let _ = reply.send(err(
+                    ErrorCode::BadRequest,
+                    "an update is carried out by the control server, not the supervisor",
                 ));
             }
             Command::Kill => {

@@ -6,6 +6,11 @@ use std::collections::HashSet;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Arc;
+
+use herd_core::handover::{self, Handover};
+use herd_core::supervisor::UpdateRequest;
 use herd_core::{logs, Config, Supervisor};
 use herd_proto::{
     encode_line, Command, ErrorCode, LineBuffer, LineError, LogStream, Reply, Request,
@@ -22,33 +27,100 @@ use crate::Home;
 ///
 /// # Errors
 /// When the socket or the supervisor cannot be set up.
-pub async fn serve(home: &Home, settings: crate::Settings) -> io::Result<()> {
-    let (sup, mut done) = Supervisor::start(Config {
+pub async fn serve(
+    home: &Home,
+    settings: crate::Settings,
+    lock_fd: RawFd,
+    handover: Option<Handover>,
+) -> io::Result<()> {
+    let config = Config {
         host: settings.host,
         bus_url: settings.bus,
         max_message_bytes: settings.max_message_bytes,
         log_dir: home.logs(),
         notify_path: home.notify(),
         pids_file: Some(home.pids()),
-    })?;
-    // The socket appears only once the daemon can serve: a client never connects to a daemon
-    // that is about to give up.
+    };
     let sock_path = home.socket();
-    let _ = std::fs::remove_file(&sock_path);
-    let listener = UnixListener::bind(&sock_path)?;
-    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
-    tracing::info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
+    let (sup, mut done, listener) = match handover {
+        None => {
+            let (sup, done) = Supervisor::start(config)?;
+            // The socket appears only once the daemon can serve: a client never connects to a
+            // daemon that is about to give up.
+            let _ = std::fs::remove_file(&sock_path);
+            let listener = UnixListener::bind(&sock_path)?;
+            std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
+            tracing::info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
+            (sup, done, listener)
+        }
+        Some(h) => {
+            // The control socket never closed: connections made during the update wait in
+            // its queue and are served now.
+            let fd = h
+                .daemon_fds
+                .get("control")
+                .copied()
+                .filter(|&fd| handover::is_open(fd))
+                .ok_or_else(|| io::Error::other("the handover has no control socket"))?;
+            // SAFETY: listed by the previous daemon, taken once here.
+            let std_listener =
+                std::os::unix::net::UnixListener::from(unsafe { handover::adopt(fd) });
+            std_listener.set_nonblocking(true)?;
+            let listener = UnixListener::from_std(std_listener)?;
+            let began = h.began_unix_ms;
+            let from = h.from_version.clone();
+            let reply_fd = h.reply_fd.filter(|&fd| handover::is_open(fd));
+            let (sup, done) = Supervisor::adopt(config, h.supervisor)?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let took = now_ms.saturating_sub(began);
+            tracing::info!(pid = std::process::id(), from = %from, "daemon updated in place in {took} ms");
+            if let Some(fd) = reply_fd {
+                // SAFETY: listed by the previous daemon, taken once here.
+                let conn = unsafe { handover::adopt(fd) };
+                let reply = match sup.request(Command::List).await {
+                    Reply::Apps { apps, .. } => {
+                        let n: usize = apps
+                            .iter()
+                            .map(|a| a.processes.iter().filter(|p| p.pid.is_some()).count())
+                            .sum();
+                        Reply::done(format!(
+                            "daemon updated in place (pid {}, herd {from} -> {}) in {took} ms; {n} instances kept running",
+                            std::process::id(),
+                            env!("CARGO_PKG_VERSION")
+                        ))
+                    }
+                    other => other,
+                };
+                let mut file = std::fs::File::from(conn);
+                let _ = std::io::Write::write_all(&mut file, &encode_line(&reply));
+            }
+            (sup, done, listener)
+        }
+    };
+    let daemon_fds = Arc::new(vec![
+        ("control".to_string(), listener.as_raw_fd()),
+        ("lock".to_string(), lock_fd),
+    ]);
+    // While an update is under way no connection is accepted: new clients wait in the
+    // socket's queue and are served by the new daemon.
+    let (updating_tx, mut updating) = tokio::sync::watch::channel(false);
+    let updating_tx = Arc::new(updating_tx);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let my_uid = nix::unistd::getuid().as_raw();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            _ = updating.changed() => {}
+            accepted = listener.accept(), if !*updating.borrow() => match accepted {
                 Ok((conn, _)) => {
                     let sup = sup.clone();
+                    let daemon_fds = daemon_fds.clone();
+                    let updating_tx = updating_tx.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(conn, sup, my_uid).await {
+                        if let Err(e) = connection(conn, sup, my_uid, daemon_fds, updating_tx).await {
                             tracing::debug!("control connection ended: {e}");
                         }
                     });
@@ -79,7 +151,13 @@ async fn send(conn: &mut UnixStream, reply: &Reply) -> io::Result<()> {
     conn.write_all(&encode_line(reply)).await
 }
 
-async fn connection(mut conn: UnixStream, sup: Supervisor, my_uid: u32) -> io::Result<()> {
+async fn connection(
+    mut conn: UnixStream,
+    sup: Supervisor,
+    my_uid: u32,
+    daemon_fds: Arc<Vec<(String, RawFd)>>,
+    updating: Arc<tokio::sync::watch::Sender<bool>>,
+) -> io::Result<()> {
     let cred = conn.peer_cred()?;
     if cred.uid() != my_uid && cred.uid() != 0 {
         tracing::warn!(
@@ -147,6 +225,22 @@ async fn connection(mut conn: UnixStream, sup: Supervisor, my_uid: u32) -> io::R
                 return send(&mut conn, &reply).await;
             }
             Command::Bus { topics } => return stream_bus(conn, &sup, topics).await,
+            Command::Update { exe, formats } => {
+                let reply_fd = conn.as_fd().try_clone_to_owned()?;
+                updating.send_replace(true);
+                let reply = sup
+                    .update(UpdateRequest {
+                        exe: exe.into(),
+                        formats,
+                        reply_fd,
+                        daemon_fds: daemon_fds.to_vec(),
+                    })
+                    .await;
+                updating.send_replace(false);
+                // Only a failed update answers here; a successful one is answered by the
+                // new daemon.
+                return send(&mut conn, &reply).await;
+            }
             cmd => {
                 let reply = sup.request(cmd).await;
                 send(&mut conn, &reply).await?;

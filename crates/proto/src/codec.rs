@@ -101,6 +101,22 @@ impl LineBuffer {
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
+
+    /// The bytes held and whether the rest of an oversized line is being dropped, to move the
+    /// buffer elsewhere ([`LineBuffer::from_parts`]).
+    pub fn parts(&self) -> (Vec<u8>, bool) {
+        (self.buf.clone(), self.skipping)
+    }
+
+    /// A buffer holding `buf`, as [`LineBuffer::parts`] gave it.
+    pub fn from_parts(limit: usize, buf: Vec<u8>, skipping: bool) -> Self {
+        Self {
+            buf,
+            limit,
+            skipping,
+            scanned: 0,
+        }
+    }
 }
 
 /// Serialises `value` as one JSON line, newline included.

@@ -101,6 +101,14 @@ pub enum Command {
     },
     /// Every app and its instances.
     List,
+    /// Replace the daemon in place by `exe` (`herd update`), keeping every instance, socket
+    /// and channel. Answered by the new daemon.
+    Update {
+        /// Absolute path of the binary to execute.
+        exe: String,
+        /// Handover formats that binary reads.
+        formats: Vec<u32>,
+    },
     /// Apps with their full spec.
     Describe {
         /// Which apps.
@@ -290,6 +298,10 @@ pub enum ErrorCode {
     NoRecipient,
     /// A request got no reply in time.
     Timeout,
+    /// The daemon is being updated (`herd update`); send the command again in a moment.
+    Busy,
+    /// `herd update` could not replace the daemon; the running one goes on.
+    Update,
     /// Anything else.
     Internal,
 }

@@ -94,7 +94,12 @@ impl Herd {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(herd_bin());
+        self.command_with(&herd_bin(), args)
+    }
+
+    /// A herd command run with another copy of the binary (for `herd update`).
+    pub fn command_with(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
         c.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("HERD_HOME", self.home())

@@ -94,6 +94,7 @@ impl State {
             last_exit: None,
             out: open(LogStream::Out)?,
             err: open(LogStream::Err)?,
+            timer_at: None,
         })
     }
 

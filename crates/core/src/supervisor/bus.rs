@@ -684,3 +684,88 @@ impl State {
         }
     }
 }
+
+impl Bus {
+    /// Whether a `herd request` waits for its reply (its answer cannot cross an update).
+    pub(super) fn cli_waiting(&self) -> bool {
+        self.requests
+            .values()
+            .any(|p| matches!(p.requester, Requester::Cli(_)))
+    }
+
+    /// Subscriptions, requests waiting on instances or other hosts, and counters, for a
+    /// daemon update.
+    pub(super) fn export(&self) -> crate::handover::BusState {
+        use crate::handover::{RequestState, RequesterState};
+        let now = tokio::time::Instant::now();
+        let mut requests = Vec::new();
+        for std::cmp::Reverse((at, n)) in self.deadlines.iter() {
+            let Some(p) = self.requests.get(n) else {
+                continue;
+            };
+            let requester = match &p.requester {
+                Requester::Cli(_) => continue,
+                Requester::Instance { pid, id } => RequesterState::Instance {
+                    pid: *pid,
+                    id: id.clone(),
+                },
+                Requester::Remote { host, id } => RequesterState::Remote {
+                    host: host.clone(),
+                    id: id.clone(),
+                },
+            };
+            requests.push(RequestState {
+                id: *n,
+                requester,
+                target_pid: p.target_pid,
+                to: p.to.clone(),
+                remaining_ms: at.saturating_duration_since(now).as_millis() as u64,
+            });
+        }
+        crate::handover::BusState {
+            next: self.next,
+            routed: self.routed,
+            no_recipient: self.no_recipient,
+            rejected: self.rejected,
+            subs: self
+                .subs
+                .iter()
+                .map(|(t, pids)| (t.clone(), pids.iter().copied().collect()))
+                .collect(),
+            requests,
+        }
+    }
+
+    /// Takes over what [`Bus::export`] gave.
+    pub(super) fn import(&mut self, s: crate::handover::BusState) {
+        use crate::handover::RequesterState;
+        self.next = s.next;
+        self.routed = s.routed;
+        self.no_recipient = s.no_recipient;
+        self.rejected = s.rejected;
+        self.subs = s
+            .subs
+            .into_iter()
+            .map(|(t, pids)| (t, pids.into_iter().collect()))
+            .collect();
+        let now = tokio::time::Instant::now();
+        for r in s.requests {
+            let requester = match r.requester {
+                RequesterState::Instance { pid, id } => Requester::Instance { pid, id },
+                RequesterState::Remote { host, id } => Requester::Remote { host, id },
+            };
+            self.requests.insert(
+                r.id,
+                Pending {
+                    requester,
+                    target_pid: r.target_pid,
+                    to: r.to,
+                },
+            );
+            self.deadlines.push(std::cmp::Reverse((
+                now + Duration::from_millis(r.remaining_ms),
+                r.id,
+            )));
+        }
+    }
+}

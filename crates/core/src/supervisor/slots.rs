@@ -44,7 +44,6 @@ impl State {
         let app = &self.apps[&id];
         let spec = &app.spec;
         let app_env_version = app.env_version;
-        let slot = &app.slots[i as usize];
         let cwd = PathBuf::from(&spec.cwd);
         let path_var = spec.env.get("PATH").map(String::as_str);
         let (program, mut argv) = match &spec.interpreter {
@@ -132,28 +131,9 @@ impl State {
         .map_err(|e| e.to_string())?;
         drop(theirs);
 
-        let name: Arc<str> = Arc::from(spec.name.as_str());
-        for (fd, stream, file) in [
-            (out_r, LogStream::Out, slot.out.clone()),
-            (err_r, LogStream::Err, slot.err.clone()),
-        ] {
-            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-                Ok(rx) => {
-                    tokio::spawn(logs::pump(
-                        rx,
-                        PumpTarget {
-                            app: name.clone(),
-                            instance: i,
-                            stream,
-                            file,
-                            timestamps: spec.log.timestamps,
-                            bus: self.logs.clone(),
-                        },
-                    ));
-                }
-                Err(e) => tracing::warn!("cannot read output of pid {pid}: {e}"),
-            }
-        }
+        let out = self.start_pump(id, i, LogStream::Out, out_r, Vec::new());
+        let err = self.start_pump(id, i, LogStream::Err, err_r, Vec::new());
+        let spec = &self.apps[&id].spec;
         let channel = ipc::start(
             ours,
             self.cfg.max_message_bytes,
@@ -178,7 +158,48 @@ impl State {
             seq: 0,
             disconnecting: false,
             env_version: app_env_version,
+            out,
+            err,
         })
+    }
+
+    /// Copies one output pipe of a process of slot `i` to the slot's log file and followers.
+    pub(super) fn start_pump(
+        &self,
+        id: u32,
+        i: u32,
+        stream: LogStream,
+        fd: OwnedFd,
+        partial: Vec<u8>,
+    ) -> Option<Arc<logs::PumpState>> {
+        let app = &self.apps[&id];
+        let slot = &app.slots[i as usize];
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            Ok(rx) => {
+                let state = logs::PumpState::new(raw, partial);
+                tokio::spawn(logs::pump(
+                    rx,
+                    PumpTarget {
+                        app: Arc::from(app.spec.name.as_str()),
+                        instance: i,
+                        stream,
+                        file: match stream {
+                            LogStream::Out => slot.out.clone(),
+                            LogStream::Err => slot.err.clone(),
+                        },
+                        timestamps: app.spec.log.timestamps,
+                        bus: self.logs.clone(),
+                        state: state.clone(),
+                    },
+                ));
+                Some(state)
+            }
+            Err(e) => {
+                tracing::warn!(app = %app.spec.name, instance = i, "cannot read output: {e}");
+                None
+            }
+        }
     }
 
     /// Asks a slot's process to stop (see [`begin_stop`]); SIGKILL follows after the timeout.
@@ -218,8 +239,10 @@ impl State {
         }
     }
 
-    pub(super) fn arm(&self, app: u32, slot: u32, after: Duration) {
-        let gen = self.apps[&app].slots[slot as usize].gen;
+    pub(super) fn arm(&mut self, app: u32, slot: u32, after: Duration) {
+        let s = &mut self.apps.get_mut(&app).expect("app exists").slots[slot as usize];
+        s.timer_at = Some(Instant::now() + after);
+        let gen = s.gen;
         let tx = self.tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;

@@ -1,0 +1,268 @@
+//! `herd update`: the daemon re-executes the installed binary in its own process and takes
+//! over every instance, socket, pipe and channel; no instance restarts, no request fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+/// A copy of the herd binary at `dir/<name>/herd`, standing for an installed release.
+fn copy_of_herd(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("herd");
+    std::fs::copy(herd_bin(), &p).unwrap();
+    p
+}
+
+fn ok_with(h: &Herd, bin: &Path, args: &[&str]) -> String {
+    let out = h.command_with(bin, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "herd {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn all_pids(h: &Herd) -> Vec<u32> {
+    let mut pids: Vec<u32> = h
+        .list()
+        .iter()
+        .flat_map(|a| a["processes"].as_array().unwrap().clone())
+        .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn exe_of(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+fn check_loads(loads: &[Load], what: &str) {
+    let ok: usize = loads.iter().map(|l| l.ok).sum();
+    let failed: Vec<&String> = loads.iter().flat_map(|l| &l.failed).collect();
+    assert!(
+        failed.is_empty(),
+        "{what}: {} of {} requests failed during the update: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok > 20, "{what}: only {ok} requests made");
+}
+
+#[test]
+fn update_under_load_keeps_every_pid_and_fails_no_request() {
+    let h = Herd::new();
+    let bins = tempfile::tempdir().unwrap();
+    let old = copy_of_herd(bins.path(), "old");
+    let new = copy_of_herd(bins.path(), "new");
+    let (rust_port, node_port) = (free_port(), free_port());
+    let rp = rust_port.to_string();
+    ok_with(
+        &h,
+        &old,
+        &[
+            "start",
+            hello_bin().to_str().unwrap(),
+            "--name",
+            "rs",
+            "-i",
+            "2",
+            "--port",
+            &rp,
+        ],
+    );
+    let node = node_fixture();
+    if let Some(base) = &node {
+        let np = node_port.to_string();
+        let script = base.join("apps/http.js");
+        ok_with(
+            &h,
+            &old,
+            &[
+                "start",
+                script.to_str().unwrap(),
+                "--name",
+                "web",
+                "-i",
+                "2",
+                "--port",
+                &np,
+            ],
+        );
+    }
+    // A line half written when the update comes, finished after it: the pump's partial
+    // line crosses the update (with --time, lines are cut and stamped by the daemon).
+    let dir = tempfile::tempdir().unwrap();
+    let half = script(
+        dir.path(),
+        "half.sh",
+        "#!/bin/sh\nprintf 'before-'\nsleep 3\necho after\nexec sleep 1000\n",
+    );
+    ok_with(
+        &h,
+        &old,
+        &["start", half.to_str().unwrap(), "--name", "half", "--time"],
+    );
+
+    let daemon = h.daemon_pid().unwrap();
+    assert_eq!(exe_of(daemon), old);
+    let before = all_pids(&h);
+    assert_eq!(before.len(), if node.is_some() { 5 } else { 3 });
+
+    // Commands keep working while the daemon is replaced: those that arrive meanwhile are
+    // answered `busy` and sent again by the CLI, or wait in the socket's queue.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = {
+        let stop = stop.clone();
+        let home = h.home().to_path_buf();
+        let bin = new.clone();
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && runs < 2000 {
+                let args: &[&str] = match runs % 3 {
+                    0 => &["list", "--json"],
+                    1 => &["describe", "all", "--json"],
+                    _ => &["send", "rs", r#"{"n":1}"#],
+                };
+                let out = std::process::Command::new(&bin)
+                    .args(args)
+                    .env("HERD_HOME", &home)
+                    .output()
+                    .unwrap();
+                if !out.status.success() {
+                    failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+                runs += 1;
+            }
+            (runs, failures)
+        })
+    };
+    let mut messages = Vec::new();
+    let rust_loads = under_load(loopback(rust_port), "/", 2, || {
+        let mut during = || {
+            for _ in 0..3 {
+                messages.push(ok_with(&h, &new, &["update"]));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        if node.is_some() {
+            check_loads(&under_load(loopback(node_port), "/", 2, during), "node app");
+        } else {
+            during();
+        }
+    });
+    check_loads(&rust_loads, "rust app");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (runs, failures) = lister.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {runs} commands failed: {failures:?}",
+        failures.len()
+    );
+    assert!(runs > 5, "only {runs} commands ran");
+    eprintln!("{runs} commands during the updates; {messages:?}");
+    for m in &messages {
+        assert!(m.contains("daemon updated in place"), "{m}");
+        assert!(m.contains(&format!("pid {daemon}")), "{m}");
+    }
+    assert_eq!(h.daemon_pid(), Some(daemon), "the daemon keeps its pid");
+    assert_eq!(exe_of(daemon), new, "the daemon runs the new binary");
+    assert_eq!(all_pids(&h), before, "no instance was restarted");
+
+    // The half-written line was finished after the update and logged as one line.
+    let line = wait_until(Duration::from_secs(8), || {
+        let logs = h.ok(&["logs", "half", "--lines", "5"]);
+        logs.lines()
+            .find(|l| l.contains("before-"))
+            .map(str::to_string)
+            .ok_or(logs)
+    })
+    .unwrap();
+    assert!(line.contains("before-after"), "{line}");
+
+    // Supervision goes on: a killed instance is replaced, and its output is captured.
+    let victim = h.pids("rs")[1];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let replaced = wait_until(Duration::from_secs(5), || {
+        let p = h.pids("rs");
+        (p.len() == 2 && p[1] != victim && h.statuses("rs")[1] == "online")
+            .then_some(p[1])
+            .ok_or(p)
+    })
+    .unwrap();
+    wait_until(Duration::from_secs(5), || {
+        let logs = h.ok(&["logs", "rs", "--lines", "10"]);
+        logs.contains(&format!("pid {replaced}"))
+            .then_some(())
+            .ok_or(logs)
+    })
+    .unwrap();
+
+    // The Node workers' channels crossed the update: messages, then a rolling reload that
+    // speaks the cluster protocol over them, fail nothing.
+    if node.is_some() {
+        let reply = h.ok(&["request", "web:0", r#"{"ping":7}"#]);
+        let v: serde_json::Value = serde_json::from_str(reply.trim()).unwrap();
+        assert_eq!(v["echo"]["ping"], 7);
+        let loads = under_load(loopback(node_port), "/", 2, || {
+            h.ok(&["reload", "web"]);
+        });
+        check_loads(&loads, "node reload after the update");
+    }
+    h.finish();
+}
+
+#[test]
+fn a_refused_update_leaves_the_daemon_as_it_was() {
+    use std::io::{BufRead, Write};
+    let h = Herd::new();
+    let port = free_port().to_string();
+    h.ok(&[
+        "start",
+        hello_bin().to_str().unwrap(),
+        "--name",
+        "rs",
+        "--port",
+        &port,
+    ]);
+    let daemon = h.daemon_pid().unwrap();
+    let pids = h.pids("rs");
+    let ask = |line: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(h.home().join("herd.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut reply = String::new();
+        std::io::BufReader::new(s).read_line(&mut reply).unwrap();
+        reply
+    };
+    let missing = ask(r#"{"v":1,"cmd":"update","exe":"/nonexistent/herd","formats":[1]}"#);
+    assert!(missing.contains("cannot be executed"), "{missing}");
+    let future = ask(&format!(
+        r#"{{"v":1,"cmd":"update","exe":"{}","formats":[99]}}"#,
+        herd_bin().display()
+    ));
+    assert!(
+        future.contains("herd save && herd kill && herd resurrect"),
+        "{future}"
+    );
+    assert_eq!(h.daemon_pid(), Some(daemon));
+    assert_eq!(h.pids("rs"), pids);
+    get(loopback(port.parse().unwrap()), "/", Duration::from_secs(2)).unwrap();
+    // Without a daemon there is nothing to update, and none is started.
+    h.ok(&["kill"]);
+    let out = h.ok(&["update"]);
+    assert!(out.contains("no herd daemon runs"), "{out}");
+    assert_eq!(h.daemon_pid().filter(|&p| alive(p as u32)), None);
+    h.finish();
+}

@@ -1,0 +1,305 @@
+//! The state a daemon hands to its successor on `herd update`: it re-executes itself (same
+//! pid, so its instances stay its children) and the new program reads this, with every socket,
+//! pipe and channel still open under the fd numbers written here.
+//!
+//! The format is versioned: [`FORMAT`] is what this build writes and reads. Before it executes
+//! the new binary, the old daemon asks it which formats it reads (`herd daemon
+//! --handover-formats`) and refuses the update if its own is not among them, so a successor
+//! never receives state it cannot take.
+//!
+//! The state travels in a memfd whose number is in `HERD_HANDOVER_FD`. Numbers in it are fds
+//! that stay open across `execve` (close-on-exec cleared); everything else of the old daemon
+//! is closed by the kernel.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use herd_proto::{AppSpec, AppStatus, ExitInfo};
+use serde::{Deserialize, Serialize};
+
+/// Version of the handover format this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// The environment variable naming the memfd that holds the state.
+pub const ENV: &str = "HERD_HANDOVER_FD";
+
+/// Everything the next daemon takes over.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Handover {
+    /// [`FORMAT`] of the writer.
+    pub format: u32,
+    /// Version of the daemon that wrote it.
+    pub from_version: String,
+    /// Milliseconds since the Unix epoch when the update began.
+    pub began_unix_ms: u64,
+    /// The daemon's own fds by name (`control`, `lock`).
+    pub daemon_fds: BTreeMap<String, RawFd>,
+    /// The connection of the `herd update` client, to answer once the new daemon runs.
+    pub reply_fd: Option<RawFd>,
+    /// The supervisor's state.
+    pub supervisor: SupervisorState,
+}
+
+/// The supervisor's part.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SupervisorState {
+    /// The instances' `NOTIFY_SOCKET`.
+    pub notify_fd: RawFd,
+    /// Id of the next app.
+    pub next_id: u32,
+    /// Every app.
+    pub apps: Vec<AppState>,
+    /// The bus.
+    pub bus: BusState,
+}
+
+/// One app.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AppState {
+    /// Its id.
+    pub id: u32,
+    /// Its spec.
+    pub spec: AppSpec,
+    /// Running or stopped.
+    pub status: AppStatus,
+    /// Version of its environment.
+    pub env_version: u32,
+    /// Its listening sockets.
+    pub listeners: Vec<ListenerState>,
+    /// Sockets bound for Node workers' other listens, by request key.
+    pub extra: Vec<(String, ListenerState)>,
+    /// Its slots.
+    pub slots: Vec<SlotState>,
+}
+
+/// One listening address.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListenerState {
+    /// The address as bound.
+    pub addr: String,
+    /// The socket every instance shares, for a shared listener.
+    pub shared: Option<RawFd>,
+    /// Each slot's socket, for a per-slot listener.
+    pub by_slot: Vec<Option<RawFd>>,
+    /// Slot of each socket in the kernel's reuseport group order.
+    pub group: Vec<u32>,
+}
+
+/// Where a slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotStatus {
+    /// Started, not yet ready.
+    Starting,
+    /// Serving.
+    Online,
+    /// Restarts when `timer_ms` has passed.
+    WaitingRestart,
+    /// Stopped.
+    Stopped,
+    /// Exited, not restarted.
+    Exited,
+    /// Gave up after quick crashes.
+    Errored,
+}
+
+/// One slot.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SlotState {
+    /// Instance number.
+    pub index: u32,
+    /// Where it stands.
+    pub status: SlotStatus,
+    /// Time left on its timer (restart backoff, listen timeout), in ms.
+    pub timer_ms: Option<u64>,
+    /// Its process, when it has one.
+    pub process: Option<ProcState>,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Restart policy memory: quick runs in a row.
+    pub unstable: u32,
+    /// Restart policy memory: backoff step.
+    pub backoff_step: u32,
+    /// How its last process ended.
+    pub last_exit: Option<ExitInfo>,
+}
+
+/// One running process.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProcState {
+    /// Its pid (a child of the daemon's process, which keeps its pid across the update).
+    pub pid: u32,
+    /// How long it has run, in ms.
+    pub uptime_ms: u64,
+    /// Environment version it started with.
+    pub env_version: u32,
+    /// Sockets handed to it as a Node worker.
+    pub listens: u32,
+    /// Sequence number of the last cluster message sent to it.
+    pub seq: u64,
+    /// Its stdout pipe.
+    pub out: Option<PipeState>,
+    /// Its stderr pipe.
+    pub err: Option<PipeState>,
+    /// Its IPC channel.
+    pub channel: Option<ChannelState>,
+}
+
+/// The daemon's read end of an output pipe.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PipeState {
+    /// The fd.
+    pub fd: RawFd,
+    /// The line in progress.
+    pub partial: Vec<u8>,
+}
+
+/// The daemon's end of an IPC channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChannelState {
+    /// The fd.
+    pub fd: RawFd,
+    /// Bytes read but not yet made into messages.
+    pub unread: Vec<u8>,
+    /// Dropping the rest of an oversized line.
+    pub skipping: bool,
+    /// Messages still to write (the first without the bytes already written), with the fd
+    /// that travels with each.
+    pub queued: Vec<(Vec<u8>, Option<RawFd>)>,
+    /// Messages dropped so far.
+    pub dropped: u64,
+}
+
+/// The bus.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BusState {
+    /// Number of the next request.
+    pub next: u64,
+    /// Counters.
+    pub routed: u64,
+    /// Counters.
+    pub no_recipient: u64,
+    /// Counters.
+    pub rejected: u64,
+    /// Topic → pids subscribed.
+    pub subs: BTreeMap<String, Vec<u32>>,
+    /// Requests waiting for a reply from an instance or another host.
+    pub requests: Vec<RequestState>,
+}
+
+/// A request waiting for its reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RequestState {
+    /// Its number.
+    pub id: u64,
+    /// Who waits.
+    pub requester: RequesterState,
+    /// Pid of the instance asked, when it is here.
+    pub target_pid: Option<u32>,
+    /// Address asked.
+    pub to: String,
+    /// Time left, in ms.
+    pub remaining_ms: u64,
+}
+
+/// Who waits for a reply.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RequesterState {
+    /// An instance here.
+    Instance {
+        /// Its pid.
+        pid: u32,
+        /// Its number for the request.
+        id: serde_json::Value,
+    },
+    /// A daemon elsewhere.
+    Remote {
+        /// Its host.
+        host: String,
+        /// Its number for the request.
+        id: String,
+    },
+}
+
+/// Fds to keep open across `execve`: each is a duplicate (without close-on-exec) of one the
+/// daemon holds, so the originals can stay where they are if the update is called off.
+#[derive(Debug, Default)]
+pub struct Kept {
+    fds: Vec<OwnedFd>,
+}
+
+impl Kept {
+    /// Duplicates `fd` to survive `execve` and returns the number the successor finds it at.
+    ///
+    /// # Errors
+    /// When the process is out of fds.
+    pub fn keep(&mut self, fd: RawFd) -> io::Result<RawFd> {
+        // SAFETY: `fd` is open and owned elsewhere in this process for the duration of the
+        // call (the caller holds it); it is only borrowed to duplicate it.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        // dup() never sets close-on-exec.
+        let dup = nix::unistd::dup(borrowed).map_err(io::Error::from)?;
+        let n = dup.as_raw_fd();
+        self.fds.push(dup);
+        Ok(n)
+    }
+}
+
+/// Writes the state into a memfd that stays open across `execve`.
+///
+/// # Errors
+/// When the memfd cannot be created or written.
+pub fn write(state: &Handover) -> io::Result<OwnedFd> {
+    let fd = nix::sys::memfd::memfd_create(c"herd-handover", nix::sys::memfd::MFdFlags::empty())
+        .map_err(io::Error::from)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&serde_json::to_vec(state).map_err(io::Error::other)?)?;
+    file.rewind()?;
+    Ok(file.into())
+}
+
+/// Which formats [`read`] accepts, as `herd daemon --handover-formats` prints them.
+pub fn formats() -> String {
+    FORMAT.to_string()
+}
+
+/// Reads the state the previous daemon left at `fd` (from [`ENV`]), and closes it.
+///
+/// # Errors
+/// When the fd cannot be read or holds a format this build does not read.
+pub fn read(fd: RawFd) -> io::Result<Handover> {
+    // SAFETY: the previous daemon passed this fd to us alone for this purpose; nothing else in
+    // this process knows it.
+    let mut file = std::fs::File::from(unsafe { adopt(fd) });
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)?;
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(io::Error::other)?;
+    let format = v.get("format").and_then(serde_json::Value::as_u64);
+    if format != Some(u64::from(FORMAT)) {
+        return Err(io::Error::other(format!(
+            "handover format {format:?} is not {FORMAT}, the one this herd reads"
+        )));
+    }
+    serde_json::from_value(v).map_err(io::Error::other)
+}
+
+/// Takes ownership of an fd inherited through a handover.
+///
+/// # Safety
+/// `fd` must be one listed in the [`Handover`] this process read, taken once.
+pub unsafe fn adopt(fd: RawFd) -> OwnedFd {
+    // Close-on-exec again, as every fd the daemon holds: the next update keeps its own
+    // duplicates, and instances must not inherit it.
+    // SAFETY: F_SETFD only changes the descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: guaranteed by the caller.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Whether `fd` is an open descriptor (a sanity check before adopting one).
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; an fd that is not open gives EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}

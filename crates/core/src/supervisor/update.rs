@@ -1,0 +1,526 @@
+//! `herd update`: the daemon re-executes a new binary in its own process, so every instance
+//! stays its child, and the new program takes over every socket, pipe and channel.
+//!
+//! The supervisor runs on one thread; while it handles an event no reader, writer or timer
+//! task runs. The update waits for a moment when nothing is half done — every app settled
+//! (no reload, stop or drain in flight), no request waiting, both event queues empty, no
+//! channel reader holding a parsed message — and then, in one synchronous step, copies the
+//! state into a [`Handover`], keeps the fds it names open across `execve`, and executes the
+//! new binary. Bytes a reader took from a socket but did not parse, a pump's partial line and
+//! messages still queued for an instance travel in the handover; nothing read is lost.
+//! If `execve` fails, the duplicates are closed and the daemon goes on as it was.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use super::*;
+use crate::handover::{self, Handover, Kept};
+
+/// How long an update may wait for a quiet moment before it is given up.
+const UPDATE_WAIT: Duration = Duration::from_secs(10);
+/// How soon a waiting update looks again.
+const UPDATE_RETRY: Duration = Duration::from_millis(5);
+
+/// An update in progress.
+pub(super) struct Update {
+    exe: PathBuf,
+    reply: oneshot::Sender<Reply>,
+    reply_fd: OwnedFd,
+    daemon_fds: Vec<(String, RawFd)>,
+    began: std::time::SystemTime,
+    deadline: Instant,
+    /// Why the last attempt had to wait.
+    waiting_for: String,
+    retry_armed: bool,
+    /// A quiet moment was seen: the other tasks get a turn (to write the replies they hold)
+    /// and the next quiet look goes ahead.
+    quiet_seen: bool,
+}
+
+/// What the daemon hands the supervisor for an update.
+pub struct UpdateRequest {
+    /// The binary to execute.
+    pub exe: PathBuf,
+    /// Handover formats it reads.
+    pub formats: Vec<u32>,
+    /// The client's connection, answered by the new daemon.
+    pub reply_fd: OwnedFd,
+    /// The daemon's own fds to keep (`control`, `lock`), by name; they stay open meanwhile.
+    pub daemon_fds: Vec<(String, RawFd)>,
+}
+
+impl State {
+    pub(super) fn on_update(&mut self, req: UpdateRequest, reply: oneshot::Sender<Reply>) {
+        if self.updating.is_some() {
+            let _ = reply.send(err(ErrorCode::Busy, "an update is already in progress"));
+            return;
+        }
+        if !req.formats.contains(&handover::FORMAT) {
+            let _ = reply.send(err(
+                ErrorCode::Update,
+                format!(
+                    "{} reads handover formats {:?}, and this daemon writes format {}: it cannot take over in place; use `herd save && herd kill && herd resurrect`",
+                    req.exe.display(),
+                    req.formats,
+                    handover::FORMAT
+                ),
+            ));
+            return;
+        }
+        if let Err(e) = nix::unistd::access(&req.exe, nix::unistd::AccessFlags::X_OK) {
+            let _ = reply.send(err(
+                ErrorCode::Update,
+                format!("{} cannot be executed ({e})", req.exe.display()),
+            ));
+            return;
+        }
+        tracing::info!(exe = %req.exe.display(), "update requested: waiting for a quiet moment");
+        self.updating = Some(Update {
+            exe: req.exe,
+            reply,
+            reply_fd: req.reply_fd,
+            daemon_fds: req.daemon_fds,
+            began: std::time::SystemTime::now(),
+            deadline: Instant::now() + UPDATE_WAIT,
+            waiting_for: String::new(),
+            retry_armed: false,
+            quiet_seen: false,
+        });
+    }
+
+    pub(super) fn on_update_retry(&mut self) {
+        if let Some(u) = &mut self.updating {
+            u.retry_armed = false;
+        }
+    }
+
+    /// One attempt of the update in progress: called by the event loop after each event, with
+    /// its queues.
+    pub(super) fn update_step(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        ipc_rx: &mut mpsc::Receiver<Event>,
+    ) {
+        // Handle whatever is queued, so nothing that already happened is left behind. Replies
+        // made now are written by the connections' tasks in their next turn, so a look that
+        // handled anything is not quiet.
+        let mut handled = false;
+        for _ in 0..100_000 {
+            let e = match rx.try_recv() {
+                Ok(e) => e,
+                Err(_) => match ipc_rx.try_recv() {
+                    Ok(e) => e,
+                    Err(_) => break,
+                },
+            };
+            handled |= !matches!(e, Event::UpdateRetry);
+            self.handle(e);
+            self.after_event();
+        }
+        if handled {
+            if let Some(u) = &mut self.updating {
+                u.quiet_seen = false;
+            }
+        }
+        let Some(u) = &self.updating else {
+            return;
+        };
+        if Instant::now() > u.deadline {
+            let why = u.waiting_for.clone();
+            self.abort_update(format!(
+                "no quiet moment for {} s ({why}); try again",
+                UPDATE_WAIT.as_secs()
+            ));
+            return;
+        }
+        let busy = self.busy_reason();
+        let u = self.updating.as_mut().expect("checked");
+        let wait = match busy {
+            Some(why) => {
+                u.quiet_seen = false;
+                u.waiting_for = why;
+                true
+            }
+            None if !u.quiet_seen => {
+                u.quiet_seen = true;
+                true
+            }
+            None => false,
+        };
+        if wait {
+            if !u.retry_armed {
+                u.retry_armed = true;
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(UPDATE_RETRY).await;
+                    let _ = tx.send(Event::UpdateRetry);
+                });
+            }
+            return;
+        }
+        let mut kept = Kept::default();
+        let state = match self.export(&mut kept) {
+            Ok(s) => s,
+            Err(e) => {
+                self.abort_update(format!("cannot prepare the handover: {e}"));
+                return;
+            }
+        };
+        let u = self.updating.as_ref().expect("checked");
+        let mut daemon_fds = BTreeMap::new();
+        let reply_fd = kept.keep(u.reply_fd.as_raw_fd());
+        for (name, fd) in &u.daemon_fds {
+            match kept.keep(*fd) {
+                Ok(n) => {
+                    daemon_fds.insert(name.clone(), n);
+                }
+                Err(e) => {
+                    self.abort_update(format!("cannot keep the {name} socket: {e}"));
+                    return;
+                }
+            }
+        }
+        let handover = Handover {
+            format: handover::FORMAT,
+            from_version: env!("CARGO_PKG_VERSION").to_string(),
+            began_unix_ms: u
+                .began
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            daemon_fds,
+            reply_fd: reply_fd.ok(),
+            supervisor: state,
+        };
+        let memfd = match handover::write(&handover) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.abort_update(format!("cannot write the handover: {e}"));
+                return;
+            }
+        };
+        let exe = u.exe.clone();
+        tracing::info!(exe = %exe.display(), "handing over to the new binary");
+        let e = exec(&exe, memfd.as_raw_fd());
+        // Still here: the new binary did not start. Its fds are closed; go on as before.
+        drop(kept);
+        drop(memfd);
+        self.abort_update(format!("cannot execute {}: {e}", exe.display()));
+    }
+
+    fn abort_update(&mut self, why: String) {
+        if let Some(u) = self.updating.take() {
+            tracing::warn!("update given up: {why}");
+            let _ = u.reply.send(err(ErrorCode::Update, why));
+        }
+    }
+
+    /// Why the state cannot be handed over right now, if it cannot.
+    fn busy_reason(&self) -> Option<String> {
+        if !self.waiters.is_empty() {
+            return Some("a command is waiting for apps to settle".into());
+        }
+        if self.bus.cli_waiting() {
+            return Some("a `herd request` is waiting for its reply".into());
+        }
+        for app in self.apps.values() {
+            let n = &app.spec.name;
+            if app.reload.is_some() || !app.retiring.is_empty() {
+                return Some(format!("app {n} is reloading"));
+            }
+            if app.deleting {
+                return Some(format!("app {n} is being deleted"));
+            }
+            for s in &app.slots {
+                if s.next.is_some()
+                    || matches!(
+                        s.state,
+                        SlotState::Stopping { .. } | SlotState::Draining { .. } | SlotState::Gone
+                    )
+                {
+                    return Some(format!("instance {n}:{} is stopping", s.index));
+                }
+                if let Some(ch) = s.state.proc().and_then(|p| p.channel.as_ref()) {
+                    if ch.holding() {
+                        return Some(format!("instance {n}:{} has a message in flight", s.index));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The state as it stands, with every fd it names kept across `execve`.
+    fn export(&mut self, kept: &mut Kept) -> std::io::Result<handover::SupervisorState> {
+        let now = Instant::now();
+        let mut apps = Vec::new();
+        for app in self.apps.values() {
+            let mut listeners = Vec::new();
+            for l in &app.listeners {
+                listeners.push(l.export(kept)?);
+            }
+            let mut extra = Vec::new();
+            for (k, l) in &app.extra {
+                extra.push((k.clone(), l.export(kept)?));
+            }
+            let mut slots = Vec::new();
+            for s in &app.slots {
+                use handover::SlotStatus as S;
+                let status = match &s.state {
+                    SlotState::Starting(_) => S::Starting,
+                    SlotState::Online(_) => S::Online,
+                    SlotState::WaitingRestart => S::WaitingRestart,
+                    SlotState::Stopped => S::Stopped,
+                    SlotState::Exited => S::Exited,
+                    SlotState::Errored => S::Errored,
+                    _ => unreachable!("busy_reason refuses the other states"),
+                };
+                let process = match s.state.proc() {
+                    Some(p) => Some(export_proc(p, kept)?),
+                    None => None,
+                };
+                slots.push(handover::SlotState {
+                    index: s.index,
+                    status,
+                    timer_ms: s
+                        .timer_at
+                        .map(|t| t.saturating_duration_since(now).as_millis() as u64),
+                    process,
+                    restarts: s.restarts,
+                    unstable: s.history.unstable,
+                    backoff_step: s.history.backoff_step,
+                    last_exit: s.last_exit.clone(),
+                });
+            }
+            apps.push(handover::AppState {
+                id: app.id,
+                spec: app.spec.clone(),
+                status: app.status,
+                env_version: app.env_version,
+                listeners,
+                extra,
+                slots,
+            });
+        }
+        Ok(handover::SupervisorState {
+            notify_fd: kept.keep(self.notify_fd)?,
+            next_id: self.next_id,
+            apps,
+            bus: self.bus.export(),
+        })
+    }
+
+    /// Takes over the state an earlier daemon handed over.
+    pub(super) fn adopt(&mut self, state: handover::SupervisorState) {
+        let now = Instant::now();
+        self.next_id = state.next_id;
+        let mut kept = 0;
+        for a in state.apps {
+            let id = a.id;
+            let adopt_listener = |l: &handover::ListenerState| {
+                // SAFETY: the fds were listed by the previous daemon and are taken once here.
+                unsafe { Listener::adopt(l) }
+            };
+            let listeners = a
+                .listeners
+                .iter()
+                .filter_map(|l| {
+                    adopt_listener(l)
+                        .map_err(|e| tracing::warn!("cannot take over listener {}: {e}", l.addr))
+                        .ok()
+                })
+                .collect();
+            let extra = a
+                .extra
+                .iter()
+                .filter_map(|(k, l)| adopt_listener(l).ok().map(|l| (k.clone(), l)))
+                .collect();
+            let mut slots = Vec::new();
+            for s in &a.slots {
+                match self.new_slot(&a.spec, s.index) {
+                    Ok(slot) => slots.push(slot),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            self.apps.insert(
+                id,
+                App {
+                    id,
+                    spec: a.spec,
+                    status: a.status,
+                    listeners,
+                    slots,
+                    deleting: false,
+                    routed: None,
+                    memory_check_armed: false,
+                    retiring: Vec::new(),
+                    extra,
+                    reload: None,
+                    watcher: None,
+                    watch_gen: 0,
+                    env_version: a.env_version,
+                },
+            );
+            for s in a.slots {
+                let i = s.index;
+                if self.apps[&id].slots.get(i as usize).map(|x| x.index) != Some(i) {
+                    continue;
+                }
+                let proc = s.process.map(|p| self.adopt_proc(id, i, p, now));
+                kept += usize::from(proc.is_some());
+                use handover::SlotStatus as S;
+                let state = match (s.status, proc) {
+                    (S::Starting, Some(p)) => SlotState::Starting(p),
+                    (S::Online, Some(p)) => SlotState::Online(p),
+                    (S::WaitingRestart, _) => SlotState::WaitingRestart,
+                    (S::Exited, _) => SlotState::Exited,
+                    (S::Errored, _) => SlotState::Errored,
+                    _ => SlotState::Stopped,
+                };
+                let slot = &mut self.apps.get_mut(&id).expect("inserted").slots[i as usize];
+                slot.set(state);
+                slot.restarts = s.restarts;
+                slot.history.unstable = s.unstable;
+                slot.history.backoff_step = s.backoff_step;
+                slot.last_exit = s.last_exit;
+                if let Some(ms) = s.timer_ms {
+                    self.arm(id, i, Duration::from_millis(ms));
+                }
+            }
+            if self.apps[&id].status == AppStatus::Running {
+                if let Err(e) = self.start_watching(id) {
+                    tracing::warn!("cannot watch files again: {e}");
+                }
+                self.arm_memory_check(id);
+            }
+        }
+        self.bus.import(state.bus);
+        self.write_pids();
+        tracing::info!(
+            apps = self.apps.len(),
+            processes = kept,
+            "took over from the previous daemon"
+        );
+    }
+
+    fn adopt_proc(&mut self, id: u32, i: u32, p: handover::ProcState, now: Instant) -> Proc {
+        let pid = p.pid;
+        let pump = |s: &Self, stream, pipe: Option<handover::PipeState>| {
+            let pipe = pipe?;
+            // SAFETY: listed by the previous daemon, taken once here.
+            let fd = unsafe { handover::adopt(pipe.fd) };
+            s.start_pump(id, i, stream, fd, pipe.partial)
+        };
+        let out = pump(self, LogStream::Out, p.out);
+        let err = pump(self, LogStream::Err, p.err);
+        let channel = p.channel.and_then(|c| {
+            // SAFETY: listed by the previous daemon, taken once here.
+            let sock = std::os::unix::net::UnixStream::from(unsafe { handover::adopt(c.fd) });
+            let queued = c
+                .queued
+                .into_iter()
+                // SAFETY: as above.
+                .map(|(b, fd)| (b, fd.map(|fd| unsafe { handover::adopt(fd) })))
+                .collect();
+            ipc::resume(
+                sock,
+                self.cfg.max_message_bytes,
+                self.ipc_tx.clone(),
+                move |msg| Event::Ipc { pid, msg },
+                ipc::Resume {
+                    unread: c.unread,
+                    skipping: c.skipping,
+                    queued,
+                    dropped: c.dropped,
+                },
+            )
+            .map_err(|e| tracing::warn!(pid, "cannot take over the IPC channel: {e}"))
+            .ok()
+        });
+        self.pids.insert(pid, (id, i, Role::Current));
+        Proc {
+            pid,
+            since: now
+                .checked_sub(Duration::from_millis(p.uptime_ms))
+                .unwrap_or(now),
+            sample: None,
+            channel,
+            listens: p.listens,
+            seq: p.seq,
+            disconnecting: false,
+            env_version: p.env_version,
+            out,
+            err,
+        }
+    }
+}
+
+fn export_proc(p: &Proc, kept: &mut Kept) -> std::io::Result<handover::ProcState> {
+    let mut pipe = |s: &Option<Arc<logs::PumpState>>| -> std::io::Result<_> {
+        match s {
+            Some(s) if !s.done.load(std::sync::atomic::Ordering::Acquire) => {
+                Ok(Some(handover::PipeState {
+                    fd: kept.keep(s.fd)?,
+                    partial: s.partial.lock().expect("never poisoned").clone(),
+                }))
+            }
+            _ => Ok(None),
+        }
+    };
+    let out = pipe(&p.out)?;
+    let err = pipe(&p.err)?;
+    let channel = match &p.channel {
+        Some(ch) => {
+            let snap = ch.snapshot();
+            let mut queued = Vec::new();
+            for (bytes, fd) in snap.queued {
+                let fd = match fd {
+                    Some(fd) => Some(kept.keep(fd)?),
+                    None => None,
+                };
+                queued.push((bytes, fd));
+            }
+            Some(handover::ChannelState {
+                fd: kept.keep(ch.raw_fd())?,
+                unread: snap.unread,
+                skipping: snap.skipping,
+                queued,
+                dropped: snap.dropped,
+            })
+        }
+        None => None,
+    };
+    Ok(handover::ProcState {
+        pid: p.pid,
+        uptime_ms: p.since.elapsed().as_millis() as u64,
+        env_version: p.env_version,
+        listens: p.listens,
+        seq: p.seq,
+        out,
+        err,
+        channel,
+    })
+}
+
+/// Executes `exe` as `herd daemon` with the handover at `memfd`; returns only on failure.
+fn exec(exe: &Path, memfd: RawFd) -> String {
+    let path = match CString::new(exe.as_os_str().as_bytes()) {
+        Ok(p) => p,
+        Err(_) => return "the path holds a NUL byte".into(),
+    };
+    let argv = [path.clone(), c"daemon".to_owned()];
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != handover::ENV)
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    env.push(CString::new(format!("{}={memfd}", handover::ENV)).expect("no NUL"));
+    match nix::unistd::execve(&path, &argv, &env) {
+        Ok(never) => match never {},
+        Err(e) => e.to_string(),
+    }
+}
