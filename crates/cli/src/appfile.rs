@@ -355,3 +355,87 @@ impl Entry {
         a.to_spec()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/herd.schema.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Every field the schema describes is one the loader reads, and each example value in the
+    /// schema is accepted by it; every field the loader reads is in the schema.
+    #[test]
+    fn the_json_schema_matches_the_loader() {
+        let schema = schema();
+        let props = schema["definitions"]["app"]["properties"]
+            .as_object()
+            .unwrap();
+        let aliases = ["node_args", "exp_backoff_restart_delay"];
+        let mut all = serde_json::Map::new();
+        for (k, p) in props {
+            let example = p["examples"][0].clone();
+            assert!(!example.is_null(), "{k} has no example in the schema");
+            if !aliases.contains(&k.as_str()) {
+                all.insert(k.clone(), example.clone());
+            }
+            let one = serde_json::json!({ "script": "/bin/sh", k.as_str(): example });
+            let entry: Entry = serde_json::from_value(one).unwrap();
+            assert!(entry.rest.is_empty(), "{k} is not a field the loader reads");
+        }
+        all.insert("script".into(), "/bin/sh".into());
+        all.insert("env_production".into(), serde_json::json!({ "A": "1" }));
+        let entry: Entry = serde_json::from_value(Value::Object(all.clone())).unwrap();
+        assert_eq!(
+            entry.rest.keys().collect::<Vec<_>>(),
+            vec!["env_production"],
+            "only env_ blocks go to the catch-all"
+        );
+        let dir = std::env::temp_dir();
+        let spec = entry
+            .into_spec(&dir, Some("production"), &[], false, "herd.toml", "api")
+            .unwrap();
+        assert_eq!(spec.name, "api");
+        assert_eq!(spec.env["A"], "1");
+
+        // The other way round: a field the loader reads but the schema does not know.
+        let fields = [
+            "name",
+            "script",
+            "args",
+            "interpreter",
+            "interpreter_args",
+            "cwd",
+            "instances",
+            "port",
+            "listen",
+            "balance",
+            "env",
+            "wait_ready",
+            "listen_timeout",
+            "kill_timeout",
+            "kill_signal",
+            "max_restarts",
+            "min_uptime",
+            "restart_delay",
+            "autorestart",
+            "stop_exit_codes",
+            "max_memory_restart",
+            "time",
+            "log_max_size",
+            "log_keep",
+            "shutdown_with_message",
+            "node_cluster",
+            "watch",
+            "ignore_watch",
+        ];
+        for f in fields {
+            assert!(props.contains_key(f), "the schema lacks {f}");
+            let probe: Entry =
+                serde_json::from_value(serde_json::json!({ f: Value::Null })).unwrap_or_default();
+            assert!(!probe.rest.contains_key(f), "{f} is not read by the loader");
+        }
+    }
+}

@@ -277,15 +277,28 @@ fn logs(home: &Home, l: args::LogsArgs) -> Result<ExitCode> {
         None
     };
     let mut client = Client::connect(home)?;
-    client.send(Command::Logs {
-        target: l.target,
-        lines: l.lines,
+    let ask = |lines| Command::Logs {
+        target: l.target.clone(),
+        lines,
         follow: l.follow,
         stream,
-    })?;
+    };
+    client.send(ask(l.lines))?;
+    let mut resumed = false;
     let stdout = std::io::stdout();
     loop {
         match client.recv()? {
+            // `herd update` ends the stream of the old daemon: follow the new one.
+            None if l.follow => match Client::connect_existing(home) {
+                Some(mut again) => {
+                    again.send(ask(0))?;
+                    client = again;
+                    resumed = true;
+                }
+                None => return Ok(ExitCode::SUCCESS),
+            },
+            // The daemon was going away, not being replaced.
+            Some(Reply::Error { .. }) if resumed => return Ok(ExitCode::SUCCESS),
             None | Some(Reply::End { .. }) => return Ok(ExitCode::SUCCESS),
             Some(Reply::Log {
                 app,

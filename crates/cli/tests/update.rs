@@ -110,6 +110,23 @@ fn update_under_load_keeps_every_pid_and_fails_no_request() {
         &["start", half.to_str().unwrap(), "--name", "half", "--time"],
     );
 
+    // A follower of the logs keeps following across the updates.
+    let mut follower = h
+        .command_with(&new, &["logs", "half", "--follow", "--lines", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = {
+        let out = follower.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.contains("before-"))
+        })
+    };
+
     let daemon = h.daemon_pid().unwrap();
     assert_eq!(exe_of(daemon), old);
     let before = all_pids(&h);
@@ -186,6 +203,21 @@ fn update_under_load_keeps_every_pid_and_fails_no_request() {
     })
     .unwrap();
     assert!(line.contains("before-after"), "{line}");
+    let seen = wait_until(Duration::from_secs(5), || {
+        if followed.is_finished() {
+            Ok(())
+        } else {
+            Err(())
+        }
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(seen.is_ok(), "the follower saw nothing after the updates");
+    let seen = followed.join().unwrap();
+    assert!(
+        seen.as_deref().is_some_and(|l| l.contains("before-after")),
+        "{seen:?}"
+    );
 
     // Supervision goes on: a killed instance is replaced, and its output is captured.
     let victim = h.pids("rs")[1];
