@@ -170,6 +170,18 @@ fn a_consumer_that_never_reads_loses_messages_alone() {
     assert!(dropped < 30000);
     let d = h.ok(&["describe", "deaf"]);
     assert!(d.contains("dropped (slow readers)"), "{d}");
+    // A full queue is neither a refusal nor a missing recipient, and the sender is told so.
+    let full = h.fails(&["send", "deaf", "1"]);
+    assert!(full.contains("queue is full"), "{full}");
+    let d = h.ok(&["describe", "deaf"]);
+    assert!(
+        d.contains("0 refused") && d.contains("0 without recipient"),
+        "{d}"
+    );
+    // The count outlives the instance.
+    h.ok(&["delete", "deaf"]);
+    let d = h.ok(&["describe", "nb"]);
+    assert!(!d.contains(" 0 dropped"), "{d}");
     h.finish();
 }
 

@@ -182,6 +182,9 @@ pub struct BusState {
     pub no_recipient: u64,
     /// Counters.
     pub rejected: u64,
+    /// Counters (absent in handovers of early builds).
+    #[serde(default)]
+    pub dropped: u64,
     /// Topic → pids subscribed.
     pub subs: BTreeMap<String, Vec<u32>>,
     /// Requests waiting for a reply from an instance or another host.

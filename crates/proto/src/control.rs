@@ -296,6 +296,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// No running instance matches the message's address.
     NoRecipient,
+    /// The instances addressed did not take the message: their queue was full.
+    QueueFull,
     /// A request got no reply in time.
     Timeout,
     /// The daemon is being updated (`herd update`); send the command again in a moment.

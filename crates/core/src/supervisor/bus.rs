@@ -54,6 +54,17 @@ pub(super) struct Bus {
     routed: u64,
     no_recipient: u64,
     rejected: u64,
+    /// Messages an instance did not take (its queue was full, or it had just gone).
+    dropped: u64,
+}
+
+/// What became of a message routed from here.
+#[derive(Debug, Clone, Copy, Default)]
+struct Routed {
+    /// Instances here that took it, and hosts it went to.
+    taken: usize,
+    /// Instances here that matched but did not take it (queue full).
+    full: usize,
 }
 
 impl Bus {
@@ -70,6 +81,7 @@ impl Bus {
             routed: 0,
             no_recipient: 0,
             rejected: 0,
+            dropped: 0,
         }
     }
 }
@@ -91,14 +103,7 @@ fn delivery(env: &Envelope, request: Option<u64>) -> Value {
 impl State {
     /// Counters and broker state, for `herd describe`.
     pub(super) fn bus_stats(&self) -> BusStats {
-        let mut dropped = 0;
-        for app in self.apps.values() {
-            for s in &app.slots {
-                if let Some(ch) = s.state.proc().and_then(|p| p.channel.as_ref()) {
-                    dropped += ch.dropped();
-                }
-            }
-        }
+        let dropped = self.bus.dropped;
         let b = self.bus.bridge.as_ref();
         let load = |f: fn(&crate::bus::BridgeStats) -> u64| b.map_or(0, |b| f(&b.stats));
         BusStats {
@@ -166,6 +171,8 @@ impl State {
         let ok = self.channel_of(pid).is_some_and(|ch| ch.send(msg, None));
         if ok {
             self.bus.routed += 1;
+        } else {
+            self.bus.dropped += 1;
         }
         ok
     }
@@ -174,8 +181,14 @@ impl State {
         self.push(pid, &msg);
     }
 
+    /// Refuses a malformed or invalid message (counted as rejected) and tells the sender why.
     fn reject(&mut self, pid: u32, id: Option<Value>, why: String) {
         self.bus.rejected += 1;
+        self.refuse(pid, id, why);
+    }
+
+    /// Tells the sender its message went nowhere (counted where that happened).
+    fn refuse(&mut self, pid: u32, id: Option<Value>, why: String) {
         tracing::debug!(pid, "bus: {why}");
         let mut m = json!({"herd": "error", "error": why});
         if let Some(id) = id {
@@ -184,8 +197,8 @@ impl State {
         self.tell(pid, m);
     }
 
-    /// Delivers a send or publish here; returns how many instances took it.
-    fn deliver_local(&mut self, env: &Envelope) -> usize {
+    /// Delivers a send or publish here.
+    fn deliver_local(&mut self, env: &Envelope) -> Routed {
         let pids: Vec<u32> = match env.kind {
             Kind::Publish => env
                 .topic
@@ -199,40 +212,45 @@ impl State {
             },
         };
         let msg = delivery(env, None);
-        pids.into_iter().filter(|&p| self.push(p, &msg)).count()
+        let taken = pids.iter().filter(|&&p| self.push(p, &msg)).count();
+        Routed {
+            taken,
+            full: pids.len() - taken,
+        }
     }
 
     /// A send or publish from here (an instance or the CLI): local delivery, then the broker.
-    fn route_out(&mut self, env: Envelope) -> usize {
+    fn route_out(&mut self, env: Envelope) -> Routed {
         self.watch(&env);
         // `primary` is whoever embeds the supervisor (the Rust cluster API) or watches the
         // bus (`herd bus`): it gets the message through the bus monitor.
         if env.to.as_deref() == Some("primary") {
             self.bus.routed += 1;
-            return 1;
+            return Routed { taken: 1, full: 0 };
         }
-        let mut n = self.deliver_local(&env);
+        let mut r = self.deliver_local(&env);
+        let n = &mut r.taken;
         if let Some(bridge) = &self.bus.bridge {
             match env.kind {
                 Kind::Publish => {
                     bridge.publish(ALL, &env);
-                    n += 1;
+                    *n += 1;
                 }
                 _ => {
                     if let Some(Ok(a)) = env.to.as_deref().map(Address::parse) {
                         if a.reaches_others(&self.bus.host) {
                             let channel = a.host.as_deref().map_or(ALL.to_string(), host_channel);
                             bridge.publish(&channel, &env);
-                            n += 1;
+                            *n += 1;
                         }
                     }
                 }
             }
         }
-        if n == 0 && env.kind == Kind::Send {
+        if r.taken == 0 && r.full == 0 && env.kind == Kind::Send {
             self.bus.no_recipient += 1;
         }
-        n
+        r
     }
 
     // ----- from the CLI ---------------------------------------------------------------------
@@ -267,11 +285,20 @@ impl State {
             reply_to: None,
         };
         match self.route_out(env) {
-            0 => err(
+            Routed { taken: 0, full: 0 } => err(
                 ErrorCode::NoRecipient,
                 format!("no running instance matches {to:?}; `herd list` shows what runs"),
             ),
-            n => Reply::done(format!("sent to {n} instance(s) or host(s)")),
+            Routed { taken: 0, full } => err(
+                ErrorCode::QueueFull,
+                format!("{full} matching instance(s) did not take the message: their queue is full (they do not read their channel fast enough)"),
+            ),
+            Routed { taken, full: 0 } => {
+                Reply::done(format!("sent to {taken} instance(s) or host(s)"))
+            }
+            Routed { taken, full } => Reply::done(format!(
+                "sent to {taken} instance(s) or host(s); {full} did not take it (queue full)"
+            )),
         }
     }
 
@@ -289,8 +316,16 @@ impl State {
             id: None,
             reply_to: None,
         };
-        let n = self.route_out(env);
-        Reply::done(format!("published to {n} subscriber(s) or host(s)"))
+        let r = self.route_out(env);
+        let full = if r.full > 0 {
+            format!("; {} subscriber(s) did not take it (queue full)", r.full)
+        } else {
+            String::new()
+        };
+        Reply::done(format!(
+            "published to {} subscriber(s) or host(s){full}",
+            r.taken
+        ))
     }
 
     pub(super) fn cli_request(
@@ -349,7 +384,7 @@ impl State {
             if !self.push(pid, &delivery(&env, Some(n))) {
                 return Err((
                     requester,
-                    ErrorCode::NoRecipient,
+                    ErrorCode::QueueFull,
                     format!("{to} did not take the request (its queue is full)"),
                 ));
             }
@@ -499,8 +534,15 @@ impl State {
                     id: None,
                     reply_to: None,
                 };
-                if self.route_out(env) == 0 {
-                    self.reject(pid, None, format!("no running instance matches {to:?}"));
+                let r = self.route_out(env);
+                if r.taken == 0 && r.full > 0 {
+                    self.refuse(
+                        pid,
+                        None,
+                        format!("{to:?} did not take the message: its queue is full"),
+                    );
+                } else if r.taken == 0 {
+                    self.refuse(pid, None, format!("no running instance matches {to:?}"));
                 }
             }
             Some("publish") => {
@@ -541,10 +583,14 @@ impl State {
                         .min(600_000),
                 );
                 let requester = Requester::Instance { pid, id };
-                if let Err((Requester::Instance { pid, id }, _, why)) =
+                if let Err((Requester::Instance { pid, id }, code, why)) =
                     self.start_request(requester, from, &to, topic, data, timeout)
                 {
-                    self.reject(pid, Some(id), why);
+                    if code == ErrorCode::BadRequest {
+                        self.reject(pid, Some(id), why);
+                    } else {
+                        self.refuse(pid, Some(id), why);
+                    }
                 }
             }
             _ => {
@@ -727,6 +773,7 @@ impl Bus {
             routed: self.routed,
             no_recipient: self.no_recipient,
             rejected: self.rejected,
+            dropped: self.dropped,
             subs: self
                 .subs
                 .iter()
@@ -743,6 +790,7 @@ impl Bus {
         self.routed = s.routed;
         self.no_recipient = s.no_recipient;
         self.rejected = s.rejected;
+        self.dropped = s.dropped;
         self.subs = s
             .subs
             .into_iter()
