@@ -38,6 +38,7 @@ pub struct Bus {
     pending: Pending,
     next: Arc<AtomicU64>,
     incoming: Arc<tokio::sync::Mutex<mpsc::Receiver<Message>>>,
+    dropped: Arc<AtomicU64>,
 }
 
 /// A message for this instance: sent to it, published on a topic it subscribed to, or a
@@ -105,6 +106,8 @@ impl Bus {
         let (tx, rx) = mpsc::channel(1024);
         let reader_pending = pending.clone();
         let reader_writer = writer.clone();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let reader_dropped = dropped.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -133,8 +136,14 @@ impl Bus {
                             request: v.get("request").and_then(Value::as_u64),
                             writer: Some(reader_writer.clone()),
                         };
-                        // A full queue drops, as the daemon does for instances that do not read.
-                        let _ = tx.try_send(msg);
+                        // A full queue drops, as the daemon does for instances that do not read
+                        // (replies to requests still get through); it is counted and said.
+                        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg) {
+                            let n = reader_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                eprintln!("herd bus: {n} message(s) dropped so far: this program does not call Bus::recv fast enough (1024 are kept)");
+                            }
+                        }
                     }
                     Some("error") => {
                         eprintln!("herd bus: {}", v["error"].as_str().unwrap_or("error"))
@@ -148,7 +157,13 @@ impl Bus {
             pending,
             next: Arc::new(AtomicU64::new(1)),
             incoming: Arc::new(tokio::sync::Mutex::new(rx)),
+            dropped,
         })
+    }
+
+    /// Messages dropped because [`Bus::recv`] was not called fast enough (1024 wait at most).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Sends to instances: `api:3`, `api` (each), `*` (all), optionally `@host`.
