@@ -199,3 +199,29 @@ fn herd_run_takes_an_app_file() {
         assert!(!alive(p));
     }
 }
+
+/// In a container nobody reads log files: herd's own notes (why an instance gave up) reach
+/// `herd run`'s stderr, and the exit status says it failed.
+#[test]
+fn herd_run_prints_why_an_instance_gave_up() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let crash = script(dir.path(), "crash.sh", "#!/bin/sh\necho boom >&2\nexit 3\n");
+    let out = h
+        .command(&[
+            "run",
+            crash.to_str().unwrap(),
+            "--name",
+            "crash",
+            "--max-restarts",
+            "1",
+            "--restart-delay",
+            "10ms",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("crash:0 ! boom"), "{err}");
+    assert!(err.contains("marked errored"), "{err}");
+}

@@ -39,6 +39,8 @@ pub struct LogFile {
     size: u64,
     max_size: u64,
     keep: u32,
+    /// Where herd's own notes about this slot also go (followers, `herd run`).
+    notes: Option<(LogBus, Arc<str>, u32, LogStream)>,
 }
 
 /// A log file shared by the processes of one slot (during a reload two write to it).
@@ -58,7 +60,41 @@ impl LogFile {
             size,
             max_size: spec.max_size.max(1024),
             keep: spec.keep,
+            notes: None,
         })
+    }
+
+    /// Also sends herd's notes ([`LogFile::note`]) to followers, as lines of this instance.
+    pub fn announce(
+        mut self,
+        bus: LogBus,
+        app: Arc<str>,
+        instance: u32,
+        stream: LogStream,
+    ) -> Self {
+        self.notes = Some((bus, app, instance, stream));
+        self
+    }
+
+    /// Writes one of herd's own notes (`[herd] …`), stamped, and tells followers.
+    pub fn note(&mut self, note: &str) {
+        let line = format!(
+            "{} {note}\n",
+            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+        );
+        if let Err(e) = self.write(line.as_bytes()) {
+            tracing::warn!(path = %self.path.display(), "cannot write log: {e}");
+        }
+        if let Some((bus, app, instance, stream)) = &self.notes {
+            if bus.receiver_count() > 0 {
+                let _ = bus.send(Arc::new(LogEvent {
+                    app: app.clone(),
+                    instance: *instance,
+                    stream: *stream,
+                    line: note.to_string(),
+                }));
+            }
+        }
     }
 
     /// Appends bytes, rotating first if they would pass the size limit.

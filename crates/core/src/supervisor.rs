@@ -1465,12 +1465,8 @@ pub fn log_path(dir: &Path, app: &str, instance: u32, stream: LogStream) -> Path
 }
 
 fn write_note(file: &SharedLog, note: &str) {
-    let line = format!(
-        "{} {note}\n",
-        humantime::format_rfc3339_millis(std::time::SystemTime::now())
-    );
     if let Ok(mut f) = file.lock() {
-        let _ = f.write(line.as_bytes());
+        f.note(note);
     }
 }
 

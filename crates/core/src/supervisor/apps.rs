@@ -78,10 +78,18 @@ impl State {
     }
 
     pub(super) fn new_slot(&self, spec: &AppSpec, index: u32) -> Result<Slot, String> {
+        let name: Arc<str> = Arc::from(spec.name.as_str());
         let open = |s| {
             let path = log_path(&self.cfg.log_dir, &spec.name, index, s);
             LogFile::open(path.clone(), &spec.log)
-                .map(|f| Arc::new(Mutex::new(f)))
+                .map(|f| {
+                    Arc::new(Mutex::new(f.announce(
+                        self.logs.clone(),
+                        name.clone(),
+                        index,
+                        s,
+                    )))
+                })
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
         };
         Ok(Slot {
