@@ -120,25 +120,29 @@ impl Client {
     ///
     /// While the daemon is being updated (`herd update`) a command is refused with `busy`
     /// (it did nothing) and is sent again. A connection the old program accepted but had not
-    /// read from is closed by the update: if the daemon still answers on a new connection,
-    /// the command is sent again on it (it was not carried out: the daemon answers every
-    /// request it read before it hands over).
+    /// read from is cut by the update (the request is refused with a reset, or cannot be
+    /// written): the command was not carried out and is sent again on a new connection. A
+    /// connection closed after the request was read is retried only for commands that just
+    /// read (`ping`, `list`, `describe`): another command may have been carried out.
     pub fn call(&mut self, cmd: Command) -> Result<Reply> {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let read_only = matches!(
+            cmd,
+            Command::Ping | Command::List | Command::Describe { .. }
+        );
+        let gone = || {
+            anyhow::anyhow!("the herd daemon closed the connection without answering; see its log (daemon.log in HERD_HOME)")
+        };
         loop {
-            self.send(cmd.clone())?;
-            let closed = match self.recv()? {
-                Some(Reply::Error { error, .. }) if error.code == ErrorCode::Busy => false,
-                Some(reply) => return Ok(reply),
-                None => true,
-            };
-            let gone = || {
-                anyhow::anyhow!("the herd daemon closed the connection without answering; see its log (daemon.log in HERD_HOME)")
-            };
+            match self.send(cmd.clone()).and_then(|()| self.recv()) {
+                Ok(Some(Reply::Error { error, .. })) if error.code == ErrorCode::Busy => {}
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) if read_only => {}
+                Ok(None) => return Err(gone()),
+                Err(e) if cut_before_read(&e) => {}
+                Err(e) => return Err(e),
+            }
             if Instant::now() > deadline {
-                if closed {
-                    return Err(gone());
-                }
                 bail!("the herd daemon stayed busy (an update?) for 15 s; try again");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -147,6 +151,20 @@ impl Client {
             }
         }
     }
+}
+
+/// A connection the daemon closed without reading the request: a write that found it closed,
+/// or a read refused with a reset (the kernel resets a Unix connection closed with unread
+/// data).
+fn cut_before_read(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        })
 }
 
 use std::io::Read as _;

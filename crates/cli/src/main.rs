@@ -414,37 +414,64 @@ fn daemon(home: &Home) -> Result<ExitCode> {
     if swept > 0 {
         tracing::warn!("killed {swept} processes left by a daemon that died without stopping them");
     }
-    run_daemon(home, &lock, None)
+    run_daemon(home, &lock)
 }
 
 /// The daemon after `herd update`: the same process, running the new binary, with the
-/// previous program's state and fds.
+/// previous program's state and fds. Whatever goes wrong before the state is taken over gives
+/// it back to the previous program (executed again from the fd it left), so no instance is
+/// lost to a broken binary.
 fn daemon_after_update(home: &Home, fd: i32) -> Result<ExitCode> {
+    use herd_core::handover;
     init_tracing();
-    let handover = herd_core::handover::read(fd)
-        .context("reading the state handed over by the previous daemon")?;
+    let fail = |why: String| -> anyhow::Error {
+        tracing::error!("cannot take over from the previous daemon: {why}");
+        let e = handover::fall_back(fd, &why);
+        anyhow::anyhow!("cannot take over from the previous daemon: {why}; {e}")
+    };
+    // Fault injection for the tests of the way back: a takeover that fails (not honoured by
+    // the previous program when it runs again).
+    if let Ok(why) = std::env::var(handover::FAULT_ENV) {
+        if std::env::var_os(handover::FAILED_ENV).is_none() {
+            return Err(fail(why));
+        }
+    }
+    let handover = handover::read(fd).map_err(|e| fail(format!("reading the handover: {e}")))?;
     let lock_fd = handover
         .daemon_fds
         .get("lock")
         .copied()
-        .filter(|&fd| herd_core::handover::is_open(fd))
-        .context("the handover has no lock")?;
-    // SAFETY: the lock fd listed in the handover, taken once here.
-    let lock = unsafe { herd_daemon::Lock::adopt(lock_fd) };
-    run_daemon(home, &lock, Some(handover))
+        .filter(|&fd| handover::is_open(fd))
+        .ok_or_else(|| fail("the handover has no lock".into()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("starting the runtime: {e}")))?;
+    // The lock fd stays open as it is (close-on-exec is set once the state is taken over).
+    let s = &handover.supervisor;
+    // The settings the daemon ran with: config.toml is read again at the next fresh start.
+    let settings = herd_daemon::Settings {
+        host: s.host.clone(),
+        bus: s.bus_url.clone(),
+        max_message_bytes: s.max_message_bytes,
+    };
+    rt.block_on(herd_daemon::serve(
+        home,
+        settings,
+        lock_fd,
+        Some((handover, fd)),
+    ))
+    .context("running the daemon")?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn run_daemon(
-    home: &Home,
-    lock: &herd_daemon::Lock,
-    handover: Option<herd_core::handover::Handover>,
-) -> Result<ExitCode> {
+fn run_daemon(home: &Home, lock: &herd_daemon::Lock) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let settings = herd_daemon::load_settings(home).map_err(anyhow::Error::msg)?;
-    rt.block_on(herd_daemon::serve(home, settings, lock.raw_fd(), handover))
+    rt.block_on(herd_daemon::serve(home, settings, lock.raw_fd(), None))
         .context("running the daemon")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -298,3 +298,73 @@ fn a_refused_update_leaves_the_daemon_as_it_was() {
     assert_eq!(h.daemon_pid().filter(|&p| alive(p as u32)), None);
     h.finish();
 }
+
+/// A new binary that cannot take over gives the state back: the previous program runs again
+/// (from the fd it kept, even if its file was replaced) and every instance goes on.
+#[test]
+fn a_new_binary_that_cannot_take_over_gives_everything_back() {
+    use std::io::{BufRead, Write};
+    let h = Herd::new();
+    let bins = tempfile::tempdir().unwrap();
+    let old = copy_of_herd(bins.path(), "old");
+    let port = free_port();
+    ok_with(
+        &h,
+        &old,
+        &[
+            "start",
+            hello_bin().to_str().unwrap(),
+            "--name",
+            "rs",
+            "-i",
+            "2",
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    let daemon = h.daemon_pid().unwrap();
+    let pids = h.pids("rs");
+    // The "new release": it fails while taking over (simulated by HERD_FAULT_TAKEOVER).
+    let broken = script(
+        bins.path(),
+        "broken-herd",
+        &format!(
+            "#!/bin/sh\nHERD_FAULT_TAKEOVER='simulated failure' exec {} \"$@\"\n",
+            herd_bin().display()
+        ),
+    );
+    // The old binary's file is gone meanwhile, as when a package replaces it.
+    std::fs::remove_file(&old).unwrap();
+    let loads = under_load(loopback(port), "/", 2, || {
+        let mut s = std::os::unix::net::UnixStream::connect(h.home().join("herd.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!(
+                "{{\"v\":1,\"cmd\":\"update\",\"exe\":\"{}\",\"formats\":[1]}}\n",
+                broken.display()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut reply = String::new();
+        std::io::BufReader::new(s).read_line(&mut reply).unwrap();
+        assert!(
+            reply.contains("could not take over: simulated failure"),
+            "{reply}"
+        );
+        assert!(reply.contains("runs on as it was"), "{reply}");
+    });
+    check_loads(&loads, "rust app");
+    assert_eq!(h.daemon_pid(), Some(daemon));
+    assert_eq!(h.pids("rs"), pids);
+    assert!(
+        exe_of(daemon).to_string_lossy().contains("old/herd"),
+        "{:?}",
+        exe_of(daemon)
+    );
+    // It still supervises and updates.
+    let out = h.ok(&["update"]);
+    assert!(out.contains("daemon updated in place"), "{out}");
+    assert_eq!(h.pids("rs"), pids);
+    h.finish();
+}

@@ -216,6 +216,11 @@ impl Bridge {
         }
     }
 
+    /// Whether envelopes wait to be put on the broker (while it is connected).
+    pub fn has_queued(&self) -> bool {
+        self.stats.connected.load(Ordering::Relaxed) && self.tx.capacity() < self.tx.max_capacity()
+    }
+
     /// Puts an envelope on a broker channel. Never waits: while the broker is away, or if the
     /// queue is full, the envelope is counted as lost.
     pub fn publish(&self, channel: &str, env: &Envelope) {

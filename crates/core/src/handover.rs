@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use herd_proto::{AppSpec, AppStatus, ExitInfo};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,13 @@ pub struct Handover {
 /// The supervisor's part.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SupervisorState {
+    /// The daemon's settings as it ran with them (`config.toml` is read again only by a
+    /// daemon that starts afresh).
+    pub host: String,
+    /// Broker URL.
+    pub bus_url: Option<String>,
+    /// Largest bus message.
+    pub max_message_bytes: usize,
     /// The instances' `NOTIFY_SOCKET`.
     pub notify_fd: RawFd,
     /// Id of the next app.
@@ -52,6 +59,9 @@ pub struct SupervisorState {
     pub apps: Vec<AppState>,
     /// The bus.
     pub bus: BusState,
+    /// Output pipes of exited processes still held by their children.
+    #[serde(default)]
+    pub orphan_pipes: Vec<OrphanPipe>,
 }
 
 /// One app.
@@ -146,6 +156,19 @@ pub struct ProcState {
     pub channel: Option<ChannelState>,
 }
 
+/// An output pipe still open after its process exited (its children hold it).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OrphanPipe {
+    /// App id.
+    pub app: u32,
+    /// Slot.
+    pub slot: u32,
+    /// `out` or `err`.
+    pub stream: herd_proto::LogStream,
+    /// The pipe.
+    pub pipe: PipeState,
+}
+
 /// The daemon's read end of an output pipe.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PipeState {
@@ -238,12 +261,9 @@ impl Kept {
     ///
     /// # Errors
     /// When the process is out of fds.
-    pub fn keep(&mut self, fd: RawFd) -> io::Result<RawFd> {
-        // SAFETY: `fd` is open and owned elsewhere in this process for the duration of the
-        // call (the caller holds it); it is only borrowed to duplicate it.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    pub fn keep(&mut self, fd: BorrowedFd<'_>) -> io::Result<RawFd> {
         // dup() never sets close-on-exec.
-        let dup = nix::unistd::dup(borrowed).map_err(io::Error::from)?;
+        let dup = nix::unistd::dup(fd).map_err(io::Error::from)?;
         let n = dup.as_raw_fd();
         self.fds.push(dup);
         Ok(n)
@@ -268,14 +288,20 @@ pub fn formats() -> String {
     FORMAT.to_string()
 }
 
-/// Reads the state the previous daemon left at `fd` (from [`ENV`]), and closes it.
+/// Reads the state the previous daemon left at `fd` (from [`ENV`]). The fd stays open, for
+/// [`fall_back`]; [`close`] it once the state is taken over.
 ///
 /// # Errors
 /// When the fd cannot be read or holds a format this build does not read.
 pub fn read(fd: RawFd) -> io::Result<Handover> {
-    // SAFETY: the previous daemon passed this fd to us alone for this purpose; nothing else in
-    // this process knows it.
-    let mut file = std::fs::File::from(unsafe { adopt(fd) });
+    if !is_open(fd) {
+        return Err(io::Error::other(format!("{ENV}={fd} is not an open fd")));
+    }
+    // SAFETY: the previous daemon passed this fd to us alone for this purpose; it is only
+    // borrowed here (the ManuallyDrop keeps it open).
+    let mut file =
+        std::mem::ManuallyDrop::new(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+    file.rewind()?;
     let mut text = Vec::new();
     file.read_to_end(&mut text)?;
     let v: serde_json::Value = serde_json::from_slice(&text).map_err(io::Error::other)?;
@@ -287,6 +313,104 @@ pub fn read(fd: RawFd) -> io::Result<Handover> {
     }
     serde_json::from_value(v).map_err(io::Error::other)
 }
+
+/// Closes the handover's memfd and the previous program's fd once the state is taken over.
+pub fn close(fd: RawFd) {
+    let exe = std::env::var(EXE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok());
+    for fd in std::iter::once(fd).chain(exe) {
+        if is_open(fd) {
+            // SAFETY: these fds were passed for the handover alone and are not used after.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+}
+
+/// Every fd a handover names, to close on exec at once: any the new program does not take
+/// over must not outlive the next update nor reach instances.
+pub fn fds(h: &Handover) -> Vec<RawFd> {
+    let s = &h.supervisor;
+    let mut out: Vec<RawFd> = h.daemon_fds.values().copied().collect();
+    out.extend(h.reply_fd);
+    out.push(s.notify_fd);
+    let listener = |l: &ListenerState, out: &mut Vec<RawFd>| {
+        out.extend(l.shared);
+        out.extend(l.by_slot.iter().flatten());
+    };
+    for a in &s.apps {
+        for l in &a.listeners {
+            listener(l, &mut out);
+        }
+        for (_, l) in &a.extra {
+            listener(l, &mut out);
+        }
+        for slot in &a.slots {
+            if let Some(p) = &slot.process {
+                out.extend(p.out.iter().map(|p| p.fd));
+                out.extend(p.err.iter().map(|p| p.fd));
+                if let Some(c) = &p.channel {
+                    out.push(c.fd);
+                    out.extend(c.queued.iter().filter_map(|q| q.1));
+                }
+            }
+        }
+    }
+    out.extend(s.orphan_pipes.iter().map(|o| o.pipe.fd));
+    out
+}
+
+/// Marks `fd` close-on-exec.
+pub fn set_cloexec(fd: RawFd) {
+    // SAFETY: F_SETFD only changes the descriptor's flags; an fd that is not open gives EBADF.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// The new program could not take over: executes the previous one again with the same state
+/// (the memfd is read again from its start), telling it why (`HERD_UPDATE_FAILED`). Returns
+/// only if that is not possible: no previous program kept, or this already is the fallback.
+pub fn fall_back(memfd: RawFd, why: &str) -> io::Error {
+    if std::env::var_os(FAILED_ENV).is_some() {
+        return io::Error::other("the previous program could not take its state back either");
+    }
+    let Some(exe) = std::env::var(EXE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+        .filter(|&fd| is_open(fd))
+    else {
+        return io::Error::other("the previous program was not kept");
+    };
+    let mut env: Vec<std::ffi::CString> = std::env::vars_os()
+        .filter(|(k, _)| k != ENV && k != FAILED_ENV && k != EXE_ENV && k != FAULT_ENV)
+        .filter_map(|(k, v)| {
+            use std::os::unix::ffi::OsStrExt;
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            std::ffi::CString::new(kv).ok()
+        })
+        .collect();
+    env.push(std::ffi::CString::new(format!("{ENV}={memfd}")).expect("no NUL"));
+    let why = why.replace('\0', " ");
+    env.push(std::ffi::CString::new(format!("{FAILED_ENV}={why}")).expect("no NUL"));
+    let argv = [c"herd".to_owned(), c"daemon".to_owned()];
+    // SAFETY: `exe` is the fd of the previous program, kept for this; it is only borrowed.
+    let exe = unsafe { BorrowedFd::borrow_raw(exe) };
+    match nix::unistd::execveat(exe, c"", &argv, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH) {
+        Ok(never) => match never {},
+        Err(e) => io::Error::from(e),
+    }
+}
+
+/// Set, with the reason, when a daemon runs again after its successor could not take over.
+pub const FAILED_ENV: &str = "HERD_UPDATE_FAILED";
+
+/// Fault injection for tests: a new program that has it fails to take over (the previous
+/// one, run again, does not get it).
+pub const FAULT_ENV: &str = "HERD_FAULT_TAKEOVER";
+
+/// The fd of the previous program, for [`fall_back`].
+pub const EXE_ENV: &str = "HERD_HANDOVER_EXE_FD";
 
 /// Takes ownership of an fd inherited through a handover.
 ///

@@ -216,11 +216,11 @@ impl Listener {
             group: Vec::new(),
         };
         match &self.kind {
-            Kind::Shared(fd) => state.shared = Some(kept.keep(fd.as_raw_fd())?),
+            Kind::Shared(fd) => state.shared = Some(kept.keep(fd.as_fd())?),
             Kind::PerSlot { by_slot, group } => {
                 for fd in by_slot {
                     state.by_slot.push(match fd {
-                        Some(fd) => Some(kept.keep(fd.as_raw_fd())?),
+                        Some(fd) => Some(kept.keep(fd.as_fd())?),
                         None => None,
                     });
                 }

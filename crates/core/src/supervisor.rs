@@ -262,6 +262,20 @@ impl Supervisor {
                 }
             }
         });
+        // Everything that can fail comes before the first inherited fd is taken: a daemon that
+        // cannot take over gives the whole state back to the previous program untouched.
+        let bridge = match &config.bus_url {
+            Some(url) => {
+                let remote_tx = tx.clone();
+                Some(
+                    crate::bus::Bridge::start(url, &config.host, move |env| {
+                        let _ = remote_tx.send(Event::Remote(env));
+                    })
+                    .map_err(std::io::Error::other)?,
+                )
+            }
+            None => None,
+        };
         let notify_sock = match &adopted {
             Some(a) if crate::handover::is_open(a.notify_fd) => {
                 // SAFETY: listed by the previous daemon, taken once here.
@@ -277,18 +291,6 @@ impl Supervisor {
         tokio::spawn(notify::serve(notify_sock, move |n| {
             let _ = notify_tx.send(Event::Notice(n));
         }));
-        let bridge = match &config.bus_url {
-            Some(url) => {
-                let remote_tx = tx.clone();
-                Some(
-                    crate::bus::Bridge::start(url, &config.host, move |env| {
-                        let _ = remote_tx.send(Event::Remote(env));
-                    })
-                    .map_err(std::io::Error::other)?,
-                )
-            }
-            None => None,
-        };
         let bus = bus::Bus::new(config.host.clone(), config.max_message_bytes, bridge);
         let monitor = bus.monitor.clone();
         let (lifecycle, _) = broadcast::channel(1024);
@@ -309,6 +311,7 @@ impl Supervisor {
             done: false,
             updating: None,
             notify_fd,
+            pumps: Vec::new(),
         };
         let mut state = state;
         if let Some(a) = adopted {
@@ -549,6 +552,8 @@ struct App {
     watch_gen: u64,
     /// Bumped each time `--update-env` changes the environment.
     env_version: u32,
+    /// A watched file changed and the debounce has not yet passed.
+    watch_pending: bool,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -624,6 +629,8 @@ struct State {
     updating: Option<update::Update>,
     /// The notify socket (owned by its task, which never ends).
     notify_fd: std::os::fd::RawFd,
+    /// Every output pump that may still run: (app, slot, stream, state).
+    pumps: Vec<(u32, u32, LogStream, Arc<logs::PumpState>)>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
@@ -650,10 +657,11 @@ impl State {
                     continue;
                 }
             };
+            let retry = matches!(event, Event::UpdateRetry);
             self.handle(event);
             self.after_event();
             if self.updating.is_some() {
-                self.update_step(&mut rx, &mut ipc_rx);
+                self.update_step(&mut rx, &mut ipc_rx, !retry);
             }
             if self.done {
                 break;
@@ -706,6 +714,7 @@ impl State {
             Event::FileChanged { app } => {
                 if let Some(a) = self.apps.get_mut(&app) {
                     a.watch_gen += 1;
+                    a.watch_pending = true;
                     let gen = a.watch_gen;
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
@@ -715,9 +724,14 @@ impl State {
                 }
             }
             Event::WatchSettled { app, gen } => {
-                let due = self.apps.get(&app).is_some_and(|a| {
-                    a.watch_gen == gen && a.status == AppStatus::Running && a.watcher.is_some()
-                });
+                let Some(a) = self.apps.get_mut(&app) else {
+                    return;
+                };
+                if a.watch_gen == gen {
+                    a.watch_pending = false;
+                }
+                let due =
+                    a.watch_gen == gen && a.status == AppStatus::Running && a.watcher.is_some();
                 if due {
                     tracing::info!(app = %self.apps[&app].spec.name, "watched files changed; reloading");
                     let _ = self.start_reload(app);

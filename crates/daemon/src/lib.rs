@@ -171,18 +171,6 @@ impl Lock {
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self._file)
     }
-
-    /// The lock an earlier daemon held and handed over (`herd update`): the same open file,
-    /// so the lock was never released.
-    ///
-    /// # Safety
-    /// `fd` must be the lock fd listed in the handover, adopted once.
-    pub unsafe fn adopt(fd: std::os::fd::RawFd) -> Self {
-        // SAFETY: guaranteed by the caller.
-        Self {
-            _file: File::from(unsafe { herd_core::handover::adopt(fd) }),
-        }
-    }
 }
 
 /// Takes the home's lock, or returns `None` if another daemon holds it.

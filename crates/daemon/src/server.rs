@@ -31,7 +31,7 @@ pub async fn serve(
     home: &Home,
     settings: crate::Settings,
     lock_fd: RawFd,
-    handover: Option<Handover>,
+    handover: Option<(Handover, RawFd)>,
 ) -> io::Result<()> {
     let config = Config {
         host: settings.host,
@@ -53,34 +53,68 @@ pub async fn serve(
             tracing::info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
             (sup, done, listener)
         }
-        Some(h) => {
-            // The control socket never closed: connections made during the update wait in
-            // its queue and are served now.
-            let fd = h
-                .daemon_fds
-                .get("control")
-                .copied()
-                .filter(|&fd| handover::is_open(fd))
-                .ok_or_else(|| io::Error::other("the handover has no control socket"))?;
-            // SAFETY: listed by the previous daemon, taken once here.
-            let std_listener =
-                std::os::unix::net::UnixListener::from(unsafe { handover::adopt(fd) });
-            std_listener.set_nonblocking(true)?;
-            let listener = UnixListener::from_std(std_listener)?;
+        Some((h, memfd)) => {
             let began = h.began_unix_ms;
             let from = h.from_version.clone();
             let reply_fd = h.reply_fd.filter(|&fd| handover::is_open(fd));
-            let (sup, done) = Supervisor::adopt(config, h.supervisor)?;
+            let control = h
+                .daemon_fds
+                .get("control")
+                .copied()
+                .filter(|&fd| handover::is_open(fd));
+            let Some(control) = control else {
+                let e = handover::fall_back(memfd, "the handover has no control socket");
+                return Err(io::Error::other(format!(
+                    "the handover has no control socket; {e}"
+                )));
+            };
+            let listed = handover::fds(&h);
+            let (sup, done) = match Supervisor::adopt(config, h.supervisor) {
+                Ok(s) => s,
+                Err(e) => {
+                    let why = format!("the new daemon could not start its supervisor: {e}");
+                    let e2 = handover::fall_back(memfd, &why);
+                    return Err(io::Error::other(format!("{why}; {e2}")));
+                }
+            };
+            handover::close(memfd);
+            // Taken over: every fd listed (the lock too, which stays open under its number)
+            // closes at the next exec, where the next update keeps its own duplicates.
+            for fd in listed {
+                handover::set_cloexec(fd);
+            }
+            // The control socket never closed: connections made during the update wait in
+            // its queue and are served now.
+            // SAFETY: listed by the previous daemon, taken once here.
+            let std_listener =
+                std::os::unix::net::UnixListener::from(unsafe { handover::adopt(control) });
+            std_listener.set_nonblocking(true)?;
+            let listener = UnixListener::from_std(std_listener)?;
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             let took = now_ms.saturating_sub(began);
-            tracing::info!(pid = std::process::id(), from = %from, "daemon updated in place in {took} ms");
+            let failed = std::env::var(handover::FAILED_ENV).ok();
+            match &failed {
+                Some(why) => tracing::warn!(
+                    pid = std::process::id(),
+                    "the new binary could not take over ({why}); this one runs on"
+                ),
+                None => tracing::info!(
+                    pid = std::process::id(),
+                    from = %from,
+                    "daemon updated in place in {took} ms"
+                ),
+            }
             if let Some(fd) = reply_fd {
                 // SAFETY: listed by the previous daemon, taken once here.
                 let conn = unsafe { handover::adopt(fd) };
-                let reply = match sup.request(Command::List).await {
-                    Reply::Apps { apps, .. } => {
+                let reply = match (&failed, sup.request(Command::List).await) {
+                    (Some(why), _) => Reply::error(
+                        ErrorCode::Update,
+                        format!("the new binary could not take over: {why}; the daemon (pid {}, herd {}) runs on as it was", std::process::id(), env!("CARGO_PKG_VERSION")),
+                    ),
+                    (None, Reply::Apps { apps, .. }) => {
                         let n: usize = apps
                             .iter()
                             .map(|a| a.processes.iter().filter(|p| p.pid.is_some()).count())
@@ -91,7 +125,7 @@ pub async fn serve(
                             env!("CARGO_PKG_VERSION")
                         ))
                     }
-                    other => other,
+                    (None, other) => other,
                 };
                 let mut file = std::fs::File::from(conn);
                 let _ = std::io::Write::write_all(&mut file, &encode_line(&reply));
@@ -226,6 +260,10 @@ async fn connection(
             }
             Command::Bus { topics } => return stream_bus(conn, &sup, topics).await,
             Command::Update { exe, formats } => {
+                if *updating.borrow() {
+                    let reply = Reply::error(ErrorCode::Update, "an update is already in progress");
+                    return send(&mut conn, &reply).await;
+                }
                 let reply_fd = conn.as_fd().try_clone_to_owned()?;
                 updating.send_replace(true);
                 let reply = sup

@@ -56,6 +56,7 @@ impl State {
                 watcher: None,
                 watch_gen: 0,
                 env_version: 1,
+                watch_pending: false,
             },
         );
         if let Err(e) = self.start_watching(id) {
@@ -104,6 +105,27 @@ impl State {
             err: open(LogStream::Err)?,
             timer_at: None,
         })
+    }
+
+    /// A slot whose output is discarded (its log file could not be opened).
+    pub(super) fn null_slot(&self, spec: &AppSpec, index: u32) -> Slot {
+        let open = || {
+            let f = LogFile::open(PathBuf::from("/dev/null"), &spec.log)
+                .expect("/dev/null opens for appending");
+            Arc::new(Mutex::new(f))
+        };
+        Slot {
+            index,
+            state: SlotState::Stopped,
+            next: None,
+            gen: 0,
+            restarts: 0,
+            history: History::default(),
+            last_exit: None,
+            out: open(),
+            err: open(),
+            timer_at: None,
+        }
     }
 
     pub(super) fn bind_listeners(
@@ -176,6 +198,7 @@ impl State {
         let app = self.apps.get_mut(&id).expect("resolved");
         app.status = AppStatus::Stopped;
         app.watcher = None;
+        app.watch_pending = false;
         if app.reload.take().is_some() {
             self.reload_errors.insert(
                 id,

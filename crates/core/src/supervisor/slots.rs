@@ -165,7 +165,7 @@ impl State {
 
     /// Copies one output pipe of a process of slot `i` to the slot's log file and followers.
     pub(super) fn start_pump(
-        &self,
+        &mut self,
         id: u32,
         i: u32,
         stream: LogStream,
@@ -193,6 +193,9 @@ impl State {
                         state: state.clone(),
                     },
                 ));
+                self.pumps
+                    .retain(|p| !p.3.done.load(std::sync::atomic::Ordering::Acquire));
+                self.pumps.push((id, i, stream, state.clone()));
                 Some(state)
             }
             Err(e) => {

@@ -11,7 +11,7 @@
 //! If `execve` fails, the duplicates are closed and the daemon goes on as it was.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::*;
@@ -53,7 +53,11 @@ pub struct UpdateRequest {
 impl State {
     pub(super) fn on_update(&mut self, req: UpdateRequest, reply: oneshot::Sender<Reply>) {
         if self.updating.is_some() {
-            let _ = reply.send(err(ErrorCode::Busy, "an update is already in progress"));
+            let _ = reply.send(err(ErrorCode::Update, "an update is already in progress"));
+            return;
+        }
+        if self.shutting_down {
+            let _ = reply.send(err(ErrorCode::ShuttingDown, "the daemon is shutting down"));
             return;
         }
         if !req.formats.contains(&handover::FORMAT) {
@@ -101,11 +105,12 @@ impl State {
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Event>,
         ipc_rx: &mut mpsc::Receiver<Event>,
+        handled_before: bool,
     ) {
         // Handle whatever is queued, so nothing that already happened is left behind. Replies
         // made now are written by the connections' tasks in their next turn, so a look that
         // handled anything is not quiet.
-        let mut handled = false;
+        let mut handled = handled_before;
         for _ in 0..100_000 {
             let e = match rx.try_recv() {
                 Ok(e) => e,
@@ -169,9 +174,17 @@ impl State {
         };
         let u = self.updating.as_ref().expect("checked");
         let mut daemon_fds = BTreeMap::new();
-        let reply_fd = kept.keep(u.reply_fd.as_raw_fd());
+        let reply_fd = kept.keep(u.reply_fd.as_fd());
+        // The running program, to go back to if the new one cannot take over.
+        let previous_exe_fd = std::fs::File::open("/proc/self/exe")
+            .and_then(|f| kept.keep(f.as_fd()))
+            .ok();
+        let u = self.updating.as_ref().expect("checked");
         for (name, fd) in &u.daemon_fds {
-            match kept.keep(*fd) {
+            // SAFETY: the daemon holds these fds open for its whole life (the control socket
+            // and the lock); they are only borrowed to duplicate them.
+            let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
+            match kept.keep(fd) {
                 Ok(n) => {
                     daemon_fds.insert(name.clone(), n);
                 }
@@ -201,7 +214,7 @@ impl State {
         };
         let exe = u.exe.clone();
         tracing::info!(exe = %exe.display(), "handing over to the new binary");
-        let e = exec(&exe, memfd.as_raw_fd());
+        let e = exec(&exe, memfd.as_raw_fd(), previous_exe_fd);
         // Still here: the new binary did not start. Its fds are closed; go on as before.
         drop(kept);
         drop(memfd);
@@ -223,6 +236,9 @@ impl State {
         if self.bus.cli_waiting() {
             return Some("a `herd request` is waiting for its reply".into());
         }
+        if self.bus.bridge.as_ref().is_some_and(|b| b.has_queued()) {
+            return Some("messages wait to be put on the broker".into());
+        }
         for app in self.apps.values() {
             let n = &app.spec.name;
             if app.reload.is_some() || !app.retiring.is_empty() {
@@ -230,6 +246,9 @@ impl State {
             }
             if app.deleting {
                 return Some(format!("app {n} is being deleted"));
+            }
+            if app.watch_pending {
+                return Some(format!("app {n} is about to reload for a changed file"));
             }
             for s in &app.slots {
                 if s.next.is_some()
@@ -302,12 +321,50 @@ impl State {
                 slots,
             });
         }
+        // SAFETY: the notify socket is owned by its task, which never ends.
+        let notify = unsafe { BorrowedFd::borrow_raw(self.notify_fd) };
+        let mut orphan_pipes = Vec::new();
+        for (app, slot, stream, pump) in self.orphan_pumps() {
+            if let Some(pipe) = export_pipe(&pump, kept)? {
+                orphan_pipes.push(handover::OrphanPipe {
+                    app,
+                    slot,
+                    stream,
+                    pipe,
+                });
+            }
+        }
         Ok(handover::SupervisorState {
-            notify_fd: kept.keep(self.notify_fd)?,
+            host: self.cfg.host.clone(),
+            bus_url: self.cfg.bus_url.clone(),
+            max_message_bytes: self.cfg.max_message_bytes,
+            notify_fd: kept.keep(notify)?,
             next_id: self.next_id,
             apps,
             bus: self.bus.export(),
+            orphan_pipes,
         })
+    }
+
+    /// Pumps still reading the output of processes that have exited (their children hold the
+    /// pipe).
+    fn orphan_pumps(&mut self) -> Vec<(u32, u32, LogStream, Arc<logs::PumpState>)> {
+        self.pumps
+            .retain(|p| !p.3.done.load(std::sync::atomic::Ordering::Acquire));
+        let live: Vec<*const logs::PumpState> = self
+            .apps
+            .values()
+            .flat_map(|a| a.slots.iter())
+            .filter_map(|s| s.state.proc())
+            .flat_map(|p| [p.out.as_ref(), p.err.as_ref()])
+            .flatten()
+            .map(Arc::as_ptr)
+            .collect();
+        self.pumps
+            .iter()
+            .filter(|p| !live.contains(&Arc::as_ptr(&p.3)))
+            .cloned()
+            .collect()
     }
 
     /// Takes over the state an earlier daemon handed over.
@@ -337,10 +394,12 @@ impl State {
                 .collect();
             let mut slots = Vec::new();
             for s in &a.slots {
-                match self.new_slot(&a.spec, s.index) {
-                    Ok(slot) => slots.push(slot),
-                    Err(e) => tracing::warn!("{e}"),
-                }
+                // A slot whose log file cannot be opened still takes its process over (its
+                // output goes nowhere, said in the daemon's log): nothing is left unsupervised.
+                slots.push(self.new_slot(&a.spec, s.index).unwrap_or_else(|e| {
+                    tracing::warn!("{e}; its output is discarded until a restart");
+                    self.null_slot(&a.spec, s.index)
+                }));
             }
             self.apps.insert(
                 id,
@@ -359,6 +418,7 @@ impl State {
                     watcher: None,
                     watch_gen: 0,
                     env_version: a.env_version,
+                    watch_pending: false,
                 },
             );
             for s in a.slots {
@@ -395,6 +455,17 @@ impl State {
             }
         }
         self.bus.import(state.bus);
+        for o in state.orphan_pipes {
+            if self
+                .apps
+                .get(&o.app)
+                .is_some_and(|a| (o.slot as usize) < a.slots.len())
+            {
+                // SAFETY: listed by the previous daemon, taken once here.
+                let fd = unsafe { handover::adopt(o.pipe.fd) };
+                self.start_pump(o.app, o.slot, o.stream, fd, o.pipe.partial);
+            }
+        }
         self.write_pids();
         tracing::info!(
             apps = self.apps.len(),
@@ -405,7 +476,7 @@ impl State {
 
     fn adopt_proc(&mut self, id: u32, i: u32, p: handover::ProcState, now: Instant) -> Proc {
         let pid = p.pid;
-        let pump = |s: &Self, stream, pipe: Option<handover::PipeState>| {
+        let pump = |s: &mut Self, stream, pipe: Option<handover::PipeState>| {
             let pipe = pipe?;
             // SAFETY: listed by the previous daemon, taken once here.
             let fd = unsafe { handover::adopt(pipe.fd) };
@@ -455,33 +526,46 @@ impl State {
     }
 }
 
+fn export_pipe(
+    s: &logs::PumpState,
+    kept: &mut Kept,
+) -> std::io::Result<Option<handover::PipeState>> {
+    if s.done.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(None);
+    }
+    // SAFETY: a pump that is not done still owns its pipe, open under this number.
+    let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
+    Ok(Some(handover::PipeState {
+        fd: kept.keep(fd)?,
+        partial: s.partial.lock().expect("never poisoned").clone(),
+    }))
+}
+
 fn export_proc(p: &Proc, kept: &mut Kept) -> std::io::Result<handover::ProcState> {
-    let mut pipe = |s: &Option<Arc<logs::PumpState>>| -> std::io::Result<_> {
-        match s {
-            Some(s) if !s.done.load(std::sync::atomic::Ordering::Acquire) => {
-                Ok(Some(handover::PipeState {
-                    fd: kept.keep(s.fd)?,
-                    partial: s.partial.lock().expect("never poisoned").clone(),
-                }))
-            }
-            _ => Ok(None),
-        }
+    let out = match &p.out {
+        Some(s) => export_pipe(s, kept)?,
+        None => None,
     };
-    let out = pipe(&p.out)?;
-    let err = pipe(&p.err)?;
+    let err = match &p.err {
+        Some(s) => export_pipe(s, kept)?,
+        None => None,
+    };
     let channel = match &p.channel {
         Some(ch) => {
             let snap = ch.snapshot();
             let mut queued = Vec::new();
             for (bytes, fd) in snap.queued {
                 let fd = match fd {
-                    Some(fd) => Some(kept.keep(fd)?),
+                    // SAFETY: the fd is owned by the queued message, which the channel holds.
+                    Some(fd) => Some(kept.keep(unsafe { BorrowedFd::borrow_raw(fd) })?),
                     None => None,
                 };
                 queued.push((bytes, fd));
             }
+            // SAFETY: the channel keeps its socket open while a handle exists.
+            let sock = unsafe { BorrowedFd::borrow_raw(ch.raw_fd()) };
             Some(handover::ChannelState {
-                fd: kept.keep(ch.raw_fd())?,
+                fd: kept.keep(sock)?,
                 unread: snap.unread,
                 skipping: snap.skipping,
                 queued,
@@ -503,14 +587,14 @@ fn export_proc(p: &Proc, kept: &mut Kept) -> std::io::Result<handover::ProcState
 }
 
 /// Executes `exe` as `herd daemon` with the handover at `memfd`; returns only on failure.
-fn exec(exe: &Path, memfd: RawFd) -> String {
+fn exec(exe: &Path, memfd: RawFd, previous: Option<RawFd>) -> String {
     let path = match CString::new(exe.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(_) => return "the path holds a NUL byte".into(),
     };
     let argv = [path.clone(), c"daemon".to_owned()];
     let mut env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != handover::ENV)
+        .filter(|(k, _)| k != handover::ENV && k != handover::EXE_ENV && k != handover::FAILED_ENV)
         .filter_map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -519,6 +603,9 @@ fn exec(exe: &Path, memfd: RawFd) -> String {
         })
         .collect();
     env.push(CString::new(format!("{}={memfd}", handover::ENV)).expect("no NUL"));
+    if let Some(fd) = previous {
+        env.push(CString::new(format!("{}={fd}", handover::EXE_ENV)).expect("no NUL"));
+    }
     match nix::unistd::execve(&path, &argv, &env) {
         Ok(never) => match never {},
         Err(e) => e.to_string(),
