@@ -368,3 +368,37 @@ fn a_new_binary_that_cannot_take_over_gives_everything_back() {
     assert_eq!(h.pids("rs"), pids);
     h.finish();
 }
+
+/// Output of a program whose instance has exited but whose detached child still holds the
+/// pipe is read on after the update (the pipe crosses it, with its half-written line).
+#[test]
+fn output_of_a_detached_child_crosses_the_update() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let prog = script(
+        dir.path(),
+        "detach.sh",
+        "#!/bin/sh\nsetsid sh -c 'printf \"child-\"; sleep 2; echo line; sleep 1' &\nsleep 0.5\nexit 0\n",
+    );
+    h.ok(&[
+        "start",
+        prog.to_str().unwrap(),
+        "--name",
+        "det",
+        "--no-autorestart",
+        "--time",
+    ]);
+    wait_until(Duration::from_secs(5), || {
+        let s = h.statuses("det");
+        (s == ["exited"]).then_some(()).ok_or(s)
+    })
+    .unwrap();
+    let out = h.ok(&["update"]);
+    assert!(out.contains("daemon updated in place"), "{out}");
+    let logs = wait_until(Duration::from_secs(8), || {
+        let l = h.ok(&["logs", "det", "--lines", "5"]);
+        l.contains("child-line").then_some(l.clone()).ok_or(l)
+    });
+    assert!(logs.is_ok(), "{logs:?}");
+    h.finish();
+}
