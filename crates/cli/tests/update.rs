@@ -17,15 +17,21 @@ fn copy_of_herd(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-fn ok_with(h: &Herd, bin: &Path, args: &[&str]) -> String {
-    let out = h.command_with(bin, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "herd {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Starts the test server as app `rs` with `-i 2` on `port`, by the daemon of `bin`.
+fn start_rs(h: &Herd, bin: &Path, port: u16) {
+    let hello = hello_bin();
+    let port = port.to_string();
+    let args = [
+        "start",
+        hello.to_str().unwrap(),
+        "--name",
+        "rs",
+        "-i",
+        "2",
+        "--port",
+        &port,
+    ];
+    h.ok_with(bin, &args);
 }
 
 fn all_pids(h: &Herd) -> Vec<u32> {
@@ -62,27 +68,12 @@ fn update_under_load_keeps_every_pid_and_fails_no_request() {
     let old = copy_of_herd(bins.path(), "old");
     let new = copy_of_herd(bins.path(), "new");
     let (rust_port, node_port) = (free_port(), free_port());
-    let rp = rust_port.to_string();
-    ok_with(
-        &h,
-        &old,
-        &[
-            "start",
-            hello_bin().to_str().unwrap(),
-            "--name",
-            "rs",
-            "-i",
-            "2",
-            "--port",
-            &rp,
-        ],
-    );
+    start_rs(&h, &old, rust_port);
     let node = node_fixture();
     if let Some(base) = &node {
         let np = node_port.to_string();
         let script = base.join("apps/http.js");
-        ok_with(
-            &h,
+        h.ok_with(
             &old,
             &[
                 "start",
@@ -104,8 +95,7 @@ fn update_under_load_keeps_every_pid_and_fails_no_request() {
         "half.sh",
         "#!/bin/sh\nprintf 'before-'\nsleep 3\necho after\nexec sleep 1000\n",
     );
-    ok_with(
-        &h,
+    h.ok_with(
         &old,
         &["start", half.to_str().unwrap(), "--name", "half", "--time"],
     );
@@ -165,7 +155,7 @@ fn update_under_load_keeps_every_pid_and_fails_no_request() {
     let rust_loads = under_load(loopback(rust_port), "/", 2, || {
         let mut during = || {
             for _ in 0..3 {
-                messages.push(ok_with(&h, &new, &["update"]));
+                messages.push(h.ok_with(&new, &["update"]));
                 std::thread::sleep(Duration::from_millis(100));
             }
         };
@@ -308,20 +298,7 @@ fn a_new_binary_that_cannot_take_over_gives_everything_back() {
     let bins = tempfile::tempdir().unwrap();
     let old = copy_of_herd(bins.path(), "old");
     let port = free_port();
-    ok_with(
-        &h,
-        &old,
-        &[
-            "start",
-            hello_bin().to_str().unwrap(),
-            "--name",
-            "rs",
-            "-i",
-            "2",
-            "--port",
-            &port.to_string(),
-        ],
-    );
+    start_rs(&h, &old, port);
     let daemon = h.daemon_pid().unwrap();
     let pids = h.pids("rs");
     // The "new release": it fails while taking over (simulated by HERD_FAULT_TAKEOVER).

@@ -522,6 +522,21 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(index: u32, out: SharedLog, err: SharedLog) -> Self {
+        Self {
+            index,
+            state: SlotState::Stopped,
+            next: None,
+            gen: 0,
+            restarts: 0,
+            history: History::default(),
+            last_exit: None,
+            out,
+            err,
+            timer_at: None,
+        }
+    }
+
     fn set(&mut self, state: SlotState) {
         self.gen += 1;
         self.timer_at = None;
@@ -563,6 +578,32 @@ struct Reload {
 }
 
 impl App {
+    fn new(
+        id: u32,
+        spec: AppSpec,
+        status: AppStatus,
+        listeners: Vec<Listener>,
+        slots: Vec<Slot>,
+    ) -> Self {
+        Self {
+            id,
+            spec,
+            status,
+            listeners,
+            slots,
+            deleting: false,
+            routed: None,
+            memory_check_armed: false,
+            retiring: Vec::new(),
+            extra: HashMap::new(),
+            reload: None,
+            watcher: None,
+            watch_gen: 0,
+            env_version: 1,
+            watch_pending: false,
+        }
+    }
+
     fn settled(&self) -> bool {
         self.reload.is_none()
             && self.retiring.is_empty()

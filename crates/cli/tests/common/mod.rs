@@ -114,7 +114,12 @@ impl Herd {
 
     /// Runs herd and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
+        self.ok_with(&herd_bin(), args)
+    }
+
+    /// [`Herd::ok`] with another copy of the binary.
+    pub fn ok_with(&self, bin: &Path, args: &[&str]) -> String {
+        let out = self.command_with(bin, args).output().unwrap();
         assert!(
             out.status.success(),
             "herd {args:?} failed: {}\n{}",

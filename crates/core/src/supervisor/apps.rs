@@ -39,26 +39,8 @@ impl State {
                     .map_err(|e| err(ErrorCode::Internal, e))?,
             );
         }
-        self.apps.insert(
-            id,
-            App {
-                id,
-                spec,
-                status: AppStatus::Running,
-                listeners,
-                slots,
-                deleting: false,
-                routed: None,
-                memory_check_armed: false,
-                retiring: Vec::new(),
-                extra: HashMap::new(),
-                reload: None,
-                watcher: None,
-                watch_gen: 0,
-                env_version: 1,
-                watch_pending: false,
-            },
-        );
+        self.apps
+            .insert(id, App::new(id, spec, AppStatus::Running, listeners, slots));
         if let Err(e) = self.start_watching(id) {
             self.apps.remove(&id);
             return Err(err(ErrorCode::InvalidSpec, e));
@@ -93,18 +75,11 @@ impl State {
                 })
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
         };
-        Ok(Slot {
+        Ok(Slot::new(
             index,
-            state: SlotState::Stopped,
-            next: None,
-            gen: 0,
-            restarts: 0,
-            history: History::default(),
-            last_exit: None,
-            out: open(LogStream::Out)?,
-            err: open(LogStream::Err)?,
-            timer_at: None,
-        })
+            open(LogStream::Out)?,
+            open(LogStream::Err)?,
+        ))
     }
 
     /// A slot whose output is discarded (its log file could not be opened).
@@ -114,18 +89,7 @@ impl State {
                 .expect("/dev/null opens for appending");
             Arc::new(Mutex::new(f))
         };
-        Slot {
-            index,
-            state: SlotState::Stopped,
-            next: None,
-            gen: 0,
-            restarts: 0,
-            history: History::default(),
-            last_exit: None,
-            out: open(),
-            err: open(),
-            timer_at: None,
-        }
+        Slot::new(index, open(), open())
     }
 
     pub(super) fn bind_listeners(

@@ -401,26 +401,10 @@ impl State {
                     self.null_slot(&a.spec, s.index)
                 }));
             }
-            self.apps.insert(
-                id,
-                App {
-                    id,
-                    spec: a.spec,
-                    status: a.status,
-                    listeners,
-                    slots,
-                    deleting: false,
-                    routed: None,
-                    memory_check_armed: false,
-                    retiring: Vec::new(),
-                    extra,
-                    reload: None,
-                    watcher: None,
-                    watch_gen: 0,
-                    env_version: a.env_version,
-                    watch_pending: false,
-                },
-            );
+            let mut app = App::new(id, a.spec, a.status, listeners, slots);
+            app.extra = extra;
+            app.env_version = a.env_version;
+            self.apps.insert(id, app);
             for s in a.slots {
                 let i = s.index;
                 if self.apps[&id].slots.get(i as usize).map(|x| x.index) != Some(i) {
