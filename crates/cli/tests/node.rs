@@ -33,16 +33,7 @@ fn reload_under_load(h: &Herd, app: &str, port: u16, path: &'static str) {
         h.ok(&["reload", app]);
         h.ok(&["reload", app]);
     });
-    let ok: usize = loads.iter().map(|l| l.ok).sum();
-    let failed: Vec<&String> = loads.iter().flat_map(|l| &l.failed).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed during reload: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        failed
-    );
-    assert!(ok > 20, "only {ok} requests made");
+    assert_no_failures(&loads, "reload");
     let after: HashSet<u32> = h.pids(app).into_iter().collect();
     assert!(
         before.is_disjoint(&after),

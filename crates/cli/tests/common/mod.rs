@@ -435,6 +435,19 @@ pub fn next_app(base: &Path) -> PathBuf {
     app
 }
 
+/// Checks that the loads failed no request and made enough of them to mean something.
+pub fn assert_no_failures(loads: &[Load], during: &str) {
+    let ok: usize = loads.iter().map(|l| l.ok).sum();
+    let failed: Vec<&String> = loads.iter().flat_map(|l| &l.failed).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during {during}: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok > 20, "only {ok} requests made during {during}");
+}
+
 /// Runs `load_until` on `threads` threads while `during` runs, then returns every result.
 pub fn under_load(
     addr: SocketAddr,
