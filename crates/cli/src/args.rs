@@ -186,6 +186,11 @@ pub struct RunArgs {
     /// Run the apps saved by `herd save` (what `herd startup` units do).
     #[arg(long)]
     pub resurrect: bool,
+    /// Also serve HERD_HOME's control socket, as the daemon does, so `herd list`, `logs`,
+    /// `reload`, `scale`, `send`… from another shell reach these apps (what `herd startup`
+    /// units do). Logs are kept in HERD_HOME/logs.
+    #[arg(long)]
+    pub control: bool,
 }
 
 #[derive(Debug, Args)]

@@ -136,7 +136,7 @@ pub fn startup(home: &Home, system: &str, install: bool) -> Result<ExitCode> {
     let root = nix::unistd::getuid().is_root();
     let unit = format!(
         "[Unit]\nDescription=herd: the apps saved with `herd save` in {home}\nAfter=network-online.target\nWants=network-online.target\n\n\
-         [Service]\nType=notify\nNotifyAccess=main\nEnvironment=HERD_HOME={home}\nExecStart={exe} run --resurrect\n\
+         [Service]\nType=notify\nNotifyAccess=main\nEnvironment=HERD_HOME={home}\nExecStart={exe} run --resurrect --control\n\
          Restart=always\nRestartSec=1\nKillMode=mixed\nTimeoutStopSec=30\n\n[Install]\nWantedBy={target}\n",
         home = home.dir.display(),
         exe = exe.display(),

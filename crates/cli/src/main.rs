@@ -495,6 +495,27 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
         .prefix("herd-run-")
         .tempdir()
         .context("creating a runtime directory")?;
+    let home = Home::from_env();
+    // With --control this process is HERD_HOME's daemon, in the foreground.
+    let lock = if r.control {
+        home.ensure()
+            .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
+        let Some(lock) = herd_daemon::take_lock(&home)? else {
+            bail!(
+                "a herd daemon already runs for {}; stop it with `herd kill`, or set HERD_HOME to another folder",
+                home.dir.display()
+            );
+        };
+        let swept = herd_core::sweep_leftovers(&home.pids());
+        if swept > 0 {
+            eprintln!(
+                "[herd] killed {swept} processes left by a daemon that died without stopping them"
+            );
+        }
+        Some(lock)
+    } else {
+        None
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -502,15 +523,23 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
     let json_logs = r.json_logs;
     let keep_alive = r.keep_alive;
     rt.block_on(async move {
-        let settings = herd_daemon::load_settings(&Home::from_env()).map_err(anyhow::Error::msg)?;
+        let settings = herd_daemon::load_settings(&home).map_err(anyhow::Error::msg)?;
+        let (log_dir, notify_path, pids_file) = match &lock {
+            Some(_) => (home.logs(), home.notify(), Some(home.pids())),
+            None => (dir.path().join("logs"), dir.path().join("notify.sock"), None),
+        };
         let (sup, mut done) = herd_core::Supervisor::start(herd_core::Config {
             host: settings.host,
             bus_url: settings.bus,
             max_message_bytes: settings.max_message_bytes,
-            log_dir: dir.path().join("logs"),
-            notify_path: dir.path().join("notify.sock"),
-            pids_file: None,
+            log_dir,
+            notify_path,
+            pids_file,
         })?;
+        let control = match &lock {
+            Some(_) => Some(herd_daemon::serve_control(&home, sup.clone())?),
+            None => None,
+        };
         let mut logs = sup.subscribe_logs();
         let printer = tokio::spawn(async move {
             loop {
@@ -551,11 +580,16 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
         let _ = herd::notify("READY=1");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut stopped = false;
         let code = loop {
             tokio::select! {
                 _ = term.recv() => break ExitCode::SUCCESS,
                 _ = int.recv() => break ExitCode::SUCCESS,
-                _ = &mut done => return Ok(ExitCode::SUCCESS),
+                // `herd kill` through the control socket (--control) stopped everything.
+                _ = &mut done => {
+                    stopped = true;
+                    break ExitCode::SUCCESS;
+                }
                 ev = life.recv() => {
                     if keep_alive || !matches!(ev, Ok(herd_core::Lifecycle::Exited { .. })) {
                         continue;
@@ -572,10 +606,17 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
             }
         };
         let _ = herd::notify("STOPPING=1");
-        eprintln!("[herd] stopping");
-        sup.request(Command::Kill).await;
-        let _ = done.await;
+        if !stopped {
+            eprintln!("[herd] stopping");
+            sup.request(Command::Kill).await;
+            let _ = done.await;
+        }
         printer.abort();
+        if let Some(c) = control {
+            c.abort();
+            let _ = std::fs::remove_file(home.socket());
+        }
+        drop(lock);
         Ok(code)
     })
 }

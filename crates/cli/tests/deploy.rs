@@ -215,7 +215,10 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
         "Type=notify".to_string(),
         "Restart=always".to_string(),
         format!("Environment=HERD_HOME={}", h.home().display()),
-        format!("ExecStart={} run --resurrect", herd_bin().display()),
+        format!(
+            "ExecStart={} run --resurrect --control",
+            herd_bin().display()
+        ),
     ] {
         assert!(
             unit.lines().any(|l| l == line),
@@ -231,7 +234,7 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut run = h
-        .command(&["run", "--resurrect"])
+        .command(&["run", "--resurrect", "--control"])
         .env("NOTIFY_SOCKET", &notify_path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -244,6 +247,17 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
         .map(|_| pid_of(&get(loopback(port), "/", Duration::from_secs(2)).unwrap()))
         .collect();
     assert_eq!(pids.len(), 2);
+    // The usual commands reach the apps systemd runs, as they reach a daemon's.
+    assert_eq!(h.pids("boot").into_iter().collect::<BTreeSet<_>>(), pids);
+    let logs = h.ok(&["logs", "boot", "--lines", "5"]);
+    assert!(logs.contains("serving"), "{logs}");
+    h.ok(&["reload", "boot"]);
+    let pids: BTreeSet<u32> = h.pids("boot").into_iter().collect();
+    assert_eq!(pids.len(), 2);
+    let no = h.fails(&["update"]);
+    assert!(no.contains("cannot be updated in place"), "{no}");
+    let twice = h.fails(&["run", "--resurrect", "--control"]);
+    assert!(twice.contains("already runs"), "{twice}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -259,6 +273,7 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
     for p in pids {
         assert!(!alive(p));
     }
+    assert!(!h.home().join("herd.sock").exists());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use server::serve;
+pub use server::{serve, serve_control};
 
 /// The files of one `HERD_HOME`.
 #[derive(Debug, Clone)]

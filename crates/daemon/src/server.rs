@@ -154,7 +154,7 @@ pub async fn serve(
                     let daemon_fds = daemon_fds.clone();
                     let updating_tx = updating_tx.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(conn, sup, my_uid, daemon_fds, updating_tx).await {
+                        if let Err(e) = connection(conn, sup, my_uid, Some(daemon_fds), updating_tx).await {
                             tracing::debug!("control connection ended: {e}");
                         }
                     });
@@ -175,6 +175,37 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves `herd.sock` of `home` for a supervisor run by someone else (`herd run --control`):
+/// every command but `update`, which needs the daemon's own process.
+///
+/// # Errors
+/// When the socket cannot be bound.
+pub fn serve_control(home: &Home, sup: Supervisor) -> io::Result<tokio::task::JoinHandle<()>> {
+    let sock_path = home.socket();
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = UnixListener::bind(&sock_path)?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
+    let my_uid = nix::unistd::getuid().as_raw();
+    let (updating, _) = tokio::sync::watch::channel(false);
+    let updating = Arc::new(updating);
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    let sup = sup.clone();
+                    let updating = updating.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(conn, sup, my_uid, None, updating).await {
+                            tracing::debug!("control connection ended: {e}");
+                        }
+                    });
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }))
+}
+
 fn stop_all(sup: &Supervisor, why: &str) {
     tracing::info!("{why}: stopping every app, then the daemon");
     let sup = sup.clone();
@@ -189,7 +220,7 @@ async fn connection(
     mut conn: UnixStream,
     sup: Supervisor,
     my_uid: u32,
-    daemon_fds: Arc<Vec<(String, RawFd)>>,
+    daemon_fds: Option<Arc<Vec<(String, RawFd)>>>,
     updating: Arc<tokio::sync::watch::Sender<bool>>,
 ) -> io::Result<()> {
     let cred = conn.peer_cred()?;
@@ -260,6 +291,13 @@ async fn connection(
             }
             Command::Bus { topics } => return stream_bus(conn, &sup, topics).await,
             Command::Update { exe, formats } => {
+                let Some(daemon_fds) = &daemon_fds else {
+                    let reply = Reply::error(
+                        ErrorCode::Update,
+                        "these apps run under `herd run` (in the foreground, e.g. under systemd), which cannot be updated in place; restart it (systemctl restart herd)",
+                    );
+                    return send(&mut conn, &reply).await;
+                };
                 if *updating.borrow() {
                     let reply = Reply::error(ErrorCode::Update, "an update is already in progress");
                     return send(&mut conn, &reply).await;
