@@ -481,8 +481,40 @@ fn run_daemon(home: &Home, lock: &herd_daemon::Lock) -> Result<ExitCode> {
 /// subreaper), and it exits once every app has stopped for good, with status 0 only if all of
 /// them ended well. Under systemd (`NOTIFY_SOCKET`) it says READY=1 and STOPPING=1.
 fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
+    use herd_core::handover;
     let a = &r.start;
-    let specs = if r.resurrect {
+    // `herd update` of a `herd run --control`: this process ran the previous program, and
+    // takes over its state instead of starting apps.
+    let taking_over = std::env::var(handover::ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|_| r.control);
+    let handover = match taking_over {
+        Some(fd) => {
+            let fail = |why: String| -> anyhow::Error {
+                eprintln!("[herd] cannot take over from the previous program: {why}");
+                let e = handover::fall_back(fd, &why);
+                anyhow::anyhow!("cannot take over from the previous program: {why}; {e}")
+            };
+            if let Ok(why) = std::env::var(handover::FAULT_ENV) {
+                if std::env::var_os(handover::FAILED_ENV).is_none() {
+                    return Err(fail(why));
+                }
+            }
+            let h = handover::read(fd).map_err(|e| fail(format!("reading the handover: {e}")))?;
+            let lock_fd = h
+                .daemon_fds
+                .get("lock")
+                .copied()
+                .filter(|&fd| handover::is_open(fd))
+                .ok_or_else(|| fail("the handover has no lock".into()))?;
+            Some((h, fd, lock_fd))
+        }
+        None => None,
+    };
+    let specs = if handover.is_some() {
+        Vec::new()
+    } else if r.resurrect {
         dump::saved_specs(&Home::from_env())?
     } else if a.script.is_empty() {
         bail!("herd run needs a program, a script or an app file (or --resurrect)");
@@ -497,7 +529,7 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
         .context("creating a runtime directory")?;
     let home = Home::from_env();
     // With --control this process is HERD_HOME's daemon, in the foreground.
-    let lock = if r.control {
+    let lock = if r.control && handover.is_none() {
         home.ensure()
             .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
         let Some(lock) = herd_daemon::take_lock(&home)? else {
@@ -522,23 +554,48 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
         .context("starting the runtime")?;
     let json_logs = r.json_logs;
     let keep_alive = r.keep_alive;
+    let taken_over = handover.is_some();
     rt.block_on(async move {
-        let settings = herd_daemon::load_settings(&home).map_err(anyhow::Error::msg)?;
-        let (log_dir, notify_path, pids_file) = match &lock {
-            Some(_) => (home.logs(), home.notify(), Some(home.pids())),
-            None => (dir.path().join("logs"), dir.path().join("notify.sock"), None),
-        };
-        let (sup, mut done) = herd_core::Supervisor::start(herd_core::Config {
-            host: settings.host,
-            bus_url: settings.bus,
-            max_message_bytes: settings.max_message_bytes,
-            log_dir,
-            notify_path,
-            pids_file,
-        })?;
-        let control = match &lock {
-            Some(_) => Some(herd_daemon::serve_control(&home, sup.clone())?),
-            None => None,
+        let (sup, mut done, control) = match handover {
+            Some((h, memfd, lock_fd)) => {
+                let s = &h.supervisor;
+                // The settings the previous program ran with.
+                let settings = herd_daemon::Settings {
+                    host: s.host.clone(),
+                    bus: s.bus_url.clone(),
+                    max_message_bytes: s.max_message_bytes,
+                };
+                let (sup, done, listener) =
+                    herd_daemon::take_over(herd_daemon::config(&home, settings), h, memfd).await?;
+                let argv = std::env::args_os().skip(1).collect();
+                let accept = herd_daemon::spawn_accept(listener, sup.clone(), lock_fd, argv);
+                (sup, done, Some(accept))
+            }
+            None => {
+                let settings =
+                    herd_daemon::load_settings(&home).map_err(anyhow::Error::msg)?;
+                let config = match &lock {
+                    Some(_) => herd_daemon::config(&home, settings),
+                    None => herd_core::Config {
+                        host: settings.host,
+                        bus_url: settings.bus,
+                        max_message_bytes: settings.max_message_bytes,
+                        log_dir: dir.path().join("logs"),
+                        notify_path: dir.path().join("notify.sock"),
+                        pids_file: None,
+                    },
+                };
+                let (sup, done) = herd_core::Supervisor::start(config)?;
+                let control = match &lock {
+                    Some(lock) => {
+                        let listener = herd_daemon::bind_control(&home)?;
+                        let argv = std::env::args_os().skip(1).collect();
+                        Some(herd_daemon::spawn_accept(listener, sup.clone(), lock.raw_fd(), argv))
+                    }
+                    None => None,
+                };
+                (sup, done, control)
+            }
         };
         let mut logs = sup.subscribe_logs();
         let printer = tokio::spawn(async move {
@@ -577,7 +634,9 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
                 _ => {}
             }
         }
-        let _ = herd::notify("READY=1");
+        if !taken_over {
+            let _ = herd::notify("READY=1");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut stopped = false;

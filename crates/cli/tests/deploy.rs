@@ -236,10 +236,21 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
     let mut run = h
         .command(&["run", "--resurrect", "--control"])
         .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let stdout = run.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(l);
+        }
+    });
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("no READY=1 from herd run");
     assert_eq!(&buf[..n], b"READY=1");
@@ -254,8 +265,40 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
     h.ok(&["reload", "boot"]);
     let pids: BTreeSet<u32> = h.pids("boot").into_iter().collect();
     assert_eq!(pids.len(), 2);
-    let no = h.fails(&["update"]);
-    assert!(no.contains("cannot be updated in place"), "{no}");
+    // herd update works here too: the same process runs the new binary as `herd run`, and
+    // systemd's main pid stays.
+    let out = h.ok(&["update"]);
+    assert!(out.contains("updated in place"), "{out}");
+    assert_eq!(h.pids("boot").into_iter().collect::<BTreeSet<_>>(), pids);
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "herd run ended at the update"
+    );
+    // Instance output still reaches herd run's stdout (the journal) after the update.
+    while lines.try_recv().is_ok() {}
+    h.ok(&["reload", "boot"]);
+    let fresh: BTreeSet<u32> = h.pids("boot").into_iter().collect();
+    let mut seen = BTreeSet::new();
+    while seen != fresh {
+        let l = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no output from herd run after the update");
+        if let Some(pid) = l
+            .split_whitespace()
+            .skip_while(|w| *w != "pid")
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            if fresh.contains(&pid) {
+                seen.insert(pid);
+            }
+        }
+    }
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", run.id())).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("run\0--resurrect\0--control"),
+        "{cmdline:?}"
+    );
     let twice = h.fails(&["run", "--resurrect", "--control"]);
     assert!(twice.contains("already runs"), "{twice}");
     nix::sys::signal::kill(

@@ -393,7 +393,13 @@ pub fn fall_back(memfd: RawFd, why: &str) -> io::Error {
     env.push(std::ffi::CString::new(format!("{ENV}={memfd}")).expect("no NUL"));
     let why = why.replace('\0', " ");
     env.push(std::ffi::CString::new(format!("{FAILED_ENV}={why}")).expect("no NUL"));
-    let argv = [c"herd".to_owned(), c"daemon".to_owned()];
+    // The same command line (`herd daemon`, or `herd run …`).
+    let argv: Vec<std::ffi::CString> = std::env::args_os()
+        .filter_map(|a| {
+            use std::os::unix::ffi::OsStrExt;
+            std::ffi::CString::new(a.as_bytes()).ok()
+        })
+        .collect();
     // SAFETY: `exe` is the fd of the previous program, kept for this; it is only borrowed.
     let exe = unsafe { BorrowedFd::borrow_raw(exe) };
     match nix::unistd::execveat(exe, c"", &argv, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH) {

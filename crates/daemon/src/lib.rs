@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use server::{serve, serve_control};
+pub use server::{bind_control, config, serve, spawn_accept, take_over};
 
 /// The files of one `HERD_HOME`.
 #[derive(Debug, Clone)]

@@ -33,177 +33,197 @@ pub async fn serve(
     lock_fd: RawFd,
     handover: Option<(Handover, RawFd)>,
 ) -> io::Result<()> {
-    let config = Config {
+    let config = config(home, settings);
+    let (sup, mut done, listener) = match handover {
+        None => {
+            let (sup, done) = Supervisor::start(config)?;
+            // The socket appears only once the daemon can serve: a client never connects to a
+            // daemon that is about to give up.
+            let listener = bind_control(home)?;
+            tracing::info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
+            (sup, done, listener)
+        }
+        Some((h, memfd)) => take_over(config, h, memfd).await?,
+    };
+    let accept = spawn_accept(listener, sup.clone(), lock_fd, vec!["daemon".into()]);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => stop_all(&sup, "SIGTERM"),
+            _ = int.recv() => stop_all(&sup, "SIGINT"),
+            _ = &mut done => break,
+        }
+    }
+    accept.abort();
+    let _ = std::fs::remove_file(home.socket());
+    let _ = std::fs::remove_file(home.notify());
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// The supervisor settings of a daemon of `home`.
+pub fn config(home: &Home, settings: crate::Settings) -> Config {
+    Config {
         host: settings.host,
         bus_url: settings.bus,
         max_message_bytes: settings.max_message_bytes,
         log_dir: home.logs(),
         notify_path: home.notify(),
         pids_file: Some(home.pids()),
-    };
-    let sock_path = home.socket();
-    let (sup, mut done, listener) = match handover {
-        None => {
-            let (sup, done) = Supervisor::start(config)?;
-            // The socket appears only once the daemon can serve: a client never connects to a
-            // daemon that is about to give up.
-            let _ = std::fs::remove_file(&sock_path);
-            let listener = UnixListener::bind(&sock_path)?;
-            std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
-            tracing::info!(pid = std::process::id(), home = %home.dir.display(), "daemon ready");
-            (sup, done, listener)
-        }
-        Some((h, memfd)) => {
-            let began = h.began_unix_ms;
-            let from = h.from_version.clone();
-            let reply_fd = h.reply_fd.filter(|&fd| handover::is_open(fd));
-            let control = h
-                .daemon_fds
-                .get("control")
-                .copied()
-                .filter(|&fd| handover::is_open(fd));
-            let Some(control) = control else {
-                let e = handover::fall_back(memfd, "the handover has no control socket");
-                return Err(io::Error::other(format!(
-                    "the handover has no control socket; {e}"
-                )));
-            };
-            let listed = handover::fds(&h);
-            let (sup, done) = match Supervisor::adopt(config, h.supervisor) {
-                Ok(s) => s,
-                Err(e) => {
-                    let why = format!("the new daemon could not start its supervisor: {e}");
-                    let e2 = handover::fall_back(memfd, &why);
-                    return Err(io::Error::other(format!("{why}; {e2}")));
-                }
-            };
-            handover::close(memfd);
-            // Taken over: every fd listed (the lock too, which stays open under its number)
-            // closes at the next exec, where the next update keeps its own duplicates.
-            for fd in listed {
-                handover::set_cloexec(fd);
-            }
-            // The control socket never closed: connections made during the update wait in
-            // its queue and are served now.
-            // SAFETY: listed by the previous daemon, taken once here.
-            let std_listener =
-                std::os::unix::net::UnixListener::from(unsafe { handover::adopt(control) });
-            std_listener.set_nonblocking(true)?;
-            let listener = UnixListener::from_std(std_listener)?;
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let took = now_ms.saturating_sub(began);
-            let failed = std::env::var(handover::FAILED_ENV).ok();
-            match &failed {
-                Some(why) => tracing::warn!(
-                    pid = std::process::id(),
-                    "the new binary could not take over ({why}); this one runs on"
-                ),
-                None => tracing::info!(
-                    pid = std::process::id(),
-                    from = %from,
-                    "daemon updated in place in {took} ms"
-                ),
-            }
-            if let Some(fd) = reply_fd {
-                // SAFETY: listed by the previous daemon, taken once here.
-                let conn = unsafe { handover::adopt(fd) };
-                let reply = match (&failed, sup.request(Command::List).await) {
-                    (Some(why), _) => Reply::error(
-                        ErrorCode::Update,
-                        format!("the new binary could not take over: {why}; the daemon (pid {}, herd {}) runs on as it was", std::process::id(), env!("CARGO_PKG_VERSION")),
-                    ),
-                    (None, Reply::Apps { apps, .. }) => {
-                        let n: usize = apps
-                            .iter()
-                            .map(|a| a.processes.iter().filter(|p| p.pid.is_some()).count())
-                            .sum();
-                        Reply::done(format!(
-                            "daemon updated in place (pid {}, herd {from} -> {}) in {took} ms; {n} instances kept running",
-                            std::process::id(),
-                            env!("CARGO_PKG_VERSION")
-                        ))
-                    }
-                    (None, other) => other,
-                };
-                let mut file = std::fs::File::from(conn);
-                let _ = std::io::Write::write_all(&mut file, &encode_line(&reply));
-            }
-            (sup, done, listener)
-        }
-    };
-    let daemon_fds = Arc::new(vec![
-        ("control".to_string(), listener.as_raw_fd()),
-        ("lock".to_string(), lock_fd),
-    ]);
-    // While an update is under way no connection is accepted: new clients wait in the
-    // socket's queue and are served by the new daemon.
-    let (updating_tx, mut updating) = tokio::sync::watch::channel(false);
-    let updating_tx = Arc::new(updating_tx);
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let my_uid = nix::unistd::getuid().as_raw();
-    loop {
-        tokio::select! {
-            _ = updating.changed() => {}
-            accepted = listener.accept(), if !*updating.borrow() => match accepted {
-                Ok((conn, _)) => {
-                    let sup = sup.clone();
-                    let daemon_fds = daemon_fds.clone();
-                    let updating_tx = updating_tx.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = connection(conn, sup, my_uid, Some(daemon_fds), updating_tx).await {
-                            tracing::debug!("control connection ended: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("accept on control socket: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            },
-            _ = term.recv() => stop_all(&sup, "SIGTERM"),
-            _ = int.recv() => stop_all(&sup, "SIGINT"),
-            _ = &mut done => break,
-        }
     }
-    let _ = std::fs::remove_file(&sock_path);
-    let _ = std::fs::remove_file(home.notify());
-    tracing::info!("daemon stopped");
-    Ok(())
 }
 
-/// Serves `herd.sock` of `home` for a supervisor run by someone else (`herd run --control`):
-/// every command but `update`, which needs the daemon's own process.
+/// Binds `herd.sock` of `home` (mode 0600), replacing a stale one.
 ///
 /// # Errors
 /// When the socket cannot be bound.
-pub fn serve_control(home: &Home, sup: Supervisor) -> io::Result<tokio::task::JoinHandle<()>> {
+pub fn bind_control(home: &Home) -> io::Result<UnixListener> {
     let sock_path = home.socket();
     let _ = std::fs::remove_file(&sock_path);
     let listener = UnixListener::bind(&sock_path)?;
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// The state a previous program handed over (`herd update`): the supervisor with every
+/// instance, and the control socket, which never closed. Answers the `herd update` client.
+/// Whatever fails before the state is taken gives it back to the previous program.
+///
+/// # Errors
+/// When neither this program nor the previous one can take the state.
+pub async fn take_over(
+    config: Config,
+    h: Handover,
+    memfd: RawFd,
+) -> io::Result<(Supervisor, tokio::task::JoinHandle<()>, UnixListener)> {
+    let began = h.began_unix_ms;
+    let from = h.from_version.clone();
+    let reply_fd = h.reply_fd.filter(|&fd| handover::is_open(fd));
+    let control = h
+        .daemon_fds
+        .get("control")
+        .copied()
+        .filter(|&fd| handover::is_open(fd));
+    let Some(control) = control else {
+        let e = handover::fall_back(memfd, "the handover has no control socket");
+        return Err(io::Error::other(format!(
+            "the handover has no control socket; {e}"
+        )));
+    };
+    let listed = handover::fds(&h);
+    let (sup, done) = match Supervisor::adopt(config, h.supervisor) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("the new daemon could not start its supervisor: {e}");
+            let e2 = handover::fall_back(memfd, &why);
+            return Err(io::Error::other(format!("{why}; {e2}")));
+        }
+    };
+    handover::close(memfd);
+    // Taken over: every fd listed (the lock too, which stays open under its number)
+    // closes at the next exec, where the next update keeps its own duplicates.
+    for fd in listed {
+        handover::set_cloexec(fd);
+    }
+    // The control socket never closed: connections made during the update wait in
+    // its queue and are served now.
+    // SAFETY: listed by the previous daemon, taken once here.
+    let std_listener = std::os::unix::net::UnixListener::from(unsafe { handover::adopt(control) });
+    std_listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(std_listener)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let took = now_ms.saturating_sub(began);
+    let failed = std::env::var(handover::FAILED_ENV).ok();
+    match &failed {
+        Some(why) => tracing::warn!(
+            pid = std::process::id(),
+            "the new binary could not take over ({why}); this one runs on"
+        ),
+        None => tracing::info!(
+            pid = std::process::id(),
+            from = %from,
+            "daemon updated in place in {took} ms"
+        ),
+    }
+    if let Some(fd) = reply_fd {
+        // SAFETY: listed by the previous daemon, taken once here.
+        let conn = unsafe { handover::adopt(fd) };
+        let reply = match (&failed, sup.request(Command::List).await) {
+            (Some(why), _) => Reply::error(
+                ErrorCode::Update,
+                format!("the new binary could not take over: {why}; the daemon (pid {}, herd {}) runs on as it was", std::process::id(), env!("CARGO_PKG_VERSION")),
+            ),
+            (None, Reply::Apps { apps, .. }) => {
+                let n: usize = apps
+                    .iter()
+                    .map(|a| a.processes.iter().filter(|p| p.pid.is_some()).count())
+                    .sum();
+                Reply::done(format!(
+                    "daemon updated in place (pid {}, herd {from} -> {}) in {took} ms; {n} instances kept running",
+                    std::process::id(),
+                    env!("CARGO_PKG_VERSION")
+                ))
+            }
+            (None, other) => other,
+        };
+        let mut file = std::fs::File::from(conn);
+        let _ = std::io::Write::write_all(&mut file, &encode_line(&reply));
+    }
+    Ok((sup, done, listener))
+}
+
+/// Accepts control connections on `listener` for `sup` until aborted. `herd update` executes
+/// this program again with `argv` (after the program path), keeping `listener` and the lock.
+pub fn spawn_accept(
+    listener: UnixListener,
+    sup: Supervisor,
+    lock_fd: RawFd,
+    argv: Vec<std::ffi::OsString>,
+) -> tokio::task::JoinHandle<()> {
+    let ctx = Arc::new(UpdateContext {
+        daemon_fds: vec![
+            ("control".to_string(), listener.as_raw_fd()),
+            ("lock".to_string(), lock_fd),
+        ],
+        argv,
+    });
+    // While an update is under way no connection is accepted: new clients wait in the
+    // socket's queue and are served by the new program.
+    let (updating_tx, mut updating) = tokio::sync::watch::channel(false);
+    let updating_tx = Arc::new(updating_tx);
     let my_uid = nix::unistd::getuid().as_raw();
-    let (updating, _) = tokio::sync::watch::channel(false);
-    let updating = Arc::new(updating);
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
-            match listener.accept().await {
-                Ok((conn, _)) => {
-                    let sup = sup.clone();
-                    let updating = updating.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = connection(conn, sup, my_uid, None, updating).await {
-                            tracing::debug!("control connection ended: {e}");
-                        }
-                    });
-                }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            tokio::select! {
+                _ = updating.changed() => {}
+                accepted = listener.accept(), if !*updating.borrow() => match accepted {
+                    Ok((conn, _)) => {
+                        let sup = sup.clone();
+                        let ctx = ctx.clone();
+                        let updating_tx = updating_tx.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = connection(conn, sup, my_uid, ctx, updating_tx).await {
+                                tracing::debug!("control connection ended: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept on control socket: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                },
             }
         }
-    }))
+    })
+}
+
+/// What `herd update` needs from whoever serves the control socket.
+struct UpdateContext {
+    daemon_fds: Vec<(String, RawFd)>,
+    argv: Vec<std::ffi::OsString>,
 }
 
 fn stop_all(sup: &Supervisor, why: &str) {
@@ -220,7 +240,7 @@ async fn connection(
     mut conn: UnixStream,
     sup: Supervisor,
     my_uid: u32,
-    daemon_fds: Option<Arc<Vec<(String, RawFd)>>>,
+    ctx: Arc<UpdateContext>,
     updating: Arc<tokio::sync::watch::Sender<bool>>,
 ) -> io::Result<()> {
     let cred = conn.peer_cred()?;
@@ -291,13 +311,6 @@ async fn connection(
             }
             Command::Bus { topics } => return stream_bus(conn, &sup, topics).await,
             Command::Update { exe, formats } => {
-                let Some(daemon_fds) = &daemon_fds else {
-                    let reply = Reply::error(
-                        ErrorCode::Update,
-                        "these apps run under `herd run` (in the foreground, e.g. under systemd), which cannot be updated in place; restart it (systemctl restart herd)",
-                    );
-                    return send(&mut conn, &reply).await;
-                };
                 if *updating.borrow() {
                     let reply = Reply::error(ErrorCode::Update, "an update is already in progress");
                     return send(&mut conn, &reply).await;
@@ -309,7 +322,8 @@ async fn connection(
                         exe: exe.into(),
                         formats,
                         reply_fd,
-                        daemon_fds: daemon_fds.to_vec(),
+                        daemon_fds: ctx.daemon_fds.clone(),
+                        argv: ctx.argv.clone(),
                     })
                     .await;
                 updating.send_replace(false);

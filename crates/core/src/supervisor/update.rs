@@ -25,6 +25,7 @@ const UPDATE_RETRY: Duration = Duration::from_millis(5);
 /// An update in progress.
 pub(super) struct Update {
     exe: PathBuf,
+    argv: Vec<std::ffi::OsString>,
     reply: oneshot::Sender<Reply>,
     reply_fd: OwnedFd,
     daemon_fds: Vec<(String, RawFd)>,
@@ -48,6 +49,8 @@ pub struct UpdateRequest {
     pub reply_fd: OwnedFd,
     /// The daemon's own fds to keep (`control`, `lock`), by name; they stay open meanwhile.
     pub daemon_fds: Vec<(String, RawFd)>,
+    /// Arguments to run `exe` with (`daemon`, or the `herd run …` command line).
+    pub argv: Vec<std::ffi::OsString>,
 }
 
 impl State {
@@ -82,6 +85,7 @@ impl State {
         tracing::info!(exe = %req.exe.display(), "update requested: waiting for a quiet moment");
         self.updating = Some(Update {
             exe: req.exe,
+            argv: req.argv,
             reply,
             reply_fd: req.reply_fd,
             daemon_fds: req.daemon_fds,
@@ -213,8 +217,9 @@ impl State {
             }
         };
         let exe = u.exe.clone();
+        let argv = u.argv.clone();
         tracing::info!(exe = %exe.display(), "handing over to the new binary");
-        let e = exec(&exe, memfd.as_raw_fd(), previous_exe_fd);
+        let e = exec(&exe, &argv, memfd.as_raw_fd(), previous_exe_fd);
         // Still here: the new binary did not start. Its fds are closed; go on as before.
         drop(kept);
         drop(memfd);
@@ -570,13 +575,20 @@ fn export_proc(p: &Proc, kept: &mut Kept) -> std::io::Result<handover::ProcState
     })
 }
 
-/// Executes `exe` as `herd daemon` with the handover at `memfd`; returns only on failure.
-fn exec(exe: &Path, memfd: RawFd, previous: Option<RawFd>) -> String {
+/// Executes `exe` with `args` (`daemon`, or a `herd run` command line) and the handover at
+/// `memfd`; returns only on failure.
+fn exec(exe: &Path, args: &[std::ffi::OsString], memfd: RawFd, previous: Option<RawFd>) -> String {
     let path = match CString::new(exe.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(_) => return "the path holds a NUL byte".into(),
     };
-    let argv = [path.clone(), c"daemon".to_owned()];
+    let mut argv = vec![path.clone()];
+    for a in args {
+        match CString::new(a.as_bytes()) {
+            Ok(a) => argv.push(a),
+            Err(_) => return "an argument holds a NUL byte".into(),
+        }
+    }
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k != handover::ENV && k != handover::EXE_ENV && k != handover::FAILED_ENV)
         .filter_map(|(k, v)| {
