@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from common_helpers import proc_table
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS = os.path.join(ROOT, "bench", "apps")
 QUICK = "--quick" in sys.argv
@@ -73,18 +75,7 @@ def alive(pid):
 def procs():
     """pid → (ppid, start time in ticks, utime+stime in ticks) of every live process now
     (zombies are left out: a killed worker waiting for its new parent is not load)."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                v = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if v[0] != "Z":
-            out[int(d)] = (int(v[1]), int(v[19]), int(v[11]) + int(v[12]))
-    return out
+    return {pid: (ppid, start, ticks) for pid, (ppid, ticks, start) in proc_table().items()}
 
 
 def other_cpu(before, after, ours, secs):

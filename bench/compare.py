@@ -34,6 +34,11 @@ import tempfile
 import threading
 import time
 
+from common_helpers import AUTOGROUP_KEPT, AUTOGROUP_NOT_ROOT, LEFTOVERS, NOTES, Started, alive, cmdline
+from common_helpers import cpu_busy, descendants, ensure_wrk, first_line, free_port, get, kill_pids, logger, ms
+from common_helpers import parse_wrk, proc_table, rss_kb, tagged
+import common_helpers as common
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 APPS = os.path.join(BENCH, "apps")
@@ -43,7 +48,6 @@ QUICK = "--quick" in sys.argv
 HERD_GIVEN = sys.argv[sys.argv.index("--herd") + 1] if "--herd" in sys.argv else None
 
 N = os.cpu_count() or 2
-PM2_VERSION = "7.0.4"
 RUNS = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else (1 if QUICK else 3)
 WRK_SECS = 2 if QUICK else 5
 WRK_CONNS = 64
@@ -59,54 +63,20 @@ TIMEOUT = 1.0
 
 RUN_TAG = f"{os.getpid()}-{int(time.time())}"
 CLK = os.sysconf("SC_CLK_TCK")
-NOTES = []  # problems seen during the run, printed under the table
-LEFTOVERS = []
-ACTIVE = []  # systems started and not yet stopped
 
 NODE = shutil.which("node") or "node"
 HELLO_JS = os.path.join(APPS, "hello.js")
 
 
-def log(msg):
-    print(f"[compare] {msg}", file=sys.stderr, flush=True)
+log = logger("compare")
 
 
 # --------------------------------------------------------------------------------------------
 # Installing and building
 
 
-def ensure_wrk():
-    wrk = shutil.which("wrk")
-    if wrk:
-        return wrk
-    if os.geteuid() != 0:
-        sys.exit("wrk is missing: install it with `sudo apt-get install -y wrk` (Debian package)")
-    log("wrk is missing: installing Debian's package with `apt-get install -y wrk` (running as root)")
-    NOTES.append("wrk was installed by this run with `apt-get install -y wrk` (as root).")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    r = subprocess.run(["apt-get", "install", "-y", "wrk"], env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
-        subprocess.run(["apt-get", "install", "-y", "wrk"], env=env, capture_output=True, check=True)
-    return shutil.which("wrk") or sys.exit("wrk still missing after apt-get install")
-
-
 def ensure_pm2():
-    prefix = os.path.join(CACHE, "npm")
-    pkg = os.path.join(prefix, "node_modules", "pm2", "package.json")
-    try:
-        have = json.load(open(pkg))["version"]
-    except (OSError, ValueError, KeyError):
-        have = None
-    if have != PM2_VERSION:
-        log(f"installing pm2@{PM2_VERSION} from the npm registry into {os.path.relpath(prefix, ROOT)}")
-        os.makedirs(prefix, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--prefix", prefix, f"pm2@{PM2_VERSION}", "--no-audit", "--no-fund", "--silent"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    return os.path.join(prefix, "node_modules", "pm2", "bin", "pm2")
+    return common.install_pm2(log)
 
 
 def build():
@@ -128,63 +98,26 @@ def build():
 
 
 def versions(wrk, pm2, herd):
-    def out(argv):
-        try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-            return (r.stdout + r.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            return "?"
-
     pm2v = json.load(open(os.path.join(os.path.dirname(os.path.dirname(pm2)), "package.json")))["version"]
     hyperv = "?"
     lock = open(os.path.join(BENCH, "hyper-hello", "Cargo.lock")).read()
     m = re.search(r'name = "hyper"\nversion = "([^"]+)"', lock)
     if m:
         hyperv = m.group(1)
-    wrkv = out([wrk, "-v"])
+    wrkv = first_line([wrk, "-v"])
     m = re.match(r"wrk (\S+)", wrkv)
     return {
-        "node": out([NODE, "--version"]),
+        "node": first_line([NODE, "--version"]),
         "pm2": pm2v,
         "wrk": m.group(1) if m else wrkv,
-        "herd": out([herd, "--version"]).replace("herd ", ""),
-        "rustc": out(["rustc", "--version"]).split(" (")[0].replace("rustc ", ""),
+        "herd": first_line([herd, "--version"]).replace("herd ", ""),
+        "rustc": first_line(["rustc", "--version"]).split(" (")[0].replace("rustc ", ""),
         "hyper": hyperv,
     }
 
 
 # --------------------------------------------------------------------------------------------
 # /proc
-
-
-def proc_table():
-    """{pid: (ppid, utime+stime ticks, starttime)} of every process but zombies."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # a zombie is not running; its parent (often pid 1) reaps it later
-            table[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
-    return table
-
-
-def descendants(roots, table=None):
-    table = table or proc_table()
-    kids = {}
-    for pid, (ppid, _, _) in table.items():
-        kids.setdefault(ppid, []).append(pid)
-    seen, todo = set(), [r for r in roots if r in table]
-    while todo:
-        p = todo.pop()
-        if p not in seen:
-            seen.add(p)
-            todo.extend(kids.get(p, []))
-    return seen
 
 
 def tree_ticks(roots):
@@ -206,72 +139,16 @@ def children(pid):
     return sorted((p for p, (pp, _, _) in table.items() if pp == pid), key=lambda p: table[p][2])
 
 
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
 
 
-def cmdline(pid):
-    try:
-        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
-
-
-def tagged(tag):
-    """Pids (other than ours) whose environment carries HERD_BENCH_TAG=tag (or a tag under it)."""
-    needle = f"HERD_BENCH_TAG={tag}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            env = open(f"/proc/{name}/environ", "rb").read()
-        except OSError:
-            continue
-        if any(v == needle or v.startswith(needle + b"-") for v in env.split(b"\0")) and alive(int(name)):
-            found.append(int(name))
-    return found
-
-
-def kill_pids(pids):
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def cpu_busy():
-    """Busy and steal ticks of the whole machine since boot, from /proc/stat."""
-    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = f
-    return user + nice + system + irq + softirq, steal
-
-
 QUIET = {"waited": 0.0, "busy_runs": 0, "runs": 0, "background": [], "steal": [], "retried": 0}
 QUIET_LIMIT = 0.15  # CPU of other programs, in cores, below which the machine counts as quiet
 BUSY_LIMIT = 0.25  # a wrk run during which other programs used more than this is run again …
 RETRIES = 0 if QUICK else 2  # … at most this many times (then it is kept, and counted in the note)
-AUTOGROUP = "/proc/sys/kernel/sched_autogroup_enabled"
-AUTOGROUP_SAVED = None
 
 
 def autogroup_off():
@@ -279,33 +156,14 @@ def autogroup_off():
     every instance in its own session, PM2 and Node's cluster keep all workers in one, wrk runs
     in another: each system would get a different share of the 2 cores against wrk. The run
     switches autogroup off (root only) and restores it at the end; `--autogroup` keeps it."""
-    global AUTOGROUP_SAVED
-    try:
-        cur = open(AUTOGROUP).read().strip()
-    except OSError:
-        return "not available"
-    if cur != "1":
-        return "off"
-    if "--autogroup" in sys.argv:
+    state = common.autogroup_off(keep="--autogroup" in sys.argv)
+    if state == AUTOGROUP_KEPT:
         NOTES.append("kernel.sched_autogroup_enabled was left on (--autogroup): CPU is shared between sessions, "
                      "so herd (one session per instance) gets a larger share against wrk than PM2 or cluster.")
-        return "on (kept by --autogroup)"
-    if os.geteuid() != 0:
+    elif state == AUTOGROUP_NOT_ROOT:
         NOTES.append("kernel.sched_autogroup_enabled is on and this is not root: CPU is shared between sessions, "
                      "so herd (one session per instance) gets a larger share against wrk than PM2 or cluster.")
-        return "on (not root, could not switch it off)"
-    with open(AUTOGROUP, "w") as f:
-        f.write("0")
-    AUTOGROUP_SAVED = cur
-    return "switched off for the run (restored at the end)"
-
-
-def autogroup_restore():
-    global AUTOGROUP_SAVED
-    if AUTOGROUP_SAVED is not None:
-        with open(AUTOGROUP, "w") as f:
-            f.write(AUTOGROUP_SAVED)
-        AUTOGROUP_SAVED = None
+    return state
 
 
 def settle():
@@ -356,34 +214,6 @@ class Background:
 # HTTP clients
 
 
-def free_port():
-    while True:
-        port = random.randint(20000, 32000)  # below the ephemeral range wrk's connections use
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            s.close()
-
-
-def get(port, path="/", timeout=2.0):
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise ConnectionError(head[:40])
-    return body.decode()
-
-
 def counts(port, pids):
     """{pid: requests served} of each instance, asked on fresh connections until each answered."""
     want, seen = set(pids), {}
@@ -414,30 +244,21 @@ def wait_ready(port, n, node=True, limit=30.0):
     raise RuntimeError(f"port {port}: {len(pids)} of {n} instances answered within {limit:.0f} s")
 
 
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
 def wrk(port, secs, close=False):
     argv = [WRK, "-t2", f"-c{WRK_CONNS}", f"-d{secs}s", "--latency"]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{port}/")
     r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60, env=dict(os.environ, HERD_BENCH_TAG=RUN_TAG))
-    out = r.stdout
-    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(\w+)", out, re.M)
-    if r.returncode != 0 or not (m and rps and p99):
-        raise RuntimeError(f"wrk failed ({r.returncode}): {out}\n{r.stderr}")
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = (sum(int(x) for x in sock.groups()) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    w = parse_wrk(r.stdout)
+    if r.returncode != 0 or not w:
+        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout}\n{r.stderr}")
     return {
-        "requests": int(m.group(1)),
-        "rps": float(rps.group(1)),
-        "p99": float(p99.group(1)) * UNITS[p99.group(2)],
-        "errors": errors,
-        "detail": (sock.group(0) if sock else "") + (f", non-2xx {non2xx.group(1)}" if non2xx else ""),
+        "requests": w["requests"],
+        "rps": w["rps"],
+        "p99": w["p99"],
+        "errors": sum(w["sock"]) + w["non2xx"],
+        "detail": w["sock_text"] + (f", non-2xx {w['non2xx']}" if w["non2xx"] else ""),
     }
 
 
@@ -590,7 +411,7 @@ def clen(data):
 # The systems
 
 
-class System:
+class System(Started):
     """One server setup. roots(): pids whose process trees are the whole server side (manager
     included); manager(): the manager's pid (or None); instances(): the app's processes."""
 
@@ -605,18 +426,6 @@ class System:
             self.env["BENCH_MARK_DIR"] = mark_dir
         self.procs = []
         self.home = None
-
-    def __enter__(self):
-        ACTIVE.append(self)
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def popen(self, argv):
         p = subprocess.Popen(
@@ -635,8 +444,7 @@ class System:
         return self.roots()
 
     def stop(self):
-        if self in ACTIVE:
-            ACTIVE.remove(self)
+        self.forget()
         try:
             self.shutdown()
         except Exception as e:  # noqa: BLE001 - the sweep below still runs
@@ -976,10 +784,6 @@ def k(x):
     return f"{x / 1000:.1f}k"
 
 
-def ms(x):
-    return f"{x:.2f} ms" if x < 10 else f"{x:.0f} ms"
-
-
 def num(d):
     return lambda x: f"{x:.{d}f}"
 
@@ -1000,15 +804,10 @@ def ratios(fig, anchors, names):
     return ", ".join(parts) or "—"
 
 
-def on_sigterm(*_):
-    raise KeyboardInterrupt
-
-
 def main():
     global WRK, PM2_BIN, HERD_BIN, HYPER_BIN
-    signal.signal(signal.SIGTERM, on_sigterm)
     started = time.time()
-    WRK = ensure_wrk()
+    WRK = ensure_wrk(log)
     PM2_BIN = ensure_pm2()
     HERD_BIN, HYPER_BIN = build()
     vers = versions(WRK, PM2_BIN, HERD_BIN)
@@ -1051,15 +850,7 @@ def main():
             log(f"round {run + 1}/{RUNS}: footprint ({IDLE_SECS} s idle, {LIST_RUNS}× list)")
             footprint()
     finally:
-        for s in list(ACTIVE):
-            s.stop()
-        left = tagged(RUN_TAG)
-        for pid in left:
-            LEFTOVERS.append(f"pid {pid} `{cmdline(pid)}` still alive at the end")
-        kill_pids(left)
-        autogroup_restore()
-        for x in LEFTOVERS:
-            log(f"LEFTOVER (killed by pid): {x}")
+        common.finish(RUN_TAG, log)
     print_table(vers, time.time() - started - setup, setup)
 
 
@@ -1214,16 +1005,8 @@ def print_table(vers, took, setup):
     for what, d in WHY.items():
         if d:
             print(f"- failures, {what} (all runs): " + ", ".join(f"{w} ×{n}" for w, n in sorted(d.items())))
-    if LEFTOVERS:
-        for x in LEFTOVERS:
-            print(f"- LEFTOVER (killed by pid): {x}")
-    else:
-        print("- no process was left behind: after every stop, no process with this run's tag was alive.")
+    common.print_leftovers()
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; every process started was stopped", file=sys.stderr)
-        sys.exit(130)
+    common.run(main)

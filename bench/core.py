@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from common_helpers import rss_kb
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "--quick" in sys.argv
 
@@ -54,14 +56,6 @@ def get(port, timeout=5.0):
             data += chunk
     body = data.split(b"\r\n\r\n", 1)[1].decode()
     return int(body.split()[0].split("=")[1])
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def cpu_ticks(pid):

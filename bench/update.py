@@ -25,16 +25,14 @@ Rules (as in compare.py): 127.0.0.1 only; every load bounded in time; every comm
 timeout; each manager in its own temporary HERD_HOME / PM2_HOME, stopped by its own `kill` and
 whatever is left killed by pid; every process started carries HERD_BENCH_TAG in its
 environment, and at the end any process still carrying it is killed by pid and reported.
-Control and update runs alternate in order from round to round. Python standard library only.
+Control and update runs alternate in order from round to round. Python standard library only;
+the helpers it shares with compare.py (installing wrk and PM2, /proc, autogroup, wrk's output,
+the final sweep) are in common_helpers.py.
 """
-import json
 import os
 import platform
-import random
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,12 +40,14 @@ import tempfile
 import threading
 import time
 
+from common_helpers import LEFTOVERS, NOTES, PM2_VERSION, Started, alive, autogroup_off, cmdline, cpu_busy
+from common_helpers import descendants, ensure_wrk, first_line, free_port, get, install_pm2, kill_pids, logger
+from common_helpers import ms, parse_wrk, proc_table, rss_kb, tagged
+import common_helpers as common
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "bench")
-CACHE = os.path.join(BENCH, ".cache")
 QUICK = "--quick" in sys.argv
 
-PM2_VERSION = "7.0.4"  # the same pin as compare.py
 ROUNDS = 1 if QUICK else 3
 WRK_SECS = 4 if QUICK else 10
 WRK_ARGS = ["-t2", "-c32"]
@@ -61,61 +61,25 @@ RUN_TAG = f"upd-{os.getpid()}-{int(time.time())}"
 CLK = os.sysconf("SC_CLK_TCK")
 NODE = shutil.which("node")
 HTTP_JS = os.path.join(ROOT, "tests", "node", "http.js")
-NOTES = []
-LEFTOVERS = []
-ACTIVE = []  # managers started and not yet stopped
-AUTOGROUP = "/proc/sys/kernel/sched_autogroup_enabled"
-AUTOGROUP_SAVED = None
 
-
-def log(msg):
-    print(f"[update] {msg}", file=sys.stderr, flush=True)
+log = logger("update")
 
 
 # --------------------------------------------------------------------------------------------
-# Installing and building (the same ways as compare.py)
-
-
-def ensure_wrk():
-    wrk = shutil.which("wrk")
-    if wrk:
-        return wrk
-    if os.geteuid() != 0:
-        sys.exit("wrk is missing: install it with `sudo apt-get install -y wrk` (Debian package)")
-    log("wrk is missing: installing Debian's package with `apt-get install -y wrk` (running as root)")
-    NOTES.append("wrk was installed by this run with `apt-get install -y wrk` (as root).")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    r = subprocess.run(["apt-get", "install", "-y", "wrk"], env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
-        subprocess.run(["apt-get", "install", "-y", "wrk"], env=env, capture_output=True, check=True)
-    return shutil.which("wrk") or sys.exit("wrk still missing after apt-get install")
+# Installing and building (wrk and PM2 the same ways as compare.py)
 
 
 def ensure_pm2():
-    """PM2's bin from bench/.cache/npm, installed there when missing; None (with a note) when
-    node or npm is missing or the install fails."""
+    """PM2's bin (installed into bench/.cache/npm when missing); None (with a note) when node
+    or npm is missing or the install fails."""
     if not NODE or not shutil.which("npm"):
         NOTES.append("PM2 was not measured: node or npm is not installed on this machine.")
         return None
-    prefix = os.path.join(CACHE, "npm")
-    pkg = os.path.join(prefix, "node_modules", "pm2", "package.json")
     try:
-        have = json.load(open(pkg))["version"]
-    except (OSError, ValueError, KeyError):
-        have = None
-    if have != PM2_VERSION:
-        log(f"installing pm2@{PM2_VERSION} from the npm registry into {os.path.relpath(prefix, ROOT)}")
-        os.makedirs(prefix, exist_ok=True)
-        try:
-            subprocess.run(
-                ["npm", "install", "--prefix", prefix, f"pm2@{PM2_VERSION}", "--no-audit", "--no-fund", "--silent"],
-                check=True, stdout=subprocess.DEVNULL, timeout=600,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-            NOTES.append(f"PM2 was not measured: `npm install pm2@{PM2_VERSION}` failed ({e}).")
-            return None
-    return os.path.join(prefix, "node_modules", "pm2", "bin", "pm2")
+        return install_pm2(log, timeout=600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        NOTES.append(f"PM2 was not measured: `npm install pm2@{PM2_VERSION}` failed ({e}).")
+        return None
 
 
 def build(tmp):
@@ -134,179 +98,41 @@ def build(tmp):
     return bins, os.path.join(rel, "examples", "hello")
 
 
-def first_line(argv):
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        return (r.stdout + r.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "?"
-
-
 # --------------------------------------------------------------------------------------------
 # /proc
 
 
-def proc_table():
-    """{pid: (ppid, starttime)} of every process but zombies."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            table[int(name)] = (int(fields[1]), int(fields[19]))
-    return table
-
-
-def descendants(roots):
-    table = proc_table()
-    kids = {}
-    for pid, (ppid, _) in table.items():
-        kids.setdefault(ppid, []).append(pid)
-    seen, todo = set(), [r for r in roots if r in table]
-    while todo:
-        p = todo.pop()
-        if p not in seen:
-            seen.add(p)
-            todo.extend(kids.get(p, []))
-    return seen
-
-
 def children(pid):
     """(pid, starttime) of the children of pid: a pid reused by another process would differ."""
-    return sorted((p, st) for p, (pp, st) in proc_table().items() if pp == pid)
+    return sorted((p, st) for p, (pp, _, st) in proc_table().items() if pp == pid)
 
 
 def start_time(pid):
-    return proc_table().get(pid, (None, None))[1]
+    return proc_table().get(pid, (None, None, None))[2]
 
 
-def alive(pid):
+def rss_mb(pid):
+    """VmRSS of pid in MB; NaN when pid is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return rss_kb(pid) / 1024 or float("nan")
     except OSError:
-        return False
-
-
-def rss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def cmdline(pid):
-    try:
-        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
-
-
-def tagged(tag):
-    """Pids (other than ours) whose environment carries HERD_BENCH_TAG=tag (or a tag under it)."""
-    needle = f"HERD_BENCH_TAG={tag}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            env = open(f"/proc/{name}/environ", "rb").read()
-        except OSError:
-            continue
-        if any(v == needle or v.startswith(needle + b"-") for v in env.split(b"\0")) and alive(int(name)):
-            found.append(int(name))
-    return found
-
-
-def kill_pids(pids):
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def autogroup_off():
-    """As compare.py: with autogroup on, CPU is shared between sessions, and herd starts each
-    instance in its own session, PM2 keeps its workers in one. Switched off for the run (root)."""
-    global AUTOGROUP_SAVED
-    try:
-        cur = open(AUTOGROUP).read().strip()
-    except OSError:
-        return "not available"
-    if cur != "1":
-        return "off"
-    if os.geteuid() != 0:
-        return "on (not root, could not switch it off)"
-    with open(AUTOGROUP, "w") as f:
-        f.write("0")
-    AUTOGROUP_SAVED = cur
-    return "switched off for the run (restored at the end)"
-
-
-def autogroup_restore():
-    global AUTOGROUP_SAVED
-    if AUTOGROUP_SAVED is not None:
-        with open(AUTOGROUP, "w") as f:
-            f.write(AUTOGROUP_SAVED)
-        AUTOGROUP_SAVED = None
+        return float("nan")
 
 
 def settle(limit=0.15, budget=(5.0 if QUICK else 30.0)):
     """Waits (bounded) until other programs use under `limit` core before a load."""
     t0 = time.time()
     while time.time() - t0 < budget:
-        a = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+        a, _ = cpu_busy()
         time.sleep(0.5)
-        b = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
-        busy = sum(b[i] - a[i] for i in (0, 1, 2, 5, 6))
-        if busy / CLK / 0.5 < limit:
+        b, _ = cpu_busy()
+        if (b - a) / CLK / 0.5 < limit:
             return
     NOTES.append(f"the machine was still busy (> {limit} core) after waiting {budget:.0f} s before a load")
 
 
 # --------------------------------------------------------------------------------------------
 # HTTP
-
-
-def free_port():
-    while True:
-        port = random.randint(20000, 32000)  # below the ephemeral range wrk's connections use
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            s.close()
-
-
-def get(port, timeout=1.0):
-    """One GET / on a fresh connection to 127.0.0.1; returns the body (raises on failure)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-        data = b""
-        end = time.perf_counter() + timeout
-        while True:
-            s.settimeout(max(end - time.perf_counter(), 0.001))
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise ConnectionError(f"bad answer {head[:40]!r}")
-    return body.decode(errors="replace")
 
 
 def answer_pid(body):
@@ -319,10 +145,10 @@ def wait_serving(port, n, limit=30.0):
     deadline, pids = time.time() + limit, set()
     while time.time() < deadline:
         try:
-            pids.add(answer_pid(get(port)))
+            pids.add(answer_pid(get(port, timeout=1.0, whole=True)))
             if len(pids) >= n:
                 return pids
-        except OSError:
+        except (OSError, ValueError):
             time.sleep(0.02)
     raise RuntimeError(f"port {port}: {len(pids)} of {n} instances answered within {limit:.0f} s")
 
@@ -351,7 +177,7 @@ class Prober:
             nxt = max(nxt + PROBE_EVERY, time.perf_counter())
             t = time.perf_counter()
             try:
-                pid = answer_pid(get(self.port, PROBE_TIMEOUT))
+                pid = answer_pid(get(self.port, timeout=PROBE_TIMEOUT, whole=True))
                 self.results.append((t, time.perf_counter(), True, pid))
             except (OSError, ValueError) as e:
                 self.results.append((t, time.perf_counter(), False, type(e).__name__))
@@ -377,9 +203,6 @@ class Prober:
         }
 
 
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
 class Wrk:
     """wrk started in the background (bounded by -d and a timeout); result() parses it."""
 
@@ -396,48 +219,25 @@ class Wrk:
             kill_pids([self.p.pid])
             out, err = self.p.communicate()
             raise RuntimeError("wrk did not end in time: killed by pid")
-        lat = re.search(r"Latency\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)", out)
-        rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        p99 = re.search(r"^\s+99%\s+([\d.]+)(\w+)", out, re.M)
-        reqs = re.search(r"(\d+) requests in", out)
-        if self.p.returncode != 0 or not (lat and rps and p99 and reqs):
+        w = parse_wrk(out)
+        if self.p.returncode != 0 or not w or w["max"] is None:
             raise RuntimeError(f"wrk failed ({self.p.returncode}): {out}\n{err}")
-        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        return {
-            "rps": float(rps.group(1)),
-            "requests": int(reqs.group(1)),
-            "p99": float(p99.group(1)) * UNITS[p99.group(2)],
-            "max": float(lat.group(5)) * UNITS[lat.group(6)],
-            "sock": tuple(int(x) for x in sock.groups()) if sock else (0, 0, 0, 0),
-            "non2xx": int(non2xx.group(1)) if non2xx else 0,
-        }
+        return w
 
 
 # --------------------------------------------------------------------------------------------
 # The managers
 
 
-class Manager:
+class Manager(Started):
     label = "?"
+    pid_file = None  # in self.home: the daemon's pid
 
     def __init__(self, kind):
-        self.tag = f"{RUN_TAG}-{kind}-{len(ACTIVE)}-{time.time_ns()}"
+        self.tag = f"{RUN_TAG}-{kind}-{len(common.ACTIVE)}-{time.time_ns()}"
         self.env = dict(os.environ, HERD_BENCH_TAG=self.tag)
         self.home = None
         self.daemons = []  # every daemon pid seen (PM2 starts a new one on update)
-
-    def __enter__(self):
-        ACTIVE.append(self)
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def cli(self, argv, timeout=60, env=None):
         r = subprocess.run(argv, env=env or self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
@@ -448,11 +248,20 @@ class Manager:
         return r
 
     def daemon(self):
-        raise NotImplementedError
+        return int(open(os.path.join(self.home, self.pid_file)).read().strip())
+
+    def instances(self):
+        return children(self.daemon())
+
+    def timed(self, argv, timeout):
+        """Runs argv (bounded); returns (wall ms, the finished process)."""
+        t = time.perf_counter()
+        r = subprocess.run(argv, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        return (time.perf_counter() - t) * 1000, r
 
     def stop(self):
-        if self in ACTIVE:
-            ACTIVE.remove(self)
+        self.forget()
         try:
             d = self.daemon()
             if d and d not in self.daemons:
@@ -476,6 +285,7 @@ class Manager:
 
 class Herd(Manager):
     label = "herd"
+    pid_file = "daemon.lock"
 
     def __init__(self, bins, apps):
         super().__init__("herd")
@@ -490,18 +300,9 @@ class Herd(Manager):
         for name, program, n, port in self.apps:
             wait_serving(port, n)
 
-    def daemon(self):
-        return int(open(os.path.join(self.home, "daemon.lock")).read().strip())
-
-    def instances(self):
-        return children(self.daemon())
-
     def update(self):
         """One `new/herd update`: (wall ms, the time herd printed in ms or None, output)."""
-        t = time.perf_counter()
-        r = subprocess.run([self.bins["new"], "update"], env=self.env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=60, stdin=subprocess.DEVNULL)
-        wall = (time.perf_counter() - t) * 1000
+        wall, r = self.timed([self.bins["new"], "update"], timeout=60)
         out = (r.stdout + r.stderr).strip()
         m = re.search(r"in (\d+) ms", out)
         if r.returncode != 0 or not m:
@@ -514,6 +315,7 @@ class Herd(Manager):
 
 class PM2(Manager):
     label = "PM2"
+    pid_file = "pm2.pid"
 
     def __init__(self, pm2, port):
         super().__init__("pm2")
@@ -527,17 +329,8 @@ class PM2(Manager):
         self.daemons.append(self.daemon())
         wait_serving(self.port, 2)
 
-    def daemon(self):
-        return int(open(os.path.join(self.home, "pm2.pid")).read().strip())
-
-    def instances(self):
-        return children(self.daemon())
-
     def update(self):
-        t = time.perf_counter()
-        r = subprocess.run([self.bin, "update"], env=self.env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=120, stdin=subprocess.DEVNULL)
-        wall = (time.perf_counter() - t) * 1000
+        wall, r = self.timed([self.bin, "update"], timeout=120)
         if r.returncode != 0:
             NOTES.append(f"pm2 update exited {r.returncode}: {(r.stdout + r.stderr)[-300:]}")
         try:
@@ -598,7 +391,7 @@ def measure(col, port, env, during=None):
 def herd_update_run(col, h, port):
     daemon0, inst0 = h.daemon(), h.instances()
     start0 = start_time(daemon0)
-    rss0 = rss_kb(daemon0)
+    rss0 = rss_mb(daemon0)
 
     def during(t0):
         out = []
@@ -610,9 +403,8 @@ def herd_update_run(col, h, port):
     _, _, ups = measure(col, port, h.env, during)
     time.sleep(0.5)
     daemon1 = h.daemon()
-    put(col, "rss0", rss0 / 1024 if rss0 else float("nan"))
-    r1 = rss_kb(daemon1)
-    put(col, "rss1", r1 / 1024 if r1 else float("nan"))
+    put(col, "rss0", rss0)
+    put(col, "rss1", rss_mb(daemon1))
     put(col, "daemon.same", daemon1 == daemon0 and start_time(daemon1) == start0)
     put(col, "inst.same", h.instances() == inst0 and len(inst0) > 0)
     for wall, printed, _ in ups:
@@ -625,7 +417,7 @@ def herd_update_run(col, h, port):
 
 def pm2_update_run(col, p, port):
     daemon0, inst0 = p.daemon(), p.instances()
-    rss0 = rss_kb(daemon0)
+    rss0 = rss_mb(daemon0)
     old_pids = {pid for pid, _ in inst0}
     marks = {}
 
@@ -642,13 +434,25 @@ def pm2_update_run(col, p, port):
     put(col, "upd.wall", wall)
     time.sleep(0.5)
     daemon1 = p.daemon()
-    put(col, "rss0", rss0 / 1024 if rss0 else float("nan"))
-    r1 = rss_kb(daemon1)
-    put(col, "rss1", r1 / 1024 if r1 else float("nan"))
+    put(col, "rss0", rss0)
+    put(col, "rss1", rss_mb(daemon1))
     put(col, "daemon.same", daemon1 == daemon0)
     inst1 = p.instances()
     put(col, "inst.same", inst1 == inst0)
     put(col, "inst.changed", len(old_pids - {pid for pid, _ in inst1}))
+
+
+def kinds(rnd):
+    """The order of the runs in round rnd: control first in even rounds, update first in odd."""
+    return ("control", "update") if rnd % 2 == 0 else ("update", "control")
+
+
+def one_run(col, kind, m, port, update_run):
+    """The control run (a measure without update) or the update run (update_run) of column col."""
+    if kind == "control":
+        measure(col, port, m.env)
+    else:
+        update_run(col, m, port)
 
 
 def herd_round(rnd, bins, hello, apps):
@@ -659,28 +463,18 @@ def herd_round(rnd, bins, hello, apps):
             port = ports[name]
             log(f"round {rnd + 1}/{ROUNDS}: herd, {name} ×{n} on 127.0.0.1:{port}")
             Wrk(port, 1, h.env).result()  # warm-up
-            order = ("control", "update") if rnd % 2 == 0 else ("update", "control")
-            for kind in order:
-                col = f"herd.{name}.{kind}"
-                if kind == "control":
-                    measure(col, port, h.env)
-                else:
-                    herd_update_run(col, h, port)
+            for kind in kinds(rnd):
+                one_run(f"herd.{name}.{kind}", kind, h, port, herd_update_run)
 
 
 def pm2_round(rnd, pm2):
     port = free_port()
     log(f"round {rnd + 1}/{ROUNDS}: PM2, js ×2 on port {port}")
-    order = ("control", "update") if rnd % 2 == 0 else ("update", "control")
     # A fresh PM2 for each run: after `pm2 update` the apps are not the same processes.
-    for kind in order:
+    for kind in kinds(rnd):
         with PM2(pm2, port) as p:
             Wrk(port, 1, p.env).result()  # warm-up
-            col = f"pm2.js.{kind}"
-            if kind == "control":
-                measure(col, port, p.env)
-            else:
-                pm2_update_run(col, p, port)
+            one_run(f"pm2.js.{kind}", kind, p, port, pm2_update_run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,10 +493,6 @@ def spread(col, fig, fmt):
     if len(v) == 1 or min(v) == max(v):
         return fmt(m)
     return f"{fmt(m)} ({fmt(min(v))}–{fmt(max(v))})"
-
-
-def ms(x):
-    return f"{x:.2f} ms" if x < 10 else f"{x:.0f} ms"
 
 
 def print_table(cols, vers, took):
@@ -794,21 +584,12 @@ def print_table(cols, vers, took):
           "after the run equal those before it.")
     for x in NOTES:
         print(f"- note: {x}")
-    if LEFTOVERS:
-        for x in LEFTOVERS:
-            print(f"- LEFTOVER (killed by pid): {x}")
-    else:
-        print("- no process was left behind: after every stop, no process with this run's tag was alive.")
-
-
-def on_sigterm(*_):
-    raise KeyboardInterrupt
+    common.print_leftovers()
 
 
 def main():
     global WRK
-    signal.signal(signal.SIGTERM, on_sigterm)
-    WRK = ensure_wrk()
+    WRK = ensure_wrk(log)
     pm2 = ensure_pm2()
     tmp = tempfile.mkdtemp(prefix="herd-update-bench-")
     try:
@@ -838,15 +619,7 @@ def main():
                     except (RuntimeError, subprocess.TimeoutExpired) as e:
                         NOTES.append(f"PM2 round {rnd + 1} failed: {e}")
         finally:
-            for m_ in list(ACTIVE):
-                m_.stop()
-            left = tagged(RUN_TAG)
-            for pid in left:
-                LEFTOVERS.append(f"pid {pid} `{cmdline(pid)}` still alive at the end")
-            kill_pids(left)
-            autogroup_restore()
-            for x in LEFTOVERS:
-                log(f"LEFTOVER (killed by pid): {x}")
+            common.finish(RUN_TAG, log)
         cols = ["herd.rs.control", "herd.rs.update"]
         if NODE:
             cols += ["herd.js.control", "herd.js.update"]
@@ -858,8 +631,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; every process started was stopped", file=sys.stderr)
-        sys.exit(130)
+    common.run(main)
