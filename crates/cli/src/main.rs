@@ -128,11 +128,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         })?),
         Cmd::Bus(a) => {
             let mut client = Client::connect(&home)?;
-            client.send(Command::Bus { topics: a.topics })?;
+            client.send(Command::Bus {
+                topics: a.topics.clone(),
+            })?;
+            let mut resumed = false;
             let stdout = std::io::stdout();
             loop {
                 match client.recv()? {
-                    None => return Ok(ExitCode::SUCCESS),
+                    // `herd update` ends the old daemon's stream: watch the new one's.
+                    None => match Client::connect_existing(&home) {
+                        Some(mut again) => {
+                            again.send(Command::Bus {
+                                topics: a.topics.clone(),
+                            })?;
+                            client = again;
+                            resumed = true;
+                        }
+                        None => return Ok(ExitCode::SUCCESS),
+                    },
+                    // The daemon was going away, not being replaced.
+                    Some(Reply::Error { .. }) if resumed => return Ok(ExitCode::SUCCESS),
                     Some(Reply::Bus { message, .. }) => {
                         let line = if a.json {
                             message.to_string()

@@ -105,6 +105,23 @@ fn update_under_load_keeps_every_pid_and_fails_no_request() {
         })
     };
 
+    // So does a watcher of the bus.
+    let mut watcher = h
+        .command_with(&new, &["bus"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watched = {
+        let out = watcher.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.contains("after-the-updates"))
+        })
+    };
+
     let daemon = h.daemon_pid().unwrap();
     assert_eq!(exe_of(daemon), old);
     let before = all_pids(&h);
@@ -199,6 +216,18 @@ fn update_under_load_keeps_every_pid_and_fails_no_request() {
         seen.as_deref().is_some_and(|l| l.contains("before-after")),
         "{seen:?}"
     );
+
+    h.ok(&["send", "rs", r#""after-the-updates""#]);
+    let seen = wait_until(Duration::from_secs(5), || {
+        watched.is_finished().then_some(()).ok_or(())
+    });
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(
+        seen.is_ok(),
+        "the bus watcher saw nothing after the updates"
+    );
+    assert!(watched.join().unwrap().is_some());
 
     // Supervision goes on: a killed instance is replaced, and its output is captured.
     let victim = h.pids("rs")[1];
