@@ -437,27 +437,9 @@ fn daemon(home: &Home) -> Result<ExitCode> {
 /// it back to the previous program (executed again from the fd it left), so no instance is
 /// lost to a broken binary.
 fn daemon_after_update(home: &Home, fd: i32) -> Result<ExitCode> {
-    use herd_core::handover;
     init_tracing();
-    let fail = |why: String| -> anyhow::Error {
-        tracing::error!("cannot take over from the previous daemon: {why}");
-        let e = handover::fall_back(fd, &why);
-        anyhow::anyhow!("cannot take over from the previous daemon: {why}; {e}")
-    };
-    // Fault injection for the tests of the way back: a takeover that fails (not honoured by
-    // the previous program when it runs again).
-    if let Ok(why) = std::env::var(handover::FAULT_ENV) {
-        if std::env::var_os(handover::FAILED_ENV).is_none() {
-            return Err(fail(why));
-        }
-    }
-    let handover = handover::read(fd).map_err(|e| fail(format!("reading the handover: {e}")))?;
-    let lock_fd = handover
-        .daemon_fds
-        .get("lock")
-        .copied()
-        .filter(|&fd| handover::is_open(fd))
-        .ok_or_else(|| fail("the handover has no lock".into()))?;
+    let (handover, lock_fd) = read_takeover(fd)?;
+    let fail = |why: String| takeover_failed(fd, why);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -478,6 +460,35 @@ fn daemon_after_update(home: &Home, fd: i32) -> Result<ExitCode> {
     ))
     .context("running the daemon")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the state a previous program handed over at `fd`, and its lock; on failure gives
+/// the state back to the previous program (which does not return).
+fn read_takeover(fd: i32) -> Result<(herd_core::handover::Handover, i32)> {
+    use herd_core::handover;
+    let fail = |why: String| takeover_failed(fd, why);
+    // Fault injection for the tests of the way back: a takeover that fails (not honoured by
+    // the previous program when it runs again).
+    if let Ok(why) = std::env::var(handover::FAULT_ENV) {
+        if std::env::var_os(handover::FAILED_ENV).is_none() {
+            return Err(fail(why));
+        }
+    }
+    let h = handover::read(fd).map_err(|e| fail(format!("reading the handover: {e}")))?;
+    let lock_fd = h
+        .daemon_fds
+        .get("lock")
+        .copied()
+        .filter(|&fd| handover::is_open(fd))
+        .ok_or_else(|| fail("the handover has no lock".into()))?;
+    Ok((h, lock_fd))
+}
+
+/// Gives the state back to the previous program; the error says why if even that failed.
+fn takeover_failed(fd: i32, why: String) -> anyhow::Error {
+    eprintln!("[herd] cannot take over from the previous program: {why}");
+    let e = herd_core::handover::fall_back(fd, &why);
+    anyhow::anyhow!("cannot take over from the previous program: {why}; {e}")
 }
 
 fn run_daemon(home: &Home, lock: &herd_daemon::Lock) -> Result<ExitCode> {
@@ -506,23 +517,7 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
         .filter(|_| r.control);
     let handover = match taking_over {
         Some(fd) => {
-            let fail = |why: String| -> anyhow::Error {
-                eprintln!("[herd] cannot take over from the previous program: {why}");
-                let e = handover::fall_back(fd, &why);
-                anyhow::anyhow!("cannot take over from the previous program: {why}; {e}")
-            };
-            if let Ok(why) = std::env::var(handover::FAULT_ENV) {
-                if std::env::var_os(handover::FAILED_ENV).is_none() {
-                    return Err(fail(why));
-                }
-            }
-            let h = handover::read(fd).map_err(|e| fail(format!("reading the handover: {e}")))?;
-            let lock_fd = h
-                .daemon_fds
-                .get("lock")
-                .copied()
-                .filter(|&fd| handover::is_open(fd))
-                .ok_or_else(|| fail("the handover has no lock".into()))?;
+            let (h, lock_fd) = read_takeover(fd)?;
             Some((h, fd, lock_fd))
         }
         None => None,
