@@ -183,7 +183,6 @@ impl State {
         let previous_exe_fd = std::fs::File::open("/proc/self/exe")
             .and_then(|f| kept.keep(f.as_fd()))
             .ok();
-        let u = self.updating.as_ref().expect("checked");
         for (name, fd) in &u.daemon_fds {
             // SAFETY: the daemon holds these fds open for its whole life (the control socket
             // and the lock); they are only borrowed to duplicate them.
