@@ -116,6 +116,22 @@ fn cross_host(kind: &'static str) {
         .unwrap();
     assert!(lost >= 1, "{d}");
     assert!(!d.contains(" 0 reconnects"), "{d}");
+
+    // herd update on a: its instance keeps its pid and its subscriptions, the new program
+    // connects to the broker again, and traffic goes both ways.
+    let pid_a = a.pids("nb")[0];
+    let out = a.ok(&["update"]);
+    assert!(out.contains("updated in place"), "{out}");
+    assert_eq!(a.pids("nb"), vec![pid_a]);
+    wait_until(Duration::from_secs(10), || connected(&a)).unwrap();
+    let r = wait_until(Duration::from_secs(10), || ask(&b, "nb:0@host-a")).unwrap();
+    assert_eq!(r["pid"].as_u64().unwrap() as u32, pid_a);
+    b.ok(&["publish", "news", r#""after-the-update""#]);
+    wait_until(Duration::from_secs(5), || {
+        let sa = seen(&a);
+        sa.contains("after-the-update").then_some(()).ok_or(sa)
+    })
+    .unwrap();
     a.finish();
     b.finish();
 }
