@@ -451,6 +451,7 @@ fn daemon_after_update(home: &Home, fd: i32) -> Result<ExitCode> {
         host: s.host.clone(),
         bus: s.bus_url.clone(),
         max_message_bytes: s.max_message_bytes,
+        limits: s.limits,
     };
     rt.block_on(herd_daemon::serve(
         home,
@@ -574,6 +575,7 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
                     host: s.host.clone(),
                     bus: s.bus_url.clone(),
                     max_message_bytes: s.max_message_bytes,
+                    limits: s.limits,
                 };
                 let (sup, done, listener) =
                     herd_daemon::take_over(herd_daemon::config(&home, settings), h, memfd).await?;
@@ -593,6 +595,7 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
                         log_dir: dir.path().join("logs"),
                         notify_path: dir.path().join("notify.sock"),
                         pids_file: None,
+                        limits: settings.limits,
                     },
                 };
                 let (sup, done) = herd_core::Supervisor::start(config)?;

@@ -51,6 +51,9 @@ pub struct SupervisorState {
     pub bus_url: Option<String>,
     /// Largest bus message.
     pub max_message_bytes: usize,
+    /// The daemon's limits.
+    #[serde(default)]
+    pub limits: crate::Limits,
     /// The instances' `NOTIFY_SOCKET`.
     pub notify_fd: RawFd,
     /// Id of the next app.

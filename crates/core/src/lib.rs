@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod handover;
 pub mod ipc;
+pub mod limits;
 pub mod logs;
 pub mod node;
 pub mod notify;
@@ -16,4 +17,5 @@ pub mod stats;
 pub mod supervisor;
 pub mod watch;
 
+pub use limits::Limits;
 pub use supervisor::{log_path, sweep_leftovers, Config, Lifecycle, LogRef, Supervisor};

@@ -101,6 +101,8 @@ pub struct Config {
     pub notify_path: PathBuf,
     /// File listing the session ids of running instances, for [`sweep_leftovers`].
     pub pids_file: Option<PathBuf>,
+    /// What one instance or app may take from the daemon.
+    pub limits: crate::Limits,
 }
 
 /// Something that happened to an instance process, for embedders (the Rust cluster API).

@@ -96,6 +96,8 @@ pub struct Settings {
     pub bus: Option<String>,
     /// Largest message on the bus, in bytes.
     pub max_message_bytes: usize,
+    /// What one instance, app or client may take from the daemon.
+    pub limits: herd_core::Limits,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -104,6 +106,100 @@ struct ConfigFile {
     bus: Option<String>,
     host: Option<String>,
     max_message_bytes: Option<usize>,
+    max_topic_bytes: Option<usize>,
+    max_subscriptions: Option<usize>,
+    max_listen_sockets: Option<usize>,
+    max_control_connections: Option<usize>,
+    control_idle_timeout_ms: Option<u64>,
+    instance_log_burst: Option<u32>,
+    instance_log_interval_ms: Option<u64>,
+    daemon_log_max_bytes: Option<u64>,
+}
+
+/// The keys `config.toml` takes, for error messages.
+const CONFIG_KEYS: &str = "bus, host, max_message_bytes, max_topic_bytes, max_subscriptions, max_listen_sockets, max_control_connections, control_idle_timeout_ms, instance_log_burst, instance_log_interval_ms, daemon_log_max_bytes";
+
+/// Checks that `value` of `key` lies in `range`, naming the file and the fix if not.
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    path: &Path,
+) -> Result<T, String> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{key} = {v} in {} is out of range; use {} to {}",
+            path.display(),
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+fn limits(file: &ConfigFile, path: &Path) -> Result<herd_core::Limits, String> {
+    let d = herd_core::Limits::default();
+    Ok(herd_core::Limits {
+        max_topic_bytes: in_range(
+            "max_topic_bytes",
+            file.max_topic_bytes,
+            d.max_topic_bytes,
+            1..=1 << 20,
+            path,
+        )?,
+        max_subscriptions: in_range(
+            "max_subscriptions",
+            file.max_subscriptions,
+            d.max_subscriptions,
+            1..=1 << 20,
+            path,
+        )?,
+        max_listen_sockets: in_range(
+            "max_listen_sockets",
+            file.max_listen_sockets,
+            d.max_listen_sockets,
+            0..=4096,
+            path,
+        )?,
+        max_control_connections: in_range(
+            "max_control_connections",
+            file.max_control_connections,
+            d.max_control_connections,
+            4..=65536,
+            path,
+        )?,
+        control_idle_timeout_ms: in_range(
+            "control_idle_timeout_ms",
+            file.control_idle_timeout_ms,
+            d.control_idle_timeout_ms,
+            100..=86_400_000,
+            path,
+        )?,
+        instance_log_burst: in_range(
+            "instance_log_burst",
+            file.instance_log_burst,
+            d.instance_log_burst,
+            1..=1_000_000,
+            path,
+        )?,
+        instance_log_interval_ms: in_range(
+            "instance_log_interval_ms",
+            file.instance_log_interval_ms,
+            d.instance_log_interval_ms,
+            10..=86_400_000,
+            path,
+        )?,
+        daemon_log_max_bytes: in_range(
+            "daemon_log_max_bytes",
+            file.daemon_log_max_bytes,
+            d.daemon_log_max_bytes,
+            64 << 10..=1 << 40,
+            path,
+        )?,
+    })
 }
 
 /// Reads the settings.
@@ -115,7 +211,7 @@ pub fn load_settings(home: &Home) -> Result<Settings, String> {
     let file: ConfigFile = match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).map_err(|e| {
             format!(
-                "{} is not valid: {}; fix it (keys: bus, host, max_message_bytes) or remove it",
+                "{} is not valid: {}; fix it (keys: {CONFIG_KEYS}) or remove it",
                 path.display(),
                 e.to_string().trim().replace('\n', " ")
             )
@@ -123,6 +219,7 @@ pub fn load_settings(home: &Home) -> Result<Settings, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => ConfigFile::default(),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
+    let limits = limits(&file, &path)?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let host = env("HERD_HOST")
         .or(file.host)
@@ -157,6 +254,7 @@ pub fn load_settings(home: &Home) -> Result<Settings, String> {
         host,
         bus,
         max_message_bytes: max,
+        limits,
     })
 }
 

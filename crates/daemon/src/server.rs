@@ -71,6 +71,7 @@ pub fn config(home: &Home, settings: crate::Settings) -> Config {
         log_dir: home.logs(),
         notify_path: home.notify(),
         pids_file: Some(home.pids()),
+        limits: settings.limits,
     }
 }
 

@@ -271,6 +271,7 @@ impl ClusterBuilder {
             log_dir: dir.join("logs"),
             notify_path: dir.join("notify.sock"),
             pids_file: None,
+            limits: herd_core::Limits::default(),
         })?;
         // Workers write to our stdout and stderr, as Node's cluster workers do.
         let mut out = sup.subscribe_logs();

@@ -342,6 +342,7 @@ impl State {
             host: self.cfg.host.clone(),
             bus_url: self.cfg.bus_url.clone(),
             max_message_bytes: self.cfg.max_message_bytes,
+            limits: self.cfg.limits,
             notify_fd: kept.keep(notify)?,
             next_id: self.next_id,
             apps,
