@@ -59,6 +59,12 @@ pub enum Cmd {
     Startup(StartupArgs),
     /// Stop every app and the daemon.
     Kill,
+    /// Empty apps' log files, rotated ones included (all apps when no target is given).
+    Flush(FlushArgs),
+    /// Open every log file again (after logrotate moved them); SIGHUP to the daemon does the
+    /// same.
+    #[command(name = "reload-logs", alias = "reloadLogs")]
+    ReloadLogs,
     /// Replace the running daemon by this herd binary without restarting any app: the daemon
     /// re-executes itself keeping every instance, socket and channel.
     Update,
@@ -67,6 +73,13 @@ pub enum Cmd {
     /// Run the daemon in the foreground (the CLI starts it by itself on first use).
     #[command(hide = true)]
     Daemon,
+}
+
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    /// App name, numeric id, or `all`.
+    #[arg(default_value = "all")]
+    pub target: String,
 }
 
 #[derive(Debug, Args)]

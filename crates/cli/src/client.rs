@@ -3,6 +3,7 @@
 //! runtime keeps `herd list` fast.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
@@ -26,6 +27,10 @@ impl Client {
     /// When the daemon cannot be reached or started.
     pub fn connect(home: &Home) -> Result<Self> {
         let path = home.socket();
+        if home.dir.exists() {
+            home.check()?;
+        }
+        home.check_socket()?;
         match UnixStream::connect(&path) {
             Ok(s) => return Self::wrap(s, &path),
             Err(e)
@@ -43,6 +48,7 @@ impl Client {
         spawn_daemon(home)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            home.check_socket()?;
             match UnixStream::connect(&path) {
                 Ok(s) => return Self::wrap(s, &path),
                 Err(e) if Instant::now() > deadline => {
@@ -57,14 +63,35 @@ impl Client {
     }
 
     /// Connects only if a daemon already runs.
-    pub fn connect_existing(home: &Home) -> Option<Self> {
+    ///
+    /// # Errors
+    /// When HERD_HOME or its socket is not safe to use.
+    pub fn connect_existing(home: &Home) -> Result<Option<Self>> {
         let path = home.socket();
-        UnixStream::connect(&path)
-            .ok()
-            .and_then(|s| Self::wrap(s, &path).ok())
+        if !home.dir.exists() {
+            return Ok(None);
+        }
+        home.check()?;
+        home.check_socket()?;
+        match UnixStream::connect(&path) {
+            Ok(s) => Self::wrap(s, &path).map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     fn wrap(s: UnixStream, path: &std::path::Path) -> Result<Self> {
+        // The socket was ours when we looked; the process behind it must be ours too before
+        // anything (a command carries its environment) is sent.
+        let me = nix::unistd::geteuid().as_raw();
+        let peer = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+            .context("asking the daemon's credentials (SO_PEERCRED)")?;
+        if peer.uid() != me {
+            bail!(
+                "the process behind {} runs as uid {}, not as you (uid {me}); herd sends it nothing: check who can write to HERD_HOME",
+                path.display(),
+                peer.uid()
+            );
+        }
         let writer = s.try_clone()?;
         Ok(Self {
             reader: BufReader::new(s),
@@ -171,11 +198,12 @@ use std::io::Read as _;
 
 /// Starts `herd daemon` detached: its own session, output to `daemon.log`.
 fn spawn_daemon(home: &Home) -> Result<()> {
-    home.ensure()
-        .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
+    home.ensure()?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(home.daemon_log())
         .with_context(|| format!("cannot open {}", home.daemon_log().display()))?;
     let exe = std::env::current_exe().context("finding the herd binary")?;

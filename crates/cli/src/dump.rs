@@ -67,13 +67,29 @@ pub fn save(home: &Home, force: bool) -> Result<ExitCode> {
         .write(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(&serde_json::to_vec_pretty(&dump)?)?;
     f.sync_all()?;
     drop(f);
     if path.exists() {
-        std::fs::copy(&path, home.dir.join("dump.json.bak"))
+        // Copied through a new file (never through a link), 0600 like the dump.
+        let bak = home.dir.join("dump.json.bak");
+        let bak_tmp = home.dir.join("dump.json.bak.tmp");
+        std::fs::read(&path)
+            .and_then(|old| {
+                let mut b = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&bak_tmp)?;
+                b.write_all(&old)?;
+                b.sync_all()?;
+                std::fs::rename(&bak_tmp, &bak)
+            })
             .context("keeping the previous dump as dump.json.bak")?;
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;

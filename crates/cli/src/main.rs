@@ -26,7 +26,8 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 msg.push_str(&format!(": {cause}"));
             }
-            eprintln!("{msg}");
+            // Never a panic, even with stderr on a full disk.
+            let _ = writeln!(std::io::stderr(), "{msg}");
             ExitCode::FAILURE
         }
     }
@@ -69,6 +70,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Reply::Apps { bus, .. } => bus.clone(),
                 _ => None,
             };
+            warn_user(&reply);
             let apps = expect_apps(reply)?;
             if d.json {
                 let apps: Vec<_> = apps.into_iter().map(output::masked).collect();
@@ -136,7 +138,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             loop {
                 match client.recv()? {
                     // `herd update` ends the old daemon's stream: watch the new one's.
-                    None => match Client::connect_existing(&home) {
+                    None => match Client::connect_existing(&home)? {
                         Some(mut again) => {
                             again.send(Command::Bus {
                                 topics: a.topics.clone(),
@@ -167,6 +169,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Resurrect(j) => dump::resurrect(&home, j.json),
         Cmd::Startup(s) => dump::startup(&home, &s.system, s.install),
         Cmd::Kill => kill(&home),
+        Cmd::Flush(f) => {
+            print_reply(Client::connect(&home)?.call(Command::Flush { target: f.target })?)
+        }
+        Cmd::ReloadLogs => print_reply(Client::connect(&home)?.call(Command::ReloadLogs)?),
         Cmd::Update => update(&home),
         Cmd::Ping => match Client::connect(&home)?.call(Command::Ping)? {
             Reply::Pong { version, pid, .. } => {
@@ -249,6 +255,7 @@ fn print_apps(reply: Reply, json: bool) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    warn_user(&reply);
     let apps = expect_apps(reply)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&apps)?);
@@ -256,6 +263,16 @@ fn print_apps(reply: Reply, json: bool) -> Result<ExitCode> {
         print!("{}", output::table(&apps));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's warnings (writes failing on a full disk, …), on stderr so that `--json`
+/// output stays parseable.
+fn warn_user(reply: &Reply) {
+    if let Reply::Apps { warnings, .. } = reply {
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+    }
 }
 
 fn expect_apps(reply: Reply) -> Result<Vec<herd_proto::AppInfo>> {
@@ -304,7 +321,7 @@ fn logs(home: &Home, l: args::LogsArgs) -> Result<ExitCode> {
     loop {
         match client.recv()? {
             // `herd update` ends the stream of the old daemon: follow the new one.
-            None if l.follow => match Client::connect_existing(home) {
+            None if l.follow => match Client::connect_existing(home)? {
                 Some(mut again) => {
                     again.send(ask(0))?;
                     client = again;
@@ -343,7 +360,7 @@ fn logs(home: &Home, l: args::LogsArgs) -> Result<ExitCode> {
 }
 
 fn update(home: &Home) -> Result<ExitCode> {
-    let Some(mut client) = Client::connect_existing(home) else {
+    let Some(mut client) = Client::connect_existing(home)? else {
         println!(
             "no herd daemon runs for {}; the next herd command starts this one",
             home.dir.display()
@@ -371,7 +388,7 @@ fn update(home: &Home) -> Result<ExitCode> {
 }
 
 fn kill(home: &Home) -> Result<ExitCode> {
-    let Some(mut client) = Client::connect_existing(home) else {
+    let Some(mut client) = Client::connect_existing(home)? else {
         println!("no herd daemon runs for {}", home.dir.display());
         return Ok(ExitCode::SUCCESS);
     };
@@ -388,14 +405,20 @@ fn kill(home: &Home) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The daemon's log: `daemon.log`, rotated by size, opened again on SIGHUP, never failing.
+fn init_daemon_tracing(home: &Home, max_bytes: u64) {
+    let log = herd_daemon::log::DaemonLog::install(home, max_bytes);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter())
         .with_ansi(false)
-        .with_writer(std::io::stderr)
+        .with_writer(move || log.clone())
+        .log_internal_errors(false)
         .init();
+}
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
 fn daemon(home: &Home) -> Result<ExitCode> {
@@ -417,19 +440,18 @@ fn daemon(home: &Home) -> Result<ExitCode> {
             0 as libc::c_uint,
         );
     }
-    home.ensure()
-        .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
-    herd_daemon::rotate_daemon_log(home);
+    home.ensure()?;
+    let settings = herd_daemon::load_settings(home).map_err(anyhow::Error::msg)?;
     let Some(lock) = herd_daemon::take_lock(home)? else {
         // Another daemon won the race; the client connects to that one.
         return Ok(ExitCode::SUCCESS);
     };
-    init_tracing();
+    init_daemon_tracing(home, settings.limits.daemon_log_max_bytes);
     let swept = herd_core::sweep_leftovers(&home.pids());
     if swept > 0 {
         tracing::warn!("killed {swept} processes left by a daemon that died without stopping them");
     }
-    run_daemon(home, &lock)
+    run_daemon(home, &lock, settings)
 }
 
 /// The daemon after `herd update`: the same process, running the new binary, with the
@@ -437,7 +459,7 @@ fn daemon(home: &Home) -> Result<ExitCode> {
 /// it back to the previous program (executed again from the fd it left), so no instance is
 /// lost to a broken binary.
 fn daemon_after_update(home: &Home, fd: i32) -> Result<ExitCode> {
-    init_tracing();
+    init_daemon_tracing(home, herd_core::Limits::default().daemon_log_max_bytes);
     let (handover, lock_fd) = read_takeover(fd)?;
     let fail = |why: String| takeover_failed(fd, why);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -453,6 +475,7 @@ fn daemon_after_update(home: &Home, fd: i32) -> Result<ExitCode> {
         max_message_bytes: s.max_message_bytes,
         limits: s.limits,
     };
+    herd_daemon::log::set_max(s.limits.daemon_log_max_bytes);
     rt.block_on(herd_daemon::serve(
         home,
         settings,
@@ -492,12 +515,15 @@ fn takeover_failed(fd: i32, why: String) -> anyhow::Error {
     anyhow::anyhow!("cannot take over from the previous program: {why}; {e}")
 }
 
-fn run_daemon(home: &Home, lock: &herd_daemon::Lock) -> Result<ExitCode> {
+fn run_daemon(
+    home: &Home,
+    lock: &herd_daemon::Lock,
+    settings: herd_daemon::Settings,
+) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let settings = herd_daemon::load_settings(home).map_err(anyhow::Error::msg)?;
     rt.block_on(herd_daemon::serve(home, settings, lock.raw_fd(), None))
         .context("running the daemon")?;
     Ok(ExitCode::SUCCESS)
@@ -541,8 +567,7 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
     let home = Home::from_env();
     // With --control this process is HERD_HOME's daemon, in the foreground.
     let lock = if r.control && handover.is_none() {
-        home.ensure()
-            .with_context(|| format!("cannot create HERD_HOME at {}", home.dir.display()))?;
+        home.ensure()?;
         let Some(lock) = herd_daemon::take_lock(&home)? else {
             bail!(
                 "a herd daemon already runs for {}; stop it with `herd kill`, or set HERD_HOME to another folder",
@@ -624,13 +649,15 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
                         } else {
                             output::log_line(&ev.app, ev.instance, ev.stream, &ev.line)
                         };
-                        match ev.stream {
-                            LogStream::Out => println!("{line}"),
-                            LogStream::Err => eprintln!("{line}"),
-                        }
+                        // A write that fails (a full disk, a closed pipe) drops the line;
+                        // println! would panic and take every app down.
+                        let _ = match ev.stream {
+                            LogStream::Out => writeln!(std::io::stdout(), "{line}"),
+                            LogStream::Err => writeln!(std::io::stderr(), "{line}"),
+                        };
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("[herd] {n} log lines skipped")
+                        let _ = writeln!(std::io::stderr(), "[herd] {n} log lines skipped");
                     }
                     Err(_) => return,
                 }

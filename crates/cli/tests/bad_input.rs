@@ -242,10 +242,15 @@ fn a_privileged_port_without_the_privilege_names_the_fix() {
     let root = nix::unistd::getuid().is_root();
     // As root, run herd as `nobody` so that port 80 is really refused.
     let nobody = 65534;
-    if root {
-        std::fs::set_permissions(h.home(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    }
     let home = h.home().join("unprivileged");
+    if root {
+        // `nobody` may pass through the test's home, and owns its own HERD_HOME below it
+        // (herd refuses a HERD_HOME under a folder others can write).
+        std::fs::set_permissions(h.home(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(nobody), Some(nobody)).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
     let run = |args: &[&str]| {
         let mut c = std::process::Command::new(herd_bin());
         c.args(args).env("HERD_HOME", &home).current_dir("/");

@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod handover;
+pub mod health;
 pub mod ipc;
 pub mod limits;
 pub mod logs;

@@ -82,9 +82,8 @@ impl LogFile {
             "{} {note}\n",
             humantime::format_rfc3339_millis(std::time::SystemTime::now())
         );
-        if let Err(e) = self.write(line.as_bytes()) {
-            tracing::warn!(path = %self.path.display(), "cannot write log: {e}");
-        }
+        let r = self.write(line.as_bytes());
+        count_write(&self.path, line.len(), r);
         if let Some((bus, app, instance, stream)) = &self.notes {
             if bus.receiver_count() > 0 {
                 let _ = bus.send(Arc::new(LogEvent {
@@ -124,6 +123,35 @@ impl LogFile {
         Ok(())
     }
 
+    /// Opens the file again at its path (after logrotate moved it, `SIGHUP`/`herd reloadLogs`).
+    ///
+    /// # Errors
+    /// When the file cannot be opened; the old one is kept.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        let file = open_append(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = file;
+        Ok(())
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Empties the file and removes its rotated files (`herd flush`).
+    ///
+    /// # Errors
+    /// When the file cannot be truncated.
+    pub fn truncate(&mut self) -> io::Result<()> {
+        for n in 1..=self.keep {
+            let _ = std::fs::remove_file(format!("{}.{n}", self.path.display()));
+        }
+        self.file.set_len(0)?;
+        self.size = 0;
+        Ok(())
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
         if self.keep == 0 {
@@ -143,13 +171,50 @@ impl LogFile {
     }
 }
 
+/// Opens a log for appending: created 0600, and never through a symbolic link (a link in
+/// `logs/` would let whoever made it point herd's writes at another file).
 fn open_append(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
         .append(true)
-        .mode(0o640)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} is a symbolic link, which herd does not follow; remove it",
+                        path.display()
+                    ),
+                )
+            } else {
+                e
+            }
+        })
+}
+
+/// Counts a log write that failed (a full disk drops the output, never stops an app) and says
+/// so once per failing stretch, and once when writes work again.
+fn count_write(path: &Path, len: usize, r: io::Result<()>) {
+    use crate::health::APP_LOGS;
+    match r {
+        Ok(()) => {
+            if APP_LOGS.succeeded() {
+                tracing::info!("instance logs are written again");
+            }
+        }
+        Err(e) => {
+            if APP_LOGS.failed(len, &e) {
+                tracing::warn!(
+                    path = %path.display(),
+                    "cannot write instance log: {e}; output is dropped (and counted) until writes work again"
+                );
+            }
+        }
+    }
 }
 
 /// Where one stream of one process goes.
@@ -272,13 +337,11 @@ fn write_log(t: &PumpTarget, bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
-    let mut f = t
-        .file
-        .lock()
-        .expect("log lock is never poisoned: no panics while held");
-    if let Err(e) = f.write(bytes) {
-        tracing::warn!(path = %f.path.display(), "cannot write log: {e}");
-    }
+    let Ok(mut f) = t.file.lock() else {
+        return;
+    };
+    let r = f.write(bytes);
+    count_write(&f.path, bytes.len(), r);
 }
 
 /// The last `n` lines of a log file and, if it holds fewer, of its first rotated file.
@@ -297,7 +360,13 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
 }
 
 fn tail_one(path: &Path, n: usize) -> Vec<String> {
-    let Ok(mut f) = File::open(path) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A symbolic link in `logs/` is not shown: it could point anywhere.
+    let Ok(mut f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    else {
         return Vec::new();
     };
     let Ok(len) = f.seek(SeekFrom::End(0)) else {

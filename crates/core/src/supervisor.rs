@@ -302,6 +302,7 @@ impl Supervisor {
             lifecycle: lifecycle.clone(),
             bus,
             cfg: config,
+            pids_dirty: std::cell::Cell::new(false),
             tx: tx.clone(),
             logs: logs.clone(),
             apps: BTreeMap::new(),
@@ -655,6 +656,8 @@ struct State {
     /// Bounded path for instances' messages: a flood waits in the instances, not in memory.
     ipc_tx: mpsc::Sender<Event>,
     cfg: Config,
+    /// `instances.pids` could not be written: try again after the next event.
+    pids_dirty: std::cell::Cell<bool>,
     tx: mpsc::UnboundedSender<Event>,
     logs: LogBus,
     apps: BTreeMap<u32, App>,
@@ -824,7 +827,26 @@ impl State {
             }
             Command::List => {
                 let ids: Vec<u32> = self.apps.keys().copied().collect();
-                let _ = reply.send(Reply::apps(self.infos(&ids, false)));
+                let _ = reply.send(Reply::Apps {
+                    v: PROTOCOL_VERSION,
+                    apps: self.infos(&ids, false),
+                    bus: None,
+                    warnings: crate::health::warnings(),
+                });
+            }
+            Command::Flush { target } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let (n, failed) = self.each_log(&ids, |f| f.truncate());
+                    let _ = reply.send(log_files_reply("emptied", n, failed));
+                }
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::ReloadLogs => {
+                let ids: Vec<u32> = self.apps.keys().copied().collect();
+                let (n, failed) = self.each_log(&ids, |f| f.reopen());
+                let _ = reply.send(log_files_reply("reopened", n, failed));
             }
             Command::Describe { target } => match self.resolve(&target) {
                 Ok(ids) => {
@@ -833,6 +855,7 @@ impl State {
                         v: PROTOCOL_VERSION,
                         apps,
                         bus: Some(Box::new(self.bus_stats())),
+                        warnings: crate::health::warnings(),
                     });
                 }
                 Err(e) => {
@@ -985,6 +1008,30 @@ impl State {
             ErrorCode::UnknownApp,
             format!("no app named or numbered {target:?}; `herd list` shows the apps"),
         ))
+    }
+
+    /// Runs `f` on every log file of the apps `ids`: how many it did, and the first failure.
+    fn each_log(
+        &self,
+        ids: &[u32],
+        f: impl Fn(&mut logs::LogFile) -> std::io::Result<()>,
+    ) -> (usize, Option<String>) {
+        let mut n = 0;
+        let mut failed = None;
+        for app in ids.iter().filter_map(|id| self.apps.get(id)) {
+            for slot in &app.slots {
+                for log in [&slot.out, &slot.err] {
+                    let Ok(mut file) = log.lock() else { continue };
+                    match f(&mut file) {
+                        Ok(()) => n += 1,
+                        Err(e) => {
+                            failed.get_or_insert_with(|| format!("{}: {e}", file.path().display()));
+                        }
+                    }
+                }
+            }
+        }
+        (n, failed)
     }
 
     fn log_files(&self, target: &str, stream: Option<LogStream>) -> Result<Vec<LogRef>, Reply> {
@@ -1230,6 +1277,9 @@ impl State {
     // ----- after every event ----------------------------------------------------------------
 
     fn after_event(&mut self) {
+        if self.pids_dirty.get() {
+            self.write_pids();
+        }
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
             while matches!(app.slots.last(), Some(s) if matches!(s.state, SlotState::Gone)) {
@@ -1368,6 +1418,8 @@ impl State {
         out
     }
 
+    /// Writes the pids of running instances (for [`sweep_leftovers`] after a crash). A failed
+    /// write (full disk) is counted and tried again after the next event.
     fn write_pids(&self) {
         let Some(path) = &self.cfg.pids_file else {
             return;
@@ -1378,13 +1430,51 @@ impl State {
             text.push('\n');
         }
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .is_err()
-        {
-            tracing::warn!("cannot write {}", path.display());
+        let r = write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
+        match r {
+            Ok(()) => {
+                self.pids_dirty.set(false);
+                if crate::health::STATE.succeeded() {
+                    tracing::info!("{} is written again", path.display());
+                }
+            }
+            Err(e) => {
+                self.pids_dirty.set(true);
+                let _ = std::fs::remove_file(&tmp);
+                if crate::health::STATE.failed(text.len(), &e) {
+                    tracing::warn!(
+                        "cannot write {}: {e}; herd tries again at the next change",
+                        path.display()
+                    );
+                }
+            }
         }
     }
+}
+
+/// The answer to `flush` and `reloadLogs`.
+fn log_files_reply(did: &str, n: usize, failed: Option<String>) -> Reply {
+    match failed {
+        None => Reply::done(format!("{did} {n} log files")),
+        Some(e) => Reply::error(
+            ErrorCode::Internal,
+            format!("{did} {n} log files; failed: {e}"),
+        ),
+    }
+}
+
+/// Writes a file of HERD_HOME: created 0600, truncated, never through a symbolic link.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 /// Gives a slot that will not run again by itself a fresh socket. Connections that queued on

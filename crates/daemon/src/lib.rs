@@ -4,11 +4,12 @@
 //! It does not start itself (the CLI does, on first use) and holds no app state of its own:
 //! that lives in the supervisor.
 
+pub mod log;
 mod server;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use server::{bind_control, config, serve, spawn_accept, take_over};
@@ -58,20 +59,123 @@ impl Home {
         self.dir.join("notify.sock")
     }
 
-    /// Creates the directory (mode 0700) if needed.
+    /// Creates the directory (mode 0700, and its parents) if needed, checks that it is safe
+    /// to use ([`Home::check`]), and creates `logs/` (0700) in it.
     ///
     /// # Errors
-    /// When it cannot be created.
-    pub fn ensure(&self) -> io::Result<()> {
-        if !self.dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.dir)?;
+    /// When it cannot be created or is not safe, with the fix named.
+    pub fn ensure(&self) -> Result<(), HomeError> {
+        match std::fs::symlink_metadata(&self.dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.dir)
+                    .map_err(|e| {
+                        HomeError::Io(
+                            format!("cannot create HERD_HOME at {}", self.dir.display()),
+                            e,
+                        )
+                    })?;
+            }
+            _ => {}
         }
-        let meta = std::fs::metadata(&self.dir)?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+        self.check()?;
+        private_dir(&self.logs())
+    }
+
+    /// Checks that `HERD_HOME` can be trusted, as OpenSSH checks `~/.ssh`: it belongs to the
+    /// caller and no other user can write to it, nor to any directory above it (a
+    /// world-writable directory with the sticky bit, such as `/tmp`, is fine: nobody else can
+    /// move what is in it). Otherwise another user could read the commands sent to the
+    /// daemon (and their environment), answer them, or point herd's writes at their files.
+    /// Read and search bits for others on HERD_HOME itself are removed.
+    ///
+    /// # Errors
+    /// What is wrong and how to fix it.
+    pub fn check(&self) -> Result<(), HomeError> {
+        let me = nix::unistd::geteuid().as_raw();
+        let meta = std::fs::metadata(&self.dir).map_err(|e| {
+            HomeError::Io(
+                format!("cannot read HERD_HOME at {}", self.dir.display()),
+                e,
+            )
+        })?;
+        if !meta.is_dir() {
+            return Err(HomeError::Unsafe(format!(
+                "HERD_HOME {} is not a directory; set HERD_HOME to a folder of your own",
+                self.dir.display()
+            )));
+        }
+        if meta.uid() != me {
+            return Err(HomeError::Unsafe(format!(
+                "HERD_HOME {} belongs to uid {}, not to you (uid {me}): its owner could read your commands or redirect herd's files; use a folder of your own (the default is ~/.herd) or `chown {me} {}`",
+                self.dir.display(),
+                meta.uid(),
+                self.dir.display()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(HomeError::Unsafe(format!(
+                "HERD_HOME {} is writable by other users (mode {:o}): they could replace its socket or files; run `chmod 700 {}`",
+                self.dir.display(),
+                meta.mode() & 0o7777,
+                self.dir.display()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |e| HomeError::Io(format!("cannot chmod 700 {}", self.dir.display()), e),
+            )?;
+        }
+        // Every directory above it, along the path as given and along the real path.
+        let given = std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let real = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| given.clone());
+        for top in [&given, &real] {
+            for dir in top.ancestors().skip(1) {
+                let Ok(m) = std::fs::symlink_metadata(dir) else {
+                    continue;
+                };
+                let owner_ok = m.uid() == me || m.uid() == 0;
+                let shared = m.mode() & 0o022 != 0 && !m.file_type().is_symlink();
+                let sticky = m.mode() & 0o1000 != 0;
+                if !owner_ok || (shared && !sticky) {
+                    return Err(HomeError::Unsafe(format!(
+                        "{} (above HERD_HOME {}) {}: another user could replace HERD_HOME; put HERD_HOME in a folder only you and root can write (the default is ~/.herd)",
+                        dir.display(),
+                        self.dir.display(),
+                        if owner_ok {
+                            "is writable by other users".to_string()
+                        } else {
+                            format!("belongs to uid {}", m.uid())
+                        }
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `herd.sock` is a socket of the caller's before anything is sent to it.
+    ///
+    /// # Errors
+    /// When it is something else, or another user's.
+    pub fn check_socket(&self) -> Result<(), HomeError> {
+        let path = self.socket();
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Nothing there (yet): nothing to send to.
+            Err(_) => return Ok(()),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if !m.file_type().is_socket() || m.uid() != me {
+            return Err(HomeError::Unsafe(format!(
+                "{} is not a socket of yours (uid {}, {}); herd sends nothing to it: remove it, and check who else can write to {}",
+                path.display(),
+                m.uid(),
+                if m.file_type().is_symlink() { "a symbolic link" } else if m.file_type().is_socket() { "a socket" } else { "not a socket" },
+                self.dir.display()
+            )));
         }
         Ok(())
     }
@@ -258,6 +362,43 @@ pub fn load_settings(home: &Home) -> Result<Settings, String> {
     })
 }
 
+/// Why a `HERD_HOME` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// It (or a directory above it) could be changed by another user.
+    #[error("{0}")]
+    Unsafe(String),
+    /// A file operation failed.
+    #[error("{0}: {1}")]
+    Io(String, #[source] io::Error),
+}
+
+/// Creates (0700) or checks a directory of HERD_HOME: a real directory of the caller's, not a
+/// symbolic link.
+fn private_dir(path: &Path) -> Result<(), HomeError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| HomeError::Io(format!("cannot create {}", path.display()), e)),
+        Err(e) => Err(HomeError::Io(format!("cannot read {}", path.display()), e)),
+        Ok(m) if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() => {
+            Err(HomeError::Unsafe(format!(
+                "{} is not a directory of yours (herd follows no links in HERD_HOME); remove it",
+                path.display()
+            )))
+        }
+        Ok(m) => {
+            if m.mode() & 0o7777 != 0o700 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(
+                    |e| HomeError::Io(format!("cannot chmod 700 {}", path.display()), e),
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The daemon's claim on a home: an exclusive `flock` held for its whole life.
 #[derive(Debug)]
 pub struct Lock {
@@ -282,6 +423,7 @@ pub fn take_lock(home: &Home) -> io::Result<Option<Lock>> {
         .read(true)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(home.lock())?;
     match nix::fcntl::Flock::lock(
         file.try_clone()?,
@@ -307,16 +449,5 @@ pub fn lock_held(home: &Home) -> bool {
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
         Ok(_) => false,
         Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
-    }
-}
-
-/// Keeps `daemon.log` from growing without bound: past 10 MiB it moves to `daemon.log.1`.
-pub fn rotate_daemon_log(home: &Home) {
-    let path = home.daemon_log();
-    if std::fs::metadata(&path)
-        .map(|m| m.len() > 10 << 20)
-        .unwrap_or(false)
-    {
-        let _ = std::fs::rename(&path, home.dir.join("daemon.log.1"));
     }
 }

@@ -46,12 +46,24 @@ pub async fn serve(
         Some((h, memfd)) => take_over(config, h, memfd).await?,
     };
     let accept = spawn_accept(listener, sup.clone(), lock_fd, vec!["daemon".into()]);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    // Every signal that would end the daemon by default is handled (docs/security.md):
+    // TERM, INT and QUIT stop every app and the daemon; HUP (logrotate) and USR2 (PM2's
+    // `reloadLogs`) open the log files again; USR1 is logged and ignored.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
             _ = term.recv() => stop_all(&sup, "SIGTERM"),
             _ = int.recv() => stop_all(&sup, "SIGINT"),
+            _ = quit.recv() => stop_all(&sup, "SIGQUIT"),
+            _ = hup.recv() => reload_logs(&sup, "SIGHUP"),
+            _ = usr2.recv() => reload_logs(&sup, "SIGUSR2"),
+            _ = usr1.recv() => tracing::info!("SIGUSR1 ignored (SIGHUP opens the log files again; SIGTERM stops)"),
             _ = &mut done => break,
         }
     }
@@ -233,6 +245,18 @@ fn stop_all(sup: &Supervisor, why: &str) {
     tokio::spawn(async move { sup.request(Command::Kill).await });
 }
 
+/// Opens `daemon.log` and every instance log again, as logrotate expects after moving them.
+fn reload_logs(sup: &Supervisor, why: &str) {
+    crate::log::reopen();
+    tracing::info!("{why}: log files opened again");
+    let sup = sup.clone();
+    tokio::spawn(async move {
+        if let Reply::Error { error, .. } = sup.request(Command::ReloadLogs).await {
+            tracing::warn!("reopening instance logs: {}", error.message);
+        }
+    });
+}
+
 async fn send(conn: &mut UnixStream, reply: &Reply) -> io::Result<()> {
     conn.write_all(&encode_line(reply)).await
 }
@@ -309,6 +333,11 @@ async fn connection(
             Command::Kill => {
                 let reply = sup.request(Command::Kill).await;
                 return send(&mut conn, &reply).await;
+            }
+            Command::ReloadLogs => {
+                crate::log::reopen();
+                let reply = sup.request(Command::ReloadLogs).await;
+                send(&mut conn, &reply).await?;
             }
             Command::Bus { topics } => return stream_bus(conn, &sup, topics).await,
             Command::Update { exe, formats } => {

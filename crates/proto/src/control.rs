@@ -165,6 +165,14 @@ pub enum Command {
     },
     /// Stop every app, then the daemon.
     Kill,
+    /// Empty apps' log files, rotated ones included (PM2's `flush`).
+    Flush {
+        /// Which apps; `all` for every app.
+        target: String,
+    },
+    /// Open every log file again at its path (PM2's `reloadLogs`), after logrotate moved
+    /// them away; the daemon does the same on SIGHUP.
+    ReloadLogs,
 }
 
 /// One reply line from the daemon.
@@ -189,6 +197,10 @@ pub enum Reply {
         /// The message bus's state (in `describe` replies only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bus: Option<Box<BusStats>>,
+        /// What the daemon wants its user to know (writes that fail on a full disk, …), in
+        /// `list` and `describe` replies.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// A message seen on the bus (for `bus`): an envelope as daemons exchange them.
     Bus {
@@ -258,6 +270,7 @@ impl Reply {
             v: PROTOCOL_VERSION,
             apps,
             bus: None,
+            warnings: Vec::new(),
         }
     }
 
