@@ -602,15 +602,18 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
                     max_message_bytes: s.max_message_bytes,
                     limits: s.limits,
                 };
+                let limits = s.limits;
                 let (sup, done, listener) =
                     herd_daemon::take_over(herd_daemon::config(&home, settings), h, memfd).await?;
                 let argv = std::env::args_os().skip(1).collect();
-                let accept = herd_daemon::spawn_accept(listener, sup.clone(), lock_fd, argv);
+                let accept =
+                    herd_daemon::spawn_accept(listener, sup.clone(), lock_fd, argv, &limits);
                 (sup, done, Some(accept))
             }
             None => {
                 let settings =
                     herd_daemon::load_settings(&home).map_err(anyhow::Error::msg)?;
+                let limits = settings.limits;
                 let config = match &lock {
                     Some(_) => herd_daemon::config(&home, settings),
                     None => herd_core::Config {
@@ -628,7 +631,13 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
                     Some(lock) => {
                         let listener = herd_daemon::bind_control(&home)?;
                         let argv = std::env::args_os().skip(1).collect();
-                        Some(herd_daemon::spawn_accept(listener, sup.clone(), lock.raw_fd(), argv))
+                        Some(herd_daemon::spawn_accept(
+                            listener,
+                            sup.clone(),
+                            lock.raw_fd(),
+                            argv,
+                            &limits,
+                        ))
                     }
                     None => None,
                 };

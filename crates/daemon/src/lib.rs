@@ -4,6 +4,7 @@
 //! It does not start itself (the CLI does, on first use) and holds no app state of its own:
 //! that lives in the supervisor.
 
+mod gate;
 pub mod log;
 mod server;
 

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::gate::{Gate, Ticket};
 use crate::Home;
 
 /// Runs the daemon's control server and supervisor until a `kill` request or SIGTERM/SIGINT
@@ -34,6 +35,7 @@ pub async fn serve(
     handover: Option<(Handover, RawFd)>,
 ) -> io::Result<()> {
     let config = config(home, settings);
+    let limits = config.limits;
     let (sup, mut done, listener) = match handover {
         None => {
             let (sup, done) = Supervisor::start(config)?;
@@ -45,7 +47,13 @@ pub async fn serve(
         }
         Some((h, memfd)) => take_over(config, h, memfd).await?,
     };
-    let accept = spawn_accept(listener, sup.clone(), lock_fd, vec!["daemon".into()]);
+    let accept = spawn_accept(
+        listener,
+        sup.clone(),
+        lock_fd,
+        vec!["daemon".into()],
+        &limits,
+    );
     // Every signal that would end the daemon by default is handled (docs/security.md):
     // TERM, INT and QUIT stop every app and the daemon; HUP (logrotate) and USR2 (PM2's
     // `reloadLogs`) open the log files again; USR1 is logged and ignored.
@@ -195,7 +203,12 @@ pub fn spawn_accept(
     sup: Supervisor,
     lock_fd: RawFd,
     argv: Vec<std::ffi::OsString>,
+    limits: &herd_core::Limits,
 ) -> tokio::task::JoinHandle<()> {
+    let gate = Gate::new(
+        limits.max_control_connections,
+        std::time::Duration::from_millis(limits.control_idle_timeout_ms),
+    );
     let ctx = Arc::new(UpdateContext {
         daemon_fds: vec![
             ("control".to_string(), listener.as_raw_fd()),
@@ -209,22 +222,35 @@ pub fn spawn_accept(
     let updating_tx = Arc::new(updating_tx);
     let my_uid = nix::unistd::getuid().as_raw();
     tokio::spawn(async move {
+        // Failures of accept in a row (the fd limit): logged once, then summed up.
+        let mut failures = 0u64;
         loop {
             tokio::select! {
                 _ = updating.changed() => {}
                 accepted = listener.accept(), if !*updating.borrow() => match accepted {
                     Ok((conn, _)) => {
+                        if failures > 1 {
+                            tracing::info!("accept on the control socket works again after {failures} failures");
+                        }
+                        failures = 0;
+                        let Some(ticket) = gate.admit() else {
+                            refuse(&conn);
+                            continue;
+                        };
                         let sup = sup.clone();
                         let ctx = ctx.clone();
                         let updating_tx = updating_tx.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = connection(conn, sup, my_uid, ctx, updating_tx).await {
+                            if let Err(e) = connection(conn, sup, my_uid, ctx, updating_tx, ticket).await {
                                 tracing::debug!("control connection ended: {e}");
                             }
                         });
                     }
                     Err(e) => {
-                        tracing::warn!("accept on control socket: {e}");
+                        if failures == 0 {
+                            tracing::warn!("accept on the control socket failed: {e}; retrying every 20 ms (logged once until it works)");
+                        }
+                        failures += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
                 },
@@ -261,12 +287,22 @@ async fn send(conn: &mut UnixStream, reply: &Reply) -> io::Result<()> {
     conn.write_all(&encode_line(reply)).await
 }
 
+/// Answers a connection the gate cannot admit, without waiting for it.
+fn refuse(conn: &UnixStream) {
+    let reply = Reply::error(
+        ErrorCode::Busy,
+        "too many control connections are busy (max_control_connections in HERD_HOME/config.toml); try again",
+    );
+    let _ = conn.try_write(&encode_line(&reply));
+}
+
 async fn connection(
     mut conn: UnixStream,
     sup: Supervisor,
     my_uid: u32,
     ctx: Arc<UpdateContext>,
     updating: Arc<tokio::sync::watch::Sender<bool>>,
+    ticket: Ticket,
 ) -> io::Result<()> {
     let cred = conn.peer_cred()?;
     if cred.uid() != my_uid && cred.uid() != 0 {
@@ -282,6 +318,10 @@ async fn connection(
     let mut lines = LineBuffer::new(MAX_CONTROL_LINE);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        // Waiting for a whole request: the gate may close this connection to make room, and
+        // it is closed when the request takes longer than the idle timeout.
+        ticket.waiting(true);
+        let deadline = tokio::time::Instant::now() + ticket.gate_idle();
         let line = loop {
             match lines.next_line() {
                 Ok(Some(line)) => break line,
@@ -293,12 +333,20 @@ async fn connection(
                     return send(&mut conn, &Reply::error(ErrorCode::TooLarge, msg)).await;
                 }
             }
-            let n = conn.read(&mut buf).await?;
+            let n = tokio::select! {
+                n = conn.read(&mut buf) => n?,
+                () = ticket.close.notified() => {
+                    refuse(&conn);
+                    return Ok(());
+                }
+                () = tokio::time::sleep_until(deadline) => return Ok(()),
+            };
             if n == 0 {
                 return Ok(());
             }
             lines.extend(&buf[..n]);
         };
+        ticket.waiting(false);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
