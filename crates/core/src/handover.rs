@@ -65,6 +65,10 @@ pub struct SupervisorState {
     /// Output pipes of exited processes still held by their children.
     #[serde(default)]
     pub orphan_pipes: Vec<OrphanPipe>,
+    /// The daemon's parent cgroup, when instances run in cgroups (absent from earlier
+    /// builds, which had none).
+    #[serde(default)]
+    pub cgroup_parent: Option<std::path::PathBuf>,
 }
 
 /// One app.
@@ -157,6 +161,9 @@ pub struct ProcState {
     pub err: Option<PipeState>,
     /// Its IPC channel.
     pub channel: Option<ChannelState>,
+    /// Its cgroup, when it runs in its own (absent from earlier builds).
+    #[serde(default)]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 /// An output pipe still open after its process exited (its children hold it).
