@@ -453,3 +453,39 @@ fn a_crashed_daemons_escaped_children_and_cgroups_are_swept() {
     assert!(e.port_is_free());
     h.finish();
 }
+
+#[test]
+fn cgroups_cross_herd_update_and_still_contain() {
+    need_cgroups!();
+    let h = Herd::new();
+    let e = Escaper::new();
+    e.start(&h, "esc", 2, &[]);
+    let esc = escapees(&e, 2);
+    let leaves = cgroups_of(&h, "esc");
+    let parent = parent_cgroup(&h, "esc");
+    let out = h.ok(&["update"]);
+    assert!(out.contains("daemon updated in place"), "{out}");
+    // The new program knows each process's cgroup and the daemon's parent.
+    assert_eq!(cgroups_of(&h, "esc"), leaves);
+    assert_eq!(parent_cgroup(&h, "esc"), parent);
+    h.ok(&["stop", "esc"]);
+    let survivors: Vec<u32> = esc.iter().copied().filter(|p| alive(*p)).collect();
+    kill_by_pid(&survivors);
+    assert!(
+        survivors.is_empty(),
+        "survived herd stop after an update: {survivors:?}"
+    );
+    assert!(e.port_is_free());
+    assert_gone(&leaves, "herd stop after an update");
+    // New processes get leaves of their own under the same parent.
+    h.ok(&["start", "esc"]);
+    let fresh = cgroups_of(&h, "esc");
+    assert_eq!(fresh.len(), 2);
+    let p = parent.clone().expect("instances run in cgroups");
+    assert!(fresh.iter().all(|l| l.is_dir() && l.starts_with(&p)));
+    h.ok(&["kill"]);
+    assert_gone(&fresh, "herd kill");
+    let parent = parent.expect("instances run in cgroups");
+    assert!(!parent.exists(), "{parent:?} outlived the daemon");
+    h.finish();
+}

@@ -1486,6 +1486,10 @@ impl State {
     /// Removes a killed process's cgroup once it is empty; until then the app is not settled,
     /// so a stop is answered only when nothing of the instance runs any more.
     fn empty_cgroup(&mut self, id: u32, leaf: PathBuf) {
+        // Usually the process left nothing behind and the leaf goes at once.
+        if std::fs::remove_dir(&leaf).is_ok() {
+            return;
+        }
         if let Some(app) = self.apps.get_mut(&id) {
             app.emptying += 1;
         }
