@@ -292,6 +292,12 @@ pub fn kill(leaf: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}
     }
+    kill_each(leaf);
+    Ok(())
+}
+
+/// SIGKILLs each pid of `cgroup.procs`, a few passes over (kernels before 5.14).
+fn kill_each(leaf: &Path) {
     for _ in 0..5 {
         let pids = procs(leaf);
         if pids.is_empty() {
@@ -303,7 +309,6 @@ pub fn kill(leaf: &Path) -> io::Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 /// Removes a killed leaf once the last of its processes has exited (`rmdir` answers EBUSY
@@ -363,6 +368,23 @@ pub fn memory(leaf: &Path) -> Option<u64> {
         }
     }
     Some(total)
+}
+
+/// Which of `leaves` (pid → leaf) holds `pid`, by the `0::` line of its `/proc/<pid>/cgroup`.
+pub fn owner_of<S: std::hash::BuildHasher>(
+    pid: u32,
+    leaves: &std::collections::HashMap<u32, PathBuf, S>,
+) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let own = parse_own_cgroup(&text)?;
+    let rel = Path::new(own.trim_start_matches('/'));
+    if rel.as_os_str().is_empty() {
+        return None;
+    }
+    leaves
+        .iter()
+        .find(|(_, leaf)| leaf.ends_with(rel))
+        .map(|(owner, _)| *owner)
 }
 
 /// Whether `pid` is in the cgroup.
@@ -447,6 +469,56 @@ mod tests {
         assert_eq!(locate(&sub, "/docker/abcdef"), None);
         assert_eq!(locate(&sub, "/other"), None);
         assert_eq!(locate(&m, "/../outside"), None);
+    }
+
+    /// A leaf under a tree of this test process, or `None` where cgroups cannot be made.
+    fn scratch_tree() -> Option<Tree> {
+        match Tree::create() {
+            Ok(t) => Some(t),
+            Err(why) => {
+                eprintln!("SKIPPED: cannot create cgroups here: {why}");
+                None
+            }
+        }
+    }
+
+    fn sleeper_in(leaf: &Path) -> std::process::Child {
+        let child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
+        child
+    }
+
+    #[test]
+    fn kills_by_cgroup_kill_and_by_iterating_then_removes() {
+        let Some(mut tree) = scratch_tree() else {
+            return;
+        };
+        let a = tree.new_leaf("unit", 0).unwrap();
+        let b = tree.new_leaf("unit", 1).unwrap();
+        let mut ca = sleeper_in(&a);
+        let mut cb = sleeper_in(&b);
+        assert!(contains(&a, ca.id()));
+        assert!(memory(&a).is_some_and(|m| m > 0));
+        let mut owners = std::collections::HashMap::new();
+        owners.insert(7u32, b.clone());
+        assert_eq!(owner_of(cb.id(), &owners), Some(7));
+        kill(&a).unwrap();
+        // The path taken on kernels without cgroup.kill.
+        kill_each(&b);
+        assert!(ca.wait().unwrap().code().is_none());
+        assert!(cb.wait().unwrap().code().is_none());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(remove_when_empty(a.clone(), Duration::from_secs(5))));
+        assert!(!a.exists());
+        tree.remove_all(Duration::from_secs(5));
+        assert!(!b.exists());
+        assert!(!tree.path().exists());
     }
 
     #[test]

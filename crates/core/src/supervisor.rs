@@ -1249,6 +1249,11 @@ impl State {
             nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
                 .ok()
                 .and_then(|g| self.pids.get(&(g.as_raw() as u32)).copied())
+                // Or its cgroup, if it left the group.
+                .or_else(|| {
+                    let leader = cgroup::owner_of(pid, &self.cgroups)?;
+                    self.pids.get(&leader).copied()
+                })
         });
         let Some((id, i, role)) = key else {
             return;
