@@ -1682,7 +1682,15 @@ pub fn sweep_leftovers(pids_file: &Path) -> usize {
     };
     let mut killed = 0;
     for parent in text.lines().filter_map(|l| l.strip_prefix("cgroup ")) {
-        killed += cgroup::remove_tree(Path::new(parent.trim_end()), CGROUP_SHUTDOWN_MAX);
+        // Only ever a daemon's own parent cgroup, whatever the file says.
+        let parent = Path::new(parent.trim_end());
+        let named = parent
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("herd-"));
+        if named && parent.join("cgroup.procs").is_file() {
+            killed += cgroup::remove_tree(parent, CGROUP_SHUTDOWN_MAX);
+        }
     }
     let sids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
     if sids.is_empty() {
