@@ -1,6 +1,6 @@
 //! How replies are shown to people: tables, describe pages, log lines.
 
-use herd_proto::{AppInfo, AppStatus, LogStream, ProcessStatus};
+use herd_proto::{AppInfo, AppStatus, Containment, LogStream, ProcessStatus};
 
 fn human_bytes(b: u64) -> String {
     const K: f64 = 1024.0;
@@ -113,6 +113,9 @@ pub fn describe(app: &AppInfo) -> String {
     );
     kv("listen", app.listen.join(", "));
     kv("balance", app.balance.as_str().into());
+    if let Some(c) = &app.containment {
+        kv("containment", containment_line(c));
+    }
     if let Some(spec) = &app.spec {
         let cmd = match &spec.interpreter {
             Some(i) => format!("{i} {} {}", spec.script, spec.args.join(" ")),
@@ -174,6 +177,9 @@ pub fn describe(app: &AppInfo) -> String {
     out.push('\n');
     out.push_str(&table(std::slice::from_ref(app)));
     for p in &app.processes {
+        if let (Some(_), Some(cg)) = (p.pid, &p.cgroup) {
+            out.push_str(&format!("instance {} cgroup {cg}\n", p.instance));
+        }
         if p.pid.is_some() && p.env_version != 0 && p.env_version != app.env_version {
             out.push_str(&format!(
                 "instance {} runs environment version {} (the app's is {}); restart or reload to apply\n",
@@ -192,6 +198,18 @@ pub fn describe(app: &AppInfo) -> String {
         }
     }
     out
+}
+
+/// How far stop and kill reach, for the describe page.
+fn containment_line(c: &Containment) -> String {
+    match c {
+        Containment::Cgroup { parent } => format!(
+            "cgroup {parent} (one per instance process: stop and kill reach its whole tree)"
+        ),
+        Containment::ProcessGroup { note, reason } => {
+            format!("process group ({note}); no cgroups because: {reason}")
+        }
+    }
 }
 
 /// The environment part of a describe page: the variables the app sets and those that differ

@@ -65,6 +65,10 @@ pub struct SupervisorState {
     /// Output pipes of exited processes still held by their children.
     #[serde(default)]
     pub orphan_pipes: Vec<OrphanPipe>,
+    /// The daemon's parent cgroup, when instances run in cgroups (absent from earlier
+    /// builds, which had none).
+    #[serde(default)]
+    pub cgroup_parent: Option<std::path::PathBuf>,
 }
 
 /// One app.
@@ -157,6 +161,9 @@ pub struct ProcState {
     pub err: Option<PipeState>,
     /// Its IPC channel.
     pub channel: Option<ChannelState>,
+    /// Its cgroup, when it runs in its own (absent from earlier builds).
+    #[serde(default)]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 /// An output pipe still open after its process exited (its children hold it).
@@ -438,4 +445,23 @@ pub unsafe fn adopt(fd: RawFd) -> OwnedFd {
 pub fn is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags; an fd that is not open gives EBADF.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_from_a_build_without_cgroups_reads_as_none() {
+        let proc: ProcState = serde_json::from_str(
+            r#"{"pid":42,"uptime_ms":1,"env_version":1,"listens":0,"seq":0,"out":null,"err":null,"channel":null}"#,
+        )
+        .unwrap();
+        assert_eq!(proc.cgroup, None);
+        let sup: SupervisorState = serde_json::from_str(
+            r#"{"host":"h","bus_url":null,"max_message_bytes":1,"notify_fd":3,"next_id":0,"apps":[],"bus":{"next":0,"routed":0,"no_recipient":0,"rejected":0,"subs":{},"requests":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(sup.cgroup_parent, None);
+    }
 }

@@ -4,6 +4,7 @@
 //! It owns processes and sockets; it does not own the control socket, the CLI or persistence.
 
 pub mod bus;
+pub mod cgroup;
 pub mod handover;
 pub mod health;
 pub mod ipc;

@@ -5,6 +5,8 @@
 //! functions (no allocation, no locks), as a forked copy of a threaded process must.
 //!
 //! The child:
+//! - moves itself into its cgroup when it has one (writing `0` to the leaf's `cgroup.procs`,
+//!   through an fd opened before `fork`), so everything it ever starts stays contained;
 //! - becomes a session and process-group leader (`setsid`), so a signal to the group reaches
 //!   everything it starts;
 //! - gets `SIGKILL` when the daemon dies (`PR_SET_PDEATHSIG`), so no instance outlives it;
@@ -42,6 +44,8 @@ pub struct SpawnRequest<'a> {
     pub stdout: OwnedFd,
     /// Becomes fd 2.
     pub stderr: OwnedFd,
+    /// The `cgroup.procs` file of the cgroup the child joins before anything else, if any.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 /// Why a process could not be started.
@@ -166,6 +170,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
                 high_water,
                 listen_pid_buf,
                 err_fd: err_write.as_raw_fd(),
+                cgroup_fd: req.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
             })
         }
     }
@@ -213,6 +218,8 @@ struct ChildPlan<'a> {
     high_water: RawFd,
     listen_pid_buf: *mut u8,
     err_fd: RawFd,
+    /// `cgroup.procs` of the child's cgroup, or -1.
+    cgroup_fd: RawFd,
 }
 
 /// Runs in the forked child. Only async-signal-safe calls; never returns.
@@ -225,6 +232,13 @@ unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
         libc::write(p.err_fd, msg.as_ptr().cast(), 8);
         libc::_exit(127)
     };
+
+    // Into the cgroup first, so nothing the child does later can leave it. "0" means the
+    // writer itself. A refusal is not fatal: the process group still holds, and the parent
+    // checks the cgroup's members after exec.
+    if p.cgroup_fd >= 0 {
+        libc::write(p.cgroup_fd, b"0".as_ptr().cast(), 1);
+    }
 
     // Signal state: empty mask, default dispositions (the daemon ignores SIGPIPE, and ignored
     // signals survive exec).

@@ -26,6 +26,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::cgroup;
 use crate::ipc::{self, Channel, Inbound};
 use crate::logs::{self, LogBus, LogEvent, LogFile, PumpTarget, SharedLog};
 use crate::notify::{self, Notice};
@@ -73,6 +74,75 @@ fn describe_exit(e: &ExitInfo) -> String {
         (Some(c), _) => format!("exit code {c}"),
         (_, Some(s)) => format!("killed by {s}"),
         _ => "unknown status".into(),
+    }
+}
+
+/// SIGKILLs a process's group and, when it has one, its cgroup: everything it started,
+/// including children that left the group (`setsid`, double fork).
+fn kill_tree(pid: u32, cgroup: Option<&PathBuf>) {
+    let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+    if let Some(cg) = cgroup {
+        if let Err(e) = cgroup::kill(cg) {
+            tracing::warn!(pid, "cannot kill cgroup {}: {e}", cg.display());
+        }
+    }
+}
+
+/// How long a killed instance's cgroup may take to empty before its stop is reported anyway.
+const CGROUP_EMPTY_MAX: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the last cgroups to empty.
+const CGROUP_SHUTDOWN_MAX: Duration = Duration::from_secs(3);
+
+/// Whether instances get a cgroup each, and if not, why.
+enum Containment {
+    Cgroups(cgroup::Tree),
+    ProcessGroups(String),
+}
+
+impl Containment {
+    fn set_up(adopted: Option<&Path>) -> Self {
+        // The cgroups of instances taken over from `herd update` stay in use.
+        if let Some(tree) = adopted.and_then(|p| cgroup::Tree::adopt(p.to_path_buf())) {
+            return Self::Cgroups(tree);
+        }
+        if std::env::var_os(cgroup::ENV_SWITCH).is_some_and(|v| v == "off" || v == "0") {
+            return Self::ProcessGroups(format!("turned off by {}=off", cgroup::ENV_SWITCH));
+        }
+        match cgroup::Tree::create() {
+            Ok(tree) => {
+                tracing::info!(
+                    "each instance runs in its own cgroup under {}",
+                    tree.path().display()
+                );
+                Self::Cgroups(tree)
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "instances are contained by process groups only ({}): {why}",
+                    cgroup::PROCESS_GROUP_NOTE
+                );
+                Self::ProcessGroups(why)
+            }
+        }
+    }
+
+    fn tree(&self) -> Option<&cgroup::Tree> {
+        match self {
+            Self::Cgroups(t) => Some(t),
+            Self::ProcessGroups(_) => None,
+        }
+    }
+
+    fn info(&self) -> herd_proto::Containment {
+        match self {
+            Self::Cgroups(t) => herd_proto::Containment::Cgroup {
+                parent: t.path().display().to_string(),
+            },
+            Self::ProcessGroups(why) => herd_proto::Containment::ProcessGroup {
+                note: cgroup::PROCESS_GROUP_NOTE.into(),
+                reason: why.clone(),
+            },
+        }
     }
 }
 
@@ -198,6 +268,10 @@ enum Event {
     },
     /// Look again whether the update can go ahead.
     UpdateRetry,
+    /// A killed instance's cgroup is empty and removed (or given up on).
+    CgroupEmptied {
+        app: u32,
+    },
 }
 
 /// Handle to the supervisor task.
@@ -315,10 +389,18 @@ impl Supervisor {
             updating: None,
             notify_fd,
             pumps: Vec::new(),
+            containment: Containment::ProcessGroups(String::new()),
+            cgroups: HashMap::new(),
+            cgroup_warned: false,
         };
         let mut state = state;
+        state.containment =
+            Containment::set_up(adopted.as_ref().and_then(|a| a.cgroup_parent.as_deref()));
         if let Some(a) = adopted {
             state.adopt(a);
+        } else {
+            // The pids file names the parent cgroup too, for a sweep after a crash.
+            state.write_pids();
         }
         let task = tokio::spawn(state.run(rx, ipc_rx));
         Ok((
@@ -572,6 +654,8 @@ struct App {
     env_version: u32,
     /// A watched file changed and the debounce has not yet passed.
     watch_pending: bool,
+    /// Cgroups of exited processes of this app, killed and not yet empty.
+    emptying: u32,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -604,11 +688,13 @@ impl App {
             watch_gen: 0,
             env_version: 1,
             watch_pending: false,
+            emptying: 0,
         }
     }
 
     fn settled(&self) -> bool {
         self.reload.is_none()
+            && self.emptying == 0
             && self.retiring.is_empty()
             && self
                 .slots
@@ -617,7 +703,8 @@ impl App {
     }
 
     fn has_processes(&self) -> bool {
-        !self.retiring.is_empty()
+        self.emptying > 0
+            || !self.retiring.is_empty()
             || self
                 .slots
                 .iter()
@@ -677,6 +764,12 @@ struct State {
     notify_fd: std::os::fd::RawFd,
     /// Every output pump that may still run: (app, slot, stream, state).
     pumps: Vec<(u32, u32, LogStream, Arc<logs::PumpState>)>,
+    /// Cgroups per instance, or why not.
+    containment: Containment,
+    /// pid → its cgroup, for every process started in one.
+    cgroups: HashMap<u32, PathBuf>,
+    /// A failure to make a cgroup was logged (once is enough).
+    cgroup_warned: bool,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
@@ -712,6 +805,11 @@ impl State {
             if self.done {
                 break;
             }
+        }
+        // Nothing is left in the leaves by now unless a process would not die; the parent
+        // goes with them, as systemd removes a unit's cgroup.
+        if let Some(tree) = self.containment.tree() {
+            tree.remove_all(CGROUP_SHUTDOWN_MAX);
         }
         if let Some(path) = &self.cfg.pids_file {
             let _ = std::fs::remove_file(path);
@@ -789,12 +887,17 @@ impl State {
                         pid,
                         "kill timeout passed for a reloaded-away process; sending SIGKILL"
                     );
-                    let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+                    kill_tree(pid, self.cgroups.get(&pid));
                 }
             }
             Event::MemoryCheck { app } => self.on_memory_check(app),
             Event::Update { req, reply } => self.on_update(req, reply),
             Event::UpdateRetry => self.on_update_retry(),
+            Event::CgroupEmptied { app } => {
+                if let Some(a) = self.apps.get_mut(&app) {
+                    a.emptying = a.emptying.saturating_sub(1);
+                }
+            }
         }
     }
 
@@ -1062,9 +1165,13 @@ impl State {
             // An orphaned grandchild re-parented to us, or a child whose exec failed.
             return;
         };
-        // Whatever the instance left behind in its process group goes with it, so nothing
-        // keeps holding the port (PM2 leaves Next.js's child running).
-        let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+        // Whatever the instance left behind in its process group and its cgroup goes with
+        // it, so nothing keeps holding the port (PM2 leaves Next.js's child running).
+        let cg = self.cgroups.remove(&pid);
+        kill_tree(pid, cg.as_ref());
+        if let Some(cg) = cg {
+            self.empty_cgroup(id, cg);
+        }
         self.forget_instance(pid);
         self.write_pids();
         let exit = exit_info(&status);
@@ -1189,6 +1296,11 @@ impl State {
             nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
                 .ok()
                 .and_then(|g| self.pids.get(&(g.as_raw() as u32)).copied())
+                // Or its cgroup, if it left the group.
+                .or_else(|| {
+                    let leader = cgroup::owner_of(pid, &self.cgroups)?;
+                    self.pids.get(&leader).copied()
+                })
         });
         let Some((id, i, role)) = key else {
             return;
@@ -1238,7 +1350,7 @@ impl State {
             }
             SlotState::Stopping { proc, .. } => {
                 tracing::info!(app = %app.spec.name, instance = i, pid = proc.pid, "kill timeout passed; sending SIGKILL");
-                let _ = kill(Pid::from_raw(-(proc.pid as i32)), Signal::SIGKILL);
+                kill_tree(proc.pid, self.cgroups.get(&proc.pid));
             }
             SlotState::Starting(_) => {
                 // PM2's behaviour: a wait_ready app that stays silent is put online anyway.
@@ -1387,18 +1499,25 @@ impl State {
                         last_exit: slot.last_exit.clone(),
                         messages_dropped: 0,
                         env_version: 0,
+                        cgroup: None,
                     };
                     if let Some(p) = slot.state.proc_mut() {
                         info.pid = Some(p.pid);
                         info.env_version = p.env_version;
                         info.messages_dropped = p.channel.as_ref().map_or(0, |c| c.dropped());
                         info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
+                        let cg = self.cgroups.get(&p.pid);
                         if let Some(s) = stats::sample(p.pid) {
                             info.cpu_percent =
                                 Some(stats::cpu_percent(&s, p.sample.as_ref(), p.since));
                             info.memory_bytes = Some(s.rss_bytes);
                             p.sample = Some(s);
                         }
+                        // The whole tree's memory, children included.
+                        if let Some(m) = cg.and_then(|cg| cgroup::memory(cg)) {
+                            info.memory_bytes = Some(m);
+                        }
+                        info.cgroup = cg.map(|cg| cg.display().to_string());
                     }
                     info
                 })
@@ -1413,9 +1532,27 @@ impl State {
                 processes,
                 spec: with_spec.then(|| Box::new(app.spec.clone())),
                 env_version: app.env_version,
+                containment: with_spec.then(|| self.containment.info()),
             });
         }
         out
+    }
+
+    /// Removes a killed process's cgroup once it is empty; until then the app is not settled,
+    /// so a stop is answered only when nothing of the instance runs any more.
+    fn empty_cgroup(&mut self, id: u32, leaf: PathBuf) {
+        // Usually the process left nothing behind and the leaf goes at once.
+        if std::fs::remove_dir(&leaf).is_ok() {
+            return;
+        }
+        if let Some(app) = self.apps.get_mut(&id) {
+            app.emptying += 1;
+        }
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            cgroup::remove_when_empty(leaf, CGROUP_EMPTY_MAX).await;
+            let _ = tx.send(Event::CgroupEmptied { app: id });
+        });
     }
 
     /// Writes the pids of running instances (for [`sweep_leftovers`] after a crash). A failed
@@ -1428,6 +1565,9 @@ impl State {
         for pid in self.pids.keys() {
             text.push_str(&pid.to_string());
             text.push('\n');
+        }
+        if let Some(tree) = self.containment.tree() {
+            text.push_str(&format!("cgroup {}\n", tree.path().display()));
         }
         let tmp = path.with_extension("tmp");
         let r = write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
@@ -1624,18 +1764,31 @@ fn grow_pipe(fd: &OwnedFd) {
 
 /// Kills instance processes left from a daemon that died without stopping them (SIGKILL):
 /// its instances got SIGKILL from the kernel, but their own children may still run. They are
-/// found by session id (every instance leads its own session) and by carrying `HERD_APP`.
+/// found by the daemon's parent cgroup (named in the pids file; it is removed too), by
+/// session id (every instance leads its own session) and by carrying `HERD_APP`.
 pub fn sweep_leftovers(pids_file: &Path) -> usize {
     let Ok(text) = std::fs::read_to_string(pids_file) else {
         return 0;
     };
+    let mut killed = 0;
+    for parent in text.lines().filter_map(|l| l.strip_prefix("cgroup ")) {
+        // Only ever a daemon's own parent cgroup, whatever the file says.
+        let parent = Path::new(parent.trim_end());
+        let named = parent
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("herd-"));
+        if named && parent.join("cgroup.procs").is_file() {
+            killed += cgroup::remove_tree(parent, CGROUP_SHUTDOWN_MAX);
+        }
+    }
     let sids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
     if sids.is_empty() {
-        return 0;
+        let _ = std::fs::remove_file(pids_file);
+        return killed;
     }
-    let mut killed = 0;
     let Ok(all) = procfs::process::all_processes() else {
-        return 0;
+        return killed;
     };
     for p in all.flatten() {
         let Ok(stat) = p.stat() else { continue };

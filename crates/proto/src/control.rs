@@ -411,6 +411,25 @@ pub struct ExitInfo {
     pub signal: Option<String>,
 }
 
+/// How far stop and kill reach into an instance's process tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Containment {
+    /// Each instance process runs in its own cgroup (v2) under `parent`: stop and kill reach
+    /// everything it started, wherever that went.
+    Cgroup {
+        /// The daemon's parent cgroup directory.
+        parent: String,
+    },
+    /// Process groups only: a child that calls `setsid` or `setpgid` escapes stop and kill.
+    ProcessGroup {
+        /// What that means for the user.
+        note: String,
+        /// Why herd could not use cgroups.
+        reason: String,
+    },
+}
+
 /// One instance slot of an app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessInfo {
@@ -436,6 +455,9 @@ pub struct ProcessInfo {
     /// Version of the app's environment the running process was started with.
     #[serde(default)]
     pub env_version: u32,
+    /// The cgroup directory of the running process, when it has its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// One app, as listed.
@@ -462,6 +484,9 @@ pub struct AppInfo {
     /// changed it.
     #[serde(default)]
     pub env_version: u32,
+    /// How stop and kill reach the instances' process trees (in `describe` replies only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<Containment>,
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ mod spec;
 
 pub use codec::{encode_line, LineBuffer, LineError, MAX_CONTROL_LINE};
 pub use control::{
-    AppInfo, AppStatus, BusStats, Command, ErrorBody, ErrorCode, ExitInfo, LogStream, ProcessInfo,
-    ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,
+    AppInfo, AppStatus, BusStats, Command, Containment, ErrorBody, ErrorCode, ExitInfo, LogStream,
+    ProcessInfo, ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,
 };
 pub use spec::{
     is_secret_key, is_valid_name, masked_value, AppSpec, Balance, ListenSpec, LogSpec, SpecError,

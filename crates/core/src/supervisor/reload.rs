@@ -9,8 +9,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use herd_proto::{AppStatus, Reply};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 use super::{
     arm_retire, begin_stop, needs_ready, write_note, Event, Reload, Role, SlotState, State,
@@ -167,7 +165,7 @@ impl State {
         }
         let slot = &mut app.slots[i as usize];
         if let Some(next) = slot.next.take() {
-            let _ = kill(Pid::from_raw(-(next.pid as i32)), Signal::SIGKILL);
+            super::kill_tree(next.pid, self.cgroups.get(&next.pid));
             self.pids.insert(next.pid, (id, i, Role::Retiring));
             app.retiring.push((i, next));
         }

@@ -117,6 +117,12 @@ impl State {
         let stdin: OwnedFd = std::fs::File::open("/dev/null")
             .map_err(|e| format!("/dev/null: {e}"))?
             .into();
+        let leaf = new_cgroup(
+            &mut self.containment,
+            &mut self.cgroup_warned,
+            &spec.name,
+            i,
+        );
         let pid = spawn::spawn(SpawnRequest {
             program,
             argv,
@@ -127,9 +133,22 @@ impl State {
             stdin,
             stdout: out_w,
             stderr: err_w,
+            cgroup_procs: leaf.as_ref().map(|(_, fd)| fd.as_fd()),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            // The child may not have exited yet; its leaf goes once it has.
+            if let Some((leaf, _)) = &leaf {
+                tokio::spawn(crate::cgroup::remove_when_empty(
+                    leaf.clone(),
+                    CGROUP_EMPTY_MAX,
+                ));
+            }
+            e.to_string()
+        })?;
         drop(theirs);
+        if let Some((leaf, _)) = leaf {
+            self.joined_cgroup(pid, leaf);
+        }
 
         let out = self.start_pump(id, i, LogStream::Out, out_r, Vec::new());
         let err = self.start_pump(id, i, LogStream::Err, err_r, Vec::new());
@@ -161,6 +180,22 @@ impl State {
             out,
             err,
         })
+    }
+
+    /// Records the cgroup of a started process, once it is seen to be in it.
+    fn joined_cgroup(&mut self, pid: u32, leaf: PathBuf) {
+        // The child moved itself before exec; if the kernel refused, the leaf stays empty. A
+        // process that has already exited is not listed either, but then its children (if
+        // any) keep the leaf populated and rmdir fails.
+        if crate::cgroup::contains(&leaf, pid) || std::fs::remove_dir(&leaf).is_err() {
+            self.cgroups.insert(pid, leaf);
+        } else if !std::mem::replace(&mut self.cgroup_warned, true) {
+            tracing::warn!(
+                pid,
+                "the process could not join its cgroup {}; it is contained by its process group only",
+                leaf.display()
+            );
+        }
     }
 
     /// Copies one output pipe of a process of slot `i` to the slot's log file and followers.
@@ -282,9 +317,14 @@ impl State {
         let mut over = Vec::new();
         for slot in &app.slots {
             if let SlotState::Online(p) = &slot.state {
-                if let Some(s) = stats::sample(p.pid) {
-                    if s.rss_bytes > limit {
-                        over.push((slot.index, s.rss_bytes));
+                // The whole tree counts when the process has a cgroup.
+                let used = match self.cgroups.get(&p.pid) {
+                    Some(cg) => crate::cgroup::memory(cg),
+                    None => stats::sample(p.pid).map(|s| s.rss_bytes),
+                };
+                if let Some(used) = used {
+                    if used > limit {
+                        over.push((slot.index, used));
                     }
                 }
             }
@@ -299,5 +339,41 @@ impl State {
             self.stop_slot(id, i, Then::Restart);
         }
         self.arm_memory_check(id);
+    }
+}
+
+/// A fresh cgroup for a process of `app`'s slot `i`, with its `cgroup.procs` open for the
+/// child to join; `None` (and the process group alone) when cgroups are off or fail. A
+/// failure never fails the spawn; it is logged once.
+fn new_cgroup(
+    containment: &mut Containment,
+    warned: &mut bool,
+    app: &str,
+    i: u32,
+) -> Option<(PathBuf, OwnedFd)> {
+    let Containment::Cgroups(tree) = containment else {
+        return None;
+    };
+    let made = tree
+        .new_leaf(app, i)
+        .and_then(|leaf| match crate::cgroup::open_procs(&leaf) {
+            Ok(fd) => Ok((leaf, fd)),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&leaf);
+                Err(e)
+            }
+        });
+    match made {
+        Ok(made) => Some(made),
+        Err(e) => {
+            if !std::mem::replace(warned, true) {
+                tracing::warn!(
+                    "cannot create a cgroup under {} ({e}); this and later instances that fail \
+                     the same way are contained by their process group only",
+                    tree.path().display()
+                );
+            }
+            None
+        }
     }
 }

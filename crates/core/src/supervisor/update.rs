@@ -251,6 +251,9 @@ impl State {
             if app.deleting {
                 return Some(format!("app {n} is being deleted"));
             }
+            if app.emptying > 0 {
+                return Some(format!("app {n} has a cgroup still emptying"));
+            }
             if app.watch_pending {
                 return Some(format!("app {n} is about to reload for a changed file"));
             }
@@ -299,7 +302,11 @@ impl State {
                     _ => unreachable!("busy_reason refuses the other states"),
                 };
                 let process = match s.state.proc() {
-                    Some(p) => Some(export_proc(p, kept)?),
+                    Some(p) => {
+                        let mut ps = export_proc(p, kept)?;
+                        ps.cgroup = self.cgroups.get(&p.pid).cloned();
+                        Some(ps)
+                    }
                     None => None,
                 };
                 slots.push(handover::SlotState {
@@ -348,6 +355,7 @@ impl State {
             apps,
             bus: self.bus.export(),
             orphan_pipes,
+            cgroup_parent: self.containment.tree().map(|t| t.path().to_path_buf()),
         })
     }
 
@@ -498,6 +506,9 @@ impl State {
             .ok()
         });
         self.pids.insert(pid, (id, i, Role::Current));
+        if let Some(cg) = p.cgroup {
+            self.cgroups.insert(pid, cg);
+        }
         Proc {
             pid,
             since: now
@@ -572,6 +583,7 @@ fn export_proc(p: &Proc, kept: &mut Kept) -> std::io::Result<handover::ProcState
         out,
         err,
         channel,
+        cgroup: None,
     })
 }
 
