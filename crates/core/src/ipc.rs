@@ -507,6 +507,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answers_have_room_beyond_a_full_queue_but_not_without_end() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel::<Inbound>(16);
+        let ch = start(ours, MAX_IPC_MESSAGE, tx, |m| m).unwrap();
+        // Nothing awaits here, so the writer (on this single-threaded runtime) sends nothing.
+        let m = serde_json::json!({"x": 1});
+        for _ in 0..QUEUE {
+            assert!(ch.send(&m, None));
+        }
+        assert!(!ch.send(&m, None));
+        assert!(ch.send_reply(&m, None));
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(ch.send_reply(&m, Some(r)));
+        assert_eq!(ch.queued_fds(), 1);
+        for _ in 2..REPLY_RESERVE {
+            assert!(ch.send_reply(&m, None));
+        }
+        assert!(!ch.send_reply(&m, None));
+        assert_eq!(ch.dropped(), 2);
+    }
+
+    #[tokio::test]
     async fn passes_an_fd_and_reads_lines() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
