@@ -93,7 +93,7 @@ impl State {
                         if let Some(p) = find_proc(app, i, role, pid) {
                             let ours = p.next_seq();
                             if let Some(ch) = &p.channel {
-                                ch.send(&node::ack(seq, ours), None);
+                                ch.send_reply(&node::ack(seq, ours), None);
                             }
                         }
                     }
