@@ -86,6 +86,11 @@ pub struct AppState {
     pub listeners: Vec<ListenerState>,
     /// Sockets bound for Node workers' other listens, by request key.
     pub extra: Vec<(String, ListenerState)>,
+    /// Who holds each of `extra` (by request key): the pids, each with Node's keys of the
+    /// handles it holds. A socket missing here (written by an older daemon) is taken as held
+    /// by every process of the app, and so closed once they have all exited.
+    #[serde(default)]
+    pub extra_holders: BTreeMap<String, BTreeMap<u32, Vec<String>>>,
     /// Its slots.
     pub slots: Vec<SlotState>,
 }
@@ -463,5 +468,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sup.cgroup_parent, None);
+    }
+
+    #[test]
+    fn an_app_written_before_extra_holders_were_kept_still_reads() {
+        let spec = serde_json::to_value(AppSpec::default()).unwrap();
+        let app = serde_json::json!({
+            "id": 3, "spec": spec, "status": "running", "env_version": 1,
+            "listeners": [], "slots": [],
+            "extra": [["|0|Tcp4", {"addr": "0.0.0.0:0", "shared": 9, "by_slot": [], "group": []}]],
+        });
+        let a: AppState = serde_json::from_value(app).unwrap();
+        assert_eq!(a.extra.len(), 1);
+        assert!(a.extra_holders.is_empty());
     }
 }

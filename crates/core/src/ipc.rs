@@ -25,6 +25,11 @@ use tokio::sync::{mpsc, Notify};
 pub const MAX_IPC_MESSAGE: usize = 1 << 20;
 /// Messages queued for one instance before further ones are dropped.
 const QUEUE: usize = 1024;
+/// Room beyond [`QUEUE`] for answers to the instance's own requests (a Node worker's
+/// `queryServer`): a worker that sends a burst of requests before it reads any answer (a loop
+/// of `listen()` calls) must get every answer, or its `listen()` waits forever. Still bounded,
+/// against an instance that never reads.
+const REPLY_RESERVE: usize = 16 * 1024;
 
 /// What arrived on an instance's channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,10 +189,27 @@ impl Channel {
     /// Queues one JSON message, optionally with a file descriptor. Returns false (and counts
     /// the drop) when the queue is full or the channel is closed.
     pub fn send(&self, msg: &Value, fd: Option<OwnedFd>) -> bool {
+        self.queue_up(msg, fd, QUEUE)
+    }
+
+    /// [`Channel::send`] for the answer to a request of the instance: it may use
+    /// [`REPLY_RESERVE`] beyond the queue's bound.
+    pub fn send_reply(&self, msg: &Value, fd: Option<OwnedFd>) -> bool {
+        self.queue_up(msg, fd, QUEUE + REPLY_RESERVE)
+    }
+
+    /// File descriptors queued for the instance and not yet sent: each is open in the
+    /// daemon until the instance reads its message.
+    pub fn queued_fds(&self) -> usize {
+        let q = self.queue.lock().expect("never poisoned");
+        q.msgs.iter().filter(|m| m.fd.is_some()).count()
+    }
+
+    fn queue_up(&self, msg: &Value, fd: Option<OwnedFd>, bound: usize) -> bool {
         let mut bytes = serde_json::to_vec(msg).expect("JSON values always serialise");
         bytes.push(b'\n');
         let mut q = self.queue.lock().expect("never poisoned");
-        if q.closed || q.msgs.len() >= QUEUE {
+        if q.closed || q.msgs.len() >= bound {
             drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -482,6 +504,28 @@ mod tests {
         let pair = classify(br#"{"d":"\ud83d\ude00"}"#);
         let Inbound::App(v) = pair else { panic!() };
         assert_eq!(v["d"], "😀");
+    }
+
+    #[tokio::test]
+    async fn answers_have_room_beyond_a_full_queue_but_not_without_end() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel::<Inbound>(16);
+        let ch = start(ours, MAX_IPC_MESSAGE, tx, |m| m).unwrap();
+        // Nothing awaits here, so the writer (on this single-threaded runtime) sends nothing.
+        let m = serde_json::json!({"x": 1});
+        for _ in 0..QUEUE {
+            assert!(ch.send(&m, None));
+        }
+        assert!(!ch.send(&m, None));
+        assert!(ch.send_reply(&m, None));
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(ch.send_reply(&m, Some(r)));
+        assert_eq!(ch.queued_fds(), 1);
+        for _ in 2..REPLY_RESERVE {
+            assert!(ch.send_reply(&m, None));
+        }
+        assert!(!ch.send_reply(&m, None));
+        assert_eq!(ch.dropped(), 2);
     }
 
     #[tokio::test]

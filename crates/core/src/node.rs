@@ -61,6 +61,17 @@ impl QueryServer {
         })
     }
 
+    /// The address as people write it, for messages: `127.0.0.1:8080`, `:8080`, a path.
+    pub fn display_addr(&self) -> String {
+        match self.kind {
+            AddressType::Pipe => self.address.clone().unwrap_or_default(),
+            AddressType::Tcp6 => {
+                format!("[{}]:{}", self.address.as_deref().unwrap_or(""), self.port)
+            }
+            _ => format!("{}:{}", self.address.as_deref().unwrap_or(""), self.port),
+        }
+    }
+
     /// The opaque key the worker quotes when it closes the server.
     pub fn key(&self) -> String {
         format!(

@@ -642,8 +642,11 @@ struct App {
     /// Reloaded-away processes finishing their requests, with their slot.
     retiring: Vec<(u32, Proc)>,
     /// Sockets bound for Node workers' other listens (another port, port 0, a path), shared
-    /// by all instances as under Node's cluster module. Keyed by the worker's request.
-    extra: HashMap<String, Listener>,
+    /// by all instances as under Node's cluster module, with the processes holding each. Keyed
+    /// by the worker's request; at most `max_listen_sockets`.
+    extra: HashMap<String, cluster::ExtraSocket>,
+    /// Listens refused to its workers, for one log line per burst.
+    refusals: cluster::Refusals,
     /// A rolling reload in progress.
     reload: Option<Reload>,
     /// File watcher (`--watch`), while the app runs.
@@ -683,6 +686,7 @@ impl App {
             memory_check_armed: false,
             retiring: Vec::new(),
             extra: HashMap::new(),
+            refusals: cluster::Refusals::default(),
             reload: None,
             watcher: None,
             watch_gen: 0,
@@ -1173,6 +1177,8 @@ impl State {
             self.empty_cgroup(id, cg);
         }
         self.forget_instance(pid);
+        // The extra listening sockets only it held close: a killed flood gives everything back.
+        self.release_sockets(id, pid, None);
         self.write_pids();
         let exit = exit_info(&status);
         let Some(app) = self.apps.get_mut(&id) else {

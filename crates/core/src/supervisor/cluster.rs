@@ -1,7 +1,15 @@
 //! The supervisor's side of Node's cluster protocol and of graceful stops: which socket a
 //! worker's `listen()` gets, and how a process is asked to stop.
+//!
+//! A `listen()` on another address than the app's own makes the daemon bind a socket, shared
+//! by every instance of the app as under Node's cluster module. Those sockets are bounded per
+//! app (`max_listen_sockets`): one beyond is refused with `EMFILE`, which the worker's
+//! `listen()` reports. Each is kept only while a live process holds it: the daemon closes its
+//! copy when the last holder closes its server (Node's `{act:'close', key}`) or exits.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use herd_proto::{AppSpec, Balance};
 use nix::sys::signal::{kill, Signal};
@@ -67,7 +75,13 @@ impl State {
         match node::act(&msg) {
             "queryServer" => self.answer_query(id, i, role, pid, &msg),
             "listening" => self.on_ready(pid, ReadyKind::Listening),
-            "online" | "close" => {}
+            // A server of the worker closed: Node quotes the key of our `queryServer` answer.
+            "close" => {
+                if let Some(key) = msg.get("key").and_then(Value::as_str) {
+                    self.release_sockets(id, pid, Some(key));
+                }
+            }
+            "online" => {}
             _ => {
                 // Anything else that waits for an answer (e.g. `exitedAfterDisconnect` when the
                 // app calls `cluster.worker.disconnect()` itself) gets an acknowledgement.
@@ -79,7 +93,7 @@ impl State {
                         if let Some(p) = find_proc(app, i, role, pid) {
                             let ours = p.next_seq();
                             if let Some(ch) = &p.channel {
-                                ch.send(&node::ack(seq, ours), None);
+                                ch.send_reply(&node::ack(seq, ours), None);
                             }
                         }
                     }
@@ -105,52 +119,170 @@ impl State {
         }
     }
 
-    /// Answers a worker's `queryServer` with a socket, or with an errno.
+    /// Answers a worker's `queryServer` with a socket, or with an errno. Every query gets an
+    /// answer (a worker's `listen()` waits for it); refusals are logged once per burst.
     fn answer_query(&mut self, id: u32, i: u32, role: Role, pid: u32, msg: &Value) {
         let Some(q) = QueryServer::parse(msg) else {
             return;
         };
+        let limits = self.cfg.limits;
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        let name = app.spec.name.clone();
-        let note_file = app.slots.get(i as usize).map(|s| s.err.clone());
-        let result = socket_for(app, i, role, pid, &q);
+        let Some(ch) = find_proc(app, i, role, pid).and_then(|p| p.channel.clone()) else {
+            return;
+        };
+        // Sockets wait in the channel's queue, open in the daemon, until the worker reads them:
+        // a worker that asks without reading must not hold the daemon's fds that way either.
+        let result = if ch.queued_fds() >= MAX_UNREAD_SOCKETS {
+            Err((
+                libc::EMFILE,
+                format!("the worker has not yet read the {MAX_UNREAD_SOCKETS} sockets sent to it"),
+            ))
+        } else {
+            socket_for(app, i, role, pid, &q, limits.max_listen_sockets)
+        };
         let Some(p) = find_proc(app, i, role, pid) else {
             return;
         };
         let ours = p.next_seq();
-        let Some(ch) = p.channel.clone() else {
-            return;
-        };
         match result {
             Ok(fd) => {
-                ch.send(&node::handle_reply(&q, ours), Some(fd));
+                ch.send_reply(&node::handle_reply(&q, ours), Some(fd));
             }
             Err((errno, why)) => {
-                tracing::warn!(app = %name, instance = i, pid, "listen refused: {why}");
-                if let Some(f) = note_file {
-                    write_note(&f, &format!("[herd] instance {i}: {why}"));
+                let interval = Duration::from_millis(limits.instance_log_interval_ms);
+                if let Some(before) = app.refusals.note(Instant::now(), interval) {
+                    let name = &app.spec.name;
+                    let addr = q.display_addr();
+                    let also = match before {
+                        0 => String::new(),
+                        n => format!(" ({n} more refused before this)"),
+                    };
+                    tracing::warn!(
+                        instance = i,
+                        pid,
+                        "app {name}: listen on {addr} refused: {why}{also}; further refusals within {}s are only counted",
+                        interval.as_secs_f32()
+                    );
+                    if let Some(slot) = app.slots.get(i as usize) {
+                        write_note(
+                            &slot.err,
+                            &format!("[herd] instance {i}: listen on {addr} refused: {why}"),
+                        );
+                    }
                 }
-                ch.send(&node::error_reply(&q, errno, ours), None);
+                ch.send_reply(&node::error_reply(&q, errno, ours), None);
+            }
+        }
+    }
+
+    /// Lets process `pid` go of the extra sockets it holds: of the one it was handed under
+    /// `key` (its server closed), or of all of them (`None`: it exited). A socket no live
+    /// process holds any more is closed.
+    pub(super) fn release_sockets(&mut self, id: u32, pid: u32, key: Option<&str>) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        let before = app.extra.len();
+        for s in app.extra.values_mut() {
+            s.release(pid, key);
+        }
+        app.extra.retain(|_, s| !s.holders.is_empty());
+        let closed = before.saturating_sub(app.extra.len());
+        if closed > 0 {
+            tracing::debug!(app = %app.spec.name, pid, closed, "closed listening sockets no process holds");
+            let more = app.refusals.end();
+            if more > 0 {
+                tracing::warn!(
+                    "app {}: {more} more listens were refused until a socket was released",
+                    app.spec.name
+                );
             }
         }
     }
 }
 
+/// Sockets a worker may leave unread in its channel before further listens are refused.
+const MAX_UNREAD_SOCKETS: usize = 256;
+
+/// A socket bound for Node workers' listens on another address than the app's own, shared by
+/// every instance of the app, with the processes it was handed to.
+pub(super) struct ExtraSocket {
+    pub(super) listener: Listener,
+    /// Node's keys ([`QueryServer::key`]) of the handles each process holds on it. An entry
+    /// with no key (taken over from an older daemon) goes only when its process exits.
+    pub(super) holders: BTreeMap<u32, BTreeSet<String>>,
+}
+
+impl ExtraSocket {
+    fn release(&mut self, pid: u32, key: Option<&str>) {
+        match key {
+            None => {
+                self.holders.remove(&pid);
+            }
+            Some(k) => {
+                if let Some(keys) = self.holders.get_mut(&pid) {
+                    if keys.remove(k) && keys.is_empty() {
+                        self.holders.remove(&pid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Listens refused to an app, for one line in the daemon's log per burst: the first refusal
+/// is logged, the rest within the interval are counted and reported with the next line.
+#[derive(Debug, Default)]
+pub(super) struct Refusals {
+    /// When the last logged refusal was.
+    logged: Option<Instant>,
+    /// Refusals since then that were not logged.
+    more: u64,
+}
+
+impl Refusals {
+    /// Counts a refusal. `Some(n)` when this one is to be logged, with `n` counted before it.
+    fn note(&mut self, now: Instant, interval: Duration) -> Option<u64> {
+        match self.logged {
+            Some(t) if now.saturating_duration_since(t) < interval => {
+                self.more = self.more.saturating_add(1);
+                None
+            }
+            _ => {
+                self.logged = Some(now);
+                Some(std::mem::take(&mut self.more))
+            }
+        }
+    }
+
+    /// The burst is over (a socket was released): the next refusal is logged at once. Returns
+    /// the refusals counted but not logged.
+    fn end(&mut self) -> u64 {
+        self.logged = None;
+        std::mem::take(&mut self.more)
+    }
+}
+
 /// Picks (or binds) the socket for a worker's listen: the slot's own socket for the app's
 /// port, a socket shared by all instances for anything else, as Node's cluster module does.
+/// At most `max_extra` of the latter per app; the worker is recorded as holding the one it gets.
 fn socket_for(
     app: &mut App,
     i: u32,
     role: Role,
     pid: u32,
     q: &QueryServer,
+    max_extra: usize,
 ) -> Result<std::os::fd::OwnedFd, (i32, String)> {
     let dup = |fd: std::os::fd::BorrowedFd<'_>| -> Result<std::os::fd::OwnedFd, (i32, String)> {
-        let owned = fd
-            .try_clone_to_owned()
-            .map_err(|e| (libc::EMFILE, format!("cannot duplicate a socket: {e}")))?;
+        let owned = fd.try_clone_to_owned().map_err(|e| {
+            (
+                e.raw_os_error().unwrap_or(libc::EMFILE),
+                format!("cannot duplicate a socket: {e}"),
+            )
+        })?;
         // libuv does not make fds received over IPC non-blocking; a blocking listener could
         // leave a worker stuck in accept() and deaf to signals.
         let _ = set_nonblocking(&owned);
@@ -187,9 +319,10 @@ fn socket_for(
             ));
         }
         p.listens += 1;
-        let l = &app.listeners[li];
-        let fd = l
-            .fd_for_slot(i)
+        let fd = app
+            .listeners
+            .get(li)
+            .and_then(|l| l.fd_for_slot(i))
             .ok_or((libc::EBADF, "the slot has no socket".to_string()))?;
         return dup(fd);
     }
@@ -201,6 +334,15 @@ fn socket_for(
         q.kind
     );
     if !app.extra.contains_key(&key) {
+        if app.extra.len() >= max_extra {
+            return Err((
+                libc::EMFILE,
+                format!(
+                    "the app holds {} extra sockets (max_listen_sockets in HERD_HOME/config.toml)",
+                    app.extra.len()
+                ),
+            ));
+        }
         let addr = match q.kind {
             AddressType::Pipe => ListenAddr::Unix(q.address.clone().unwrap_or_default().into()),
             AddressType::Tcp6 => {
@@ -224,7 +366,8 @@ fn socket_for(
                     })?
             }
         };
-        let l = Listener::bind(&addr, Balance::Shared, 1).map_err(|e| {
+        // Any failure, the OS's own EMFILE included, goes back to the worker as its errno.
+        let listener = Listener::bind(&addr, Balance::Shared, 1).map_err(|e| {
             let errno = match &e {
                 ListenError::InUse { .. } | ListenError::PathTaken { .. } => libc::EADDRINUSE,
                 ListenError::Permission { .. } => libc::EACCES,
@@ -233,13 +376,35 @@ fn socket_for(
             };
             (errno, e.to_string())
         })?;
-        app.extra.insert(key.clone(), l);
+        app.extra.insert(
+            key.clone(),
+            ExtraSocket {
+                listener,
+                holders: BTreeMap::new(),
+            },
+        );
     }
-    let l = &app.extra[&key];
-    let fd = l
+    let Some(extra) = app.extra.get_mut(&key) else {
+        return Err((libc::EBADF, "no socket".to_string()));
+    };
+    let fd = extra
+        .listener
         .fd_for_slot(0)
-        .ok_or((libc::EBADF, "no socket".to_string()))?;
-    dup(fd.as_fd())
+        .ok_or((libc::EBADF, "no socket".to_string()))
+        .and_then(|fd| dup(fd.as_fd()));
+    match fd {
+        Ok(fd) => {
+            extra.holders.entry(pid).or_default().insert(q.key());
+            Ok(fd)
+        }
+        Err(e) => {
+            // A socket just bound for this worker that it cannot get is not kept.
+            if extra.holders.is_empty() {
+                app.extra.remove(&key);
+            }
+            Err(e)
+        }
+    }
 }
 
 fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> nix::Result<()> {
@@ -247,4 +412,44 @@ fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> nix::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_log_the_first_of_a_burst_and_count_the_rest() {
+        let mut r = Refusals::default();
+        let t = Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(r.note(t, second), Some(0));
+        assert_eq!(r.note(t, second), None);
+        assert_eq!(r.note(t + Duration::from_millis(500), second), None);
+        // The next burst's line says how many went unlogged.
+        assert_eq!(r.note(t + second, second), Some(2));
+        assert_eq!(r.note(t + second, second), None);
+        // A released socket ends the burst: the next refusal is logged at once.
+        assert_eq!(r.end(), 1);
+        assert_eq!(r.note(t + second, second), Some(0));
+    }
+
+    #[test]
+    fn a_socket_is_held_until_its_last_holder_closes_or_exits() {
+        let addr: ListenAddr = "127.0.0.1:0".parse().map(ListenAddr::Tcp).unwrap();
+        let mut s = ExtraSocket {
+            listener: Listener::bind(&addr, Balance::Shared, 1).unwrap(),
+            holders: BTreeMap::new(),
+        };
+        s.holders.entry(1).or_default().insert("a:0".into());
+        s.holders.entry(1).or_default().insert("a:1".into());
+        s.holders.entry(2).or_default().insert("a:0".into());
+        s.release(1, Some("a:0"));
+        s.release(1, Some("unknown"));
+        assert_eq!(s.holders.len(), 2);
+        s.release(1, Some("a:1"));
+        assert_eq!(s.holders.keys().copied().collect::<Vec<_>>(), vec![2]);
+        s.release(2, None);
+        assert!(s.holders.is_empty());
+    }
 }

@@ -286,8 +286,15 @@ impl State {
                 listeners.push(l.export(kept)?);
             }
             let mut extra = Vec::new();
-            for (k, l) in &app.extra {
-                extra.push((k.clone(), l.export(kept)?));
+            let mut extra_holders = std::collections::BTreeMap::new();
+            for (k, s) in &app.extra {
+                extra.push((k.clone(), s.listener.export(kept)?));
+                let holders = s
+                    .holders
+                    .iter()
+                    .map(|(pid, keys)| (*pid, keys.iter().cloned().collect()))
+                    .collect();
+                extra_holders.insert(k.clone(), holders);
             }
             let mut slots = Vec::new();
             for s in &app.slots {
@@ -329,6 +336,7 @@ impl State {
                 env_version: app.env_version,
                 listeners,
                 extra,
+                extra_holders,
                 slots,
             });
         }
@@ -400,10 +408,27 @@ impl State {
                         .ok()
                 })
                 .collect();
+            let pids: Vec<u32> = a
+                .slots
+                .iter()
+                .filter_map(|s| s.process.as_ref().map(|p| p.pid))
+                .collect();
             let extra = a
                 .extra
                 .iter()
-                .filter_map(|(k, l)| adopt_listener(l).ok().map(|l| (k.clone(), l)))
+                .filter_map(|(k, l)| {
+                    let listener = adopt_listener(l).ok()?;
+                    let holders = match a.extra_holders.get(k) {
+                        Some(h) => h
+                            .iter()
+                            .map(|(pid, keys)| (*pid, keys.iter().cloned().collect()))
+                            .collect(),
+                        None => pids.iter().map(|p| (*p, Default::default())).collect(),
+                    };
+                    Some((k.clone(), cluster::ExtraSocket { listener, holders }))
+                })
+                // One no live process holds is closed, as it would have been here.
+                .filter(|(_, s)| !s.holders.is_empty())
                 .collect();
             let mut slots = Vec::new();
             for s in &a.slots {
