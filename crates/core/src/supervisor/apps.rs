@@ -269,7 +269,19 @@ impl State {
             }
         }
         for i in wanted..have {
-            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
+            // A slot that goes is no part of a reload any more: its next process is stopped
+            // with it, and the reload moves on (or ends) without it.
+            self.leave_reload(id, i);
+            let app = self.apps.get_mut(&id).expect("resolved");
+            let timeout = std::time::Duration::from_millis(app.spec.kill_timeout_ms);
+            let slot = &mut app.slots[i as usize];
+            if let Some(mut next) = slot.next.take() {
+                super::begin_stop(&app.spec, &mut next);
+                self.pids.insert(next.pid, (id, i, super::Role::Retiring));
+                super::arm_retire(&self.tx, next.pid, timeout);
+                app.retiring.push((i, next));
+            }
+            let slot = &mut app.slots[i as usize];
             match std::mem::replace(&mut slot.state, SlotState::Gone) {
                 SlotState::Online(proc) | SlotState::Starting(proc) => {
                     slot.set(SlotState::Draining {
@@ -288,6 +300,7 @@ impl State {
                 _ => slot.set(SlotState::Gone),
             }
         }
+        self.reload_step(id);
         Ok(id)
     }
 }

@@ -89,31 +89,53 @@ impl State {
         }
     }
 
+    /// Takes slot `i` out of app `id`'s reload (it is being removed): it is not started, and
+    /// if it was the slot being done, the reload can move on once the caller is finished.
+    pub(super) fn leave_reload(&mut self, id: u32, i: u32) {
+        let Some(job) = self.apps.get_mut(&id).and_then(|a| a.reload.as_mut()) else {
+            return;
+        };
+        job.pending.retain(|&p| p != i);
+        if job.active == Some(i) {
+            job.active = None;
+        }
+    }
+
     /// The next process of slot `i` is ready: it becomes the current one, and the old one is
-    /// asked to stop.
+    /// asked to stop. A slot that is no longer serving (being stopped or drained away) keeps
+    /// its state, and its next process is stopped instead.
     pub(super) fn promote(&mut self, id: u32, i: u32) {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
         let kill_timeout = Duration::from_millis(app.spec.kill_timeout_ms);
-        let slot = &mut app.slots[i as usize];
-        let Some(next) = slot.next.take() else {
+        let Some(slot) = app.slots.get_mut(i as usize) else {
             return;
         };
-        self.pids.insert(next.pid, (id, i, Role::Current));
+        let Some(mut next) = slot.next.take() else {
+            return;
+        };
         match std::mem::replace(&mut slot.state, SlotState::Stopped) {
             SlotState::Starting(mut old) | SlotState::Online(mut old) => {
                 tracing::info!(app = %app.spec.name, instance = i, new = next.pid, old = old.pid, "reload: new process ready; stopping the old one");
+                self.pids.insert(next.pid, (id, i, Role::Current));
                 begin_stop(&app.spec, &mut old);
                 self.pids.insert(old.pid, (id, i, Role::Retiring));
                 let pid = old.pid;
                 app.retiring.push((i, old));
                 arm_retire(&self.tx, pid, kill_timeout);
+                slot.restarts += 1;
+                slot.set(SlotState::Online(next));
             }
-            other => slot.state = other,
+            other => {
+                slot.state = other;
+                tracing::info!(app = %app.spec.name, instance = i, new = next.pid, "reload: the slot is going away; its new process is stopped");
+                begin_stop(&app.spec, &mut next);
+                self.pids.insert(next.pid, (id, i, Role::Retiring));
+                arm_retire(&self.tx, next.pid, kill_timeout);
+                app.retiring.push((i, next));
+            }
         }
-        slot.restarts += 1;
-        slot.set(SlotState::Online(next));
         if let Some(job) = app.reload.as_mut() {
             if job.active == Some(i) {
                 job.active = None;
