@@ -135,6 +135,18 @@ pub struct BridgeStats {
 #[cfg(feature = "bridge")]
 mod brokers;
 
+/// Why a topic (or an address, or a request id) named by an instance or the CLI is refused.
+/// Never repeats the name: it may be a megabyte. `None` when it is within the limit
+/// (`max_topic_bytes`).
+pub fn topic_refusal(limits: &crate::Limits, what: &str, len: usize) -> Option<String> {
+    (len > limits.max_topic_bytes).then(|| {
+        format!(
+            "{what} of {len} bytes refused: over the limit of {} bytes (max_topic_bytes; raise it in HERD_HOME/config.toml)",
+            limits.max_topic_bytes
+        )
+    })
+}
+
 /// The broker channel of every daemon.
 pub const ALL: &str = "herd.all";
 

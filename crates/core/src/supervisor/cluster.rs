@@ -128,7 +128,10 @@ impl State {
                 ch.send(&node::handle_reply(&q, ours), Some(fd));
             }
             Err((errno, why)) => {
-                tracing::warn!(app = %name, instance = i, pid, "listen refused: {why}");
+                self.instance_warn(
+                    pid,
+                    format_args!("app {name} instance {i}: listen refused: {why}"),
+                );
                 if let Some(f) = note_file {
                     write_note(&f, &format!("[herd] instance {i}: {why}"));
                 }
