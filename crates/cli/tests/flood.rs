@@ -261,3 +261,101 @@ time.sleep(300)
     assert!(p.contains("published to 0 subscriber"), "{p}");
     h.finish();
 }
+
+#[test]
+fn every_way_of_naming_a_topic_is_bounded() {
+    let h = Herd::new();
+    std::fs::write(
+        h.home().join("config.toml"),
+        "max_topic_bytes = 16\nmax_subscriptions = 2\nmax_pending_requests = 2\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Prints every message it receives; asks for what each limit refuses.
+    let lim = script(
+        dir.path(),
+        "lim.py",
+        r#"#!/usr/bin/env python3
+import os, sys, json, time, threading
+fd = int(os.environ['HERD_IPC_FD'])
+sys.stdin.close()
+def reader():
+    f = os.fdopen(os.dup(fd), 'rb', buffering=0)
+    buf = b''
+    while True:
+        data = f.read(65536)
+        if not data:
+            return
+        buf += data
+        *done, buf = buf.split(b'\n')
+        for line in done:
+            print('in', json.dumps(json.loads(line), sort_keys=True), flush=True)
+threading.Thread(target=reader, daemon=True).start()
+def w(m):
+    os.write(fd, (json.dumps(m) + '\n').encode())
+    time.sleep(0.05)
+long = 'x' * 17
+w({'herd': 'subscribe', 'topic': 'a'})
+w({'herd': 'subscribe', 'topic': 'a'})
+w({'herd': 'subscribe', 'topic': 'b'})
+w({'herd': 'subscribe', 'topic': 'c'})
+w({'herd': 'unsubscribe', 'topic': 'a'})
+w({'herd': 'subscribe', 'topic': 'c'})
+w({'herd': 'publish', 'topic': long, 'data': 1})
+w({'herd': 'send', 'to': 'lim:0', 'topic': long, 'data': 1})
+w({'herd': 'request', 'to': 'lim:0', 'topic': long, 'data': 1, 'id': 'r1'})
+w({'type': 'process:msg', 'topic': long, 'data': 1})
+for q in ['q1', 'q2', 'q3']:
+    w({'herd': 'request', 'to': 'lim:0', 'data': q, 'id': q, 'timeout_ms': 60000})
+print('done', flush=True)
+time.sleep(300)
+"#,
+    );
+    h.ok(&["start", lim.to_str().unwrap(), "--name", "lim"]);
+    let out = wait_output(&h, "lim", "done", Duration::from_secs(20));
+    let out = wait_until(Duration::from_secs(10), || {
+        let l = h.ok(&["logs", "lim", "--lines", "200"]);
+        l.contains("max_pending_requests")
+            .then_some(l.clone())
+            .ok_or(l)
+    })
+    .unwrap_or_else(|l| panic!("no max_pending_requests refusal:\n{l}\n{out}"));
+    let count = |s: &str| out.matches(s).count();
+    // Resubscribing is free, the third topic is refused, unsubscribing frees its place.
+    assert_eq!(count(r#""limit": "max_subscriptions""#), 1, "{out}");
+    assert_eq!(count(r#""limit": "max_topic_bytes""#), 4, "{out}");
+    assert!(
+        out.contains(r#""limit": "max_topic_bytes", "reply_to": "r1""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#""limit": "max_pending_requests", "reply_to": "q3""#),
+        "{out}"
+    );
+    assert!(out.contains("a topic of 17 bytes refused: over the limit of 16 bytes (max_topic_bytes; raise it in HERD_HOME/config.toml)"), "{out}");
+    let p = &h.app("lim")["processes"][0];
+    assert_eq!(p["subscriptions"], 2, "{p}");
+    assert_eq!(p["bus_refused"], 6, "{p}");
+    assert!(h.ok(&["publish", "c", "1"]).contains("published to 1 "));
+    assert!(h.ok(&["publish", "a", "1"]).contains("published to 0 "));
+
+    // The CLI is held to the same limits.
+    let long = "y".repeat(17);
+    let e = h.fails(&["publish", &long, "1"]);
+    assert!(e.contains("max_topic_bytes"), "{e}");
+    let e = h.fails(&["send", "lim:0", "1", "--topic", &long]);
+    assert!(e.contains("max_topic_bytes"), "{e}");
+    let e = h.fails(&["request", "lim:0", "1", "--topic", &long]);
+    assert!(e.contains("max_topic_bytes"), "{e}");
+    let e = h.fails(&["bus", &long]);
+    assert!(e.contains("max_topic_bytes"), "{e}");
+    let e = h.fails(&["bus", "t1", "t2", "t3"]);
+    assert!(e.contains("max_subscriptions"), "{e}");
+    let d = h.ok(&["describe", "lim"]);
+    assert!(
+        d.contains("9 refused (topic over max_topic_bytes")
+            && d.contains("instance 0 bus: 2 subscriptions, 6 refused by limits"),
+        "{d}"
+    );
+    h.finish();
+}

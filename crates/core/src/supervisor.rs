@@ -271,9 +271,17 @@ impl Supervisor {
             Some(url) => {
                 let remote_tx = tx.clone();
                 Some(
-                    crate::bus::Bridge::start(url, &config.host, move |env| {
-                        let _ = remote_tx.send(Event::Remote(env));
-                    })
+                    crate::bus::Bridge::start(
+                        url,
+                        &config.host,
+                        (
+                            config.limits.instance_log_burst,
+                            Duration::from_millis(config.limits.instance_log_interval_ms),
+                        ),
+                        move |env| {
+                            let _ = remote_tx.send(Event::Remote(env));
+                        },
+                    )
                     .map_err(std::io::Error::other)?,
                 )
             }

@@ -297,6 +297,10 @@ impl State {
     /// Whether a line about this instance may be logged now (see [`State::instance_warn`]);
     /// reports what was suppressed before it first.
     fn may_log(&mut self, pid: u32) -> bool {
+        // A gone instance says nothing more; keeping a limiter for it would never be freed.
+        if !self.pids.contains_key(&pid) {
+            return true;
+        }
         match self.bus.noisy.admit(pid, tokio::time::Instant::now()) {
             Admit::Log { suppressed } => {
                 self.log_suppressed(pid, suppressed);
@@ -937,6 +941,15 @@ impl State {
     // ----- from other hosts -----------------------------------------------------------------
 
     pub(super) fn on_remote(&mut self, env: Envelope) {
+        // Another daemon applies its own limits; one with larger ones (or anything else on
+        // the broker) still does not make this one hold or deliver an oversized name.
+        let max = self.bus.limits.max_topic_bytes;
+        if env.topic.as_ref().is_some_and(|t| t.len() > max)
+            || env.to.as_ref().is_some_and(|t| t.len() > max)
+        {
+            self.bus.refused += 1;
+            return;
+        }
         self.watch(&env);
         match env.kind {
             Kind::Send | Kind::Publish => {
