@@ -182,7 +182,7 @@ pub fn describe(app: &AppInfo) -> String {
         }
         if p.bus_refused > 0 || p.subscriptions > 0 {
             out.push_str(&format!(
-                "instance {} bus: {} subscriptions, {} refused by limits, {} dropped (slow reader)\n",
+                "instance {} bus: {} subscriptions, {} refused by limits, {} messages dropped (slow reader)\n",
                 p.instance, p.subscriptions, p.bus_refused, p.messages_dropped
             ));
         }
