@@ -20,12 +20,21 @@ fn cpu(pid: i32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// The daemon's resident memory, in KiB.
+/// The daemon's resident memory now, in KiB.
 fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The daemon's resident memory at its highest so far, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
@@ -37,13 +46,21 @@ fn log_size(h: &Herd) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits for a line in the app's output.
+/// Waits for a line in the app's output, looking every 200 ms (not to add to the daemon's CPU
+/// time being measured).
 fn wait_output(h: &Herd, app: &str, needle: &str, limit: Duration) -> String {
-    wait_until(limit, || {
+    let deadline = Instant::now() + limit;
+    loop {
         let l = h.ok(&["logs", app, "--lines", "200"]);
-        l.contains(needle).then_some(l.clone()).ok_or(l)
-    })
-    .unwrap_or_else(|l| panic!("no {needle:?} from {app} within {limit:?}:\n{l}"))
+        if l.contains(needle) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} from {app} within {limit:?}:\n{l}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -103,13 +120,25 @@ time.sleep(300)
         .find_map(|l| l.split("total ").nth(1))
         .and_then(|n| n.trim().parse().ok())
         .unwrap();
-    // A valid message after the flood still works.
-    wait_until(Duration::from_secs(20), || {
-        h.ok(&["publish", "after", r#""still heard""#]);
-        let l = h.ok(&["logs", "garbage", "--lines", "200"]);
-        l.contains("got \"still heard\"").then_some(()).ok_or(l)
-    })
-    .unwrap();
+    // A valid message after the flood still works (published until the subscription, queued
+    // behind the garbage, has been read).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !h
+        .ok(&["publish", "after", r#""still heard""#])
+        .contains("published to 1 ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription after the flood was not taken"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_output(
+        &h,
+        "garbage",
+        "got \"still heard\"",
+        Duration::from_secs(20),
+    );
     let (cpu1, took) = (cpu(daemon), t0.elapsed());
     let spent = cpu1 - cpu0;
     // The count of what was not written comes when the interval (10 s by default) ends.
@@ -140,7 +169,7 @@ time.sleep(300)
     );
     assert!(grown < 8 * 1024, "daemon.log grew {grown} bytes:\n{log}");
     assert!(
-        spent < Duration::from_millis(1500),
+        spent < Duration::from_secs(2),
         "the daemon spent {spent:?} of CPU on {total} garbage lines"
     );
     assert!(alive(daemon as u32));
@@ -223,7 +252,7 @@ time.sleep(300)
     })
     .unwrap_or_else(|r| panic!("{r} refused, expected {expected}"));
     let took = t0.elapsed();
-    let peak = rss_kib(daemon);
+    let (after, peak) = (rss_kib(daemon), peak_rss_kib(daemon));
     assert_eq!(refused, expected);
     let p = &h.app("flood")["processes"][0];
     assert_eq!(p["subscriptions"], 1024, "{p}");
@@ -249,11 +278,16 @@ time.sleep(300)
     h.ok(&["publish", "t0", r#""first topic""#]);
     wait_output(&h, "flood", "got \"first topic\"", Duration::from_secs(10));
     eprintln!(
-        "subscription flood: {refused} refused in {took:?}; daemon RSS {base} KiB before, {peak} KiB after"
+        "subscription flood: {refused} refused in {took:?}; daemon RSS {base} KiB before, {after} KiB after, {peak} KiB at most"
     );
     assert!(
-        peak < base + 8 * 1024,
-        "daemon RSS grew from {base} KiB to {peak} KiB"
+        after < base + 8 * 1024,
+        "daemon RSS grew from {base} KiB to {after} KiB"
+    );
+    // Lines of 1 MB are read and parsed one at a time, never held in numbers.
+    assert!(
+        peak < base + 16 * 1024,
+        "daemon RSS peaked at {peak} KiB from {base} KiB"
     );
     // An exiting instance frees its subscriptions.
     h.ok(&["stop", "flood"]);

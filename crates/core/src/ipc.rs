@@ -59,7 +59,7 @@ pub fn classify(line: &[u8]) -> Inbound {
         // is still the app's, so it is passed on with the bad escapes replaced. (Only a line
         // with an escape is worth a second parse: garbage costs one.)
         Err(e) => match Some(line)
-            .filter(|l| l.windows(2).any(|w| w == b"\\u"))
+            .filter(|l| l.contains(&b'\\') && l.windows(2).any(|w| w == b"\\u"))
             .and_then(|l| std::str::from_utf8(l).ok())
             .map(replace_lone_surrogates)
             .and_then(|s| serde_json::from_str(&s).ok())
