@@ -310,6 +310,12 @@ impl State {
         }
     }
 
+    /// [`State::may_log`] for a debug line: only asked (and counted) when debug lines are
+    /// written at all, so that they never use up an instance's share of warnings.
+    fn may_debug(&mut self, pid: u32) -> bool {
+        tracing::enabled!(tracing::Level::DEBUG) && self.may_log(pid)
+    }
+
     fn log_suppressed(&self, pid: u32, n: u64) {
         if n > 0 {
             let l = &self.bus.limits;
@@ -331,7 +337,9 @@ impl State {
 
     /// Tells the sender its message went nowhere (counted where that happened).
     fn refuse(&mut self, pid: u32, id: Option<Value>, why: String) {
-        tracing::debug!(pid, "bus: {why}");
+        if self.may_debug(pid) {
+            tracing::debug!(pid, "bus: {why}");
+        }
         let mut m = json!({"herd": "error", "error": why});
         if let Some(id) = id {
             m["reply_to"] = id;
@@ -854,7 +862,9 @@ impl State {
                     self.route_out(env);
                     return;
                 }
-                tracing::debug!(pid, "message from instance ignored: {v}");
+                if self.may_debug(pid) {
+                    tracing::debug!(pid, "message from instance ignored: {v}");
+                }
             }
         }
     }
