@@ -186,6 +186,12 @@ pub fn describe(app: &AppInfo) -> String {
                 p.instance, p.env_version, app.env_version
             ));
         }
+        if p.bus_refused > 0 || p.subscriptions > 0 {
+            out.push_str(&format!(
+                "instance {} bus: {} subscriptions, {} refused by limits, {} messages dropped (slow reader)\n",
+                p.instance, p.subscriptions, p.bus_refused, p.messages_dropped
+            ));
+        }
         if let Some(e) = &p.last_exit {
             if p.status != ProcessStatus::Online {
                 let how = match (&e.code, &e.signal) {
@@ -271,7 +277,7 @@ pub fn bus_stats(b: &herd_proto::BusStats) -> String {
         None => "none (this host only; set HERD_BUS or bus in config.toml)".into(),
     };
     format!(
-        "{:>16}: {} on host {}\n{:>16}: {broker}\n{:>16}: {} dropped (slow readers), {} refused (too large or malformed), {} without recipient\n",
+        "{:>16}: {} on host {}\n{:>16}: {broker}\n{:>16}: {} dropped (slow readers), {} refused (too large or malformed), {} without recipient\n{:>16}: {} refused (topic over max_topic_bytes, subscriptions over max_subscriptions, requests over max_pending_requests)\n",
         "bus",
         format_args!("{} messages routed", b.routed),
         b.host,
@@ -279,7 +285,9 @@ pub fn bus_stats(b: &herd_proto::BusStats) -> String {
         "losses",
         b.dropped,
         b.rejected,
-        b.no_recipient
+        b.no_recipient,
+        "limits",
+        b.refused
     )
 }
 

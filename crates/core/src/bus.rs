@@ -135,6 +135,18 @@ pub struct BridgeStats {
 #[cfg(feature = "bridge")]
 mod brokers;
 
+/// Why a topic (or an address, or a request id) named by an instance or the CLI is refused.
+/// Never repeats the name: it may be a megabyte. `None` when it is within the limit
+/// (`max_topic_bytes`).
+pub fn topic_refusal(limits: &crate::Limits, what: &str, len: usize) -> Option<String> {
+    (len > limits.max_topic_bytes).then(|| {
+        format!(
+            "{what} of {len} bytes refused: over the limit of {} bytes (max_topic_bytes; raise it in HERD_HOME/config.toml)",
+            limits.max_topic_bytes
+        )
+    })
+}
+
 /// The broker channel of every daemon.
 pub const ALL: &str = "herd.all";
 
@@ -165,15 +177,18 @@ pub struct Bridge {
 
 impl Bridge {
     /// Connects (in the background) to the broker at `url` and calls `on_envelope` for every
-    /// envelope on `herd.all` (except this host's own) and on this host's channel.
+    /// envelope on `herd.all` (except this host's own) and on this host's channel. Unreadable
+    /// envelopes are logged at most `log.0` times per `log.1`.
     ///
     /// # Errors
     /// When the URL is not `redis://…`, `rediss://…` or `nats://…`, or cannot be read.
     pub fn start(
         url: &str,
         host: &str,
+        log: (u32, std::time::Duration),
         on_envelope: impl Fn(Envelope) + Send + Sync + 'static,
     ) -> Result<Self, String> {
+        let (log_burst, log_interval) = log;
         let shown = hide_password(url);
         if !(url.starts_with("redis://")
             || url.starts_with("rediss://")
@@ -185,7 +200,7 @@ impl Bridge {
         }
         #[cfg(not(feature = "bridge"))]
         {
-            let _ = (host, on_envelope);
+            let _ = (host, on_envelope, log_burst, log_interval);
             Err(format!(
                 "this build of herd has no broker support (cargo feature `bridge`); cannot use {shown}"
             ))
@@ -196,13 +211,27 @@ impl Bridge {
             let (tx, rx) = mpsc::channel(4096);
             let host = host.to_string();
             let me = host.clone();
+            // Whoever can publish on the broker must not fill this daemon's log either.
+            let noisy =
+                std::sync::Mutex::new(crate::ratelimit::LogLimit::new(log_burst, log_interval));
             let deliver = Arc::new(move |bytes: &[u8], stats: &BridgeStats| {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 match serde_json::from_slice::<Envelope>(bytes) {
                     Ok(env) if env.origin != me => on_envelope(env),
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!("bus: unreadable envelope from the broker dropped: {e}")
+                        let admit = noisy
+                            .lock()
+                            .map(|mut l| l.admit(tokio::time::Instant::now()));
+                        match admit {
+                            Ok(crate::ratelimit::Admit::Log { suppressed: 0 }) => {
+                                tracing::warn!("bus: unreadable envelope from the broker dropped: {e}")
+                            }
+                            Ok(crate::ratelimit::Admit::Log { suppressed }) => tracing::warn!(
+                                "bus: unreadable envelope from the broker dropped: {e} ({suppressed} more suppressed before it)"
+                            ),
+                            _ => {}
+                        }
                     }
                 }
             });
@@ -283,7 +312,13 @@ mod tests {
             hide_password("nats://127.0.0.1:4222"),
             "nats://127.0.0.1:4222"
         );
-        assert!(Bridge::start("http://x", "h", |_| {}).is_err());
+        assert!(Bridge::start(
+            "http://x",
+            "h",
+            (1, std::time::Duration::from_secs(1)),
+            |_| {}
+        )
+        .is_err());
     }
 
     #[test]

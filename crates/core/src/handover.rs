@@ -223,6 +223,12 @@ pub struct BusState {
     /// Counters (absent in handovers of early builds).
     #[serde(default)]
     pub dropped: u64,
+    /// Messages refused by a limit (absent in handovers of early builds).
+    #[serde(default)]
+    pub refused: u64,
+    /// The same, per instance pid (absent in handovers of early builds).
+    #[serde(default)]
+    pub refused_by: Vec<(u32, u64)>,
     /// Topic → pids subscribed.
     pub subs: BTreeMap<String, Vec<u32>>,
     /// Requests waiting for a reply from an instance or another host.

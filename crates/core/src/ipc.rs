@@ -30,6 +30,10 @@ const QUEUE: usize = 1024;
 /// of `listen()` calls) must get every answer, or its `listen()` waits forever. Still bounded,
 /// against an instance that never reads.
 const REPLY_RESERVE: usize = 16 * 1024;
+/// Bytes queued for one instance before further messages are dropped (one message is always
+/// taken into an empty queue, whatever its size): without it, an instance that never reads
+/// could make the daemon hold `QUEUE` messages of the largest size, a gigabyte.
+const QUEUE_BYTES: usize = 8 << 20;
 
 /// What arrived on an instance's channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,9 +61,11 @@ pub fn classify(line: &[u8]) -> Inbound {
     let v: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         // Node escapes lone surrogates (`"\ud800"`), which serde_json refuses; such a message
-        // is still the app's, so it is passed on with the bad escapes replaced.
-        Err(e) => match std::str::from_utf8(line)
-            .ok()
+        // is still the app's, so it is passed on with the bad escapes replaced. (Only a line
+        // with an escape is worth a second parse: garbage costs one.)
+        Err(e) => match Some(line)
+            .filter(|l| l.contains(&b'\\') && l.windows(2).any(|w| w == b"\\u"))
+            .and_then(|l| std::str::from_utf8(l).ok())
             .map(replace_lone_surrogates)
             .and_then(|s| serde_json::from_str(&s).ok())
         {
@@ -133,6 +139,8 @@ struct Outgoing {
 #[derive(Default)]
 struct Queue {
     msgs: VecDeque<Outgoing>,
+    /// Bytes of the messages in `msgs`.
+    bytes: usize,
     /// Bytes of the front message already written.
     sent: usize,
     closed: bool,
@@ -189,13 +197,14 @@ impl Channel {
     /// Queues one JSON message, optionally with a file descriptor. Returns false (and counts
     /// the drop) when the queue is full or the channel is closed.
     pub fn send(&self, msg: &Value, fd: Option<OwnedFd>) -> bool {
-        self.queue_up(msg, fd, QUEUE)
+        self.queue_up(msg, fd, false)
     }
 
     /// [`Channel::send`] for the answer to a request of the instance: it may use
-    /// [`REPLY_RESERVE`] beyond the queue's bound.
+    /// [`REPLY_RESERVE`] places beyond the queue's bound, and is not held to its byte bound
+    /// (answers are small).
     pub fn send_reply(&self, msg: &Value, fd: Option<OwnedFd>) -> bool {
-        self.queue_up(msg, fd, QUEUE + REPLY_RESERVE)
+        self.queue_up(msg, fd, true)
     }
 
     /// File descriptors queued for the instance and not yet sent: each is open in the
@@ -205,19 +214,48 @@ impl Channel {
         q.msgs.iter().filter(|m| m.fd.is_some()).count()
     }
 
-    fn queue_up(&self, msg: &Value, fd: Option<OwnedFd>, bound: usize) -> bool {
+    fn queue_up(&self, msg: &Value, fd: Option<OwnedFd>, reply: bool) -> bool {
+        let refuse = |q: &Queue, len: usize| {
+            if reply {
+                return q.closed || q.msgs.len() >= QUEUE + REPLY_RESERVE;
+            }
+            q.closed
+                || q.msgs.len() >= QUEUE
+                || (!q.msgs.is_empty() && q.bytes.saturating_add(len) > QUEUE_BYTES)
+        };
+        // A full queue costs no serialisation: a consumer that never reads makes every
+        // further message cheap to drop.
+        if refuse(&self.queue.lock().expect("never poisoned"), 0) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let mut bytes = serde_json::to_vec(msg).expect("JSON values always serialise");
         bytes.push(b'\n');
         let mut q = self.queue.lock().expect("never poisoned");
-        if q.closed || q.msgs.len() >= bound {
+        if refuse(&q, bytes.len()) {
             drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
+        q.bytes += bytes.len();
         q.msgs.push_back(Outgoing { bytes, fd });
         drop(q);
         self.wake.notify_one();
         true
+    }
+
+    /// [`Channel::send`] of a message made only if the queue has room: a consumer that never
+    /// reads costs nothing per message but the count of drops.
+    pub fn send_with(&self, msg: impl FnOnce() -> Value) -> bool {
+        let full = {
+            let q = self.queue.lock().expect("never poisoned");
+            q.closed || q.msgs.len() >= QUEUE || q.bytes >= QUEUE_BYTES
+        };
+        if full {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.send(&msg(), None)
     }
 
     /// Messages dropped because the instance did not read fast enough (or had gone).
@@ -306,12 +344,14 @@ pub fn resume<T: Send + 'static>(
     ours.set_nonblocking(true)?;
     let fd = ours.as_raw_fd();
     let stream = Arc::new(UnixStream::from_std(ours)?);
+    let msgs: VecDeque<Outgoing> = from
+        .queued
+        .into_iter()
+        .map(|(bytes, fd)| Outgoing { bytes, fd })
+        .collect();
     let queue = Arc::new(Mutex::new(Queue {
-        msgs: from
-            .queued
-            .into_iter()
-            .map(|(bytes, fd)| Outgoing { bytes, fd })
-            .collect(),
+        bytes: msgs.iter().map(|m| m.bytes.len()).sum(),
+        msgs,
         sent: 0,
         closed: false,
     }));
@@ -385,6 +425,7 @@ async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc
                 if sent + n >= len {
                     // The fd travelled with the first bytes; ours closes now.
                     q.msgs.pop_front();
+                    q.bytes = q.bytes.saturating_sub(len);
                     q.sent = 0;
                 } else {
                     q.sent += n;
@@ -396,6 +437,7 @@ async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc
             let mut q = queue.lock().expect("never poisoned");
             q.closed = true;
             q.msgs.clear();
+            q.bytes = 0;
             return;
         }
     }
@@ -526,6 +568,32 @@ mod tests {
         }
         assert!(!ch.send_reply(&m, None));
         assert_eq!(ch.dropped(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_never_reads_holds_a_bounded_number_of_bytes() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let ch = start(ours, MAX_IPC_MESSAGE, tx, |m| m).unwrap();
+        let big = serde_json::json!("x".repeat(QUEUE_BYTES / 2 + 1));
+        // Far more than a socket buffer: the first stays queued, partly written.
+        assert!(ch.send(&big, None));
+        tokio::task::yield_now().await;
+        assert!(!ch.send(&big, None), "two halves are over the byte bound");
+        assert!(ch.send(&serde_json::json!(1), None), "small ones still fit");
+        assert_eq!(ch.dropped(), 1);
+    }
+
+    #[test]
+    fn garbage_is_parsed_once() {
+        assert!(matches!(
+            classify(b"not json at all"),
+            Inbound::Malformed(_)
+        ));
+        assert!(matches!(
+            classify(br#"{"a":"\u12"}"#),
+            Inbound::Malformed(_)
+        ));
     }
 
     #[tokio::test]

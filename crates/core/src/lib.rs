@@ -13,6 +13,7 @@ pub mod logs;
 pub mod node;
 pub mod notify;
 pub mod policy;
+pub mod ratelimit;
 pub mod sockets;
 pub mod spawn;
 pub mod stats;

@@ -15,6 +15,8 @@ pub struct Limits {
     pub max_topic_bytes: usize,
     /// Topics one instance may subscribe to at once.
     pub max_subscriptions: usize,
+    /// Requests of one instance that may wait for a reply at once.
+    pub max_pending_requests: usize,
     /// Listening sockets the daemon binds for one app's Node workers beyond the app's own
     /// addresses (`listen()` on other ports).
     pub max_listen_sockets: usize,
@@ -36,6 +38,7 @@ impl Default for Limits {
         Self {
             max_topic_bytes: 1024,
             max_subscriptions: 1024,
+            max_pending_requests: 1024,
             max_listen_sockets: 32,
             max_control_connections: 1024,
             control_idle_timeout_ms: 60_000,

@@ -10,6 +10,8 @@ use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFla
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
+use crate::ratelimit::{Admit, LogLimit};
+
 /// What a notify datagram said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -32,8 +34,10 @@ pub fn bind(path: &Path) -> io::Result<UnixDatagram> {
     Ok(sock)
 }
 
-/// Receives notices forever, calling `on_notice` for each well-formed one.
-pub async fn serve(sock: UnixDatagram, mut on_notice: impl FnMut(Notice)) {
+/// Receives notices forever, calling `on_notice` for each well-formed one. What instances send
+/// here can make the daemon log at most `log` (a [`LogLimit`]) lines; anything that is not a
+/// notice is dropped without a word.
+pub async fn serve(sock: UnixDatagram, mut log: LogLimit, mut on_notice: impl FnMut(Notice)) {
     let mut buf = vec![0u8; 4096];
     loop {
         let got = sock
@@ -48,9 +52,14 @@ pub async fn serve(sock: UnixDatagram, mut on_notice: impl FnMut(Notice)) {
                 )
                 .map_err(io::Error::from)?;
                 let mut pid = None;
-                for c in msg.cmsgs().map_err(io::Error::from)? {
-                    if let ControlMessageOwned::ScmCredentials(cred) = c {
-                        pid = Some(cred.pid() as u32);
+                // Control data that did not fit (an instance sending fds here: the kernel
+                // closes them) makes the datagram anonymous, hence ignored; it is not an
+                // error of the socket.
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmCredentials(cred) = c {
+                            pid = Some(cred.pid() as u32);
+                        }
                     }
                 }
                 Ok((msg.bytes, pid))
@@ -64,7 +73,13 @@ pub async fn serve(sock: UnixDatagram, mut on_notice: impl FnMut(Notice)) {
             }
             Ok((_, None)) => tracing::debug!("notify datagram without credentials ignored"),
             Err(e) => {
-                tracing::warn!("notify socket: {e}");
+                match log.admit(tokio::time::Instant::now()) {
+                    Admit::Log { suppressed } if suppressed > 0 => {
+                        tracing::warn!("notify socket: {e} ({suppressed} more suppressed)")
+                    }
+                    Admit::Log { .. } => tracing::warn!("notify socket: {e}"),
+                    Admit::Suppress => {}
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -107,7 +122,8 @@ mod tests {
         let path = dir.path().join("notify.sock");
         let sock = bind(&path).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(serve(sock, move |n| {
+        let log = LogLimit::new(1, std::time::Duration::from_secs(1));
+        let task = tokio::spawn(serve(sock, log, move |n| {
             let _ = tx.send(n);
         }));
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();

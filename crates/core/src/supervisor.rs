@@ -281,6 +281,7 @@ pub struct Supervisor {
     logs: LogBus,
     monitor: broadcast::Sender<Arc<crate::bus::Envelope>>,
     lifecycle: broadcast::Sender<Lifecycle>,
+    limits: crate::Limits,
 }
 
 impl Supervisor {
@@ -344,9 +345,17 @@ impl Supervisor {
             Some(url) => {
                 let remote_tx = tx.clone();
                 Some(
-                    crate::bus::Bridge::start(url, &config.host, move |env| {
-                        let _ = remote_tx.send(Event::Remote(env));
-                    })
+                    crate::bus::Bridge::start(
+                        url,
+                        &config.host,
+                        (
+                            config.limits.instance_log_burst,
+                            Duration::from_millis(config.limits.instance_log_interval_ms),
+                        ),
+                        move |env| {
+                            let _ = remote_tx.send(Event::Remote(env));
+                        },
+                    )
                     .map_err(std::io::Error::other)?,
                 )
             }
@@ -364,10 +373,19 @@ impl Supervisor {
         };
         let notify_fd = std::os::fd::AsRawFd::as_raw_fd(&notify_sock);
         let notify_tx = tx.clone();
-        tokio::spawn(notify::serve(notify_sock, move |n| {
+        let notify_log = crate::ratelimit::LogLimit::new(
+            config.limits.instance_log_burst,
+            Duration::from_millis(config.limits.instance_log_interval_ms),
+        );
+        tokio::spawn(notify::serve(notify_sock, notify_log, move |n| {
             let _ = notify_tx.send(Event::Notice(n));
         }));
-        let bus = bus::Bus::new(config.host.clone(), config.max_message_bytes, bridge);
+        let bus = bus::Bus::new(
+            config.host.clone(),
+            config.max_message_bytes,
+            config.limits,
+            bridge,
+        );
         let monitor = bus.monitor.clone();
         let (lifecycle, _) = broadcast::channel(1024);
         let (ipc_tx, ipc_rx) = mpsc::channel(1024);
@@ -402,6 +420,7 @@ impl Supervisor {
             // The pids file names the parent cgroup too, for a sweep after a crash.
             state.write_pids();
         }
+        let limits = state.cfg.limits;
         let task = tokio::spawn(state.run(rx, ipc_rx));
         Ok((
             Self {
@@ -409,6 +428,7 @@ impl Supervisor {
                 logs,
                 monitor,
                 lifecycle,
+                limits,
             },
             task,
         ))
@@ -453,6 +473,11 @@ impl Supervisor {
     /// Instance starts and exits, from now on.
     pub fn subscribe_lifecycle(&self) -> broadcast::Receiver<Lifecycle> {
         self.lifecycle.subscribe()
+    }
+
+    /// The limits it enforces (for the daemon's own checks, e.g. `herd bus` topic filters).
+    pub fn limits(&self) -> crate::Limits {
+        self.limits
     }
 
     /// Every message that passes through the bus, from now on.
@@ -840,17 +865,18 @@ impl State {
                 Inbound::Ready => self.on_ready(pid, ReadyKind::Explicit),
                 Inbound::Cluster(m) => self.on_cluster(pid, m),
                 Inbound::HandleAck => {}
-                Inbound::HandleNack => {
-                    tracing::warn!(pid, "a Node worker refused a socket herd sent it")
-                }
+                Inbound::HandleNack => self.instance_warn(
+                    pid,
+                    format_args!("a Node worker refused a socket herd sent it"),
+                ),
                 Inbound::Closed => self.on_channel_closed(pid),
                 Inbound::Malformed(why) => self.on_bad_message(
                     pid,
-                    format!("a message that is not JSON was dropped: {why}"),
+                    format_args!("a message that is not JSON was dropped: {why}"),
                 ),
                 Inbound::TooLarge(limit) => self.on_bad_message(
                     pid,
-                    format!(
+                    format_args!(
                         "a message longer than {limit} bytes was dropped; send smaller messages"
                     ),
                 ),
@@ -1479,6 +1505,7 @@ impl State {
 
     fn infos(&mut self, ids: &[u32], with_spec: bool) -> Vec<AppInfo> {
         let mut out = Vec::new();
+        let bus = &self.bus;
         for id in ids {
             let Some(app) = self.apps.get_mut(id) else {
                 continue;
@@ -1504,11 +1531,16 @@ impl State {
                         memory_bytes: None,
                         last_exit: slot.last_exit.clone(),
                         messages_dropped: 0,
+                        subscriptions: 0,
+                        bus_refused: 0,
                         env_version: 0,
                         cgroup: None,
                     };
                     if let Some(p) = slot.state.proc_mut() {
                         info.pid = Some(p.pid);
+                        let (subs, refused) = bus.peer_counts(p.pid);
+                        info.subscriptions = subs as u64;
+                        info.bus_refused = refused;
                         info.env_version = p.env_version;
                         info.messages_dropped = p.channel.as_ref().map_or(0, |c| c.dropped());
                         info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);

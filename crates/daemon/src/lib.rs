@@ -213,6 +213,7 @@ struct ConfigFile {
     max_message_bytes: Option<usize>,
     max_topic_bytes: Option<usize>,
     max_subscriptions: Option<usize>,
+    max_pending_requests: Option<usize>,
     max_listen_sockets: Option<usize>,
     max_control_connections: Option<usize>,
     control_idle_timeout_ms: Option<u64>,
@@ -222,7 +223,7 @@ struct ConfigFile {
 }
 
 /// The keys `config.toml` takes, for error messages.
-const CONFIG_KEYS: &str = "bus, host, max_message_bytes, max_topic_bytes, max_subscriptions, max_listen_sockets, max_control_connections, control_idle_timeout_ms, instance_log_burst, instance_log_interval_ms, daemon_log_max_bytes";
+const CONFIG_KEYS: &str = "bus, host, max_message_bytes, max_topic_bytes, max_subscriptions, max_pending_requests, max_listen_sockets, max_control_connections, control_idle_timeout_ms, instance_log_burst, instance_log_interval_ms, daemon_log_max_bytes";
 
 /// Checks that `value` of `key` lies in `range`, naming the file and the fix if not.
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -259,6 +260,13 @@ fn limits(file: &ConfigFile, path: &Path) -> Result<herd_core::Limits, String> {
             "max_subscriptions",
             file.max_subscriptions,
             d.max_subscriptions,
+            1..=1 << 20,
+            path,
+        )?,
+        max_pending_requests: in_range(
+            "max_pending_requests",
+            file.max_pending_requests,
+            d.max_pending_requests,
             1..=1 << 20,
             path,
         )?,

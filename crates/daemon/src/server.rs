@@ -426,8 +426,25 @@ fn version_error(theirs: u64) -> Reply {
     )
 }
 
-/// Streams every envelope that passes (of `topics`, if any) until the client goes away.
-async fn stream_bus(conn: UnixStream, sup: &Supervisor, topics: Vec<String>) -> io::Result<()> {
+/// Streams every envelope that passes (of `topics`, if any) until the client goes away. The
+/// topics are held as long as the watcher: they are bounded like an instance's subscriptions.
+async fn stream_bus(mut conn: UnixStream, sup: &Supervisor, topics: Vec<String>) -> io::Result<()> {
+    let limits = sup.limits();
+    let refusal = if topics.len() > limits.max_subscriptions {
+        Some(format!(
+            "{} topics refused: a watcher may follow at most {} (max_subscriptions; raise it in HERD_HOME/config.toml)",
+            topics.len(),
+            limits.max_subscriptions
+        ))
+    } else {
+        topics
+            .iter()
+            .find_map(|t| herd_core::bus::topic_refusal(&limits, "a topic", t.len()))
+    };
+    if let Some(why) = refusal {
+        return send(&mut conn, &Reply::error(ErrorCode::TooLarge, why)).await;
+    }
+    let topics: std::collections::HashSet<String> = topics.into_iter().collect();
     let mut rx = sup.subscribe_bus();
     let (mut read_half, mut write_half) = conn.into_split();
     let mut probe = [0u8; 256];

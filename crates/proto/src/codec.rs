@@ -21,24 +21,44 @@ pub enum LineError {
 }
 
 /// Accumulates bytes and yields complete lines (without the trailing `\n`).
+///
+/// Lines are taken from the front by moving an offset, not the bytes: a read full of short
+/// lines costs one copy of each line, not one move of the rest of the buffer per line (which
+/// made a flood of short garbage lines quadratic).
 #[derive(Debug)]
 pub struct LineBuffer {
     buf: Vec<u8>,
+    /// Where the first byte not yet taken is in `buf`.
+    start: usize,
     limit: usize,
     /// Dropping the rest of an oversized line, up to its newline.
     skipping: bool,
-    /// Bytes of `buf` already scanned for a newline, so each byte is scanned once.
+    /// Bytes after `start` already scanned for a newline, so each byte is scanned once.
     scanned: usize,
 }
 
 impl LineBuffer {
     /// A buffer that refuses lines longer than `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            limit,
-            skipping: false,
-            scanned: 0,
+        Self::from_parts(limit, Vec::new(), false)
+    }
+
+    /// The bytes not yet taken.
+    fn rest(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
+    }
+
+    /// Forgets the first `n` bytes not yet taken.
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        self.scanned = 0;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start >= self.buf.len() / 2 {
+            // Moving what is left costs no more than what was taken since the last move.
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
     }
 
@@ -48,7 +68,7 @@ impl LineBuffer {
             match bytes.iter().position(|&b| b == b'\n') {
                 Some(i) => {
                     self.skipping = false;
-                    bytes = &bytes[i + 1..];
+                    bytes = bytes.get(i + 1..).unwrap_or_default();
                 }
                 None => return,
             }
@@ -59,16 +79,15 @@ impl LineBuffer {
     /// Drops the oversized line in progress (up to its newline, even if that is still to
     /// come), so a peer that sent one too large can go on with the next.
     pub fn skip_current(&mut self) {
-        match self.buf.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                self.buf.drain(..=i);
-            }
+        match self.rest().iter().position(|&b| b == b'\n') {
+            Some(i) => self.consume(i + 1),
             None => {
                 self.buf.clear();
+                self.start = 0;
+                self.scanned = 0;
                 self.skipping = true;
             }
         }
-        self.scanned = 0;
     }
 
     /// Takes the next complete line, if any.
@@ -77,21 +96,26 @@ impl LineBuffer {
     /// [`LineError::TooLong`] when the current line passes the limit; the buffer should then
     /// be dropped together with the connection, since the stream cannot be resynchronised.
     pub fn next_line(&mut self) -> Result<Option<Vec<u8>>, LineError> {
-        if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+        let rest = self.rest();
+        let found = rest
+            .get(self.scanned..)
+            .and_then(|r| r.iter().position(|&b| b == b'\n'));
+        if let Some(pos) = found {
             let end = self.scanned + pos;
             if end > self.limit {
                 return Err(LineError::TooLong { limit: self.limit });
             }
-            let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-            line.pop();
+            let mut line = rest.get(..end).unwrap_or_default();
             if line.last() == Some(&b'\r') {
-                line.pop();
+                line = line.get(..line.len() - 1).unwrap_or_default();
             }
-            self.scanned = 0;
+            let line = line.to_vec();
+            self.consume(end + 1);
             return Ok(Some(line));
         }
-        self.scanned = self.buf.len();
-        if self.buf.len() > self.limit {
+        let held = rest.len();
+        self.scanned = held;
+        if held > self.limit {
             return Err(LineError::TooLong { limit: self.limit });
         }
         Ok(None)
@@ -99,19 +123,20 @@ impl LineBuffer {
 
     /// Bytes held that do not yet form a complete line.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.rest().len()
     }
 
     /// The bytes held and whether the rest of an oversized line is being dropped, to move the
     /// buffer elsewhere ([`LineBuffer::from_parts`]).
     pub fn parts(&self) -> (Vec<u8>, bool) {
-        (self.buf.clone(), self.skipping)
+        (self.rest().to_vec(), self.skipping)
     }
 
     /// A buffer holding `buf`, as [`LineBuffer::parts`] gave it.
     pub fn from_parts(limit: usize, buf: Vec<u8>, skipping: bool) -> Self {
         Self {
             buf,
+            start: 0,
             limit,
             skipping,
             scanned: 0,
@@ -129,6 +154,29 @@ pub fn encode_line<T: Serialize>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_short_lines_in_one_read_come_out_in_order_with_the_rest_kept() {
+        let mut b = LineBuffer::new(64);
+        let mut input = Vec::new();
+        for i in 0..1000 {
+            input.extend_from_slice(format!("line {i}\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"partial");
+        b.extend(&input);
+        for i in 0..1000 {
+            assert_eq!(
+                b.next_line().unwrap().unwrap(),
+                format!("line {i}").into_bytes()
+            );
+        }
+        assert_eq!(b.next_line().unwrap(), None);
+        assert_eq!(b.pending(), 7);
+        assert_eq!(b.parts().0, b"partial");
+        b.extend(b" end\n");
+        assert_eq!(b.next_line().unwrap().unwrap(), b"partial end");
+        assert_eq!(b.pending(), 0);
+    }
 
     #[test]
     fn splits_lines_across_reads() {

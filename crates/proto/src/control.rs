@@ -336,6 +336,10 @@ pub struct BusStats {
     pub dropped: u64,
     /// Messages refused: over the size limit, not JSON, or malformed.
     pub rejected: u64,
+    /// Messages refused by a limit: a topic over `max_topic_bytes`, a subscription over
+    /// `max_subscriptions`, a request over `max_pending_requests`.
+    #[serde(default)]
+    pub refused: u64,
     /// Messages addressed to no running instance.
     pub no_recipient: u64,
     /// Envelopes put on the broker.
@@ -450,6 +454,13 @@ pub struct ProcessInfo {
     /// Messages to this instance dropped because it did not read them fast enough.
     #[serde(default)]
     pub messages_dropped: u64,
+    /// Bus topics the instance subscribes to.
+    #[serde(default)]
+    pub subscriptions: u64,
+    /// Messages of the instance the bus refused by a limit (topic length, subscriptions,
+    /// pending requests).
+    #[serde(default)]
+    pub bus_refused: u64,
     /// How the last process of the slot ended.
     pub last_exit: Option<ExitInfo>,
     /// Version of the app's environment the running process was started with.

@@ -7,8 +7,13 @@
 //! `{"herd":"send"|"publish"|"subscribe"|"unsubscribe"|"request"|"reply", …}` — see
 //! `docs/protocol.md`. Queues are bounded per instance; a slow or dead consumer loses messages
 //! (counted), never stalls the daemon or anyone else.
+//!
+//! What one instance can make the router hold is bounded too (`Limits`): topic length,
+//! subscriptions, requests waiting for a reply, and the lines its bad input writes to the
+//! daemon's log. A message over a limit is refused, counted (per instance and in total) and
+//! answered on the sender's channel with the limit and the config key that raises it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +23,9 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, oneshot};
 
 use super::{err, SlotState, State};
-use crate::bus::{host_channel, Address, Bridge, Envelope, Kind, ALL};
+use crate::bus::{host_channel, topic_refusal, Address, Bridge, Envelope, Kind, ALL};
+use crate::ratelimit::{Admit, PerSource};
+use crate::Limits;
 
 /// Who waits for a reply.
 pub(super) enum Requester {
@@ -38,12 +45,29 @@ pub(super) struct Pending {
     to: String,
 }
 
+/// What the bus keeps for one local instance (from its first subscription, request or
+/// refusal until it exits).
+#[derive(Default)]
+struct Peer {
+    /// Topics it subscribed to (the same strings as the keys of `Bus::subs`).
+    topics: HashSet<Arc<str>>,
+    /// Its requests that wait for a reply.
+    pending: usize,
+    /// Its messages refused by a limit.
+    refused: u64,
+}
+
 /// The bus's state and counters.
 pub(super) struct Bus {
     pub host: String,
     pub max_bytes: usize,
+    limits: Limits,
     /// Topic → pids of instances subscribed.
-    subs: HashMap<String, BTreeSet<u32>>,
+    subs: HashMap<Arc<str>, BTreeSet<u32>>,
+    /// Per-instance state, by pid.
+    peers: HashMap<u32, Peer>,
+    /// What each instance's bad input may write to the daemon's log.
+    noisy: PerSource<u32>,
     requests: HashMap<u64, Pending>,
     /// When each request times out (answered ones are skipped when their time comes).
     pub deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, u64)>>,
@@ -54,6 +78,8 @@ pub(super) struct Bus {
     routed: u64,
     no_recipient: u64,
     rejected: u64,
+    /// Messages refused by a limit (topic length, subscriptions, pending requests).
+    refused: u64,
     /// Messages an instance did not take (its queue was full, or it had just gone).
     dropped: u64,
 }
@@ -68,11 +94,22 @@ struct Routed {
 }
 
 impl Bus {
-    pub(super) fn new(host: String, max_bytes: usize, bridge: Option<Bridge>) -> Self {
+    pub(super) fn new(
+        host: String,
+        max_bytes: usize,
+        limits: Limits,
+        bridge: Option<Bridge>,
+    ) -> Self {
         Self {
             host,
             max_bytes,
+            limits,
             subs: HashMap::new(),
+            peers: HashMap::new(),
+            noisy: PerSource::new(
+                limits.instance_log_burst,
+                Duration::from_millis(limits.instance_log_interval_ms),
+            ),
             requests: HashMap::new(),
             deadlines: std::collections::BinaryHeap::new(),
             next: 0,
@@ -81,8 +118,33 @@ impl Bus {
             routed: 0,
             no_recipient: 0,
             rejected: 0,
+            refused: 0,
             dropped: 0,
         }
+    }
+
+    /// Subscriptions held by an instance, and its messages refused by a limit.
+    pub(super) fn peer_counts(&self, pid: u32) -> (usize, u64) {
+        self.peers
+            .get(&pid)
+            .map_or((0, 0), |p| (p.topics.len(), p.refused))
+    }
+
+    fn insert_request(&mut self, n: u64, p: Pending) {
+        if let Requester::Instance { pid, .. } = &p.requester {
+            self.peers.entry(*pid).or_default().pending += 1;
+        }
+        self.requests.insert(n, p);
+    }
+
+    fn remove_request(&mut self, n: u64) -> Option<Pending> {
+        let p = self.requests.remove(&n)?;
+        if let Requester::Instance { pid, .. } = &p.requester {
+            if let Some(peer) = self.peers.get_mut(pid) {
+                peer.pending = peer.pending.saturating_sub(1);
+            }
+        }
+        Some(p)
     }
 }
 
@@ -113,6 +175,7 @@ impl State {
             routed: self.bus.routed,
             dropped,
             rejected: self.bus.rejected,
+            refused: self.bus.refused,
             no_recipient: self.bus.no_recipient,
             remote_published: load(|s| s.published.load(Ordering::Relaxed)),
             remote_received: load(|s| s.received.load(Ordering::Relaxed)),
@@ -181,15 +244,102 @@ impl State {
         self.push(pid, &msg);
     }
 
+    /// [`State::tell`] of a message made only if the instance's queue has room.
+    fn tell_with(&mut self, pid: u32, msg: impl FnOnce() -> Value) {
+        if self.channel_of(pid).is_some_and(|ch| ch.send_with(msg)) {
+            self.bus.routed += 1;
+        } else {
+            self.bus.dropped += 1;
+        }
+    }
+
     /// Refuses a malformed or invalid message (counted as rejected) and tells the sender why.
     fn reject(&mut self, pid: u32, id: Option<Value>, why: String) {
         self.bus.rejected += 1;
         self.refuse(pid, id, why);
     }
 
+    /// Refuses a message over a limit: counted (in total and for the instance) and answered
+    /// with the limit's config key, so the sender can tell which limit and how to raise it.
+    /// `why` is only called when its text is needed: a flood of refusals to an instance that
+    /// does not read them builds nothing.
+    fn over_limit(
+        &mut self,
+        pid: u32,
+        id: Option<Value>,
+        limit: &'static str,
+        why: impl Fn() -> String,
+    ) {
+        self.bus.refused += 1;
+        self.bus.peers.entry(pid).or_default().refused += 1;
+        if self.may_log(pid) {
+            tracing::warn!(pid, "bus: {}", why());
+        }
+        self.tell_with(pid, || {
+            let mut m = json!({"herd": "error", "error": why(), "limit": limit});
+            if let Some(id) = id {
+                m["reply_to"] = id;
+            }
+            m
+        });
+    }
+
+    /// Writes a warning caused by one instance's input to the daemon's log, within that
+    /// instance's share (`instance_log_burst` lines per `instance_log_interval_ms`); the rest
+    /// are counted and reported as "N more suppressed". Nothing is formatted for a line that
+    /// is suppressed.
+    pub(super) fn instance_warn(&mut self, pid: u32, what: std::fmt::Arguments<'_>) {
+        if self.may_log(pid) {
+            tracing::warn!(pid, "{what}");
+        }
+    }
+
+    /// Whether a line about this instance may be logged now (see [`State::instance_warn`]);
+    /// reports what was suppressed before it first.
+    fn may_log(&mut self, pid: u32) -> bool {
+        // A gone instance says nothing more; keeping a limiter for it would never be freed.
+        if !self.pids.contains_key(&pid) {
+            return true;
+        }
+        match self.bus.noisy.admit(pid, tokio::time::Instant::now()) {
+            Admit::Log { suppressed } => {
+                self.log_suppressed(pid, suppressed);
+                true
+            }
+            Admit::Suppress => false,
+        }
+    }
+
+    /// [`State::may_log`] for a debug line: only asked (and counted) when debug lines are
+    /// written at all, so that they never use up an instance's share of warnings.
+    fn may_debug(&mut self, pid: u32) -> bool {
+        tracing::enabled!(tracing::Level::DEBUG) && self.may_log(pid)
+    }
+
+    fn log_suppressed(&self, pid: u32, n: u64) {
+        if n > 0 {
+            let l = &self.bus.limits;
+            tracing::warn!(
+                pid,
+                "{n} more suppressed: the daemon logs at most {} lines per {} ms about one instance (instance_log_burst, instance_log_interval_ms in HERD_HOME/config.toml)",
+                l.instance_log_burst,
+                l.instance_log_interval_ms
+            );
+        }
+    }
+
+    /// Reports the suppressed counts whose interval has ended.
+    fn flush_suppressed(&mut self) {
+        for (pid, n) in self.bus.noisy.due(tokio::time::Instant::now()) {
+            self.log_suppressed(pid, n);
+        }
+    }
+
     /// Tells the sender its message went nowhere (counted where that happened).
     fn refuse(&mut self, pid: u32, id: Option<Value>, why: String) {
-        tracing::debug!(pid, "bus: {why}");
+        if self.may_debug(pid) {
+            tracing::debug!(pid, "bus: {why}");
+        }
         let mut m = json!({"herd": "error", "error": why});
         if let Some(id) = id {
             m["reply_to"] = id;
@@ -203,7 +353,7 @@ impl State {
             Kind::Publish => env
                 .topic
                 .as_ref()
-                .and_then(|t| self.bus.subs.get(t))
+                .and_then(|t| self.bus.subs.get(t.as_str()))
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default(),
             _ => match env.to.as_deref().map(Address::parse) {
@@ -267,8 +417,21 @@ impl State {
         })
     }
 
+    /// A CLI topic or address over `max_topic_bytes` gets the same refusal as an instance's.
+    fn cli_over_limit(&mut self, what: &str, name: Option<&str>) -> Option<Reply> {
+        let why = topic_refusal(&self.bus.limits, what, name.map_or(0, str::len))?;
+        self.bus.refused += 1;
+        Some(err(ErrorCode::TooLarge, why))
+    }
+
     pub(super) fn cli_send(&mut self, to: &str, topic: Option<String>, data: Value) -> Reply {
         if let Some(e) = self.too_large(&data) {
+            return e;
+        }
+        if let Some(e) = self
+            .cli_over_limit("a topic", topic.as_deref())
+            .or_else(|| self.cli_over_limit("an address", Some(to)))
+        {
             return e;
         }
         if let Err(e) = Address::parse(to) {
@@ -306,6 +469,9 @@ impl State {
         if let Some(e) = self.too_large(&data) {
             return e;
         }
+        if let Some(e) = self.cli_over_limit("a topic", Some(&topic)) {
+            return e;
+        }
         let env = Envelope {
             kind: Kind::Publish,
             from: format!("cli@{}", self.bus.host),
@@ -336,7 +502,10 @@ impl State {
         timeout: Duration,
         reply: oneshot::Sender<Reply>,
     ) {
-        if let Some(e) = self.too_large(&data) {
+        if let Some(e) = self.too_large(&data).or_else(|| {
+            self.cli_over_limit("a topic", topic.as_deref())
+                .or_else(|| self.cli_over_limit("an address", Some(to)))
+        }) {
             let _ = reply.send(e);
             return;
         }
@@ -414,7 +583,7 @@ impl State {
                 format!("no running instance matches {to:?}{hint}"),
             ));
         };
-        self.bus.requests.insert(
+        self.bus.insert_request(
             n,
             Pending {
                 requester,
@@ -428,22 +597,39 @@ impl State {
             tokio::time::Instant::now() + timeout,
             n,
         )));
+        // Answered requests leave their entry until its time comes; an instance that asks
+        // and answers itself in a loop would grow the heap for up to the longest timeout.
+        // Dropping the dead entries when they outnumber the live ones keeps it in proportion.
+        if self.bus.deadlines.len() > 2 * self.bus.requests.len() + 1024 {
+            let live = &self.bus.requests;
+            self.bus
+                .deadlines
+                .retain(|std::cmp::Reverse((_, n))| live.contains_key(n));
+        }
         Ok(())
     }
 
-    /// The earliest request deadline still pending.
+    /// The earliest request deadline still pending, or the end of an interval in which an
+    /// instance's log lines were suppressed, whichever comes first.
     pub(super) fn next_deadline(&mut self) -> Option<tokio::time::Instant> {
+        let mut request = None;
         while let Some(std::cmp::Reverse((at, n))) = self.bus.deadlines.peek().copied() {
             if self.bus.requests.contains_key(&n) {
-                return Some(at);
+                request = Some(at);
+                break;
             }
             self.bus.deadlines.pop();
         }
-        None
+        match (request, self.bus.noisy.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Times out every request whose deadline has passed.
+    /// Times out every request whose deadline has passed (and reports suppressed log lines
+    /// whose interval has ended).
     pub(super) fn expire_requests(&mut self) {
+        self.flush_suppressed();
         let now = tokio::time::Instant::now();
         while let Some(std::cmp::Reverse((at, n))) = self.bus.deadlines.peek().copied() {
             if at > now {
@@ -455,7 +641,7 @@ impl State {
     }
 
     pub(super) fn on_request_timeout(&mut self, n: u64) {
-        if let Some(p) = self.bus.requests.remove(&n) {
+        if let Some(p) = self.bus.remove_request(n) {
             let why = format!(
                 "{} did not reply in time; it must answer with a message carrying \"reply_to\"",
                 p.to
@@ -512,9 +698,42 @@ impl State {
 
     /// A message an instance sent on its channel.
     pub(super) fn on_app_message(&mut self, pid: u32, v: Value) {
+        // A message read before its sender exited may be handled after the exit: nothing of a
+        // gone instance may be kept (a subscription would never be freed).
+        if !self.pids.contains_key(&pid) {
+            return;
+        }
         let op = v.get("herd").and_then(Value::as_str).map(str::to_string);
-        let from = self.label(pid);
         let topic = v.get("topic").and_then(Value::as_str).map(str::to_string);
+        let names_topic = matches!(
+            op.as_deref(),
+            Some("send" | "publish" | "subscribe" | "unsubscribe" | "request")
+        ) || v.get("type").and_then(Value::as_str) == Some("process:msg");
+        if names_topic {
+            let id = (op.as_deref() == Some("request"))
+                .then(|| v.get("id").cloned().unwrap_or(Value::Null));
+            let len = topic.as_ref().map_or(0, String::len);
+            if len > self.bus.limits.max_topic_bytes {
+                let l = self.bus.limits;
+                return self.over_limit(pid, id, "max_topic_bytes", || {
+                    topic_refusal(&l, "a topic", len).unwrap_or_default()
+                });
+            }
+            // An address or a request id is kept while a request waits: bounded like a topic.
+            let to_len = v.get("to").and_then(Value::as_str).map_or(0, str::len);
+            if let Some(why) = topic_refusal(&self.bus.limits, "an address", to_len) {
+                return self.over_limit(pid, id, "max_topic_bytes", || why.clone());
+            }
+            let id_len = id.as_ref().map_or(0, |id| match id {
+                Value::String(s) => s.len(),
+                Value::Number(_) | Value::Null | Value::Bool(_) => 0,
+                other => other.to_string().len(),
+            });
+            if let Some(why) = topic_refusal(&self.bus.limits, "a request id", id_len) {
+                return self.over_limit(pid, None, "max_topic_bytes", || why.clone());
+            }
+        }
+        let from = self.label(pid);
         let data = v.get("data").cloned().unwrap_or(Value::Null);
         match op.as_deref() {
             Some("send") => {
@@ -561,21 +780,27 @@ impl State {
                 };
                 self.route_out(env);
             }
-            Some("subscribe") | Some("unsubscribe") => {
+            Some("subscribe") => {
                 let Some(topic) = topic else {
                     return self.reject(pid, None, "subscribe needs \"topic\"".into());
                 };
-                if op.as_deref() == Some("subscribe") {
-                    self.bus.subs.entry(topic).or_default().insert(pid);
-                } else if let Some(s) = self.bus.subs.get_mut(&topic) {
-                    s.remove(&pid);
-                }
+                self.subscribe(pid, topic);
+            }
+            Some("unsubscribe") => {
+                let Some(topic) = topic else {
+                    return self.reject(pid, None, "unsubscribe needs \"topic\"".into());
+                };
+                self.unsubscribe(pid, &topic);
             }
             Some("request") => {
                 let id = v.get("id").cloned().unwrap_or(Value::Null);
                 let Some(to) = v.get("to").and_then(Value::as_str).map(str::to_string) else {
                     return self.reject(pid, Some(id), "request needs \"to\"".into());
                 };
+                let max = self.bus.limits.max_pending_requests;
+                if self.bus.peers.get(&pid).is_some_and(|p| p.pending >= max) {
+                    return self.over_limit(pid, Some(id), "max_pending_requests", || format!("request refused: this instance has {max} requests waiting for a reply, the limit (max_pending_requests; raise it in HERD_HOME/config.toml, or wait for replies or timeouts)"));
+                }
                 let timeout = Duration::from_millis(
                     v.get("timeout_ms")
                         .and_then(Value::as_u64)
@@ -596,13 +821,12 @@ impl State {
             _ => {
                 // A reply: `{"herd":"reply","reply_to":N,…}` or any message with `reply_to`.
                 if let Some(n) = v.get("reply_to").and_then(Value::as_u64) {
-                    if self
+                    let mine = self
                         .bus
                         .requests
                         .get(&n)
-                        .is_some_and(|p| p.target_pid == Some(pid))
-                    {
-                        let p = self.bus.requests.remove(&n).expect("checked");
+                        .is_some_and(|p| p.target_pid == Some(pid));
+                    if let Some(p) = mine.then(|| self.bus.remove_request(n)).flatten() {
                         let data = if v.get("data").is_some() {
                             data
                         } else {
@@ -638,23 +862,74 @@ impl State {
                     self.route_out(env);
                     return;
                 }
-                tracing::debug!(pid, "message from instance ignored: {v}");
+                if self.may_debug(pid) {
+                    tracing::debug!(pid, "message from instance ignored: {v}");
+                }
+            }
+        }
+    }
+
+    /// Subscribes an instance to a topic, within `max_subscriptions`. A topic it holds
+    /// already is not a new subscription.
+    fn subscribe(&mut self, pid: u32, topic: String) {
+        let max = self.bus.limits.max_subscriptions;
+        let peer = self.bus.peers.entry(pid).or_default();
+        if peer.topics.contains(topic.as_str()) {
+            return;
+        }
+        if peer.topics.len() >= max {
+            return self.over_limit(pid, None, "max_subscriptions", || format!("subscription refused: this instance holds {max} subscriptions, the limit (max_subscriptions; raise it in HERD_HOME/config.toml, or unsubscribe from topics it no longer needs)"));
+        }
+        // One allocation shared by the topic index and the instance's own list.
+        let topic: Arc<str> = match self.bus.subs.get_key_value(topic.as_str()) {
+            Some((t, _)) => t.clone(),
+            None => topic.into(),
+        };
+        peer.topics.insert(topic.clone());
+        self.bus.subs.entry(topic).or_default().insert(pid);
+    }
+
+    /// Ends a subscription (and frees its place); unknown topics are ignored.
+    fn unsubscribe(&mut self, pid: u32, topic: &str) {
+        let Some(peer) = self.bus.peers.get_mut(&pid) else {
+            return;
+        };
+        if peer.topics.remove(topic) {
+            if let Some(s) = self.bus.subs.get_mut(topic) {
+                s.remove(&pid);
+                if s.is_empty() {
+                    self.bus.subs.remove(topic);
+                }
             }
         }
     }
 
     /// An instance sent a line over the size limit or not JSON.
-    pub(super) fn on_bad_message(&mut self, pid: u32, why: String) {
-        tracing::warn!(pid, "bus: {why}");
-        self.reject(pid, None, why);
+    pub(super) fn on_bad_message(&mut self, pid: u32, why: std::fmt::Arguments<'_>) {
+        if !self.pids.contains_key(&pid) {
+            return;
+        }
+        self.instance_warn(pid, format_args!("bus: {why}"));
+        // One per bad line: nothing is built for an instance that does not read its answers.
+        self.bus.rejected += 1;
+        self.tell_with(pid, || json!({"herd": "error", "error": why.to_string()}));
     }
 
-    /// An instance is gone: its subscriptions and the requests it was asked go with it.
+    /// An instance is gone: its subscriptions, its waiting requests and the requests it was
+    /// asked go with it.
     pub(super) fn forget_instance(&mut self, pid: u32) {
-        for s in self.bus.subs.values_mut() {
-            s.remove(&pid);
+        let suppressed = self.bus.noisy.forget(pid);
+        self.log_suppressed(pid, suppressed);
+        if let Some(peer) = self.bus.peers.remove(&pid) {
+            for topic in &peer.topics {
+                if let Some(s) = self.bus.subs.get_mut(topic) {
+                    s.remove(&pid);
+                    if s.is_empty() {
+                        self.bus.subs.remove(topic);
+                    }
+                }
+            }
         }
-        self.bus.subs.retain(|_, s| !s.is_empty());
         let asked: Vec<u64> = self
             .bus
             .requests
@@ -663,9 +938,10 @@ impl State {
             .map(|(&n, _)| n)
             .collect();
         for n in asked {
-            let p = self.bus.requests.remove(&n).expect("listed");
-            let why = format!("{} exited before replying", p.to);
-            self.answer(p.requester, Err(why), String::new());
+            if let Some(p) = self.bus.remove_request(n) {
+                let why = format!("{} exited before replying", p.to);
+                self.answer(p.requester, Err(why), String::new());
+            }
         }
         self.bus
             .requests
@@ -675,6 +951,15 @@ impl State {
     // ----- from other hosts -----------------------------------------------------------------
 
     pub(super) fn on_remote(&mut self, env: Envelope) {
+        // Another daemon applies its own limits; one with larger ones (or anything else on
+        // the broker) still does not make this one hold or deliver an oversized name.
+        let max = self.bus.limits.max_topic_bytes;
+        if env.topic.as_ref().is_some_and(|t| t.len() > max)
+            || env.to.as_ref().is_some_and(|t| t.len() > max)
+        {
+            self.bus.refused += 1;
+            return;
+        }
         self.watch(&env);
         match env.kind {
             Kind::Send | Kind::Publish => {
@@ -718,7 +1003,7 @@ impl State {
                 else {
                     return;
                 };
-                if let Some(p) = self.bus.requests.remove(&n) {
+                if let Some(p) = self.bus.remove_request(n) {
                     let result = if env.kind == Kind::Reply {
                         Ok(env.data)
                     } else {
@@ -773,11 +1058,18 @@ impl Bus {
             routed: self.routed,
             no_recipient: self.no_recipient,
             rejected: self.rejected,
+            refused: self.refused,
+            refused_by: self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.refused > 0)
+                .map(|(&pid, p)| (pid, p.refused))
+                .collect(),
             dropped: self.dropped,
             subs: self
                 .subs
                 .iter()
-                .map(|(t, pids)| (t.clone(), pids.iter().copied().collect()))
+                .map(|(t, pids)| (t.to_string(), pids.iter().copied().collect()))
                 .collect(),
             requests,
         }
@@ -790,19 +1082,27 @@ impl Bus {
         self.routed = s.routed;
         self.no_recipient = s.no_recipient;
         self.rejected = s.rejected;
+        self.refused = s.refused;
         self.dropped = s.dropped;
-        self.subs = s
-            .subs
-            .into_iter()
-            .map(|(t, pids)| (t, pids.into_iter().collect()))
-            .collect();
+        self.subs = HashMap::new();
+        self.peers = HashMap::new();
+        for (pid, refused) in s.refused_by {
+            self.peers.entry(pid).or_default().refused = refused;
+        }
+        for (t, pids) in s.subs {
+            let t: Arc<str> = t.into();
+            for &pid in &pids {
+                self.peers.entry(pid).or_default().topics.insert(t.clone());
+            }
+            self.subs.insert(t, pids.into_iter().collect());
+        }
         let now = tokio::time::Instant::now();
         for r in s.requests {
             let requester = match r.requester {
                 RequesterState::Instance { pid, id } => Requester::Instance { pid, id },
                 RequesterState::Remote { host, id } => Requester::Remote { host, id },
             };
-            self.requests.insert(
+            self.insert_request(
                 r.id,
                 Pending {
                     requester,
