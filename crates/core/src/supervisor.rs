@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use herd_proto::{
     AppInfo, AppSpec, AppStatus, Command, ErrorCode, ExitInfo, LogStream, ProcessInfo,
@@ -40,7 +42,10 @@ mod bus;
 mod cluster;
 mod reload;
 mod slots;
+mod timers;
 mod update;
+
+use timers::{TimerKey, Timers};
 
 pub use update::UpdateRequest;
 
@@ -61,12 +66,8 @@ fn needs_ready(spec: &AppSpec) -> bool {
 }
 
 /// SIGKILL for a retiring process that has not exited after `after`.
-fn arm_retire(tx: &mpsc::UnboundedSender<Event>, pid: u32, after: Duration) {
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        let _ = tx.send(Event::RetireTimeout { pid });
-    });
+fn arm_retire(timers: &mut Timers, pid: u32, after: Duration) {
+    timers.set(TimerKey::Retire { pid }, Instant::now() + after);
 }
 
 fn describe_exit(e: &ExitInfo) -> String {
@@ -232,33 +233,10 @@ enum Event {
         pid: u32,
         msg: Inbound,
     },
-    Timer {
-        app: u32,
-        slot: u32,
-        gen: u64,
-    },
-    /// A reload's new process of a slot has had `listen_timeout` to get ready.
-    NextTimeout {
-        app: u32,
-        slot: u32,
-        pid: u32,
-    },
-    /// A retiring (reloaded-away) process has had `kill_timeout` to exit.
-    RetireTimeout {
-        pid: u32,
-    },
     /// An envelope from another host, through the broker.
     Remote(crate::bus::Envelope),
     /// A watched file of an app changed.
     FileChanged {
-        app: u32,
-    },
-    /// No further change for the debounce time: reload.
-    WatchSettled {
-        app: u32,
-        gen: u64,
-    },
-    MemoryCheck {
         app: u32,
     },
     /// `herd update`.
@@ -397,6 +375,7 @@ impl Supervisor {
             pids_dirty: std::cell::Cell::new(false),
             tx: tx.clone(),
             logs: logs.clone(),
+            timers: Timers::default(),
             apps: BTreeMap::new(),
             next_id: 0,
             pids: HashMap::new(),
@@ -606,6 +585,18 @@ impl SlotState {
         }
     }
 
+    /// Whether the state waits for the slot's timer: a restart backoff, a ready timeout, a
+    /// kill timeout, or the next look at a drain.
+    fn waits(&self) -> bool {
+        matches!(
+            self,
+            SlotState::Starting(_)
+                | SlotState::Draining { .. }
+                | SlotState::Stopping { .. }
+                | SlotState::WaitingRestart
+        )
+    }
+
     /// Whether a request waiting on this slot can be answered.
     fn settled(&self) -> bool {
         !matches!(
@@ -620,15 +611,11 @@ struct Slot {
     state: SlotState,
     /// A reload's new process, started next to the current one.
     next: Option<Proc>,
-    /// Bumped on every state change; a timer armed under another generation is stale.
-    gen: u64,
     restarts: u32,
     history: History,
     last_exit: Option<ExitInfo>,
     out: SharedLog,
     err: SharedLog,
-    /// When the slot's timer (restart backoff, listen or kill timeout) fires.
-    timer_at: Option<Instant>,
 }
 
 impl Slot {
@@ -637,19 +624,17 @@ impl Slot {
             index,
             state: SlotState::Stopped,
             next: None,
-            gen: 0,
             restarts: 0,
             history: History::default(),
             last_exit: None,
             out,
             err,
-            timer_at: None,
         }
     }
 
+    /// Moves to `state`. Its timer, if it had one, is cancelled after the event unless the
+    /// new state waits for one too ([`SlotState::waits`]) and re-armed it.
     fn set(&mut self, state: SlotState) {
-        self.gen += 1;
-        self.timer_at = None;
         self.state = state;
     }
 }
@@ -663,7 +648,6 @@ struct App {
     deleting: bool,
     /// Slots the selector currently routes to, to re-attach it only on change.
     routed: Option<Vec<u32>>,
-    memory_check_armed: bool,
     /// Reloaded-away processes finishing their requests, with their slot.
     retiring: Vec<(u32, Proc)>,
     /// Sockets bound for Node workers' other listens (another port, port 0, a path), shared
@@ -676,12 +660,8 @@ struct App {
     reload: Option<Reload>,
     /// File watcher (`--watch`), while the app runs.
     watcher: Option<::notify::RecommendedWatcher>,
-    /// Bumped on every change, so only the last one's timer reloads.
-    watch_gen: u64,
     /// Bumped each time `--update-env` changes the environment.
     env_version: u32,
-    /// A watched file changed and the debounce has not yet passed.
-    watch_pending: bool,
     /// Cgroups of exited processes of this app, killed and not yet empty.
     emptying: u32,
 }
@@ -708,15 +688,12 @@ impl App {
             slots,
             deleting: false,
             routed: None,
-            memory_check_armed: false,
             retiring: Vec::new(),
             extra: HashMap::new(),
             refusals: cluster::Refusals::default(),
             reload: None,
             watcher: None,
-            watch_gen: 0,
             env_version: 1,
-            watch_pending: false,
             emptying: 0,
         }
     }
@@ -776,6 +753,8 @@ struct State {
     pids_dirty: std::cell::Cell<bool>,
     tx: mpsc::UnboundedSender<Event>,
     logs: LogBus,
+    /// Every deadline the supervisor waits for.
+    timers: Timers,
     apps: BTreeMap<u32, App>,
     next_id: u32,
     /// pid → (app id, slot index, role) of every process the supervisor started.
@@ -812,15 +791,19 @@ impl State {
         mut ipc_rx: mpsc::Receiver<Event>,
     ) {
         loop {
-            let deadline = self.next_deadline();
+            let deadline = match (self.next_deadline(), self.timers.next()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let event = tokio::select! {
                 e = rx.recv() => match e {
                     Some(e) => e,
                     None => break,
                 },
                 Some(e) = ipc_rx.recv() => e,
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.expire_requests();
+                    self.fire_timers();
                     self.after_event();
                     continue;
                 }
@@ -882,45 +865,14 @@ impl State {
                 ),
                 Inbound::App(v) => self.on_app_message(pid, v),
             },
-            Event::Timer { app, slot, gen } => self.on_timer(app, slot, gen),
-            Event::NextTimeout { app, slot, pid } => self.on_next_timeout(app, slot, pid),
             Event::Remote(env) => self.on_remote(env),
             Event::FileChanged { app } => {
-                if let Some(a) = self.apps.get_mut(&app) {
-                    a.watch_gen += 1;
-                    a.watch_pending = true;
-                    let gen = a.watch_gen;
-                    let tx = self.tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(WATCH_DEBOUNCE).await;
-                        let _ = tx.send(Event::WatchSettled { app, gen });
-                    });
+                // Each change moves the deadline: the reload comes once the files are quiet.
+                if self.apps.contains_key(&app) {
+                    self.timers
+                        .set(TimerKey::Watch { app }, Instant::now() + WATCH_DEBOUNCE);
                 }
             }
-            Event::WatchSettled { app, gen } => {
-                let Some(a) = self.apps.get_mut(&app) else {
-                    return;
-                };
-                if a.watch_gen == gen {
-                    a.watch_pending = false;
-                }
-                let due =
-                    a.watch_gen == gen && a.status == AppStatus::Running && a.watcher.is_some();
-                if due {
-                    tracing::info!(app = %self.apps[&app].spec.name, "watched files changed; reloading");
-                    let _ = self.start_reload(app);
-                }
-            }
-            Event::RetireTimeout { pid } => {
-                if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
-                    tracing::info!(
-                        pid,
-                        "kill timeout passed for a reloaded-away process; sending SIGKILL"
-                    );
-                    kill_tree(pid, self.cgroups.get(&pid));
-                }
-            }
-            Event::MemoryCheck { app } => self.on_memory_check(app),
             Event::Update { req, reply } => self.on_update(req, reply),
             Event::UpdateRetry => self.on_update_retry(),
             Event::CgroupEmptied { app } => {
@@ -1195,6 +1147,7 @@ impl State {
             // An orphaned grandchild re-parented to us, or a child whose exec failed.
             return;
         };
+        self.timers.cancel(TimerKey::Retire { pid });
         // Whatever the instance left behind in its process group and its cgroup goes with
         // it, so nothing keeps holding the port (PM2 leaves Next.js's child running).
         let cg = self.cgroups.remove(&pid);
@@ -1365,16 +1318,43 @@ impl State {
         }
     }
 
-    fn on_timer(&mut self, id: u32, i: u32, gen: u64) {
+    /// Hands every timer that is due to what it is for.
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(key) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Slot { app, slot } => self.on_timer(app, slot),
+                TimerKey::Next { app, slot } => self.on_next_timeout(app, slot),
+                TimerKey::Retire { pid } => {
+                    if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
+                        tracing::info!(
+                            pid,
+                            "kill timeout passed for a reloaded-away process; sending SIGKILL"
+                        );
+                        kill_tree(pid, self.cgroups.get(&pid));
+                    }
+                }
+                TimerKey::Memory { app } => self.on_memory_check(app),
+                TimerKey::Watch { app } => {
+                    let Some(a) = self.apps.get(&app) else {
+                        continue;
+                    };
+                    if a.status == AppStatus::Running && a.watcher.is_some() {
+                        tracing::info!(app = %a.spec.name, "watched files changed; reloading");
+                        let _ = self.start_reload(app);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, id: u32, i: u32) {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
         let Some(slot) = app.slots.get_mut(i as usize) else {
             return;
         };
-        if slot.gen != gen {
-            return;
-        }
         match &slot.state {
             SlotState::WaitingRestart => {
                 slot.set(SlotState::Stopped);
@@ -1426,6 +1406,21 @@ impl State {
         }
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
+            // A slot's timer lives only as long as the state that waits for it.
+            for s in &app.slots {
+                if !s.state.waits() {
+                    self.timers.cancel(TimerKey::Slot {
+                        app: app.id,
+                        slot: s.index,
+                    });
+                }
+                if s.next.is_none() {
+                    self.timers.cancel(TimerKey::Next {
+                        app: app.id,
+                        slot: s.index,
+                    });
+                }
+            }
             while matches!(app.slots.last(), Some(s) if matches!(s.state, SlotState::Gone)) {
                 let slot = app.slots.pop().expect("checked");
                 for l in &mut app.listeners {
@@ -1449,6 +1444,7 @@ impl State {
         }
         for id in removed {
             self.apps.remove(&id);
+            self.timers.cancel_app(id);
         }
         self.answer_waiters();
     }
@@ -1546,8 +1542,11 @@ impl State {
                         info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
                         let cg = self.cgroups.get(&p.pid);
                         if let Some(s) = stats::sample(p.pid) {
-                            info.cpu_percent =
-                                Some(stats::cpu_percent(&s, p.sample.as_ref(), p.since));
+                            info.cpu_percent = Some(stats::cpu_percent(
+                                &s,
+                                p.sample.as_ref(),
+                                p.since.into_std(),
+                            ));
                             info.memory_bytes = Some(s.rss_bytes);
                             p.sample = Some(s);
                         }

@@ -162,7 +162,7 @@ impl State {
         let app = self.apps.get_mut(&id).expect("resolved");
         app.status = AppStatus::Stopped;
         app.watcher = None;
-        app.watch_pending = false;
+        self.timers.cancel(TimerKey::Watch { app: id });
         if app.reload.take().is_some() {
             self.reload_errors.insert(
                 id,
@@ -278,7 +278,7 @@ impl State {
             if let Some(mut next) = slot.next.take() {
                 super::begin_stop(&app.spec, &mut next);
                 self.pids.insert(next.pid, (id, i, super::Role::Retiring));
-                super::arm_retire(&self.tx, next.pid, timeout);
+                super::arm_retire(&mut self.timers, next.pid, timeout);
                 app.retiring.push((i, next));
             }
             let slot = &mut app.slots[i as usize];

@@ -11,7 +11,7 @@ use std::time::Duration;
 use herd_proto::{AppStatus, Reply};
 
 use super::{
-    arm_retire, begin_stop, needs_ready, write_note, Event, Reload, Role, SlotState, State,
+    arm_retire, begin_stop, needs_ready, write_note, Reload, Role, SlotState, State, TimerKey,
 };
 
 impl State {
@@ -60,15 +60,11 @@ impl State {
                             let app = self.apps.get_mut(&id).expect("exists");
                             app.slots[i as usize].next = Some(next);
                             app.reload.as_mut().expect("exists").active = Some(i);
-                            let tx = self.tx.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(timeout).await;
-                                let _ = tx.send(Event::NextTimeout {
-                                    app: id,
-                                    slot: i,
-                                    pid,
-                                });
-                            });
+                            tracing::debug!(app = %app.spec.name, instance = i, pid, "reload: next process started");
+                            self.timers.set(
+                                TimerKey::Next { app: id, slot: i },
+                                tokio::time::Instant::now() + timeout,
+                            );
                             return;
                         }
                         Err(e) => {
@@ -123,7 +119,7 @@ impl State {
                 self.pids.insert(old.pid, (id, i, Role::Retiring));
                 let pid = old.pid;
                 app.retiring.push((i, old));
-                arm_retire(&self.tx, pid, kill_timeout);
+                arm_retire(&mut self.timers, pid, kill_timeout);
                 slot.restarts += 1;
                 slot.set(SlotState::Online(next));
             }
@@ -132,7 +128,7 @@ impl State {
                 tracing::info!(app = %app.spec.name, instance = i, new = next.pid, "reload: the slot is going away; its new process is stopped");
                 begin_stop(&app.spec, &mut next);
                 self.pids.insert(next.pid, (id, i, Role::Retiring));
-                arm_retire(&self.tx, next.pid, kill_timeout);
+                arm_retire(&mut self.timers, next.pid, kill_timeout);
                 app.retiring.push((i, next));
             }
         }
@@ -145,14 +141,14 @@ impl State {
     }
 
     /// The next process of slot `i` has had its time.
-    pub(super) fn on_next_timeout(&mut self, id: u32, i: u32, pid: u32) {
+    pub(super) fn on_next_timeout(&mut self, id: u32, i: u32) {
         let Some(app) = self.apps.get(&id) else {
             return;
         };
         let Some(slot) = app.slots.get(i as usize) else {
             return;
         };
-        if slot.next.as_ref().is_none_or(|p| p.pid != pid) {
+        if slot.next.is_none() {
             return;
         }
         if needs_ready(&app.spec) {

@@ -249,7 +249,7 @@ impl State {
         if let Some(mut next) = slot.next.take() {
             begin_stop(&app.spec, &mut next);
             self.pids.insert(next.pid, (id, i, Role::Retiring));
-            arm_retire(&self.tx, next.pid, timeout);
+            arm_retire(&mut self.timers, next.pid, timeout);
             app.retiring.push((i, next));
         }
         match std::mem::replace(&mut slot.state, SlotState::Stopped) {
@@ -277,37 +277,27 @@ impl State {
         }
     }
 
+    /// Arms the slot's timer (what it waits for is in its state).
     pub(super) fn arm(&mut self, app: u32, slot: u32, after: Duration) {
-        let s = &mut self.apps.get_mut(&app).expect("app exists").slots[slot as usize];
-        s.timer_at = Some(Instant::now() + after);
-        let gen = s.gen;
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = tx.send(Event::Timer { app, slot, gen });
-        });
+        self.timers
+            .set(TimerKey::Slot { app, slot }, Instant::now() + after);
     }
 
     pub(super) fn arm_memory_check(&mut self, id: u32) {
-        let Some(app) = self.apps.get_mut(&id) else {
+        let Some(app) = self.apps.get(&id) else {
             return;
         };
-        if app.spec.max_memory_bytes.is_none() || app.memory_check_armed {
+        let key = TimerKey::Memory { app: id };
+        if app.spec.max_memory_bytes.is_none() || self.timers.deadline(key).is_some() {
             return;
         }
-        app.memory_check_armed = true;
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(MEMORY_CHECK).await;
-            let _ = tx.send(Event::MemoryCheck { app: id });
-        });
+        self.timers.set(key, Instant::now() + MEMORY_CHECK);
     }
 
     pub(super) fn on_memory_check(&mut self, id: u32) {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        app.memory_check_armed = false;
         if app.status != AppStatus::Running {
             return;
         }

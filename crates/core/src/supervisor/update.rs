@@ -254,7 +254,11 @@ impl State {
             if app.emptying > 0 {
                 return Some(format!("app {n} has a cgroup still emptying"));
             }
-            if app.watch_pending {
+            if self
+                .timers
+                .deadline(TimerKey::Watch { app: app.id })
+                .is_some()
+            {
                 return Some(format!("app {n} is about to reload for a changed file"));
             }
             for s in &app.slots {
@@ -319,8 +323,12 @@ impl State {
                 slots.push(handover::SlotState {
                     index: s.index,
                     status,
-                    timer_ms: s
-                        .timer_at
+                    timer_ms: self
+                        .timers
+                        .deadline(TimerKey::Slot {
+                            app: app.id,
+                            slot: s.index,
+                        })
                         .map(|t| t.saturating_duration_since(now).as_millis() as u64),
                     process,
                     restarts: s.restarts,
