@@ -20,8 +20,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use herd_proto::{
-    AppInfo, AppSpec, AppStatus, Command, ErrorCode, ExitInfo, LogStream, ProcessInfo,
-    ProcessStatus, Reply, ScaleTo, PROTOCOL_VERSION,
+    AppInfo, AppSpec, AppStatus, Command, ErrorCode, ExitInfo, LogStream, ProcessInfo, Reply,
+    ScaleTo, PROTOCOL_VERSION,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -29,22 +29,24 @@ use nix::unistd::Pid;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::cgroup;
-use crate::ipc::{self, Channel, Inbound};
+use crate::ipc::{self, Inbound};
 use crate::logs::{self, LogBus, LogEvent, LogFile, PumpTarget, SharedLog};
 use crate::notify::{self, Notice};
 use crate::policy::{self, Decision, History};
 use crate::sockets::{ListenAddr, Listener};
 use crate::spawn::{self, SpawnRequest};
-use crate::stats::{self, Sample};
+use crate::stats;
 
 mod apps;
 mod bus;
 mod cluster;
 mod reload;
+mod slot;
 mod slots;
 mod timers;
 mod update;
 
+use slot::{Proc, Role, Slot, SlotState, Then};
 use timers::{TimerKey, Timers};
 
 pub use update::UpdateRequest;
@@ -156,6 +158,22 @@ const DRAIN_MAX: Duration = Duration::from_secs(2);
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How often instances are checked against `max_memory_bytes`, when one is set.
 const MEMORY_CHECK: Duration = Duration::from_secs(1);
+/// How often SIGKILL is sent again to a process that has not exited after it (stuck in the
+/// kernel): its slot stays stopping until it is reaped.
+const KILL_REPEAT: Duration = Duration::from_secs(5);
+
+/// The state of a slot whose reload ends without its next process: the current one goes on
+/// as it was — serving if it was online, or starting again with a fresh ready timeout.
+fn back_from_reload(current: Proc, online: bool, spec: &AppSpec) -> SlotState {
+    if online {
+        SlotState::Online { proc: current }
+    } else {
+        SlotState::Starting {
+            proc: current,
+            deadline: Instant::now() + Duration::from_millis(spec.listen_timeout_ms),
+        }
+    }
+}
 
 /// Where the supervisor keeps its files, and how its bus is set up.
 #[derive(Debug, Clone)]
@@ -487,158 +505,6 @@ fn reap_all(tx: &mpsc::UnboundedSender<Event>) {
     }
 }
 
-/// What a slot does once its process has exited after a stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Then {
-    Stay,
-    Restart,
-    Remove,
-}
-
-/// Which process of a slot a pid is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// The slot's process.
-    Current,
-    /// A reload's new process, not yet ready.
-    Next,
-    /// A reloaded-away process finishing its requests.
-    Retiring,
-}
-
-struct Proc {
-    pid: u32,
-    since: Instant,
-    sample: Option<Sample>,
-    /// The instance's channel (Node's IPC channel for Node apps).
-    channel: Option<Channel>,
-    /// Sockets for the app's own port handed to this Node worker so far.
-    listens: u32,
-    /// Sequence number of the next cluster message herd sends it.
-    seq: u64,
-    /// Asked to stop and waiting for its channel to close before the kill signal.
-    disconnecting: bool,
-    /// The app's environment version it was started with.
-    env_version: u32,
-    /// Its stdout and stderr pumps.
-    out: Option<Arc<logs::PumpState>>,
-    err: Option<Arc<logs::PumpState>>,
-}
-
-impl Proc {
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-}
-
-enum SlotState {
-    /// Started; waiting for it to say it is ready (`wait_ready`). Not routed.
-    Starting(Proc),
-    /// Serving and routed.
-    Online(Proc),
-    /// Being removed by a scale-down: not routed, emptying its queue.
-    Draining {
-        proc: Proc,
-        since: Instant,
-    },
-    /// Sent its stop signal; SIGKILL follows at the kill timeout.
-    Stopping {
-        proc: Proc,
-        then: Then,
-    },
-    /// Crashed; restarts at the deadline.
-    WaitingRestart,
-    Stopped,
-    Exited,
-    Errored,
-    /// Removed by a scale-down; dropped from the app right after.
-    Gone,
-}
-
-impl SlotState {
-    fn proc(&self) -> Option<&Proc> {
-        match self {
-            SlotState::Starting(p) | SlotState::Online(p) => Some(p),
-            SlotState::Draining { proc, .. } | SlotState::Stopping { proc, .. } => Some(proc),
-            _ => None,
-        }
-    }
-
-    fn proc_mut(&mut self) -> Option<&mut Proc> {
-        match self {
-            SlotState::Starting(p) | SlotState::Online(p) => Some(p),
-            SlotState::Draining { proc, .. } | SlotState::Stopping { proc, .. } => Some(proc),
-            _ => None,
-        }
-    }
-
-    fn status(&self) -> ProcessStatus {
-        match self {
-            SlotState::Starting(_) => ProcessStatus::Starting,
-            SlotState::Online(_) => ProcessStatus::Online,
-            SlotState::Draining { .. } | SlotState::Stopping { .. } => ProcessStatus::Stopping,
-            SlotState::WaitingRestart => ProcessStatus::WaitingRestart,
-            SlotState::Stopped | SlotState::Gone => ProcessStatus::Stopped,
-            SlotState::Exited => ProcessStatus::Exited,
-            SlotState::Errored => ProcessStatus::Errored,
-        }
-    }
-
-    /// Whether the state waits for the slot's timer: a restart backoff, a ready timeout, a
-    /// kill timeout, or the next look at a drain.
-    fn waits(&self) -> bool {
-        matches!(
-            self,
-            SlotState::Starting(_)
-                | SlotState::Draining { .. }
-                | SlotState::Stopping { .. }
-                | SlotState::WaitingRestart
-        )
-    }
-
-    /// Whether a request waiting on this slot can be answered.
-    fn settled(&self) -> bool {
-        !matches!(
-            self,
-            SlotState::Starting(_) | SlotState::Draining { .. } | SlotState::Stopping { .. }
-        )
-    }
-}
-
-struct Slot {
-    index: u32,
-    state: SlotState,
-    /// A reload's new process, started next to the current one.
-    next: Option<Proc>,
-    restarts: u32,
-    history: History,
-    last_exit: Option<ExitInfo>,
-    out: SharedLog,
-    err: SharedLog,
-}
-
-impl Slot {
-    fn new(index: u32, out: SharedLog, err: SharedLog) -> Self {
-        Self {
-            index,
-            state: SlotState::Stopped,
-            next: None,
-            restarts: 0,
-            history: History::default(),
-            last_exit: None,
-            out,
-            err,
-        }
-    }
-
-    /// Moves to `state`. Its timer, if it had one, is cancelled after the event unless the
-    /// new state waits for one too ([`SlotState::waits`]) and re-armed it.
-    fn set(&mut self, state: SlotState) {
-        self.state = state;
-    }
-}
-
 struct App {
     id: u32,
     spec: AppSpec,
@@ -702,19 +568,13 @@ impl App {
         self.reload.is_none()
             && self.emptying == 0
             && self.retiring.is_empty()
-            && self
-                .slots
-                .iter()
-                .all(|s| s.state.settled() && s.next.is_none())
+            && self.slots.iter().all(|s| s.state.settled())
     }
 
     fn has_processes(&self) -> bool {
         self.emptying > 0
             || !self.retiring.is_empty()
-            || self
-                .slots
-                .iter()
-                .any(|s| s.state.proc().is_some() || s.next.is_some())
+            || self.slots.iter().any(|s| s.state.proc().is_some())
     }
 
     fn port(&self) -> Option<u16> {
@@ -1170,9 +1030,15 @@ impl State {
                 return;
             }
             Role::Next => {
+                // The reload's next process is gone: the slot goes back to its current one.
                 if let Some(slot) = app.slots.get_mut(i as usize) {
-                    if slot.next.as_ref().is_some_and(|p| p.pid == pid) {
-                        slot.next = None;
+                    if slot.state.next().is_some_and(|p| p.pid == pid) {
+                        if let SlotState::Reloading {
+                            current, online, ..
+                        } = slot.state.take()
+                        {
+                            slot.set(back_from_reload(current, online, &app.spec));
+                        }
                     }
                 }
                 self.reload_failed(
@@ -1196,19 +1062,19 @@ impl State {
         });
         let slot = &mut app.slots[i as usize];
         slot.last_exit = Some(exit.clone());
-        let prev = std::mem::replace(&mut slot.state, SlotState::Stopped);
-        // The current process died during a reload of its slot: the new one takes over.
-        if matches!(prev, SlotState::Starting(_) | SlotState::Online(_)) {
-            if let Some(next) = slot.next.take() {
+        let prev = slot.state.take();
+        match prev {
+            // The current process died during a reload of its slot: the new one takes over,
+            // and the reload waits for it as for any starting process.
+            SlotState::Reloading { next, .. } => {
                 slot.restarts += 1;
                 self.pids.insert(next.pid, (id, i, Role::Current));
                 let timeout = Duration::from_millis(app.spec.listen_timeout_ms);
-                slot.set(SlotState::Starting(next));
-                self.arm(id, i, timeout);
-                return;
+                slot.set(SlotState::Starting {
+                    proc: next,
+                    deadline: Instant::now() + timeout,
+                });
             }
-        }
-        match prev {
             SlotState::Stopping { then, .. } => match then {
                 Then::Stay => slot.set(SlotState::Stopped),
                 Then::Remove => slot.set(SlotState::Gone),
@@ -1219,7 +1085,7 @@ impl State {
                 }
             },
             SlotState::Draining { .. } => slot.set(SlotState::Gone),
-            SlotState::Starting(proc) | SlotState::Online(proc) => {
+            SlotState::Starting { proc, .. } | SlotState::Online { proc } => {
                 let uptime = proc.since.elapsed();
                 let decision = policy::on_exit(&app.spec, &mut slot.history, uptime, exit.code);
                 tracing::info!(app = %name, instance = i, pid, ?exit, ?decision, "instance exited");
@@ -1248,8 +1114,9 @@ impl State {
                     slot.set(SlotState::Stopped);
                     self.launch(id, i);
                 } else {
-                    slot.set(SlotState::WaitingRestart);
-                    self.arm(id, i, delay);
+                    slot.set(SlotState::WaitingRestart {
+                        until: Instant::now() + delay,
+                    });
                 }
             }
             Decision::Stop => {
@@ -1299,18 +1166,33 @@ impl State {
         }
         match role {
             Role::Current => {
-                let slot = &mut app.slots[i as usize];
-                if let SlotState::Starting(_) = slot.state {
-                    let SlotState::Starting(proc) =
-                        std::mem::replace(&mut slot.state, SlotState::Gone)
-                    else {
-                        unreachable!()
-                    };
-                    slot.set(SlotState::Online(proc));
-                    if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
-                        app.reload.as_mut().expect("checked").active = None;
-                        self.reload_step(id);
+                let Some(slot) = app.slots.get_mut(i as usize) else {
+                    return;
+                };
+                match slot.state.take() {
+                    SlotState::Starting { proc, .. } => {
+                        slot.set(SlotState::Online { proc });
+                        if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
+                            if let Some(r) = app.reload.as_mut() {
+                                r.active = None;
+                            }
+                            self.reload_step(id);
+                        }
                     }
+                    // The current process of a reloading slot gets ready: it serves until
+                    // the next one does.
+                    SlotState::Reloading {
+                        current,
+                        next,
+                        deadline,
+                        ..
+                    } => slot.set(SlotState::Reloading {
+                        current,
+                        online: true,
+                        next,
+                        deadline,
+                    }),
+                    other => slot.set(other),
                 }
             }
             Role::Next => self.promote(id, i),
@@ -1324,7 +1206,6 @@ impl State {
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Slot { app, slot } => self.on_timer(app, slot),
-                TimerKey::Next { app, slot } => self.on_next_timeout(app, slot),
                 TimerKey::Retire { pid } => {
                     if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
                         tracing::info!(
@@ -1348,6 +1229,8 @@ impl State {
         }
     }
 
+    /// The slot's deadline has come: what happens depends on what its state waits for. A
+    /// state whose deadline has not come (it changed within this wake-up) is left alone.
     fn on_timer(&mut self, id: u32, i: u32) {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
@@ -1355,16 +1238,26 @@ impl State {
         let Some(slot) = app.slots.get_mut(i as usize) else {
             return;
         };
-        match &slot.state {
-            SlotState::WaitingRestart => {
+        let now = Instant::now();
+        if slot.state.deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        match slot.state.take() {
+            SlotState::WaitingRestart { .. } => {
                 slot.set(SlotState::Stopped);
                 self.launch(id, i);
             }
-            SlotState::Stopping { proc, .. } => {
+            SlotState::Stopping { proc, then, .. } => {
                 tracing::info!(app = %app.spec.name, instance = i, pid = proc.pid, "kill timeout passed; sending SIGKILL");
                 kill_tree(proc.pid, self.cgroups.get(&proc.pid));
+                // It stays stopping until its exit is reaped; SIGKILL is not sent again.
+                slot.set(SlotState::Stopping {
+                    proc,
+                    then,
+                    deadline: now + KILL_REPEAT,
+                });
             }
-            SlotState::Starting(_) => {
+            SlotState::Starting { proc, .. } => {
                 // PM2's behaviour: a wait_ready app that stays silent is put online anyway.
                 tracing::warn!(app = %app.spec.name, instance = i, "no ready signal within listen_timeout; routing to it anyway");
                 let what = if app.spec.wait_ready {
@@ -1373,28 +1266,34 @@ impl State {
                     "did not listen"
                 };
                 write_note(&slot.err, &format!("[herd] instance {i} {what} within listen_timeout ({} ms); routing to it anyway", app.spec.listen_timeout_ms));
-                let SlotState::Starting(proc) = std::mem::replace(&mut slot.state, SlotState::Gone)
-                else {
-                    unreachable!()
-                };
-                slot.set(SlotState::Online(proc));
+                slot.set(SlotState::Online { proc });
                 // A reload waiting on this slot (its new process took over from a crashed
                 // current one) moves on.
-                if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
-                    app.reload.as_mut().expect("checked").active = None;
-                    self.reload_step(id);
+                if let Some(r) = app.reload.as_mut() {
+                    if r.active == Some(i) {
+                        r.active = None;
+                        self.reload_step(id);
+                    }
                 }
             }
-            SlotState::Draining { since, .. } => {
+            state @ SlotState::Reloading { .. } => {
+                slot.set(state);
+                self.on_next_timeout(id, i);
+            }
+            SlotState::Draining { proc, since, .. } => {
                 let empty = app.listeners.iter().all(|l| l.queued(i).unwrap_or(0) == 0);
+                let waited = now.saturating_duration_since(since);
+                slot.set(SlotState::Draining {
+                    proc,
+                    since,
+                    look: now + DRAIN_POLL,
+                });
                 // A short grace lets handshakes already routed to the slot land first.
-                if (empty && since.elapsed() >= DRAIN_POLL * 2) || since.elapsed() >= DRAIN_MAX {
+                if (empty && waited >= DRAIN_POLL * 2) || waited >= DRAIN_MAX {
                     self.stop_slot(id, i, Then::Remove);
-                } else {
-                    self.arm(id, i, DRAIN_POLL);
                 }
             }
-            _ => {}
+            other => slot.set(other),
         }
     }
 
@@ -1406,19 +1305,19 @@ impl State {
         }
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
-            // A slot's timer lives only as long as the state that waits for it.
+            // A slot's timer is its state's deadline: armed while the state waits, moved
+            // when it changes, gone with it.
             for s in &app.slots {
-                if !s.state.waits() {
-                    self.timers.cancel(TimerKey::Slot {
-                        app: app.id,
-                        slot: s.index,
-                    });
-                }
-                if s.next.is_none() {
-                    self.timers.cancel(TimerKey::Next {
-                        app: app.id,
-                        slot: s.index,
-                    });
+                let key = TimerKey::Slot {
+                    app: app.id,
+                    slot: s.index,
+                };
+                match s.state.deadline() {
+                    Some(at) if self.timers.deadline(key) != Some(at) => self.timers.set(key, at),
+                    Some(_) => {}
+                    None => {
+                        self.timers.cancel(key);
+                    }
                 }
             }
             while matches!(app.slots.last(), Some(s) if matches!(s.state, SlotState::Gone)) {
@@ -1681,7 +1580,7 @@ fn route(app: &mut App) {
     let live: Vec<u32> = app
         .slots
         .iter()
-        .filter(|s| matches!(s.state, SlotState::Online(_)))
+        .filter(|s| s.state.routed())
         .map(|s| s.index)
         .collect();
     if app.routed.as_ref() == Some(&live) {

@@ -16,16 +16,10 @@ use tokio::time::Instant;
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum TimerKey {
-    /// A slot's own deadline: its restart backoff, its ready (listen) timeout, its kill
-    /// timeout, or its next drain check — whichever its state waits for.
+    /// A slot's own deadline: its restart backoff, its ready (listen) timeout, a reload's
+    /// next process's ready timeout, its kill timeout, or its next drain check — whichever
+    /// its state waits for ([`super::SlotState::deadline`]).
     Slot {
-        /// App id.
-        app: u32,
-        /// Slot index.
-        slot: u32,
-    },
-    /// A reload's next process of a slot must be ready by then.
-    Next {
         /// App id.
         app: u32,
         /// Slot index.
@@ -52,10 +46,9 @@ impl TimerKey {
     /// The app the timer belongs to, if any.
     fn app(&self) -> Option<u32> {
         match *self {
-            TimerKey::Slot { app, .. }
-            | TimerKey::Next { app, .. }
-            | TimerKey::Memory { app }
-            | TimerKey::Watch { app } => Some(app),
+            TimerKey::Slot { app, .. } | TimerKey::Memory { app } | TimerKey::Watch { app } => {
+                Some(app)
+            }
             TimerKey::Retire { .. } => None,
         }
     }
@@ -189,7 +182,7 @@ mod tests {
         let mut t = Timers::default();
         let at = Instant::now();
         t.set(slot(1, 0), at);
-        t.set(TimerKey::Next { app: 1, slot: 0 }, at);
+        t.set(slot(1, 3), at);
         t.set(TimerKey::Watch { app: 1 }, at);
         t.set(slot(2, 0), at);
         t.set(TimerKey::Retire { pid: 4 }, at);
