@@ -2,13 +2,11 @@
 //! a stop while a rolling reload's next process is starting. Each test is named after what
 //! broke (issue #12).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A Python server on fd 3 that says READY=1 `delay` seconds after it starts.
 fn slow_ready(dir: &std::path::Path, delay: f64) -> PathBuf {
@@ -118,8 +116,10 @@ fn scale_down_while_a_reload_starts_the_last_slot_does_not_hang() {
     assert!(others.is_empty(), "processes left running: {others:?}");
     // (This Python server dies at SIGTERM without finishing what it accepted, so a request
     // may meet the old process as it goes: ask until the one left answers.)
-    wait_until(Duration::from_secs(5), || get(loopback(port), "/", Duration::from_secs(2)))
-        .unwrap();
+    wait_until(Duration::from_secs(5), || {
+        get(loopback(port), "/", Duration::from_secs(2))
+    })
+    .unwrap();
     h.finish();
 }
 
