@@ -3,14 +3,12 @@
 //! symbolic link in `logs/`, a socket replaced by another user, and a flood of idle control
 //! connections.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// `nobody`: the other user of these tests.
 const NOBODY: u32 = 65534;
