@@ -40,12 +40,16 @@ use crate::stats;
 mod apps;
 mod bus;
 mod cluster;
+mod os;
 mod reload;
 mod slot;
+#[cfg(test)]
+mod slot_tests;
 mod slots;
 mod timers;
 mod update;
 
+use os::Os;
 use slot::{Proc, Role, Slot, SlotState, Then};
 use timers::{TimerKey, Timers};
 
@@ -77,17 +81,6 @@ fn describe_exit(e: &ExitInfo) -> String {
         (Some(c), _) => format!("exit code {c}"),
         (_, Some(s)) => format!("killed by {s}"),
         _ => "unknown status".into(),
-    }
-}
-
-/// SIGKILLs a process's group and, when it has one, its cgroup: everything it started,
-/// including children that left the group (`setsid`, double fork).
-fn kill_tree(pid: u32, cgroup: Option<&PathBuf>) {
-    let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
-    if let Some(cg) = cgroup {
-        if let Err(e) = cgroup::kill(cg) {
-            tracing::warn!(pid, "cannot kill cgroup {}: {e}", cg.display());
-        }
     }
 }
 
@@ -385,29 +378,16 @@ impl Supervisor {
         let monitor = bus.monitor.clone();
         let (lifecycle, _) = broadcast::channel(1024);
         let (ipc_tx, ipc_rx) = mpsc::channel(1024);
-        let state = State {
+        let state = State::new(
+            config,
+            Box::new(os::System),
+            tx.clone(),
             ipc_tx,
-            lifecycle: lifecycle.clone(),
+            logs.clone(),
+            lifecycle.clone(),
             bus,
-            cfg: config,
-            pids_dirty: std::cell::Cell::new(false),
-            tx: tx.clone(),
-            logs: logs.clone(),
-            timers: Timers::default(),
-            apps: BTreeMap::new(),
-            next_id: 0,
-            pids: HashMap::new(),
-            waiters: Vec::new(),
-            reload_errors: HashMap::new(),
-            shutting_down: false,
-            done: false,
-            updating: None,
             notify_fd,
-            pumps: Vec::new(),
-            containment: Containment::ProcessGroups(String::new()),
-            cgroups: HashMap::new(),
-            cgroup_warned: false,
-        };
+        );
         let mut state = state;
         state.containment =
             Containment::set_up(adopted.as_ref().and_then(|a| a.cgroup_parent.as_deref()));
@@ -615,6 +595,8 @@ struct State {
     logs: LogBus,
     /// Every deadline the supervisor waits for.
     timers: Timers,
+    /// Processes are started and signalled through it (a fake one in unit tests).
+    os: Box<dyn Os>,
     apps: BTreeMap<u32, App>,
     next_id: u32,
     /// pid → (app id, slot index, role) of every process the supervisor started.
@@ -638,6 +620,46 @@ struct State {
     cgroups: HashMap<u32, PathBuf>,
     /// A failure to make a cgroup was logged (once is enough).
     cgroup_warned: bool,
+}
+
+impl State {
+    /// A supervisor state with no app, starting processes through `os`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: Config,
+        os: Box<dyn Os>,
+        tx: mpsc::UnboundedSender<Event>,
+        ipc_tx: mpsc::Sender<Event>,
+        logs: LogBus,
+        lifecycle: broadcast::Sender<Lifecycle>,
+        bus: bus::Bus,
+        notify_fd: std::os::fd::RawFd,
+    ) -> Self {
+        State {
+            ipc_tx,
+            lifecycle,
+            bus,
+            cfg,
+            pids_dirty: std::cell::Cell::new(false),
+            tx,
+            logs,
+            timers: Timers::default(),
+            os,
+            apps: BTreeMap::new(),
+            next_id: 0,
+            pids: HashMap::new(),
+            waiters: Vec::new(),
+            reload_errors: HashMap::new(),
+            shutting_down: false,
+            done: false,
+            updating: None,
+            notify_fd,
+            pumps: Vec::new(),
+            containment: Containment::ProcessGroups(String::new()),
+            cgroups: HashMap::new(),
+            cgroup_warned: false,
+        }
+    }
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
@@ -1011,7 +1033,7 @@ impl State {
         // Whatever the instance left behind in its process group and its cgroup goes with
         // it, so nothing keeps holding the port (PM2 leaves Next.js's child running).
         let cg = self.cgroups.remove(&pid);
-        kill_tree(pid, cg.as_ref());
+        self.os.kill_tree(pid, cg.as_deref());
         if let Some(cg) = cg {
             self.empty_cgroup(id, cg);
         }
@@ -1212,7 +1234,8 @@ impl State {
                             pid,
                             "kill timeout passed for a reloaded-away process; sending SIGKILL"
                         );
-                        kill_tree(pid, self.cgroups.get(&pid));
+                        self.os
+                            .kill_tree(pid, self.cgroups.get(&pid).map(PathBuf::as_path));
                     }
                 }
                 TimerKey::Memory { app } => self.on_memory_check(app),
@@ -1249,7 +1272,8 @@ impl State {
             }
             SlotState::Stopping { proc, then, .. } => {
                 tracing::info!(app = %app.spec.name, instance = i, pid = proc.pid, "kill timeout passed; sending SIGKILL");
-                kill_tree(proc.pid, self.cgroups.get(&proc.pid));
+                self.os
+                    .kill_tree(proc.pid, self.cgroups.get(&proc.pid).map(PathBuf::as_path));
                 // It stays stopping until its exit is reaped; SIGKILL is not sent again.
                 slot.set(SlotState::Stopping {
                     proc,
@@ -1302,6 +1326,30 @@ impl State {
     fn after_event(&mut self) {
         if self.pids_dirty.get() {
             self.write_pids();
+        }
+        // A reload waits on its active slot only while that slot reloads (or its next process,
+        // having taken over from a crashed one, starts). A slot taken out of the reload any
+        // other way (a restart, a stop) lets the reload move on instead of waiting forever.
+        let stalled: Vec<u32> = self
+            .apps
+            .values()
+            .filter(|a| {
+                a.reload.as_ref().and_then(|r| r.active).is_some_and(|i| {
+                    !a.slots.get(i as usize).is_some_and(|s| {
+                        matches!(
+                            s.state,
+                            SlotState::Reloading { .. } | SlotState::Starting { .. }
+                        )
+                    })
+                })
+            })
+            .map(|a| a.id)
+            .collect();
+        for id in stalled {
+            if let Some(r) = self.apps.get_mut(&id).and_then(|a| a.reload.as_mut()) {
+                r.active = None;
+            }
+            self.reload_step(id);
         }
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
@@ -1440,7 +1488,7 @@ impl State {
                         info.messages_dropped = p.channel.as_ref().map_or(0, |c| c.dropped());
                         info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
                         let cg = self.cgroups.get(&p.pid);
-                        if let Some(s) = stats::sample(p.pid) {
+                        if let Some(s) = self.os.sample(p.pid) {
                             info.cpu_percent = Some(stats::cpu_percent(
                                 &s,
                                 p.sample.as_ref(),

@@ -134,8 +134,15 @@ impl State {
         for s in &mut app.slots {
             s.history = History::default();
         }
-        for i in 0..app.slots.len() as u32 {
-            self.launch(id, i);
+        let gone: Vec<bool> = app
+            .slots
+            .iter()
+            .map(|s| matches!(s.state, SlotState::Gone))
+            .collect();
+        for (i, gone) in gone.into_iter().enumerate() {
+            if !gone {
+                self.launch(id, i as u32);
+            }
         }
         self.arm_memory_check(id);
         if let Err(e) = self.start_watching(id) {
@@ -195,11 +202,18 @@ impl State {
         let app = self.apps.get_mut(&id).expect("resolved");
         app.status = AppStatus::Running;
         for i in 0..app.slots.len() as u32 {
-            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
+            let Some(slot) = self
+                .apps
+                .get_mut(&id)
+                .and_then(|a| a.slots.get_mut(i as usize))
+            else {
+                continue;
+            };
             slot.history = History::default();
             if slot.state.proc().is_some() {
+                // (A slot draining away stays on its way out: see stop_slot.)
                 self.stop_slot(id, i, Then::Restart);
-            } else {
+            } else if !matches!(slot.state, SlotState::Gone) {
                 slot.restarts += 1;
                 self.launch(id, i);
             }
@@ -252,10 +266,18 @@ impl State {
                     deadline,
                 } => slot.set(SlotState::Stopping {
                     proc,
-                    then: Then::Restart,
+                    // Wanted again: back once stopped, if the app runs.
+                    then: if running { Then::Restart } else { Then::Stay },
                     deadline,
                 }),
                 SlotState::Draining { proc, .. } => slot.set(SlotState::Online { proc }),
+                // Removed already, and wanted again: it starts afresh.
+                SlotState::Gone => {
+                    slot.set(SlotState::Stopped);
+                    if running {
+                        self.launch(id, i);
+                    }
+                }
                 other => slot.set(other),
             }
         }
@@ -296,7 +318,7 @@ impl State {
                 SlotState::Reloading {
                     current, mut next, ..
                 } => {
-                    super::begin_stop(&app.spec, &mut next);
+                    super::begin_stop(&mut *self.os, &app.spec, &mut next);
                     self.pids.insert(next.pid, (id, i, super::Role::Retiring));
                     super::arm_retire(&mut self.timers, next.pid, timeout);
                     app.retiring.push((i, next));

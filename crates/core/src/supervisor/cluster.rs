@@ -12,11 +12,10 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use herd_proto::{AppSpec, Balance};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use super::{parse_signal, write_note, App, Proc, ReadyKind, Role, State};
+use super::{parse_signal, write_note, App, Os, Proc, ReadyKind, Role, State};
 use crate::node::{self, AddressType, QueryServer};
 use crate::sockets::{ListenAddr, ListenError, Listener};
 
@@ -28,7 +27,7 @@ use crate::sockets::{ListenAddr, ListenError, Listener};
 /// - anything else: the kill signal to its process group.
 ///
 /// SIGKILL after `kill_timeout` is the caller's timer.
-pub(super) fn begin_stop(spec: &AppSpec, proc: &mut Proc) {
+pub(super) fn begin_stop(os: &mut dyn Os, spec: &AppSpec, proc: &mut Proc) {
     if spec.shutdown_with_message {
         if let Some(ch) = &proc.channel {
             if ch.send(&Value::from("shutdown"), None) {
@@ -44,12 +43,12 @@ pub(super) fn begin_stop(spec: &AppSpec, proc: &mut Proc) {
             }
         }
     }
-    signal_group(spec, proc.pid);
+    signal_group(os, spec, proc.pid);
 }
 
-fn signal_group(spec: &AppSpec, pid: u32) {
+fn signal_group(os: &mut dyn Os, spec: &AppSpec, pid: u32) {
     let signal = parse_signal(&spec.kill_signal).unwrap_or(Signal::SIGTERM);
-    let _ = kill(Pid::from_raw(-(pid as i32)), signal);
+    os.signal_group(pid, signal);
 }
 
 /// The process `pid` of slot `i` in `role`, if it is still there.
@@ -114,7 +113,7 @@ impl State {
         if let Some(p) = find_proc(app, i, role, pid) {
             p.channel = None;
             if p.disconnecting {
-                signal_group(&spec, pid);
+                signal_group(&mut *self.os, &spec, pid);
             }
         }
     }

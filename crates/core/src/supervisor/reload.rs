@@ -15,9 +15,13 @@ use super::{arm_retire, begin_stop, needs_ready, write_note, Reload, Role, SlotS
 impl State {
     /// Starts a rolling reload of app `id` (a stopped app is simply started).
     pub(super) fn start_reload(&mut self, id: u32) -> Result<(), Reply> {
-        let app = self.apps.get_mut(&id).expect("resolved");
-        if app.status == AppStatus::Stopped && !app.has_processes() {
-            return self.resume(id);
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Ok(());
+        };
+        // A stopped app (its processes may still be stopping) is started, as PM2 does: there
+        // is nothing to replace without a drop.
+        if app.status == AppStatus::Stopped {
+            return self.restart_app(id);
         }
         app.status = AppStatus::Running;
         if app.reload.is_none() {
@@ -137,7 +141,7 @@ impl State {
             } => {
                 tracing::info!(app = %app.spec.name, instance = i, new = next.pid, old = old.pid, "reload: new process ready; stopping the old one");
                 self.pids.insert(next.pid, (id, i, Role::Current));
-                begin_stop(&app.spec, &mut old);
+                begin_stop(&mut *self.os, &app.spec, &mut old);
                 self.pids.insert(old.pid, (id, i, Role::Retiring));
                 arm_retire(&mut self.timers, old.pid, kill_timeout);
                 app.retiring.push((i, old));
@@ -203,7 +207,8 @@ impl State {
                 next,
                 ..
             } => {
-                super::kill_tree(next.pid, self.cgroups.get(&next.pid));
+                self.os
+                    .kill_tree(next.pid, self.cgroups.get(&next.pid).map(|p| p.as_path()));
                 self.pids.insert(next.pid, (id, i, Role::Retiring));
                 app.retiring.push((i, next));
                 slot.set(super::back_from_reload(current, online, &app.spec));

@@ -125,28 +125,30 @@ impl State {
             &spec.name,
             i,
         );
-        let pid = spawn::spawn(SpawnRequest {
-            program,
-            argv,
-            env,
-            cwd,
-            listen_fds,
-            extra_fds: vec![theirs.as_fd()],
-            stdin,
-            stdout: out_w,
-            stderr: err_w,
-            cgroup_procs: leaf.as_ref().map(|(_, fd)| fd.as_fd()),
-        })
-        .map_err(|e| {
-            // The child may not have exited yet; its leaf goes once it has.
-            if let Some((leaf, _)) = &leaf {
-                tokio::spawn(crate::cgroup::remove_when_empty(
-                    leaf.clone(),
-                    CGROUP_EMPTY_MAX,
-                ));
-            }
-            e.to_string()
-        })?;
+        let pid = self
+            .os
+            .spawn(SpawnRequest {
+                program,
+                argv,
+                env,
+                cwd,
+                listen_fds,
+                extra_fds: vec![theirs.as_fd()],
+                stdin,
+                stdout: out_w,
+                stderr: err_w,
+                cgroup_procs: leaf.as_ref().map(|(_, fd)| fd.as_fd()),
+            })
+            .map_err(|e| {
+                // The child may not have exited yet; its leaf goes once it has.
+                if let Some((leaf, _)) = &leaf {
+                    tokio::spawn(crate::cgroup::remove_when_empty(
+                        leaf.clone(),
+                        CGROUP_EMPTY_MAX,
+                    ));
+                }
+                e.to_string()
+            })?;
         drop(theirs);
         if let Some((leaf, _)) = leaf {
             self.joined_cgroup(pid, leaf);
@@ -257,24 +259,31 @@ impl State {
                 mut next,
                 ..
             } => {
-                begin_stop(&app.spec, &mut next);
+                begin_stop(&mut *self.os, &app.spec, &mut next);
                 self.pids.insert(next.pid, (id, i, Role::Retiring));
                 arm_retire(&mut self.timers, next.pid, timeout);
                 app.retiring.push((i, next));
-                begin_stop(&app.spec, &mut proc);
+                begin_stop(&mut *self.os, &app.spec, &mut proc);
                 slot.set(SlotState::Stopping {
                     proc,
                     then,
                     deadline,
                 });
             }
-            SlotState::Starting { mut proc, .. }
-            | SlotState::Online { mut proc }
-            | SlotState::Draining { mut proc, .. } => {
-                begin_stop(&app.spec, &mut proc);
+            SlotState::Starting { mut proc, .. } | SlotState::Online { mut proc } => {
+                begin_stop(&mut *self.os, &app.spec, &mut proc);
                 slot.set(SlotState::Stopping {
                     proc,
                     then,
+                    deadline,
+                });
+            }
+            // A slot drained by a scale-down is removed, whatever else is asked meanwhile.
+            SlotState::Draining { mut proc, .. } => {
+                begin_stop(&mut *self.os, &app.spec, &mut proc);
+                slot.set(SlotState::Stopping {
+                    proc,
+                    then: Then::Remove,
                     deadline,
                 });
             }
@@ -330,7 +339,7 @@ impl State {
                 // The whole tree counts when the process has a cgroup.
                 let used = match self.cgroups.get(&p.pid) {
                     Some(cg) => crate::cgroup::memory(cg),
-                    None => stats::sample(p.pid).map(|s| s.rss_bytes),
+                    None => self.os.sample(p.pid).map(|s| s.rss_bytes),
                 };
                 if let Some(used) = used {
                     if used > limit {

@@ -233,7 +233,7 @@ impl State {
     }
 
     /// Why the state cannot be handed over right now, if it cannot.
-    fn busy_reason(&self) -> Option<String> {
+    pub(super) fn busy_reason(&self) -> Option<String> {
         if !self.waiters.is_empty() {
             return Some("a command is waiting for apps to settle".into());
         }

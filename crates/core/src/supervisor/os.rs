@@ -1,0 +1,54 @@
+//! What the supervisor asks of the operating system: start a process, signal a process
+//! group, kill a whole tree, read a process's figures. The real [`System`] forks and signals;
+//! the unit tests of the supervisor put a fake in its place, so every transition and race of
+//! the slot machine runs without a process, under tokio's paused time (the clock).
+//!
+//! Everything else a spawn needs (pipes, the channel's socket pair, log pumps) is created by
+//! the supervisor itself: those are harmless in tests, and a fake child simply never uses them.
+
+use std::path::Path;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::spawn::{self, SpawnError, SpawnRequest};
+use crate::stats::{self, Sample};
+
+/// The side effects of the supervisor on processes.
+pub(super) trait Os: Send {
+    /// Forks and executes `req`; the child's pid.
+    fn spawn(&mut self, req: SpawnRequest<'_>) -> Result<u32, SpawnError>;
+    /// Sends `signal` to the process group of `pid`.
+    fn signal_group(&mut self, pid: u32, signal: Signal);
+    /// SIGKILLs the process group of `pid` and, when it has one, its cgroup: everything it
+    /// started, including children that left the group.
+    fn kill_tree(&mut self, pid: u32, cgroup: Option<&Path>);
+    /// CPU time and resident memory of `pid`.
+    fn sample(&mut self, pid: u32) -> Option<Sample>;
+}
+
+/// The operating system itself.
+pub(super) struct System;
+
+impl Os for System {
+    fn spawn(&mut self, req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
+        spawn::spawn(req)
+    }
+
+    fn signal_group(&mut self, pid: u32, signal: Signal) {
+        let _ = kill(Pid::from_raw(-(pid as i32)), signal);
+    }
+
+    fn kill_tree(&mut self, pid: u32, cgroup: Option<&Path>) {
+        let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+        if let Some(cg) = cgroup {
+            if let Err(e) = crate::cgroup::kill(cg) {
+                tracing::warn!(pid, "cannot kill cgroup {}: {e}", cg.display());
+            }
+        }
+    }
+
+    fn sample(&mut self, pid: u32) -> Option<Sample> {
+        stats::sample(pid)
+    }
+}

@@ -1,0 +1,832 @@
+//! The slot machine driven without processes: a fake [`Os`] hands out pids and records
+//! signals, the tests deliver exits and readiness as events, and tokio's paused time drives
+//! every timer. One test per transition, one per race that users met or could meet, and a
+//! property test that feeds random sequences of exits, readies, timeouts and commands and
+//! checks the supervisor's invariants after every step.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herd_proto::{
+    AppSpec, AppStatus, Command, ErrorCode, ListenSpec, ProcessStatus, Reply, ScaleTo,
+};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::os::Os;
+use super::{Config, Event, Role, SlotState, State, TimerKey};
+use crate::ipc::Inbound;
+use crate::spawn::{SpawnError, SpawnRequest};
+use crate::stats::Sample;
+
+/// Pids far above any real one (Linux caps them at 2^22), so a slip never signals a process.
+const FIRST_PID: u32 = 50_000_000;
+
+/// What the fake operating system has seen.
+#[derive(Debug, Default)]
+struct World {
+    next: u32,
+    /// Processes started and not yet reported as exited.
+    live: BTreeSet<u32>,
+    spawned: Vec<u32>,
+    /// Processes asked to stop or killed, not yet reported as exited.
+    asked: BTreeSet<u32>,
+    signals: Vec<(u32, Signal)>,
+    kills: Vec<u32>,
+    fail_spawns: bool,
+}
+
+struct FakeOs(Arc<Mutex<World>>);
+
+impl Os for FakeOs {
+    fn spawn(&mut self, _req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
+        let mut w = self.0.lock().unwrap();
+        if w.fail_spawns {
+            return Err(SpawnError::Fork(std::io::Error::other("no more processes")));
+        }
+        let pid = FIRST_PID + w.next;
+        w.next += 1;
+        w.live.insert(pid);
+        w.spawned.push(pid);
+        Ok(pid)
+    }
+
+    fn signal_group(&mut self, pid: u32, signal: Signal) {
+        let mut w = self.0.lock().unwrap();
+        w.signals.push((pid, signal));
+        if w.live.contains(&pid) {
+            w.asked.insert(pid);
+        }
+    }
+
+    fn kill_tree(&mut self, pid: u32, _cgroup: Option<&std::path::Path>) {
+        let mut w = self.0.lock().unwrap();
+        w.kills.push(pid);
+        if w.live.contains(&pid) {
+            w.asked.insert(pid);
+        }
+    }
+
+    fn sample(&mut self, _pid: u32) -> Option<Sample> {
+        None
+    }
+}
+
+/// A supervisor state with a fake OS, and the means to drive it.
+struct Sim {
+    st: State,
+    world: Arc<Mutex<World>>,
+    _rx: mpsc::UnboundedReceiver<Event>,
+    ipc_rx: mpsc::Receiver<Event>,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let world = Arc::new(Mutex::new(World::default()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ipc_tx, ipc_rx) = mpsc::channel(1 << 16);
+        let (logs, _) = broadcast::channel(16);
+        let (lifecycle, _) = broadcast::channel(16);
+        let cfg = Config {
+            host: "test".into(),
+            bus_url: None,
+            max_message_bytes: 1 << 20,
+            log_dir: dir.path().to_path_buf(),
+            notify_path: dir.path().join("notify.sock"),
+            pids_file: None,
+            limits: crate::Limits::default(),
+        };
+        let bus = super::bus::Bus::new(cfg.host.clone(), 1 << 20, cfg.limits, None);
+        let st = State::new(
+            cfg,
+            Box::new(FakeOs(world.clone())),
+            tx,
+            ipc_tx,
+            logs,
+            lifecycle,
+            bus,
+            -1,
+        );
+        // A real port, so the reuseport selector is really attached and checked.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self {
+            st,
+            world,
+            _rx: rx,
+            ipc_rx,
+            _dir: dir,
+            port,
+        }
+    }
+
+    fn spec(&self, instances: u32) -> AppSpec {
+        AppSpec {
+            name: "web".into(),
+            script: "/bin/sh".into(),
+            instances,
+            listen: vec![ListenSpec {
+                addr: format!("127.0.0.1:{}", self.port),
+                name: "http".into(),
+            }],
+            ..AppSpec::default()
+        }
+    }
+
+    /// Handles one event as the event loop does.
+    fn event(&mut self, ev: Event) {
+        self.st.handle(ev);
+        self.st.after_event();
+        // What the instances' (dropped) channels said: they closed.
+        while let Ok(ev) = self.ipc_rx.try_recv() {
+            self.st.handle(ev);
+            self.st.after_event();
+        }
+    }
+
+    fn cmd(&mut self, cmd: Command) -> oneshot::Receiver<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.event(Event::Request { cmd, reply });
+        rx
+    }
+
+    fn start(&mut self, spec: AppSpec) -> oneshot::Receiver<Reply> {
+        self.cmd(Command::Start {
+            spec: Box::new(spec),
+        })
+    }
+
+    fn exit(&mut self, pid: u32, code: i32) {
+        self.gone(pid);
+        self.event(Event::Exited {
+            pid,
+            status: WaitStatus::Exited(Pid::from_raw(pid as i32), code),
+        });
+    }
+
+    fn killed(&mut self, pid: u32) {
+        self.gone(pid);
+        self.event(Event::Exited {
+            pid,
+            status: WaitStatus::Signaled(Pid::from_raw(pid as i32), Signal::SIGKILL, false),
+        });
+    }
+
+    fn gone(&mut self, pid: u32) {
+        let mut w = self.world.lock().unwrap();
+        w.live.remove(&pid);
+        w.asked.remove(&pid);
+    }
+
+    fn ready(&mut self, pid: u32) {
+        self.event(Event::Ipc {
+            pid,
+            msg: Inbound::Ready,
+        });
+    }
+
+    /// Lets `d` pass; every timer due fires, as in the event loop.
+    async fn advance(&mut self, d: Duration) {
+        tokio::time::advance(d).await;
+        self.st.fire_timers();
+        self.st.after_event();
+    }
+
+    fn spawned(&self) -> Vec<u32> {
+        self.world.lock().unwrap().spawned.clone()
+    }
+
+    fn app(&self) -> &super::App {
+        self.st.apps.values().next().expect("an app")
+    }
+
+    fn statuses(&self) -> Vec<ProcessStatus> {
+        self.app().slots.iter().map(|s| s.state.status()).collect()
+    }
+
+    fn current(&self, i: usize) -> Option<u32> {
+        self.app().slots[i].state.proc().map(|p| p.pid)
+    }
+
+    fn next(&self, i: usize) -> Option<u32> {
+        self.app().slots[i].state.next().map(|p| p.pid)
+    }
+
+    fn asked(&self) -> BTreeSet<u32> {
+        self.world.lock().unwrap().asked.clone()
+    }
+
+    /// Checks what must hold after every event.
+    fn check_invariants(&self) {
+        let w = self.world.lock().unwrap();
+        // Every pid the supervisor knows is a process that runs, and every running process
+        // is known once, in the place its role says.
+        let known: BTreeSet<u32> = self.st.pids.keys().copied().collect();
+        assert_eq!(known, w.live, "known pids differ from running processes");
+        let mut places: HashMap<u32, usize> = HashMap::new();
+        for app in self.st.apps.values() {
+            for s in &app.slots {
+                for (p, role) in [
+                    (s.state.proc(), Role::Current),
+                    (s.state.next(), Role::Next),
+                ] {
+                    if let Some(p) = p {
+                        *places.entry(p.pid).or_default() += 1;
+                        assert_eq!(
+                            self.st.pids.get(&p.pid),
+                            Some(&(app.id, s.index, role)),
+                            "pid {} is in slot {} as {role:?}",
+                            p.pid,
+                            s.index
+                        );
+                    }
+                }
+            }
+            for (i, p) in &app.retiring {
+                *places.entry(p.pid).or_default() += 1;
+                assert_eq!(
+                    self.st.pids.get(&p.pid),
+                    Some(&(app.id, *i, Role::Retiring))
+                );
+            }
+            // The slots routed to are exactly those that serve.
+            if app.status == AppStatus::Running && !app.listeners.is_empty() {
+                let serving: Vec<u32> = app
+                    .slots
+                    .iter()
+                    .filter(|s| s.state.routed())
+                    .map(|s| s.index)
+                    .collect();
+                assert_eq!(app.routed.as_ref(), Some(&serving), "routing set");
+            }
+            // A slot's timer is armed exactly when its state waits for a deadline.
+            for s in &app.slots {
+                let key = TimerKey::Slot {
+                    app: app.id,
+                    slot: s.index,
+                };
+                assert_eq!(self.st.timers.deadline(key), s.state.deadline());
+            }
+        }
+        assert!(
+            places.values().all(|&n| n == 1),
+            "a pid in two places: {places:?}"
+        );
+        assert_eq!(places.len(), w.live.len(), "a running pid in no place");
+        for key in self.st.timers.keys() {
+            if let TimerKey::Slot { app, slot } = key {
+                let s = self
+                    .st
+                    .apps
+                    .get(app)
+                    .and_then(|a| a.slots.get(*slot as usize));
+                assert!(
+                    s.is_some_and(|s| s.state.deadline().is_some()),
+                    "a timer for slot {slot} that waits for nothing"
+                );
+            }
+        }
+    }
+
+    /// Lets every process behave: the ones asked to stop exit, starting ones get ready, and
+    /// time passes, until nothing changes.
+    async fn settle(&mut self) {
+        for _ in 0..50 {
+            let asked: Vec<u32> = self.asked().into_iter().collect();
+            for pid in &asked {
+                self.exit(*pid, 0);
+            }
+            let starting: Vec<u32> = self
+                .st
+                .apps
+                .values()
+                .flat_map(|a| a.slots.iter())
+                .filter_map(|s| match &s.state {
+                    SlotState::Starting { proc, .. } => Some(proc.pid),
+                    SlotState::Reloading { next, .. } => Some(next.pid),
+                    _ => None,
+                })
+                .collect();
+            for pid in &starting {
+                self.ready(*pid);
+            }
+            self.advance(Duration::from_secs(20)).await;
+            self.check_invariants();
+            if asked.is_empty() && starting.is_empty() && self.st.apps.values().all(|a| a.settled())
+            {
+                return;
+            }
+        }
+        panic!("the supervisor did not settle: {:?}", self.statuses());
+    }
+}
+
+fn answered(rx: &mut oneshot::Receiver<Reply>) -> Option<Reply> {
+    rx.try_recv().ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_is_restarted_at_once_then_with_growing_delays_then_errored() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        max_restarts: 3,
+        ..sim.spec(1)
+    };
+    let mut r = sim.start(spec);
+    assert!(matches!(answered(&mut r), Some(Reply::Apps { .. })));
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Online]);
+    // First quick crash: at once.
+    sim.exit(sim.current(0).unwrap(), 1);
+    assert_eq!(sim.spawned().len(), 2);
+    sim.check_invariants();
+    // Then 100 ms, 200 ms: not a millisecond earlier.
+    for delay in [100, 200] {
+        sim.exit(sim.current(0).unwrap(), 1);
+        assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
+        let before = sim.spawned().len();
+        sim.advance(Duration::from_millis(delay - 1)).await;
+        assert_eq!(sim.spawned().len(), before, "restarted before {delay} ms");
+        sim.advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            sim.spawned().len(),
+            before + 1,
+            "not restarted at {delay} ms"
+        );
+        sim.check_invariants();
+    }
+    // The fourth quick crash in a row passes max_restarts = 3.
+    sim.exit(sim.current(0).unwrap(), 1);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Errored]);
+    sim.advance(Duration::from_secs(60)).await;
+    assert_eq!(sim.spawned().len(), 4);
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stable_run_resets_the_backoff() {
+    let mut sim = Sim::new();
+    drop(sim.start(sim.spec(1)));
+    sim.exit(sim.current(0).unwrap(), 1);
+    sim.exit(sim.current(0).unwrap(), 1);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
+    sim.advance(Duration::from_millis(100)).await;
+    // It runs longer than min_uptime: the next crash restarts at once.
+    sim.advance(Duration::from_secs(2)).await;
+    let n = sim.spawned().len();
+    sim.exit(sim.current(0).unwrap(), 1);
+    assert_eq!(sim.spawned().len(), n + 1);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Online]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_sends_the_kill_signal_then_sigkill_at_the_kill_timeout() {
+    let mut sim = Sim::new();
+    drop(sim.start(sim.spec(1)));
+    let pid = sim.current(0).unwrap();
+    let mut r = sim.cmd(Command::Stop {
+        target: "web".into(),
+    });
+    assert_eq!(
+        sim.world.lock().unwrap().signals,
+        vec![(pid, Signal::SIGTERM)]
+    );
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Stopping]);
+    assert!(
+        answered(&mut r).is_none(),
+        "answered before the process exited"
+    );
+    sim.advance(Duration::from_millis(4999)).await;
+    assert!(sim.world.lock().unwrap().kills.is_empty());
+    sim.advance(Duration::from_millis(1)).await;
+    assert_eq!(sim.world.lock().unwrap().kills, vec![pid]);
+    sim.check_invariants();
+    sim.killed(pid);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Stopped]);
+    assert!(matches!(answered(&mut r), Some(Reply::Apps { .. })));
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_promotes_each_next_process_once_it_is_ready() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        ..sim.spec(2)
+    };
+    drop(sim.start(spec));
+    for i in 0..2 {
+        sim.ready(sim.current(i).unwrap());
+    }
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Online; 2]);
+    let old: Vec<u32> = (0..2).map(|i| sim.current(i).unwrap()).collect();
+    let mut r = sim.cmd(Command::Reload {
+        target: "web".into(),
+        env: None,
+    });
+    for (i, &old) in old.iter().enumerate() {
+        let next = sim.next(i).expect("a next process");
+        // The old one serves meanwhile.
+        assert_eq!(sim.current(i), Some(old));
+        assert!(sim.app().slots[i].state.routed());
+        sim.check_invariants();
+        sim.ready(next);
+        assert_eq!(sim.current(i), Some(next));
+        assert!(
+            sim.asked().contains(&old),
+            "the old process was not asked to stop"
+        );
+        sim.check_invariants();
+    }
+    assert!(
+        answered(&mut r).is_none(),
+        "answered before the old ones exited"
+    );
+    for pid in old {
+        sim.exit(pid, 0);
+    }
+    assert!(matches!(answered(&mut r), Some(Reply::Apps { .. })));
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_whose_next_process_never_gets_ready_keeps_the_old_one() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        ..sim.spec(2)
+    };
+    drop(sim.start(spec));
+    for i in 0..2 {
+        sim.ready(sim.current(i).unwrap());
+    }
+    let old = sim.current(0).unwrap();
+    let mut r = sim.cmd(Command::Reload {
+        target: "web".into(),
+        env: None,
+    });
+    let next = sim.next(0).unwrap();
+    sim.advance(Duration::from_millis(3000)).await;
+    assert!(sim.world.lock().unwrap().kills.contains(&next));
+    assert_eq!(sim.current(0), Some(old));
+    assert_eq!(sim.next(0), None);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Online; 2]);
+    // Slot 1 was never touched.
+    assert_eq!(sim.spawned().len(), 3);
+    sim.check_invariants();
+    sim.killed(next);
+    match answered(&mut r) {
+        Some(Reply::Error { error, .. }) => {
+            assert_eq!(error.code, ErrorCode::ReloadFailed);
+            assert!(error.message.contains("did not say it was ready"));
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_down_drains_the_slot_then_stops_it() {
+    let mut sim = Sim::new();
+    drop(sim.start(sim.spec(2)));
+    let pid = sim.current(1).unwrap();
+    let mut r = sim.cmd(Command::Scale {
+        target: "web".into(),
+        to: ScaleTo::Exactly(1),
+    });
+    assert_eq!(sim.statuses()[1], ProcessStatus::Stopping);
+    assert!(!sim.app().slots[1].state.routed());
+    assert!(sim.asked().is_empty(), "stopped before it drained");
+    sim.check_invariants();
+    sim.advance(Duration::from_millis(40)).await;
+    assert!(sim.asked().contains(&pid));
+    sim.exit(pid, 0);
+    assert_eq!(sim.app().slots.len(), 1);
+    assert!(matches!(answered(&mut r), Some(Reply::Apps { .. })));
+    sim.check_invariants();
+}
+
+/// The user's report (issue #12): reload, then a scale-down while the last slot's next
+/// process starts; both commands hung.
+#[tokio::test(start_paused = true)]
+async fn scale_down_while_the_last_slot_reloads_answers_both() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        ..sim.spec(2)
+    };
+    drop(sim.start(spec));
+    for i in 0..2 {
+        sim.ready(sim.current(i).unwrap());
+    }
+    let mut reload = sim.cmd(Command::Reload {
+        target: "web".into(),
+        env: None,
+    });
+    sim.ready(sim.next(0).unwrap());
+    let next1 = sim.next(1).expect("slot 1 reloading");
+    let mut scale = sim.cmd(Command::Scale {
+        target: "web".into(),
+        to: ScaleTo::Exactly(1),
+    });
+    sim.check_invariants();
+    assert!(
+        sim.asked().contains(&next1),
+        "the next process of a removed slot runs on"
+    );
+    // The next process gets ready anyway: it must not replace a slot that is going.
+    sim.ready(next1);
+    sim.check_invariants();
+    sim.settle().await;
+    assert!(matches!(answered(&mut reload), Some(Reply::Apps { .. })));
+    assert!(matches!(answered(&mut scale), Some(Reply::Apps { .. })));
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Online]);
+    assert_eq!(sim.world.lock().unwrap().live.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_during_a_reload_stops_current_and_next() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        ..sim.spec(1)
+    };
+    drop(sim.start(spec));
+    sim.ready(sim.current(0).unwrap());
+    let mut reload = sim.cmd(Command::Reload {
+        target: "web".into(),
+        env: None,
+    });
+    let (cur, next) = (sim.current(0).unwrap(), sim.next(0).unwrap());
+    let mut stop = sim.cmd(Command::Stop {
+        target: "web".into(),
+    });
+    assert_eq!(sim.asked(), BTreeSet::from([cur, next]));
+    sim.check_invariants();
+    sim.settle().await;
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Stopped]);
+    assert!(matches!(answered(&mut stop), Some(Reply::Apps { .. })));
+    match answered(&mut reload) {
+        Some(Reply::Error { error, .. }) => assert!(error.message.contains("stopped")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_current_process_crashing_during_a_reload_hands_over_to_the_next() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        ..sim.spec(1)
+    };
+    drop(sim.start(spec));
+    sim.ready(sim.current(0).unwrap());
+    let mut reload = sim.cmd(Command::Reload {
+        target: "web".into(),
+        env: None,
+    });
+    let (cur, next) = (sim.current(0).unwrap(), sim.next(0).unwrap());
+    sim.exit(cur, 1);
+    assert_eq!(sim.current(0), Some(next));
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Starting]);
+    sim.check_invariants();
+    sim.ready(next);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Online]);
+    assert!(matches!(answered(&mut reload), Some(Reply::Apps { .. })));
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_process_crashing_fails_the_reload_and_keeps_the_old() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        ..sim.spec(1)
+    };
+    drop(sim.start(spec));
+    sim.ready(sim.current(0).unwrap());
+    let mut reload = sim.cmd(Command::Reload {
+        target: "web".into(),
+        env: None,
+    });
+    let (cur, next) = (sim.current(0).unwrap(), sim.next(0).unwrap());
+    sim.exit(next, 3);
+    assert_eq!(sim.current(0), Some(cur));
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Online]);
+    match answered(&mut reload) {
+        Some(Reply::Error { error, .. }) => assert!(error.message.contains("before it was ready")),
+        other => panic!("{other:?}"),
+    }
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_a_restart_waits_never_restarts() {
+    let mut sim = Sim::new();
+    drop(sim.start(sim.spec(1)));
+    sim.exit(sim.current(0).unwrap(), 1);
+    sim.exit(sim.current(0).unwrap(), 1);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
+    let n = sim.spawned().len();
+    let mut stop = sim.cmd(Command::Stop {
+        target: "web".into(),
+    });
+    assert!(matches!(answered(&mut stop), Some(Reply::Apps { .. })));
+    sim.advance(Duration::from_secs(60)).await;
+    assert_eq!(sim.spawned().len(), n);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::Stopped]);
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn delete_during_a_reload_removes_the_app_and_every_process() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        ..sim.spec(2)
+    };
+    drop(sim.start(spec));
+    for i in 0..2 {
+        sim.ready(sim.current(i).unwrap());
+    }
+    let _reload = sim.cmd(Command::Reload {
+        target: "web".into(),
+        env: None,
+    });
+    let mut del = sim.cmd(Command::Delete {
+        target: "web".into(),
+    });
+    sim.check_invariants();
+    for pid in sim.asked() {
+        sim.exit(pid, 0);
+    }
+    assert!(sim.st.apps.is_empty());
+    assert!(matches!(answered(&mut del), Some(Reply::Done { .. })));
+    assert!(sim.world.lock().unwrap().live.is_empty());
+    assert_eq!(sim.st.timers.keys().count(), 0, "timers outlive the app");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_waits_while_a_reload_is_under_way() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        ..sim.spec(1)
+    };
+    drop(sim.start(spec));
+    sim.ready(sim.current(0).unwrap());
+    assert_eq!(sim.st.busy_reason(), None);
+    let _reload = sim.cmd(Command::Reload {
+        target: "web".into(),
+        env: None,
+    });
+    assert!(sim.st.busy_reason().is_some());
+    sim.settle().await;
+    assert_eq!(sim.st.busy_reason(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_program_that_cannot_start_waits_before_each_try() {
+    let mut sim = Sim::new();
+    drop(sim.start(sim.spec(1)));
+    sim.world.lock().unwrap().fail_spawns = true;
+    let n = sim.spawned().len();
+    sim.exit(sim.current(0).unwrap(), 1);
+    // A failed spawn is never retried at once.
+    assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
+    sim.world.lock().unwrap().fail_spawns = false;
+    sim.advance(Duration::from_millis(100)).await;
+    assert_eq!(sim.spawned().len(), n + 1);
+    sim.check_invariants();
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The `n`-th running process exits (by itself, or as asked).
+        Exit(usize, i32),
+        /// The `n`-th running process says it is ready.
+        Ready(usize),
+        Advance(u64),
+        Stop,
+        Resume,
+        Restart,
+        Reload,
+        Scale(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0usize..8, prop_oneof![Just(0), Just(1), Just(7)]).prop_map(|(n, c)| Op::Exit(n, c)),
+            3 => (0usize..8).prop_map(Op::Ready),
+            3 => prop_oneof![Just(1u64), Just(20), Just(100), Just(1000), Just(3000), Just(6000)]
+                .prop_map(Op::Advance),
+            1 => Just(Op::Stop),
+            1 => Just(Op::Resume),
+            1 => Just(Op::Restart),
+            2 => Just(Op::Reload),
+            2 => (1u32..5).prop_map(Op::Scale),
+        ]
+    }
+
+    async fn run(wait_ready: bool, ops: Vec<Op>) {
+        let mut sim = Sim::new();
+        let spec = AppSpec {
+            wait_ready,
+            max_restarts: 1000,
+            ..sim.spec(2)
+        };
+        drop(sim.start(spec));
+        sim.check_invariants();
+        let mut want = 2;
+        for op in ops {
+            let live: Vec<u32> = sim.world.lock().unwrap().live.iter().copied().collect();
+            let target = || "web".to_string();
+            match op {
+                Op::Exit(n, code) => {
+                    if let Some(&pid) = live.get(n % live.len().max(1)) {
+                        sim.exit(pid, code);
+                    }
+                }
+                Op::Ready(n) => {
+                    if let Some(&pid) = live.get(n % live.len().max(1)) {
+                        sim.ready(pid);
+                    }
+                }
+                Op::Advance(ms) => sim.advance(Duration::from_millis(ms)).await,
+                Op::Stop => drop(sim.cmd(Command::Stop { target: target() })),
+                Op::Resume => drop(sim.cmd(Command::Resume { target: target() })),
+                Op::Restart => drop(sim.cmd(Command::Restart {
+                    target: target(),
+                    env: None,
+                })),
+                Op::Reload => drop(sim.cmd(Command::Reload {
+                    target: target(),
+                    env: None,
+                })),
+                Op::Scale(n) => {
+                    want = n;
+                    drop(sim.cmd(Command::Scale {
+                        target: target(),
+                        to: ScaleTo::Exactly(n),
+                    }))
+                }
+            }
+            sim.check_invariants();
+        }
+        // Left alone, it converges to the spec: every slot online (or stopped), nothing else
+        // running.
+        sim.settle().await;
+        let app = sim.app();
+        assert_eq!(app.slots.len() as u32, want, "slots: {:?}", sim.statuses());
+        let expect = if app.status == AppStatus::Running {
+            ProcessStatus::Online
+        } else {
+            ProcessStatus::Stopped
+        };
+        assert!(
+            sim.statuses().iter().all(|s| *s == expect),
+            "{:?} after settling",
+            sim.statuses()
+        );
+        let running = sim.world.lock().unwrap().live.len() as u32;
+        assert_eq!(
+            running,
+            if expect == ProcessStatus::Online {
+                want
+            } else {
+                0
+            }
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_events_keep_every_invariant_and_converge(
+            wait_ready in any::<bool>(),
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(run(wait_ready, ops));
+        }
+    }
+}
