@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use herd_daemon::Home;
+use herd_daemon::{boot, Home};
 use herd_proto::{Command, ErrorCode, LogStream, Reply, ScaleTo};
 
 use args::{Cli, Cmd};
@@ -405,9 +405,18 @@ fn kill(home: &Home) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The daemon's log: `daemon.log`, rotated by size, opened again on SIGHUP, never failing.
-fn init_daemon_tracing(home: &Home, max_bytes: u64) {
-    let log = herd_daemon::log::DaemonLog::install(home, max_bytes);
+/// `herd daemon`: a fresh start, or the takeover of the previous program after `herd update`.
+fn daemon(home: &Home) -> Result<ExitCode> {
+    match boot::handover_fd() {
+        Some(fd) => boot::after_update(home, fd, init_daemon_tracing)?,
+        None => boot::fresh(home, init_daemon_tracing)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's tracing, to `daemon.log` (rotated by size, opened again on SIGHUP, never
+/// failing).
+fn init_daemon_tracing(log: herd_daemon::log::DaemonLog) {
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_ansi(false)
@@ -421,138 +430,24 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
-fn daemon(home: &Home) -> Result<ExitCode> {
-    // Started by `herd update` in the process of the daemon it replaces: take over.
-    if let Some(fd) = std::env::var(herd_core::handover::ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    {
-        return daemon_after_update(home, fd);
-    }
-    // Fds inherited from whoever started us without close-on-exec are not ours to hold (and
-    // would leak into every instance).
-    // SAFETY: nothing in this process uses an fd above 2 yet.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        );
-    }
-    home.ensure()?;
-    let settings = herd_daemon::load_settings(home).map_err(anyhow::Error::msg)?;
-    let Some(lock) = herd_daemon::take_lock(home)? else {
-        // Another daemon won the race; the client connects to that one.
-        return Ok(ExitCode::SUCCESS);
-    };
-    init_daemon_tracing(home, settings.limits.daemon_log_max_bytes);
-    let swept = herd_core::sweep_leftovers(&home.pids());
-    if swept > 0 {
-        tracing::warn!("killed {swept} processes left by a daemon that died without stopping them");
-    }
-    run_daemon(home, &lock, settings)
-}
-
-/// The daemon after `herd update`: the same process, running the new binary, with the
-/// previous program's state and fds. Whatever goes wrong before the state is taken over gives
-/// it back to the previous program (executed again from the fd it left), so no instance is
-/// lost to a broken binary.
-fn daemon_after_update(home: &Home, fd: i32) -> Result<ExitCode> {
-    init_daemon_tracing(home, herd_core::Limits::default().daemon_log_max_bytes);
-    let (handover, lock_fd) = read_takeover(fd)?;
-    let fail = |why: String| takeover_failed(fd, why);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("starting the runtime: {e}")))?;
-    // The lock fd stays open as it is (close-on-exec is set once the state is taken over).
-    let s = &handover.supervisor;
-    // The settings the daemon ran with: config.toml is read again at the next fresh start.
-    let settings = herd_daemon::Settings {
-        host: s.host.clone(),
-        bus: s.bus_url.clone(),
-        max_message_bytes: s.max_message_bytes,
-        limits: s.limits,
-    };
-    herd_daemon::log::set_max(s.limits.daemon_log_max_bytes);
-    rt.block_on(herd_daemon::serve(
-        home,
-        settings,
-        lock_fd,
-        Some((handover, fd)),
-    ))
-    .context("running the daemon")?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Reads the state a previous program handed over at `fd`, and its lock; on failure gives
-/// the state back to the previous program (which does not return).
-fn read_takeover(fd: i32) -> Result<(herd_core::handover::Handover, i32)> {
-    use herd_core::handover;
-    let fail = |why: String| takeover_failed(fd, why);
-    // Fault injection for the tests of the way back: a takeover that fails (not honoured by
-    // the previous program when it runs again).
-    if let Ok(why) = std::env::var(handover::FAULT_ENV) {
-        if std::env::var_os(handover::FAILED_ENV).is_none() {
-            return Err(fail(why));
-        }
-    }
-    let h = handover::read(fd).map_err(|e| fail(format!("reading the handover: {e}")))?;
-    let lock_fd = h
-        .daemon_fds
-        .get("lock")
-        .copied()
-        .filter(|&fd| handover::is_open(fd))
-        .ok_or_else(|| fail("the handover has no lock".into()))?;
-    Ok((h, lock_fd))
-}
-
-/// Gives the state back to the previous program; the error says why if even that failed.
-fn takeover_failed(fd: i32, why: String) -> anyhow::Error {
-    eprintln!("[herd] cannot take over from the previous program: {why}");
-    let e = herd_core::handover::fall_back(fd, &why);
-    anyhow::anyhow!("cannot take over from the previous program: {why}; {e}")
-}
-
-fn run_daemon(
-    home: &Home,
-    lock: &herd_daemon::Lock,
-    settings: herd_daemon::Settings,
-) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(herd_daemon::serve(home, settings, lock.raw_fd(), None))
-        .context("running the daemon")?;
-    Ok(ExitCode::SUCCESS)
-}
-
 /// `herd run`: apps in the foreground, output to our stdout/stderr; SIGINT/SIGTERM stop them
 /// gracefully. Made for containers: as PID 1 it reaps orphans (the supervisor is a
 /// subreaper), and it exits once every app has stopped for good, with status 0 only if all of
 /// them ended well. Under systemd (`NOTIFY_SOCKET`) it says READY=1 and STOPPING=1.
 fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
-    use herd_core::handover;
     let a = &r.start;
+    let home = Home::from_env();
     // `herd update` of a `herd run --control`: this process ran the previous program, and
     // takes over its state instead of starting apps.
-    let taking_over = std::env::var(handover::ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .filter(|_| r.control);
-    let handover = match taking_over {
-        Some(fd) => {
-            let (h, lock_fd) = read_takeover(fd)?;
-            Some((h, fd, lock_fd))
-        }
-        None => None,
+    let takeover = if r.control {
+        boot::Takeover::from_env()?
+    } else {
+        None
     };
-    let specs = if handover.is_some() {
+    let specs = if takeover.is_some() {
         Vec::new()
     } else if r.resurrect {
-        dump::saved_specs(&Home::from_env())?
+        dump::saved_specs(&home)?
     } else if a.script.is_empty() {
         bail!("herd run needs a program, a script or an app file (or --resurrect)");
     } else if appfile::is_app_file(std::path::Path::new(&a.script)) {
@@ -564,25 +459,13 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
         .prefix("herd-run-")
         .tempdir()
         .context("creating a runtime directory")?;
-    let home = Home::from_env();
     // With --control this process is HERD_HOME's daemon, in the foreground.
-    let lock = if r.control && handover.is_none() {
-        home.ensure()?;
-        let Some(lock) = herd_daemon::take_lock(&home)? else {
-            bail!(
-                "a herd daemon already runs for {}; stop it with `herd kill`, or set HERD_HOME to another folder",
-                home.dir.display()
-            );
-        };
-        let swept = herd_core::sweep_leftovers(&home.pids());
-        if swept > 0 {
-            eprintln!(
-                "[herd] killed {swept} processes left by a daemon that died without stopping them"
-            );
-        }
-        Some(lock)
-    } else {
-        None
+    let boot = match takeover {
+        Some(t) => boot::Foreground::TakeOver(t),
+        None if r.control => boot::Foreground::control(&home)?,
+        None => boot::Foreground::Private {
+            dir: dir.path().to_path_buf(),
+        },
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -590,60 +473,13 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
         .context("starting the runtime")?;
     let json_logs = r.json_logs;
     let keep_alive = r.keep_alive;
-    let taken_over = handover.is_some();
+    let taken_over = boot.takes_over();
     rt.block_on(async move {
-        let (sup, mut done, control) = match handover {
-            Some((h, memfd, lock_fd)) => {
-                let s = &h.supervisor;
-                // The settings the previous program ran with.
-                let settings = herd_daemon::Settings {
-                    host: s.host.clone(),
-                    bus: s.bus_url.clone(),
-                    max_message_bytes: s.max_message_bytes,
-                    limits: s.limits,
-                };
-                let limits = s.limits;
-                let (sup, done, listener) =
-                    herd_daemon::take_over(herd_daemon::config(&home, settings), h, memfd).await?;
-                let argv = std::env::args_os().skip(1).collect();
-                let accept =
-                    herd_daemon::spawn_accept(listener, sup.clone(), lock_fd, argv, &limits);
-                (sup, done, Some(accept))
-            }
-            None => {
-                let settings =
-                    herd_daemon::load_settings(&home).map_err(anyhow::Error::msg)?;
-                let limits = settings.limits;
-                let config = match &lock {
-                    Some(_) => herd_daemon::config(&home, settings),
-                    None => herd_core::Config {
-                        host: settings.host,
-                        bus_url: settings.bus,
-                        max_message_bytes: settings.max_message_bytes,
-                        log_dir: dir.path().join("logs"),
-                        notify_path: dir.path().join("notify.sock"),
-                        pids_file: None,
-                        limits: settings.limits,
-                    },
-                };
-                let (sup, done) = herd_core::Supervisor::start(config)?;
-                let control = match &lock {
-                    Some(lock) => {
-                        let listener = herd_daemon::bind_control(&home)?;
-                        let argv = std::env::args_os().skip(1).collect();
-                        Some(herd_daemon::spawn_accept(
-                            listener,
-                            sup.clone(),
-                            lock.raw_fd(),
-                            argv,
-                            &limits,
-                        ))
-                    }
-                    None => None,
-                };
-                (sup, done, control)
-            }
-        };
+        let boot::Running {
+            supervisor: sup,
+            mut done,
+            control,
+        } = boot.start(&home).await?;
         let mut logs = sup.subscribe_logs();
         let printer = tokio::spawn(async move {
             loop {
@@ -721,10 +557,8 @@ fn foreground(r: &args::RunArgs) -> Result<ExitCode> {
         }
         printer.abort();
         if let Some(c) = control {
-            c.abort();
-            let _ = std::fs::remove_file(home.socket());
+            c.close();
         }
-        drop(lock);
         Ok(code)
     })
 }
