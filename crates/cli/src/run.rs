@@ -7,8 +7,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use herd_core::Supervisor;
 use herd_daemon::{boot, Home};
-use herd_proto::{AppInfo, Command, LogStream, Reply};
+use herd_proto::{AppInfo, AppSpec, Command, LogStream, Reply};
 
 use crate::args::RunArgs;
 use crate::{appfile, apps, dump, output};
@@ -54,95 +55,113 @@ pub fn foreground(r: &RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let json_logs = r.json_logs;
-    let keep_alive = r.keep_alive;
+    rt.block_on(run_apps(boot, home, specs, r))
+}
+
+/// Starts the supervisor and `specs` in it, prints their output, and runs until a signal,
+/// `herd kill` or (without `--keep-alive`) the end of every app; then stops them all.
+async fn run_apps(
+    boot: boot::Foreground,
+    home: Home,
+    specs: Vec<AppSpec>,
+    r: &RunArgs,
+) -> Result<ExitCode> {
     let taken_over = boot.takes_over();
-    rt.block_on(async move {
-        let boot::Running {
-            supervisor: sup,
-            mut done,
-            control,
-        } = boot.start(&home).await?;
-        let mut logs = sup.subscribe_logs();
-        let printer = tokio::spawn(async move {
-            loop {
-                match logs.recv().await {
-                    Ok(ev) => {
-                        let line = if json_logs {
-                            serde_json::json!({
-                                "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                                "app": &*ev.app, "instance": ev.instance, "stream": ev.stream, "line": ev.line,
-                            })
-                            .to_string()
-                        } else {
-                            output::log_line(&ev.app, ev.instance, ev.stream, &ev.line)
-                        };
-                        // A write that fails (a full disk, a closed pipe) drops the line;
-                        // println! would panic and take every app down.
-                        let _ = match ev.stream {
-                            LogStream::Out => writeln!(std::io::stdout(), "{line}"),
-                            LogStream::Err => writeln!(std::io::stderr(), "{line}"),
-                        };
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = writeln!(std::io::stderr(), "[herd] {n} log lines skipped");
-                    }
-                    Err(_) => return,
-                }
+    let boot::Running {
+        supervisor: sup,
+        mut done,
+        control,
+    } = boot.start(&home).await?;
+    let printer = print_output(&sup, r.json_logs);
+    let mut life = sup.subscribe_lifecycle();
+    for spec in specs {
+        match sup
+            .request(Command::Start {
+                spec: Box::new(spec),
+            })
+            .await
+        {
+            Reply::Apps { apps, .. } => eprint!("{}", output::table(&apps)),
+            Reply::Error { error, .. } => {
+                sup.request(Command::Kill).await;
+                bail!("{}", error.message)
             }
-        });
-        let mut life = sup.subscribe_lifecycle();
-        for spec in specs {
-            match sup.request(Command::Start { spec: Box::new(spec) }).await {
-                Reply::Apps { apps, .. } => eprint!("{}", output::table(&apps)),
-                Reply::Error { error, .. } => {
-                    sup.request(Command::Kill).await;
-                    bail!("{}", error.message)
-                }
-                _ => {}
+            _ => {}
+        }
+    }
+    if !taken_over {
+        let _ = herd::notify("READY=1");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut stopped = false;
+    let code = loop {
+        tokio::select! {
+            _ = term.recv() => break ExitCode::SUCCESS,
+            _ = int.recv() => break ExitCode::SUCCESS,
+            // `herd kill` through the control socket (--control) stopped everything.
+            _ = &mut done => {
+                stopped = true;
+                break ExitCode::SUCCESS;
             }
-        }
-        if !taken_over {
-            let _ = herd::notify("READY=1");
-        }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        let mut stopped = false;
-        let code = loop {
-            tokio::select! {
-                _ = term.recv() => break ExitCode::SUCCESS,
-                _ = int.recv() => break ExitCode::SUCCESS,
-                // `herd kill` through the control socket (--control) stopped everything.
-                _ = &mut done => {
-                    stopped = true;
-                    break ExitCode::SUCCESS;
+            ev = life.recv() => {
+                if r.keep_alive || !matches!(ev, Ok(herd_core::Lifecycle::Exited { .. })) {
+                    continue;
                 }
-                ev = life.recv() => {
-                    if keep_alive || !matches!(ev, Ok(herd_core::Lifecycle::Exited { .. })) {
-                        continue;
-                    }
-                    // Give the supervisor a moment to decide on restarts, then look.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    if let Reply::Apps { apps, .. } = sup.request(Command::List).await {
-                        if let Some(code) = finished(&apps) {
-                            eprintln!("[herd] every app has stopped for good");
-                            break code;
-                        }
+                // Give the supervisor a moment to decide on restarts, then look.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if let Reply::Apps { apps, .. } = sup.request(Command::List).await {
+                    if let Some(code) = finished(&apps) {
+                        eprintln!("[herd] every app has stopped for good");
+                        break code;
                     }
                 }
             }
-        };
-        let _ = herd::notify("STOPPING=1");
-        if !stopped {
-            eprintln!("[herd] stopping");
-            sup.request(Command::Kill).await;
-            let _ = done.await;
         }
-        printer.abort();
-        if let Some(c) = control {
-            c.close();
+    };
+    let _ = herd::notify("STOPPING=1");
+    if !stopped {
+        eprintln!("[herd] stopping");
+        sup.request(Command::Kill).await;
+        let _ = done.await;
+    }
+    printer.abort();
+    if let Some(c) = control {
+        c.close();
+    }
+    Ok(code)
+}
+
+/// Prints every line the apps write on our stdout or stderr (as they wrote it), until
+/// aborted.
+fn print_output(sup: &Supervisor, json_logs: bool) -> tokio::task::JoinHandle<()> {
+    let mut logs = sup.subscribe_logs();
+    tokio::spawn(async move {
+        loop {
+            match logs.recv().await {
+                Ok(ev) => {
+                    let line = if json_logs {
+                        serde_json::json!({
+                            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                            "app": &*ev.app, "instance": ev.instance, "stream": ev.stream, "line": ev.line,
+                        })
+                        .to_string()
+                    } else {
+                        output::log_line(&ev.app, ev.instance, ev.stream, &ev.line)
+                    };
+                    // A write that fails (a full disk, a closed pipe) drops the line;
+                    // println! would panic and take every app down.
+                    let _ = match ev.stream {
+                        LogStream::Out => writeln!(std::io::stdout(), "{line}"),
+                        LogStream::Err => writeln!(std::io::stderr(), "{line}"),
+                    };
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let _ = writeln!(std::io::stderr(), "[herd] {n} log lines skipped");
+                }
+                Err(_) => return,
+            }
         }
-        Ok(code)
     })
 }
 

@@ -296,7 +296,7 @@ impl Foreground {
                     control: Some(ControlServer {
                         accept,
                         socket: home.socket(),
-                        lock: None,
+                        _lock: None,
                     }),
                 })
             }
@@ -322,7 +322,7 @@ impl Foreground {
                     control: Some(ControlServer {
                         accept,
                         socket: home.socket(),
-                        lock: Some(lock),
+                        _lock: Some(lock),
                     }),
                 })
             }
@@ -368,16 +368,18 @@ pub struct Running {
 pub struct ControlServer {
     accept: JoinHandle<()>,
     socket: PathBuf,
-    /// `None` after a takeover: the lock fd handed over stays open until the process exits.
-    lock: Option<Lock>,
+    /// Held for the process's life; `None` after a takeover, where the lock fd handed over
+    /// stays open under its number.
+    _lock: Option<Lock>,
 }
 
 impl ControlServer {
-    /// Stops accepting connections, removes the socket, then releases the lock.
+    /// Stops accepting connections and removes the socket. The lock stays held until the
+    /// process exits ([`crate::take_lock`] keeps a duplicate of its fd): `herd kill` waits for
+    /// that.
     pub fn close(self) {
         self.accept.abort();
         let _ = std::fs::remove_file(&self.socket);
-        drop(self.lock);
     }
 }
 
@@ -426,5 +428,56 @@ fn close_inherited_fds() {
             // nothing here owns it.
             unsafe { libc::close(fd) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn home() -> (tempfile::TempDir, Home) {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home {
+            dir: tmp.path().join("home"),
+        };
+        (tmp, home)
+    }
+
+    #[test]
+    fn a_second_herd_run_control_is_refused_with_the_fix() {
+        let (_tmp, home) = home();
+        let first = Foreground::control(&home).unwrap();
+        assert!(!first.takes_over());
+        let e = Foreground::control(&home).unwrap_err();
+        assert!(matches!(e, BootError::AlreadyRunning { .. }), "{e:?}");
+        assert!(e.to_string().contains("herd kill"), "{e}");
+    }
+
+    #[test]
+    fn a_handover_that_cannot_be_read_nor_given_back_says_both() {
+        // No previous program was kept (no HERD_HANDOVER_EXE_FD): nothing to fall back to.
+        let e = Takeover::read(999_999).unwrap_err();
+        let BootError::Takeover { why, fallback } = &e else {
+            panic!("{e:?}");
+        };
+        assert!(why.starts_with("reading the handover"), "{why}");
+        assert!(fallback.to_string().contains("not kept"), "{fallback}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot take over from the previous program: reading the handover"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn home_errors_keep_their_own_message() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let e = Foreground::control(&Home { dir: file }).unwrap_err();
+        assert!(matches!(e, BootError::Home(_)), "{e:?}");
+        assert!(e.to_string().contains("is not a directory"), "{e}");
     }
 }
