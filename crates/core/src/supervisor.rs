@@ -15,11 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use herd_proto::{
-    AppInfo, AppSpec, AppStatus, Command, ErrorCode, ExitInfo, LogStream, ProcessInfo,
-    ProcessStatus, Reply, ScaleTo, PROTOCOL_VERSION,
+    AppInfo, AppSpec, AppStatus, Command, ErrorCode, ExitInfo, LogStream, ProcessInfo, Reply,
+    ScaleTo, PROTOCOL_VERSION,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -27,20 +29,25 @@ use nix::unistd::Pid;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::cgroup;
-use crate::ipc::{self, Channel, Inbound};
+use crate::ipc::{self, Inbound};
 use crate::logs::{self, LogBus, LogEvent, LogFile, PumpTarget, SharedLog};
 use crate::notify::{self, Notice};
 use crate::policy::{self, Decision, History};
 use crate::sockets::{ListenAddr, Listener};
 use crate::spawn::{self, SpawnRequest};
-use crate::stats::{self, Sample};
+use crate::stats;
 
 mod apps;
 mod bus;
 mod cluster;
 mod reload;
+mod slot;
 mod slots;
+mod timers;
 mod update;
+
+use slot::{Proc, Role, Slot, SlotState, Then};
+use timers::{TimerKey, Timers};
 
 pub use update::UpdateRequest;
 
@@ -61,12 +68,8 @@ fn needs_ready(spec: &AppSpec) -> bool {
 }
 
 /// SIGKILL for a retiring process that has not exited after `after`.
-fn arm_retire(tx: &mpsc::UnboundedSender<Event>, pid: u32, after: Duration) {
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        let _ = tx.send(Event::RetireTimeout { pid });
-    });
+fn arm_retire(timers: &mut Timers, pid: u32, after: Duration) {
+    timers.set(TimerKey::Retire { pid }, Instant::now() + after);
 }
 
 fn describe_exit(e: &ExitInfo) -> String {
@@ -155,6 +158,22 @@ const DRAIN_MAX: Duration = Duration::from_secs(2);
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How often instances are checked against `max_memory_bytes`, when one is set.
 const MEMORY_CHECK: Duration = Duration::from_secs(1);
+/// How often SIGKILL is sent again to a process that has not exited after it (stuck in the
+/// kernel): its slot stays stopping until it is reaped.
+const KILL_REPEAT: Duration = Duration::from_secs(5);
+
+/// The state of a slot whose reload ends without its next process: the current one goes on
+/// as it was — serving if it was online, or starting again with a fresh ready timeout.
+fn back_from_reload(current: Proc, online: bool, spec: &AppSpec) -> SlotState {
+    if online {
+        SlotState::Online { proc: current }
+    } else {
+        SlotState::Starting {
+            proc: current,
+            deadline: Instant::now() + Duration::from_millis(spec.listen_timeout_ms),
+        }
+    }
+}
 
 /// Where the supervisor keeps its files, and how its bus is set up.
 #[derive(Debug, Clone)]
@@ -232,33 +251,10 @@ enum Event {
         pid: u32,
         msg: Inbound,
     },
-    Timer {
-        app: u32,
-        slot: u32,
-        gen: u64,
-    },
-    /// A reload's new process of a slot has had `listen_timeout` to get ready.
-    NextTimeout {
-        app: u32,
-        slot: u32,
-        pid: u32,
-    },
-    /// A retiring (reloaded-away) process has had `kill_timeout` to exit.
-    RetireTimeout {
-        pid: u32,
-    },
     /// An envelope from another host, through the broker.
     Remote(crate::bus::Envelope),
     /// A watched file of an app changed.
     FileChanged {
-        app: u32,
-    },
-    /// No further change for the debounce time: reload.
-    WatchSettled {
-        app: u32,
-        gen: u64,
-    },
-    MemoryCheck {
         app: u32,
     },
     /// `herd update`.
@@ -397,6 +393,7 @@ impl Supervisor {
             pids_dirty: std::cell::Cell::new(false),
             tx: tx.clone(),
             logs: logs.clone(),
+            timers: Timers::default(),
             apps: BTreeMap::new(),
             next_id: 0,
             pids: HashMap::new(),
@@ -508,152 +505,6 @@ fn reap_all(tx: &mpsc::UnboundedSender<Event>) {
     }
 }
 
-/// What a slot does once its process has exited after a stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Then {
-    Stay,
-    Restart,
-    Remove,
-}
-
-/// Which process of a slot a pid is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// The slot's process.
-    Current,
-    /// A reload's new process, not yet ready.
-    Next,
-    /// A reloaded-away process finishing its requests.
-    Retiring,
-}
-
-struct Proc {
-    pid: u32,
-    since: Instant,
-    sample: Option<Sample>,
-    /// The instance's channel (Node's IPC channel for Node apps).
-    channel: Option<Channel>,
-    /// Sockets for the app's own port handed to this Node worker so far.
-    listens: u32,
-    /// Sequence number of the next cluster message herd sends it.
-    seq: u64,
-    /// Asked to stop and waiting for its channel to close before the kill signal.
-    disconnecting: bool,
-    /// The app's environment version it was started with.
-    env_version: u32,
-    /// Its stdout and stderr pumps.
-    out: Option<Arc<logs::PumpState>>,
-    err: Option<Arc<logs::PumpState>>,
-}
-
-impl Proc {
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-}
-
-enum SlotState {
-    /// Started; waiting for it to say it is ready (`wait_ready`). Not routed.
-    Starting(Proc),
-    /// Serving and routed.
-    Online(Proc),
-    /// Being removed by a scale-down: not routed, emptying its queue.
-    Draining {
-        proc: Proc,
-        since: Instant,
-    },
-    /// Sent its stop signal; SIGKILL follows at the kill timeout.
-    Stopping {
-        proc: Proc,
-        then: Then,
-    },
-    /// Crashed; restarts at the deadline.
-    WaitingRestart,
-    Stopped,
-    Exited,
-    Errored,
-    /// Removed by a scale-down; dropped from the app right after.
-    Gone,
-}
-
-impl SlotState {
-    fn proc(&self) -> Option<&Proc> {
-        match self {
-            SlotState::Starting(p) | SlotState::Online(p) => Some(p),
-            SlotState::Draining { proc, .. } | SlotState::Stopping { proc, .. } => Some(proc),
-            _ => None,
-        }
-    }
-
-    fn proc_mut(&mut self) -> Option<&mut Proc> {
-        match self {
-            SlotState::Starting(p) | SlotState::Online(p) => Some(p),
-            SlotState::Draining { proc, .. } | SlotState::Stopping { proc, .. } => Some(proc),
-            _ => None,
-        }
-    }
-
-    fn status(&self) -> ProcessStatus {
-        match self {
-            SlotState::Starting(_) => ProcessStatus::Starting,
-            SlotState::Online(_) => ProcessStatus::Online,
-            SlotState::Draining { .. } | SlotState::Stopping { .. } => ProcessStatus::Stopping,
-            SlotState::WaitingRestart => ProcessStatus::WaitingRestart,
-            SlotState::Stopped | SlotState::Gone => ProcessStatus::Stopped,
-            SlotState::Exited => ProcessStatus::Exited,
-            SlotState::Errored => ProcessStatus::Errored,
-        }
-    }
-
-    /// Whether a request waiting on this slot can be answered.
-    fn settled(&self) -> bool {
-        !matches!(
-            self,
-            SlotState::Starting(_) | SlotState::Draining { .. } | SlotState::Stopping { .. }
-        )
-    }
-}
-
-struct Slot {
-    index: u32,
-    state: SlotState,
-    /// A reload's new process, started next to the current one.
-    next: Option<Proc>,
-    /// Bumped on every state change; a timer armed under another generation is stale.
-    gen: u64,
-    restarts: u32,
-    history: History,
-    last_exit: Option<ExitInfo>,
-    out: SharedLog,
-    err: SharedLog,
-    /// When the slot's timer (restart backoff, listen or kill timeout) fires.
-    timer_at: Option<Instant>,
-}
-
-impl Slot {
-    fn new(index: u32, out: SharedLog, err: SharedLog) -> Self {
-        Self {
-            index,
-            state: SlotState::Stopped,
-            next: None,
-            gen: 0,
-            restarts: 0,
-            history: History::default(),
-            last_exit: None,
-            out,
-            err,
-            timer_at: None,
-        }
-    }
-
-    fn set(&mut self, state: SlotState) {
-        self.gen += 1;
-        self.timer_at = None;
-        self.state = state;
-    }
-}
-
 struct App {
     id: u32,
     spec: AppSpec,
@@ -663,7 +514,6 @@ struct App {
     deleting: bool,
     /// Slots the selector currently routes to, to re-attach it only on change.
     routed: Option<Vec<u32>>,
-    memory_check_armed: bool,
     /// Reloaded-away processes finishing their requests, with their slot.
     retiring: Vec<(u32, Proc)>,
     /// Sockets bound for Node workers' other listens (another port, port 0, a path), shared
@@ -676,12 +526,8 @@ struct App {
     reload: Option<Reload>,
     /// File watcher (`--watch`), while the app runs.
     watcher: Option<::notify::RecommendedWatcher>,
-    /// Bumped on every change, so only the last one's timer reloads.
-    watch_gen: u64,
     /// Bumped each time `--update-env` changes the environment.
     env_version: u32,
-    /// A watched file changed and the debounce has not yet passed.
-    watch_pending: bool,
     /// Cgroups of exited processes of this app, killed and not yet empty.
     emptying: u32,
 }
@@ -708,15 +554,12 @@ impl App {
             slots,
             deleting: false,
             routed: None,
-            memory_check_armed: false,
             retiring: Vec::new(),
             extra: HashMap::new(),
             refusals: cluster::Refusals::default(),
             reload: None,
             watcher: None,
-            watch_gen: 0,
             env_version: 1,
-            watch_pending: false,
             emptying: 0,
         }
     }
@@ -725,19 +568,13 @@ impl App {
         self.reload.is_none()
             && self.emptying == 0
             && self.retiring.is_empty()
-            && self
-                .slots
-                .iter()
-                .all(|s| s.state.settled() && s.next.is_none())
+            && self.slots.iter().all(|s| s.state.settled())
     }
 
     fn has_processes(&self) -> bool {
         self.emptying > 0
             || !self.retiring.is_empty()
-            || self
-                .slots
-                .iter()
-                .any(|s| s.state.proc().is_some() || s.next.is_some())
+            || self.slots.iter().any(|s| s.state.proc().is_some())
     }
 
     fn port(&self) -> Option<u16> {
@@ -776,6 +613,8 @@ struct State {
     pids_dirty: std::cell::Cell<bool>,
     tx: mpsc::UnboundedSender<Event>,
     logs: LogBus,
+    /// Every deadline the supervisor waits for.
+    timers: Timers,
     apps: BTreeMap<u32, App>,
     next_id: u32,
     /// pid → (app id, slot index, role) of every process the supervisor started.
@@ -812,15 +651,19 @@ impl State {
         mut ipc_rx: mpsc::Receiver<Event>,
     ) {
         loop {
-            let deadline = self.next_deadline();
+            let deadline = match (self.next_deadline(), self.timers.next()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let event = tokio::select! {
                 e = rx.recv() => match e {
                     Some(e) => e,
                     None => break,
                 },
                 Some(e) = ipc_rx.recv() => e,
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.expire_requests();
+                    self.fire_timers();
                     self.after_event();
                     continue;
                 }
@@ -882,45 +725,14 @@ impl State {
                 ),
                 Inbound::App(v) => self.on_app_message(pid, v),
             },
-            Event::Timer { app, slot, gen } => self.on_timer(app, slot, gen),
-            Event::NextTimeout { app, slot, pid } => self.on_next_timeout(app, slot, pid),
             Event::Remote(env) => self.on_remote(env),
             Event::FileChanged { app } => {
-                if let Some(a) = self.apps.get_mut(&app) {
-                    a.watch_gen += 1;
-                    a.watch_pending = true;
-                    let gen = a.watch_gen;
-                    let tx = self.tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(WATCH_DEBOUNCE).await;
-                        let _ = tx.send(Event::WatchSettled { app, gen });
-                    });
+                // Each change moves the deadline: the reload comes once the files are quiet.
+                if self.apps.contains_key(&app) {
+                    self.timers
+                        .set(TimerKey::Watch { app }, Instant::now() + WATCH_DEBOUNCE);
                 }
             }
-            Event::WatchSettled { app, gen } => {
-                let Some(a) = self.apps.get_mut(&app) else {
-                    return;
-                };
-                if a.watch_gen == gen {
-                    a.watch_pending = false;
-                }
-                let due =
-                    a.watch_gen == gen && a.status == AppStatus::Running && a.watcher.is_some();
-                if due {
-                    tracing::info!(app = %self.apps[&app].spec.name, "watched files changed; reloading");
-                    let _ = self.start_reload(app);
-                }
-            }
-            Event::RetireTimeout { pid } => {
-                if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
-                    tracing::info!(
-                        pid,
-                        "kill timeout passed for a reloaded-away process; sending SIGKILL"
-                    );
-                    kill_tree(pid, self.cgroups.get(&pid));
-                }
-            }
-            Event::MemoryCheck { app } => self.on_memory_check(app),
             Event::Update { req, reply } => self.on_update(req, reply),
             Event::UpdateRetry => self.on_update_retry(),
             Event::CgroupEmptied { app } => {
@@ -1195,6 +1007,7 @@ impl State {
             // An orphaned grandchild re-parented to us, or a child whose exec failed.
             return;
         };
+        self.timers.cancel(TimerKey::Retire { pid });
         // Whatever the instance left behind in its process group and its cgroup goes with
         // it, so nothing keeps holding the port (PM2 leaves Next.js's child running).
         let cg = self.cgroups.remove(&pid);
@@ -1217,9 +1030,15 @@ impl State {
                 return;
             }
             Role::Next => {
+                // The reload's next process is gone: the slot goes back to its current one.
                 if let Some(slot) = app.slots.get_mut(i as usize) {
-                    if slot.next.as_ref().is_some_and(|p| p.pid == pid) {
-                        slot.next = None;
+                    if slot.state.next().is_some_and(|p| p.pid == pid) {
+                        if let SlotState::Reloading {
+                            current, online, ..
+                        } = slot.state.take()
+                        {
+                            slot.set(back_from_reload(current, online, &app.spec));
+                        }
                     }
                 }
                 self.reload_failed(
@@ -1243,19 +1062,19 @@ impl State {
         });
         let slot = &mut app.slots[i as usize];
         slot.last_exit = Some(exit.clone());
-        let prev = std::mem::replace(&mut slot.state, SlotState::Stopped);
-        // The current process died during a reload of its slot: the new one takes over.
-        if matches!(prev, SlotState::Starting(_) | SlotState::Online(_)) {
-            if let Some(next) = slot.next.take() {
+        let prev = slot.state.take();
+        match prev {
+            // The current process died during a reload of its slot: the new one takes over,
+            // and the reload waits for it as for any starting process.
+            SlotState::Reloading { next, .. } => {
                 slot.restarts += 1;
                 self.pids.insert(next.pid, (id, i, Role::Current));
                 let timeout = Duration::from_millis(app.spec.listen_timeout_ms);
-                slot.set(SlotState::Starting(next));
-                self.arm(id, i, timeout);
-                return;
+                slot.set(SlotState::Starting {
+                    proc: next,
+                    deadline: Instant::now() + timeout,
+                });
             }
-        }
-        match prev {
             SlotState::Stopping { then, .. } => match then {
                 Then::Stay => slot.set(SlotState::Stopped),
                 Then::Remove => slot.set(SlotState::Gone),
@@ -1266,7 +1085,7 @@ impl State {
                 }
             },
             SlotState::Draining { .. } => slot.set(SlotState::Gone),
-            SlotState::Starting(proc) | SlotState::Online(proc) => {
+            SlotState::Starting { proc, .. } | SlotState::Online { proc } => {
                 let uptime = proc.since.elapsed();
                 let decision = policy::on_exit(&app.spec, &mut slot.history, uptime, exit.code);
                 tracing::info!(app = %name, instance = i, pid, ?exit, ?decision, "instance exited");
@@ -1295,8 +1114,9 @@ impl State {
                     slot.set(SlotState::Stopped);
                     self.launch(id, i);
                 } else {
-                    slot.set(SlotState::WaitingRestart);
-                    self.arm(id, i, delay);
+                    slot.set(SlotState::WaitingRestart {
+                        until: Instant::now() + delay,
+                    });
                 }
             }
             Decision::Stop => {
@@ -1346,18 +1166,33 @@ impl State {
         }
         match role {
             Role::Current => {
-                let slot = &mut app.slots[i as usize];
-                if let SlotState::Starting(_) = slot.state {
-                    let SlotState::Starting(proc) =
-                        std::mem::replace(&mut slot.state, SlotState::Gone)
-                    else {
-                        unreachable!()
-                    };
-                    slot.set(SlotState::Online(proc));
-                    if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
-                        app.reload.as_mut().expect("checked").active = None;
-                        self.reload_step(id);
+                let Some(slot) = app.slots.get_mut(i as usize) else {
+                    return;
+                };
+                match slot.state.take() {
+                    SlotState::Starting { proc, .. } => {
+                        slot.set(SlotState::Online { proc });
+                        if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
+                            if let Some(r) = app.reload.as_mut() {
+                                r.active = None;
+                            }
+                            self.reload_step(id);
+                        }
                     }
+                    // The current process of a reloading slot gets ready: it serves until
+                    // the next one does.
+                    SlotState::Reloading {
+                        current,
+                        next,
+                        deadline,
+                        ..
+                    } => slot.set(SlotState::Reloading {
+                        current,
+                        online: true,
+                        next,
+                        deadline,
+                    }),
+                    other => slot.set(other),
                 }
             }
             Role::Next => self.promote(id, i),
@@ -1365,26 +1200,64 @@ impl State {
         }
     }
 
-    fn on_timer(&mut self, id: u32, i: u32, gen: u64) {
+    /// Hands every timer that is due to what it is for.
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(key) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Slot { app, slot } => self.on_timer(app, slot),
+                TimerKey::Retire { pid } => {
+                    if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
+                        tracing::info!(
+                            pid,
+                            "kill timeout passed for a reloaded-away process; sending SIGKILL"
+                        );
+                        kill_tree(pid, self.cgroups.get(&pid));
+                    }
+                }
+                TimerKey::Memory { app } => self.on_memory_check(app),
+                TimerKey::Watch { app } => {
+                    let Some(a) = self.apps.get(&app) else {
+                        continue;
+                    };
+                    if a.status == AppStatus::Running && a.watcher.is_some() {
+                        tracing::info!(app = %a.spec.name, "watched files changed; reloading");
+                        let _ = self.start_reload(app);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The slot's deadline has come: what happens depends on what its state waits for. A
+    /// state whose deadline has not come (it changed within this wake-up) is left alone.
+    fn on_timer(&mut self, id: u32, i: u32) {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
         let Some(slot) = app.slots.get_mut(i as usize) else {
             return;
         };
-        if slot.gen != gen {
+        let now = Instant::now();
+        if slot.state.deadline().is_none_or(|d| d > now) {
             return;
         }
-        match &slot.state {
-            SlotState::WaitingRestart => {
+        match slot.state.take() {
+            SlotState::WaitingRestart { .. } => {
                 slot.set(SlotState::Stopped);
                 self.launch(id, i);
             }
-            SlotState::Stopping { proc, .. } => {
+            SlotState::Stopping { proc, then, .. } => {
                 tracing::info!(app = %app.spec.name, instance = i, pid = proc.pid, "kill timeout passed; sending SIGKILL");
                 kill_tree(proc.pid, self.cgroups.get(&proc.pid));
+                // It stays stopping until its exit is reaped; SIGKILL is not sent again.
+                slot.set(SlotState::Stopping {
+                    proc,
+                    then,
+                    deadline: now + KILL_REPEAT,
+                });
             }
-            SlotState::Starting(_) => {
+            SlotState::Starting { proc, .. } => {
                 // PM2's behaviour: a wait_ready app that stays silent is put online anyway.
                 tracing::warn!(app = %app.spec.name, instance = i, "no ready signal within listen_timeout; routing to it anyway");
                 let what = if app.spec.wait_ready {
@@ -1393,28 +1266,34 @@ impl State {
                     "did not listen"
                 };
                 write_note(&slot.err, &format!("[herd] instance {i} {what} within listen_timeout ({} ms); routing to it anyway", app.spec.listen_timeout_ms));
-                let SlotState::Starting(proc) = std::mem::replace(&mut slot.state, SlotState::Gone)
-                else {
-                    unreachable!()
-                };
-                slot.set(SlotState::Online(proc));
+                slot.set(SlotState::Online { proc });
                 // A reload waiting on this slot (its new process took over from a crashed
                 // current one) moves on.
-                if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
-                    app.reload.as_mut().expect("checked").active = None;
-                    self.reload_step(id);
+                if let Some(r) = app.reload.as_mut() {
+                    if r.active == Some(i) {
+                        r.active = None;
+                        self.reload_step(id);
+                    }
                 }
             }
-            SlotState::Draining { since, .. } => {
+            state @ SlotState::Reloading { .. } => {
+                slot.set(state);
+                self.on_next_timeout(id, i);
+            }
+            SlotState::Draining { proc, since, .. } => {
                 let empty = app.listeners.iter().all(|l| l.queued(i).unwrap_or(0) == 0);
+                let waited = now.saturating_duration_since(since);
+                slot.set(SlotState::Draining {
+                    proc,
+                    since,
+                    look: now + DRAIN_POLL,
+                });
                 // A short grace lets handshakes already routed to the slot land first.
-                if (empty && since.elapsed() >= DRAIN_POLL * 2) || since.elapsed() >= DRAIN_MAX {
+                if (empty && waited >= DRAIN_POLL * 2) || waited >= DRAIN_MAX {
                     self.stop_slot(id, i, Then::Remove);
-                } else {
-                    self.arm(id, i, DRAIN_POLL);
                 }
             }
-            _ => {}
+            other => slot.set(other),
         }
     }
 
@@ -1426,6 +1305,21 @@ impl State {
         }
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
+            // A slot's timer is its state's deadline: armed while the state waits, moved
+            // when it changes, gone with it.
+            for s in &app.slots {
+                let key = TimerKey::Slot {
+                    app: app.id,
+                    slot: s.index,
+                };
+                match s.state.deadline() {
+                    Some(at) if self.timers.deadline(key) != Some(at) => self.timers.set(key, at),
+                    Some(_) => {}
+                    None => {
+                        self.timers.cancel(key);
+                    }
+                }
+            }
             while matches!(app.slots.last(), Some(s) if matches!(s.state, SlotState::Gone)) {
                 let slot = app.slots.pop().expect("checked");
                 for l in &mut app.listeners {
@@ -1449,6 +1343,7 @@ impl State {
         }
         for id in removed {
             self.apps.remove(&id);
+            self.timers.cancel_app(id);
         }
         self.answer_waiters();
     }
@@ -1546,8 +1441,11 @@ impl State {
                         info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
                         let cg = self.cgroups.get(&p.pid);
                         if let Some(s) = stats::sample(p.pid) {
-                            info.cpu_percent =
-                                Some(stats::cpu_percent(&s, p.sample.as_ref(), p.since));
+                            info.cpu_percent = Some(stats::cpu_percent(
+                                &s,
+                                p.sample.as_ref(),
+                                p.since.into_std(),
+                            ));
                             info.memory_bytes = Some(s.rss_bytes);
                             p.sample = Some(s);
                         }
@@ -1682,7 +1580,7 @@ fn route(app: &mut App) {
     let live: Vec<u32> = app
         .slots
         .iter()
-        .filter(|s| matches!(s.state, SlotState::Online(_)))
+        .filter(|s| s.state.routed())
         .map(|s| s.index)
         .collect();
     if app.routed.as_ref() == Some(&live) {

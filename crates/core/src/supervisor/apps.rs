@@ -162,7 +162,7 @@ impl State {
         let app = self.apps.get_mut(&id).expect("resolved");
         app.status = AppStatus::Stopped;
         app.watcher = None;
-        app.watch_pending = false;
+        self.timers.cancel(TimerKey::Watch { app: id });
         if app.reload.take().is_some() {
             self.reload_errors.insert(
                 id,
@@ -238,18 +238,25 @@ impl State {
         let have = self.apps[&id].slots.len() as u32;
         // Slots that stay or come back.
         for i in 0..wanted.min(have) {
-            let slot = &mut self.apps.get_mut(&id).expect("resolved").slots[i as usize];
-            match &mut slot.state {
-                SlotState::Stopping { then, .. } if *then == Then::Remove => *then = Then::Restart,
-                SlotState::Draining { .. } => {
-                    let SlotState::Draining { proc, .. } =
-                        std::mem::replace(&mut slot.state, SlotState::Gone)
-                    else {
-                        unreachable!()
-                    };
-                    slot.set(SlotState::Online(proc));
-                }
-                _ => {}
+            let Some(slot) = self
+                .apps
+                .get_mut(&id)
+                .and_then(|a| a.slots.get_mut(i as usize))
+            else {
+                continue;
+            };
+            match slot.state.take() {
+                SlotState::Stopping {
+                    proc,
+                    then: Then::Remove,
+                    deadline,
+                } => slot.set(SlotState::Stopping {
+                    proc,
+                    then: Then::Restart,
+                    deadline,
+                }),
+                SlotState::Draining { proc, .. } => slot.set(SlotState::Online { proc }),
+                other => slot.set(other),
             }
         }
         for i in have..wanted {
@@ -272,31 +279,38 @@ impl State {
             // A slot that goes is no part of a reload any more: its next process is stopped
             // with it, and the reload moves on (or ends) without it.
             self.leave_reload(id, i);
-            let app = self.apps.get_mut(&id).expect("resolved");
+            let Some(app) = self.apps.get_mut(&id) else {
+                continue;
+            };
             let timeout = std::time::Duration::from_millis(app.spec.kill_timeout_ms);
-            let slot = &mut app.slots[i as usize];
-            if let Some(mut next) = slot.next.take() {
-                super::begin_stop(&app.spec, &mut next);
-                self.pids.insert(next.pid, (id, i, super::Role::Retiring));
-                super::arm_retire(&self.tx, next.pid, timeout);
-                app.retiring.push((i, next));
-            }
-            let slot = &mut app.slots[i as usize];
-            match std::mem::replace(&mut slot.state, SlotState::Gone) {
-                SlotState::Online(proc) | SlotState::Starting(proc) => {
-                    slot.set(SlotState::Draining {
-                        proc,
-                        since: Instant::now(),
-                    });
-                    self.arm(id, i, DRAIN_POLL);
+            let Some(slot) = app.slots.get_mut(i as usize) else {
+                continue;
+            };
+            let now = Instant::now();
+            let drain = |proc| SlotState::Draining {
+                proc,
+                since: now,
+                look: now + DRAIN_POLL,
+            };
+            match slot.state.take() {
+                SlotState::Reloading {
+                    current, mut next, ..
+                } => {
+                    super::begin_stop(&app.spec, &mut next);
+                    self.pids.insert(next.pid, (id, i, super::Role::Retiring));
+                    super::arm_retire(&mut self.timers, next.pid, timeout);
+                    app.retiring.push((i, next));
+                    slot.set(drain(current));
                 }
-                SlotState::Stopping { proc, .. } => {
-                    slot.state = SlotState::Stopping {
-                        proc,
-                        then: Then::Remove,
-                    }
+                SlotState::Online { proc } | SlotState::Starting { proc, .. } => {
+                    slot.set(drain(proc))
                 }
-                d @ SlotState::Draining { .. } => slot.state = d,
+                SlotState::Stopping { proc, deadline, .. } => slot.set(SlotState::Stopping {
+                    proc,
+                    then: Then::Remove,
+                    deadline,
+                }),
+                d @ SlotState::Draining { .. } => slot.set(d),
                 _ => slot.set(SlotState::Gone),
             }
         }

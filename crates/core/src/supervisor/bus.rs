@@ -213,7 +213,10 @@ impl State {
                 if a.instance.is_some_and(|i| i != slot.index) {
                     continue;
                 }
-                if let SlotState::Online(p) | SlotState::Starting(p) = &slot.state {
+                if let SlotState::Online { proc: p }
+                | SlotState::Starting { proc: p, .. }
+                | SlotState::Reloading { current: p, .. } = &slot.state
+                {
                     if p.channel.is_some() {
                         out.push(p.pid);
                     }

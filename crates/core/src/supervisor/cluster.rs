@@ -56,7 +56,7 @@ fn signal_group(spec: &AppSpec, pid: u32) {
 fn find_proc(app: &mut App, i: u32, role: Role, pid: u32) -> Option<&mut Proc> {
     match role {
         Role::Current => app.slots.get_mut(i as usize)?.state.proc_mut(),
-        Role::Next => app.slots.get_mut(i as usize)?.next.as_mut(),
+        Role::Next => app.slots.get_mut(i as usize)?.state.next_mut(),
         Role::Retiring => app
             .retiring
             .iter_mut()

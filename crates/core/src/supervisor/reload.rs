@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use herd_proto::{AppStatus, Reply};
 
-use super::{
-    arm_retire, begin_stop, needs_ready, write_note, Event, Reload, Role, SlotState, State,
-};
+use super::{arm_retire, begin_stop, needs_ready, write_note, Reload, Role, SlotState, State};
 
 impl State {
     /// Starts a rolling reload of app `id` (a stopped app is simply started).
@@ -52,23 +50,39 @@ impl State {
                 continue;
             };
             match slot.state {
-                SlotState::Starting(_) | SlotState::Online(_) => {
+                SlotState::Starting { .. } | SlotState::Online { .. } => {
                     let timeout = Duration::from_millis(app.spec.listen_timeout_ms);
                     match self.spawn_proc(id, i, Role::Next) {
                         Ok(next) => {
-                            let pid = next.pid;
-                            let app = self.apps.get_mut(&id).expect("exists");
-                            app.slots[i as usize].next = Some(next);
-                            app.reload.as_mut().expect("exists").active = Some(i);
-                            let tx = self.tx.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(timeout).await;
-                                let _ = tx.send(Event::NextTimeout {
-                                    app: id,
-                                    slot: i,
-                                    pid,
-                                });
-                            });
+                            let Some(app) = self.apps.get_mut(&id) else {
+                                return;
+                            };
+                            let Some(slot) = app.slots.get_mut(i as usize) else {
+                                return;
+                            };
+                            tracing::debug!(app = %app.spec.name, instance = i, pid = next.pid, "reload: next process started");
+                            let deadline = tokio::time::Instant::now() + timeout;
+                            match slot.state.take() {
+                                SlotState::Online { proc } => slot.set(SlotState::Reloading {
+                                    current: proc,
+                                    online: true,
+                                    next,
+                                    deadline,
+                                }),
+                                SlotState::Starting { proc, .. } => {
+                                    slot.set(SlotState::Reloading {
+                                        current: proc,
+                                        online: false,
+                                        next,
+                                        deadline,
+                                    })
+                                }
+                                // Spawning does not change the slot's state.
+                                other => slot.set(other),
+                            }
+                            if let Some(job) = app.reload.as_mut() {
+                                job.active = Some(i);
+                            }
                             return;
                         }
                         Err(e) => {
@@ -77,8 +91,11 @@ impl State {
                         }
                     }
                 }
-                // Being stopped or removed: nothing to reload.
-                SlotState::Stopping { .. } | SlotState::Draining { .. } | SlotState::Gone => {}
+                // Being stopped or removed, or reloading already: nothing to do.
+                SlotState::Stopping { .. }
+                | SlotState::Draining { .. }
+                | SlotState::Gone
+                | SlotState::Reloading { .. } => {}
                 // Not running (crashed, errored, exited): a reload starts it afresh.
                 _ => {
                     slot.history = Default::default();
@@ -102,8 +119,8 @@ impl State {
     }
 
     /// The next process of slot `i` is ready: it becomes the current one, and the old one is
-    /// asked to stop. A slot that is no longer serving (being stopped or drained away) keeps
-    /// its state, and its next process is stopped instead.
+    /// asked to stop. Only a reloading slot has a next process: a slot that started to stop
+    /// or drain meanwhile had its next process stopped then.
     pub(super) fn promote(&mut self, id: u32, i: u32) {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
@@ -112,29 +129,22 @@ impl State {
         let Some(slot) = app.slots.get_mut(i as usize) else {
             return;
         };
-        let Some(mut next) = slot.next.take() else {
-            return;
-        };
-        match std::mem::replace(&mut slot.state, SlotState::Stopped) {
-            SlotState::Starting(mut old) | SlotState::Online(mut old) => {
+        match slot.state.take() {
+            SlotState::Reloading {
+                current: mut old,
+                next,
+                ..
+            } => {
                 tracing::info!(app = %app.spec.name, instance = i, new = next.pid, old = old.pid, "reload: new process ready; stopping the old one");
                 self.pids.insert(next.pid, (id, i, Role::Current));
                 begin_stop(&app.spec, &mut old);
                 self.pids.insert(old.pid, (id, i, Role::Retiring));
-                let pid = old.pid;
+                arm_retire(&mut self.timers, old.pid, kill_timeout);
                 app.retiring.push((i, old));
-                arm_retire(&self.tx, pid, kill_timeout);
                 slot.restarts += 1;
-                slot.set(SlotState::Online(next));
+                slot.set(SlotState::Online { proc: next });
             }
-            other => {
-                slot.state = other;
-                tracing::info!(app = %app.spec.name, instance = i, new = next.pid, "reload: the slot is going away; its new process is stopped");
-                begin_stop(&app.spec, &mut next);
-                self.pids.insert(next.pid, (id, i, Role::Retiring));
-                arm_retire(&self.tx, next.pid, kill_timeout);
-                app.retiring.push((i, next));
-            }
+            other => slot.set(other),
         }
         if let Some(job) = app.reload.as_mut() {
             if job.active == Some(i) {
@@ -145,14 +155,14 @@ impl State {
     }
 
     /// The next process of slot `i` has had its time.
-    pub(super) fn on_next_timeout(&mut self, id: u32, i: u32, pid: u32) {
+    pub(super) fn on_next_timeout(&mut self, id: u32, i: u32) {
         let Some(app) = self.apps.get(&id) else {
             return;
         };
         let Some(slot) = app.slots.get(i as usize) else {
             return;
         };
-        if slot.next.as_ref().is_none_or(|p| p.pid != pid) {
+        if slot.state.next().is_none() {
             return;
         }
         if needs_ready(&app.spec) {
@@ -182,14 +192,26 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
+        // The slot goes back to its current process; the next one is killed.
+        match slot.state.take() {
+            SlotState::Reloading {
+                current,
+                online,
+                next,
+                ..
+            } => {
+                super::kill_tree(next.pid, self.cgroups.get(&next.pid));
+                self.pids.insert(next.pid, (id, i, Role::Retiring));
+                app.retiring.push((i, next));
+                slot.set(super::back_from_reload(current, online, &app.spec));
+            }
+            other => slot.set(other),
+        }
         if app.reload.take().is_none() {
             return;
-        }
-        let slot = &mut app.slots[i as usize];
-        if let Some(next) = slot.next.take() {
-            super::kill_tree(next.pid, self.cgroups.get(&next.pid));
-            self.pids.insert(next.pid, (id, i, Role::Retiring));
-            app.retiring.push((i, next));
         }
         let msg = format!(
             "reload of {} stopped: {why}; the old processes keep serving (see `herd logs {}`)",

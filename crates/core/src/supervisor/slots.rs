@@ -31,10 +31,12 @@ impl State {
         let listen_timeout = Duration::from_millis(spec.listen_timeout_ms);
         let slot = &mut self.apps.get_mut(&id).expect("app exists").slots[i as usize];
         if wait {
-            slot.set(SlotState::Starting(proc));
-            self.arm(id, i, listen_timeout);
+            slot.set(SlotState::Starting {
+                proc,
+                deadline: Instant::now() + listen_timeout,
+            });
         } else {
-            slot.set(SlotState::Online(proc));
+            slot.set(SlotState::Online { proc });
         }
         Ok(())
     }
@@ -244,28 +246,52 @@ impl State {
     pub(super) fn stop_slot(&mut self, id: u32, i: u32, then: Then) {
         let app = self.apps.get_mut(&id).expect("app exists");
         let timeout = Duration::from_millis(app.spec.kill_timeout_ms);
-        let slot = &mut app.slots[i as usize];
-        // A reload's new process goes too.
-        if let Some(mut next) = slot.next.take() {
-            begin_stop(&app.spec, &mut next);
-            self.pids.insert(next.pid, (id, i, Role::Retiring));
-            arm_retire(&self.tx, next.pid, timeout);
-            app.retiring.push((i, next));
-        }
-        match std::mem::replace(&mut slot.state, SlotState::Stopped) {
-            SlotState::Starting(mut proc)
-            | SlotState::Online(mut proc)
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
+        let deadline = Instant::now() + timeout;
+        match slot.state.take() {
+            // A reload's new process goes too.
+            SlotState::Reloading {
+                current: mut proc,
+                mut next,
+                ..
+            } => {
+                begin_stop(&app.spec, &mut next);
+                self.pids.insert(next.pid, (id, i, Role::Retiring));
+                arm_retire(&mut self.timers, next.pid, timeout);
+                app.retiring.push((i, next));
+                begin_stop(&app.spec, &mut proc);
+                slot.set(SlotState::Stopping {
+                    proc,
+                    then,
+                    deadline,
+                });
+            }
+            SlotState::Starting { mut proc, .. }
+            | SlotState::Online { mut proc }
             | SlotState::Draining { mut proc, .. } => {
                 begin_stop(&app.spec, &mut proc);
-                slot.set(SlotState::Stopping { proc, then });
-                self.arm(id, i, timeout);
+                slot.set(SlotState::Stopping {
+                    proc,
+                    then,
+                    deadline,
+                });
             }
-            SlotState::Stopping { proc, then: old } => {
+            SlotState::Stopping {
+                proc,
+                then: old,
+                deadline,
+            } => {
                 // A removal stays a removal; otherwise the latest wish wins.
                 let then = if old == Then::Remove { old } else { then };
-                slot.state = SlotState::Stopping { proc, then };
+                slot.set(SlotState::Stopping {
+                    proc,
+                    then,
+                    deadline,
+                });
             }
-            SlotState::Gone => slot.state = SlotState::Gone,
+            SlotState::Gone => slot.set(SlotState::Gone),
             _ => match then {
                 Then::Stay => slot.set(SlotState::Stopped),
                 Then::Remove => slot.set(SlotState::Gone),
@@ -277,37 +303,21 @@ impl State {
         }
     }
 
-    pub(super) fn arm(&mut self, app: u32, slot: u32, after: Duration) {
-        let s = &mut self.apps.get_mut(&app).expect("app exists").slots[slot as usize];
-        s.timer_at = Some(Instant::now() + after);
-        let gen = s.gen;
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = tx.send(Event::Timer { app, slot, gen });
-        });
-    }
-
     pub(super) fn arm_memory_check(&mut self, id: u32) {
-        let Some(app) = self.apps.get_mut(&id) else {
+        let Some(app) = self.apps.get(&id) else {
             return;
         };
-        if app.spec.max_memory_bytes.is_none() || app.memory_check_armed {
+        let key = TimerKey::Memory { app: id };
+        if app.spec.max_memory_bytes.is_none() || self.timers.deadline(key).is_some() {
             return;
         }
-        app.memory_check_armed = true;
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(MEMORY_CHECK).await;
-            let _ = tx.send(Event::MemoryCheck { app: id });
-        });
+        self.timers.set(key, Instant::now() + MEMORY_CHECK);
     }
 
     pub(super) fn on_memory_check(&mut self, id: u32) {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        app.memory_check_armed = false;
         if app.status != AppStatus::Running {
             return;
         }
@@ -316,7 +326,7 @@ impl State {
         };
         let mut over = Vec::new();
         for slot in &app.slots {
-            if let SlotState::Online(p) = &slot.state {
+            if let SlotState::Online { proc: p } = &slot.state {
                 // The whole tree counts when the process has a cgroup.
                 let used = match self.cgroups.get(&p.pid) {
                     Some(cg) => crate::cgroup::memory(cg),

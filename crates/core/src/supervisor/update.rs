@@ -254,16 +254,21 @@ impl State {
             if app.emptying > 0 {
                 return Some(format!("app {n} has a cgroup still emptying"));
             }
-            if app.watch_pending {
+            if self
+                .timers
+                .deadline(TimerKey::Watch { app: app.id })
+                .is_some()
+            {
                 return Some(format!("app {n} is about to reload for a changed file"));
             }
             for s in &app.slots {
-                if s.next.is_some()
-                    || matches!(
-                        s.state,
-                        SlotState::Stopping { .. } | SlotState::Draining { .. } | SlotState::Gone
-                    )
-                {
+                if matches!(
+                    s.state,
+                    SlotState::Stopping { .. }
+                        | SlotState::Draining { .. }
+                        | SlotState::Gone
+                        | SlotState::Reloading { .. }
+                ) {
                     return Some(format!("instance {n}:{} is stopping", s.index));
                 }
                 if let Some(ch) = s.state.proc().and_then(|p| p.channel.as_ref()) {
@@ -300,13 +305,22 @@ impl State {
             for s in &app.slots {
                 use handover::SlotStatus as S;
                 let status = match &s.state {
-                    SlotState::Starting(_) => S::Starting,
-                    SlotState::Online(_) => S::Online,
-                    SlotState::WaitingRestart => S::WaitingRestart,
+                    SlotState::Starting { .. } => S::Starting,
+                    SlotState::Online { .. } => S::Online,
+                    SlotState::WaitingRestart { .. } => S::WaitingRestart,
                     SlotState::Stopped => S::Stopped,
                     SlotState::Exited => S::Exited,
                     SlotState::Errored => S::Errored,
-                    _ => unreachable!("busy_reason refuses the other states"),
+                    // busy_reason waits until no slot is in one of these.
+                    SlotState::Reloading { .. }
+                    | SlotState::Draining { .. }
+                    | SlotState::Stopping { .. }
+                    | SlotState::Gone => {
+                        return Err(std::io::Error::other(format!(
+                            "instance {}:{} is changing state",
+                            app.spec.name, s.index
+                        )))
+                    }
                 };
                 let process = match s.state.proc() {
                     Some(p) => {
@@ -320,7 +334,8 @@ impl State {
                     index: s.index,
                     status,
                     timer_ms: s
-                        .timer_at
+                        .state
+                        .deadline()
                         .map(|t| t.saturating_duration_since(now).as_millis() as u64),
                     process,
                     restarts: s.restarts,
@@ -451,10 +466,11 @@ impl State {
                 let proc = s.process.map(|p| self.adopt_proc(id, i, p, now));
                 kept += usize::from(proc.is_some());
                 use handover::SlotStatus as S;
+                let at = now + Duration::from_millis(s.timer_ms.unwrap_or(0));
                 let state = match (s.status, proc) {
-                    (S::Starting, Some(p)) => SlotState::Starting(p),
-                    (S::Online, Some(p)) => SlotState::Online(p),
-                    (S::WaitingRestart, _) => SlotState::WaitingRestart,
+                    (S::Starting, Some(proc)) => SlotState::Starting { proc, deadline: at },
+                    (S::Online, Some(proc)) => SlotState::Online { proc },
+                    (S::WaitingRestart, _) => SlotState::WaitingRestart { until: at },
                     (S::Exited, _) => SlotState::Exited,
                     (S::Errored, _) => SlotState::Errored,
                     _ => SlotState::Stopped,
@@ -465,9 +481,6 @@ impl State {
                 slot.history.unstable = s.unstable;
                 slot.history.backoff_step = s.backoff_step;
                 slot.last_exit = s.last_exit;
-                if let Some(ms) = s.timer_ms {
-                    self.arm(id, i, Duration::from_millis(ms));
-                }
             }
             if self.apps[&id].status == AppStatus::Running {
                 if let Err(e) = self.start_watching(id) {

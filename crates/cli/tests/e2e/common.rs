@@ -1,6 +1,5 @@
 //! Test harness: a private `HERD_HOME` per test, the real `herd` binary, free loopback ports,
 //! a tiny HTTP client, and cleanup that leaves no process behind.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

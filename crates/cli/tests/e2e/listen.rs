@@ -1,15 +1,13 @@
 //! Listening addresses beyond one IPv4 port: IPv6, Unix sockets, several addresses, the shared
 //! balance, and sticky sessions.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn ipv6_unix_and_two_addresses_per_instance() {

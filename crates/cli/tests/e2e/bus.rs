@@ -1,11 +1,9 @@
 //! The message bus on one host: instance ↔ instance, CLI ↔ instance, topics, request/reply,
 //! timeouts, and limits (oversize, malformed, a consumer that never reads).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn request(h: &Herd, to: &str, data: &str) -> Value {

@@ -1,12 +1,10 @@
 //! Stopping, restarting, the crash-loop guard, exit codes, the kill timeout, and what happens
 //! to instances when the daemon itself is killed.
 
-mod common;
-
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn stop_frees_the_port_and_processes_then_start_and_delete() {

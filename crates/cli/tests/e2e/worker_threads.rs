@@ -2,11 +2,9 @@
 //! requests on the same instance stay fast meanwhile. Each test also runs the heavy work on the
 //! event loop itself, to show that the measurement can tell the difference.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Max latency of cheap requests made while `heavy` concurrent heavy requests run on `path`.
 fn cheap_latency_during(port: u16, heavy_path: &'static str, heavy: usize) -> (Duration, Duration) {

@@ -2,11 +2,9 @@
 //! garbage on `HERD_IPC_FD` writes a bounded number of lines to `daemon.log` (the rest are
 //! counted as "N more suppressed"), and subscriptions are bounded in length and number.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// The daemon's CPU time (user + system) so far.
 fn cpu(pid: i32) -> Duration {

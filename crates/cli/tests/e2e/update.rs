@@ -1,12 +1,10 @@
 //! `herd update`: the daemon re-executes the installed binary in its own process and takes
 //! over every instance, socket, pipe and channel; no instance restarts, no request fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A copy of the herd binary at `dir/<name>/herd`, standing for an installed release.
 fn copy_of_herd(dir: &Path, name: &str) -> PathBuf {

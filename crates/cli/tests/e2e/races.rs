@@ -2,13 +2,11 @@
 //! a stop while a rolling reload's next process is starting. Each test is named after what
 //! broke (issue #12).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A Python server on fd 3 that says READY=1 `delay` seconds after it starts.
 fn slow_ready(dir: &std::path::Path, delay: f64) -> PathBuf {

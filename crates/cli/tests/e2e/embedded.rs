@@ -1,13 +1,11 @@
 //! The Rust cluster API (`herd::cluster`): a program as its own primary, and the same binary
 //! as a worker of the herd daemon.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn embedded_cluster_shares_a_port_replaces_workers_talks_and_drains_on_sigterm() {

@@ -1,13 +1,11 @@
 //! `herd run` (no daemon) and the daemon's own signals.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn herd_run_serves_in_the_foreground_and_stops_on_sigterm() {

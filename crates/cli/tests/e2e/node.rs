@@ -2,14 +2,12 @@
 //! Next.js app, each as cluster workers sharing the port, with `process.send` round trips,
 //! `herd reload` under load failing zero requests, and `herd stop` leaving nothing behind.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn distinct_pids(port: u16, path: &str, want: usize) -> HashSet<u32> {
     wait_until(Duration::from_secs(20), || {

@@ -1,14 +1,12 @@
 //! Instances share one port: every instance serves, a killed one is replaced without a single
 //! failed or hung connection, and scaling keeps serving.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn rust_instances_share_the_port_and_get_the_worker_contract() {

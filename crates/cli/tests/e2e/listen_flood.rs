@@ -4,13 +4,11 @@
 //! reports it, and closes its copy once no live process holds a socket — so a flood leaves
 //! `herd list` and other apps unharmed, and killing the flooding instances gives everything back.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// The cap every test here runs with.
@@ -60,7 +58,7 @@ server.listen(Number(process.env.PORT));
 "#;
 
 /// `node` for these tests, or `None` (skipped) when it is missing; with `CI=true` a missing
-/// node fails the test, as in `tests/node.rs`.
+/// node fails the test, as in `node.rs`.
 fn node() -> Option<()> {
     let have = Command::new("node")
         .arg("--version")

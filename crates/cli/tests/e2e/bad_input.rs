@@ -1,13 +1,11 @@
 //! Bad input gets a clear one-line error and a non-zero exit, and the daemon keeps running.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn one_line(err: &str) -> &str {
     let t = err.trim();

@@ -1,12 +1,10 @@
 //! How herd is deployed: app files (herd.toml/json/yaml and PM2 ecosystem files) and
 //! save/resurrect.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);

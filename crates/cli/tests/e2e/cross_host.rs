@@ -1,11 +1,9 @@
 //! The bus across hosts: two daemons with their own HERD_HOME and HERD_HOST talk through a
 //! real broker (Redis and NATS), and keep working while it is away.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn connected(h: &Herd) -> Result<(), String> {

@@ -7,14 +7,12 @@
 //! These need a cgroup2 mount where the test (and so the daemon) may create cgroups: root, or a
 //! delegated subtree. Elsewhere they skip, saying why.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// An instance that starts `ESCAPEES` children that call `setsid`, one that double-forks into
 /// a new session and one that moves to its own process group; each keeps the inherited

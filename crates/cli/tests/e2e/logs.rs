@@ -1,12 +1,10 @@
 //! Output capture: files per instance and stream, tail, follow, timestamps and rotation.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn logs_are_captured_tailed_rotated_and_followed() {

@@ -1,0 +1,23 @@
+//! herd's end-to-end tests, run against the real `herd` binary: one test binary (issue #12),
+//! one module per area, sharing the harness in `common`.
+
+mod common;
+
+mod bad_input;
+mod bus;
+mod cluster;
+mod contain;
+mod cross_host;
+mod deploy;
+mod embedded;
+mod flood;
+mod foreground;
+mod hardening;
+mod lifecycle;
+mod listen;
+mod listen_flood;
+mod logs;
+mod node;
+mod races;
+mod update;
+mod worker_threads;
