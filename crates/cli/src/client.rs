@@ -150,13 +150,10 @@ impl Client {
     /// read from is cut by the update (the request is refused with a reset, or cannot be
     /// written): the command was not carried out and is sent again on a new connection. A
     /// connection closed after the request was read is retried only for commands that just
-    /// read (`ping`, `list`, `describe`): another command may have been carried out.
+    /// read ([`Command::read_only`]): another command may have been carried out.
     pub fn call(&mut self, cmd: Command) -> Result<Reply> {
         let deadline = Instant::now() + Duration::from_secs(15);
-        let read_only = matches!(
-            cmd,
-            Command::Ping | Command::List | Command::Describe { .. }
-        );
+        let read_only = cmd.read_only();
         let gone = || {
             anyhow::anyhow!("the herd daemon closed the connection without answering; see its log (daemon.log in HERD_HOME)")
         };

@@ -1,9 +1,10 @@
 //! The herd daemon: owns `HERD_HOME`, guards it with a lock so only one daemon runs per home,
 //! serves the control protocol on `herd.sock`, and hands commands to the supervisor.
 //!
-//! It does not start itself (the CLI does, on first use) and holds no app state of its own:
-//! that lives in the supervisor.
+//! It does not start itself (the CLI does, on first use, and calls [`boot`]) and holds no app
+//! state of its own: that lives in the supervisor.
 
+pub mod boot;
 mod gate;
 pub mod log;
 mod server;

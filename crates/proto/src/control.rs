@@ -175,6 +175,39 @@ pub enum Command {
     ReloadLogs,
 }
 
+impl Command {
+    /// Whether the command only reads the daemon's state, answered with one reply: `ping`,
+    /// `list`, `describe`. Such a command is safe to send again when the connection closed
+    /// before its reply (the client's retry rule), and is answered while `herd update` is
+    /// under way (every other command gets [`ErrorCode::Busy`]).
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Ping | Command::List | Command::Describe { .. }
+        )
+    }
+
+    /// Whether the command is answered once `kill` has begun stopping every app (every other
+    /// command gets [`ErrorCode::ShuttingDown`]): `ping` and `list`, so that a client can
+    /// watch the daemon go.
+    pub fn answered_while_shutting_down(&self) -> bool {
+        matches!(self, Command::Ping | Command::List)
+    }
+
+    /// Whether the reply is a stream of lines rather than one line: `logs` (ended by
+    /// [`Reply::End`] unless it follows) and `bus` (until the client goes away).
+    pub fn streams(&self) -> bool {
+        matches!(self, Command::Logs { .. } | Command::Bus { .. })
+    }
+
+    /// Whether the daemon's control server carries the command out itself rather than the
+    /// supervisor: the streams, and `update` (which needs the connection and the daemon's
+    /// fds).
+    pub fn served_by_control_server(&self) -> bool {
+        self.streams() || matches!(self, Command::Update { .. })
+    }
+}
+
 /// One reply line from the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
@@ -514,6 +547,120 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         let list: Request = serde_json::from_str(r#"{"v":1,"cmd":"list"}"#).unwrap();
         assert_eq!(list.cmd, Command::List);
+    }
+
+    /// One example of every command, so that a new command must be classified here.
+    fn every_command() -> Vec<Command> {
+        let target = || "api".to_string();
+        let all = vec![
+            Command::Ping,
+            Command::Start {
+                spec: Box::default(),
+            },
+            Command::Resume { target: target() },
+            Command::Stop { target: target() },
+            Command::Restart {
+                target: target(),
+                env: None,
+            },
+            Command::Reload {
+                target: target(),
+                env: None,
+            },
+            Command::Delete { target: target() },
+            Command::Scale {
+                target: target(),
+                to: ScaleTo::Exactly(2),
+            },
+            Command::List,
+            Command::Update {
+                exe: "/bin/herd".into(),
+                formats: vec![1],
+            },
+            Command::Describe { target: target() },
+            Command::Logs {
+                target: target(),
+                lines: 10,
+                follow: false,
+                stream: None,
+            },
+            Command::Send {
+                to: target(),
+                topic: None,
+                data: serde_json::Value::Null,
+            },
+            Command::Request {
+                to: target(),
+                topic: None,
+                data: serde_json::Value::Null,
+                timeout_ms: 1000,
+            },
+            Command::Publish {
+                topic: "t".into(),
+                data: serde_json::Value::Null,
+            },
+            Command::Bus { topics: Vec::new() },
+            Command::Kill,
+            Command::Flush { target: target() },
+            Command::ReloadLogs,
+        ];
+        // A command added to the enum but not here fails to compile: keep the list whole.
+        for c in &all {
+            match c {
+                Command::Ping
+                | Command::Start { .. }
+                | Command::Resume { .. }
+                | Command::Stop { .. }
+                | Command::Restart { .. }
+                | Command::Reload { .. }
+                | Command::Delete { .. }
+                | Command::Scale { .. }
+                | Command::List
+                | Command::Update { .. }
+                | Command::Describe { .. }
+                | Command::Logs { .. }
+                | Command::Send { .. }
+                | Command::Request { .. }
+                | Command::Publish { .. }
+                | Command::Bus { .. }
+                | Command::Kill
+                | Command::Flush { .. }
+                | Command::ReloadLogs => {}
+            }
+        }
+        all
+    }
+
+    fn names(pick: impl Fn(&Command) -> bool) -> Vec<String> {
+        every_command()
+            .iter()
+            .filter(|c| pick(c))
+            .map(|c| {
+                serde_json::to_value(c).unwrap()["cmd"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn command_classes() {
+        assert_eq!(names(Command::read_only), ["ping", "list", "describe"]);
+        assert_eq!(
+            names(Command::answered_while_shutting_down),
+            ["ping", "list"]
+        );
+        assert_eq!(names(Command::streams), ["logs", "bus"]);
+        assert_eq!(
+            names(Command::served_by_control_server),
+            ["update", "logs", "bus"]
+        );
+        // What is answered while shutting down only reads, and no stream is a one-reply read.
+        for c in every_command() {
+            assert!(!c.answered_while_shutting_down() || c.read_only(), "{c:?}");
+            assert!(!(c.streams() && c.read_only()), "{c:?}");
+        }
     }
 
     #[test]

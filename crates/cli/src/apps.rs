@@ -1,0 +1,158 @@
+//! The commands on apps: `start`, `stop`, `restart`, `reload`, `delete`, `list`,
+//! `describe`, `scale`. Each sends one command and prints the apps of the reply.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use herd_daemon::Home;
+use herd_proto::{AppSpec, Command, ErrorCode, Reply, ScaleTo};
+
+use crate::args::{self, DescribeArgs, JsonFlag, RestartArgs, ScaleArgs, StartArgs, Target};
+use crate::client::Client;
+use crate::{appfile, output, reply};
+
+/// `herd start`: a program, a script, an app file, or a stopped app's name.
+pub fn start(home: &Home, a: &StartArgs) -> Result<ExitCode> {
+    if a.script.is_empty() {
+        bail!("herd start needs a program, a script, an app file or an app's name: herd start ./server -i 2 --port 8000");
+    }
+    let mut client = Client::connect(home)?;
+    if appfile::is_app_file(std::path::Path::new(&a.script)) {
+        let specs = load_app_file(a)?;
+        let mut apps = Vec::new();
+        for spec in specs {
+            let name = spec.name.clone();
+            match client.call(Command::Start {
+                spec: Box::new(spec),
+            })? {
+                Reply::Apps { apps: mut got, .. } => apps.append(&mut got),
+                Reply::Error { error, .. } => bail!("app {name}: {}", error.message),
+                other => return reply::unexpected(other),
+            }
+        }
+        return reply::print_apps(Reply::apps(apps), a.json);
+    }
+    let looks_like_file = std::env::current_dir()?.join(&a.script).exists()
+        || a.script.contains('/')
+        || a.script.contains(char::is_whitespace)
+        || args::interpreter_for(std::path::Path::new(&a.script)).is_some();
+    if !looks_like_file {
+        // `herd start api` starts a stopped app again, as in PM2.
+        match client.call(Command::Resume {
+            target: a.script.clone(),
+        })? {
+            Reply::Error { error, .. } if error.code == ErrorCode::UnknownApp => {
+                // Not an app: maybe a program on PATH.
+            }
+            reply => return reply::print_apps(reply, a.json),
+        }
+    }
+    let spec = a.to_spec()?;
+    let reply = client.call(Command::Start {
+        spec: Box::new(spec),
+    })?;
+    reply::print_apps(reply, a.json)
+}
+
+/// The apps of the app file `a.script`, with the env block chosen by `--env`.
+pub fn load_app_file(a: &StartArgs) -> Result<Vec<AppSpec>> {
+    let blocks = a.env_blocks();
+    if blocks.len() > 1 {
+        bail!("select one env block with --env NAME, not {blocks:?}");
+    }
+    appfile::load(
+        std::path::Path::new(&a.script),
+        blocks.first().copied(),
+        &a.env_vars(),
+    )
+}
+
+/// `herd stop`.
+pub fn stop(home: &Home, t: Target) -> Result<ExitCode> {
+    reply::apps(home, Command::Stop { target: t.target }, t.json)
+}
+
+/// `herd restart`.
+pub fn restart(home: &Home, t: RestartArgs) -> Result<ExitCode> {
+    let env = t.env();
+    reply::apps(
+        home,
+        Command::Restart {
+            target: t.target,
+            env,
+        },
+        t.json,
+    )
+}
+
+/// `herd reload`.
+pub fn reload(home: &Home, t: RestartArgs) -> Result<ExitCode> {
+    let env = t.env();
+    reply::apps(
+        home,
+        Command::Reload {
+            target: t.target,
+            env,
+        },
+        t.json,
+    )
+}
+
+/// `herd delete`.
+pub fn delete(home: &Home, t: Target) -> Result<ExitCode> {
+    reply::apps(home, Command::Delete { target: t.target }, t.json)
+}
+
+/// `herd list`.
+pub fn list(home: &Home, j: JsonFlag) -> Result<ExitCode> {
+    reply::apps(home, Command::List, j.json)
+}
+
+/// `herd describe`: every detail of apps, then the bus's state.
+pub fn describe(home: &Home, d: DescribeArgs) -> Result<ExitCode> {
+    let reply = Client::connect(home)?.call(Command::Describe { target: d.target })?;
+    let bus = match &reply {
+        Reply::Apps { bus, .. } => bus.clone(),
+        _ => None,
+    };
+    reply::warn_user(&reply);
+    let apps = reply::expect_apps(reply)?;
+    if d.json {
+        let apps: Vec<_> = apps.into_iter().map(output::masked).collect();
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+    } else {
+        for (i, app) in apps.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", output::describe(app));
+        }
+        if let Some(bus) = bus {
+            println!();
+            print!("{}", output::bus_stats(&bus));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `herd scale APP N|+N|-N`.
+pub fn scale(home: &Home, s: ScaleArgs) -> Result<ExitCode> {
+    let to = if let Some(d) = s.to.strip_prefix('+') {
+        ScaleTo::Delta(d.parse().context("scale takes N, +N or -N")?)
+    } else if s.to.starts_with('-') {
+        ScaleTo::Delta(s.to.parse().context("scale takes N, +N or -N")?)
+    } else {
+        ScaleTo::Exactly(
+            s.to.parse()
+                .map_err(|_| anyhow::anyhow!("scale takes N, +N or -N, not {:?}", s.to))?,
+        )
+    };
+    reply::apps(
+        home,
+        Command::Scale {
+            target: s.target,
+            to,
+        },
+        s.json,
+    )
+}
