@@ -768,16 +768,11 @@ impl State {
     // ----- requests -------------------------------------------------------------------------
 
     fn on_request(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
-        if self.shutting_down && !matches!(cmd, Command::Ping | Command::List) {
+        if self.shutting_down && !cmd.answered_while_shutting_down() {
             let _ = reply.send(err(ErrorCode::ShuttingDown, "the daemon is shutting down"));
             return;
         }
-        if self.updating.is_some()
-            && !matches!(
-                cmd,
-                Command::Ping | Command::List | Command::Describe { .. }
-            )
-        {
+        if self.updating.is_some() && !cmd.read_only() {
             let _ = reply.send(err(
                 ErrorCode::Busy,
                 "the daemon is being updated; send the command again in a moment",

@@ -380,17 +380,25 @@ pub enum HomeError {
     Unsafe(String),
     /// A file operation failed.
     #[error("{0}: {1}")]
-    Io(String, #[source] io::Error),
+    Io(String, io::Error),
 }
 
 /// Creates (0700) or checks a directory of HERD_HOME: a real directory of the caller's, not a
 /// symbolic link.
 fn private_dir(path: &Path) -> Result<(), HomeError> {
     match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| HomeError::Io(format!("cannot create {}", path.display()), e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match std::fs::DirBuilder::new().mode(0o700).create(path) {
+                Ok(()) => Ok(()),
+                // Another herd (two clients starting the daemon at once) made it first: check
+                // it as any existing one.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => private_dir(path),
+                Err(e) => Err(HomeError::Io(
+                    format!("cannot create {}", path.display()),
+                    e,
+                )),
+            }
+        }
         Err(e) => Err(HomeError::Io(format!("cannot read {}", path.display()), e)),
         Ok(m) if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() => {
             Err(HomeError::Unsafe(format!(
