@@ -118,8 +118,10 @@ fn scale_down_while_a_reload_starts_the_last_slot_does_not_hang() {
     assert!(others.is_empty(), "processes left running: {others:?}");
     // (This Python server dies at SIGTERM without finishing what it accepted, so a request
     // may meet the old process as it goes: ask until the one left answers.)
-    wait_until(Duration::from_secs(5), || get(loopback(port), "/", Duration::from_secs(2)))
-        .unwrap();
+    wait_until(Duration::from_secs(5), || {
+        get(loopback(port), "/", Duration::from_secs(2))
+    })
+    .unwrap();
     h.finish();
 }
 
