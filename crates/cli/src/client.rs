@@ -113,8 +113,9 @@ impl Client {
     /// # Errors
     /// When the daemon has gone away.
     pub fn send(&mut self, cmd: Command) -> Result<()> {
+        let line = encode_line(&Request::new(cmd)).context("sending to the herd daemon")?;
         self.writer
-            .write_all(&encode_line(&Request::new(cmd)))
+            .write_all(&line)
             .context("sending to the herd daemon")
     }
 

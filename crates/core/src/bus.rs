@@ -7,6 +7,16 @@
 //! daemon subscribes to `herd.all` (publishes, app-wide and broadcast messages) and to
 //! `herd.host.<its host>` (messages addressed to it), and that is all.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -257,7 +267,15 @@ impl Bridge {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let bytes = serde_json::to_vec(env).expect("envelopes always serialise");
+        let bytes = match serde_json::to_vec(env) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Envelopes hold strings and JSON values only: this is not expected to happen.
+                tracing::warn!("bus: an envelope could not be encoded for the broker: {e}");
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
         if self.tx.try_send((channel.to_string(), bytes)).is_err() {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
         }
@@ -265,9 +283,12 @@ impl Bridge {
 }
 
 fn hide_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
+    match url
+        .split_once("://")
+        .and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?.1)))
+    {
+        Some((scheme, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_string(),
     }
 }
 

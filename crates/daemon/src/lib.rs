@@ -4,6 +4,16 @@
 //! It does not start itself (the CLI does, on first use) and holds no app state of its own:
 //! that lives in the supervisor.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 mod gate;
 pub mod log;
 mod server;
