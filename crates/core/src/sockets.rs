@@ -79,6 +79,17 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
+/// Why a listener handed over by an earlier daemon cannot be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// Its address does not read as one (the earlier program wrote something else).
+    #[error("{reason}")]
+    Address {
+        /// Why, as [`ListenAddr`]'s parser says it.
+        reason: String,
+    },
+}
+
 /// A listening address that could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -246,9 +257,12 @@ impl Listener {
     /// The fds in `state` must be open, inherited through the handover, and adopted once.
     ///
     /// # Errors
-    /// When the address does not parse.
-    pub unsafe fn adopt(state: &crate::handover::ListenerState) -> Result<Self, String> {
-        let addr: ListenAddr = state.addr.parse()?;
+    /// [`AdoptError::Address`] when the address does not parse; no fd is taken then.
+    pub unsafe fn adopt(state: &crate::handover::ListenerState) -> Result<Self, AdoptError> {
+        let addr: ListenAddr = state
+            .addr
+            .parse()
+            .map_err(|reason| AdoptError::Address { reason })?;
         // SAFETY (both): guaranteed by the caller.
         let kind = match state.shared {
             Some(fd) => Kind::Shared(unsafe { crate::handover::adopt(fd) }),
