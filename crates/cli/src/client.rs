@@ -45,7 +45,18 @@ impl Client {
         }
         // A broken config.toml is reported here, rather than as a daemon that never comes up.
         herd_daemon::load_settings(home).map_err(anyhow::Error::msg)?;
-        spawn_daemon(home)?;
+        home.ensure()?;
+        // One client at a time starts the daemon; the others wait, then find it. Without this,
+        // a daemon started by a slow second client could take the lock after the first daemon
+        // was killed, and run on unasked.
+        let _starting = spawn_lock(home)?;
+        home.check_socket()?;
+        if let Ok(s) = UnixStream::connect(&path) {
+            return Self::wrap(s, &path);
+        }
+        if !herd_daemon::lock_held(home) {
+            spawn_daemon(home)?;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             home.check_socket()?;
@@ -113,8 +124,9 @@ impl Client {
     /// # Errors
     /// When the daemon has gone away.
     pub fn send(&mut self, cmd: Command) -> Result<()> {
+        let line = encode_line(&Request::new(cmd)).context("sending to the herd daemon")?;
         self.writer
-            .write_all(&encode_line(&Request::new(cmd)))
+            .write_all(&line)
             .context("sending to the herd daemon")
     }
 
@@ -192,6 +204,21 @@ fn cut_before_read(e: &anyhow::Error) -> bool {
 }
 
 use std::io::Read as _;
+
+/// An exclusive lock on `HERD_HOME/spawn.lock`, held while this client starts the daemon.
+fn spawn_lock(home: &Home) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = home.dir.join("spawn.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+}
 
 /// Starts `herd daemon` detached: its own session, output to `daemon.log`.
 fn spawn_daemon(home: &Home) -> Result<()> {

@@ -7,6 +7,16 @@
 //! daemon subscribes to `herd.all` (publishes, app-wide and broadcast messages) and to
 //! `herd.host.<its host>` (messages addressed to it), and that is all.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -165,6 +175,35 @@ pub fn host_channel(host: &str) -> String {
     format!("herd.host.{safe}")
 }
 
+/// Why a [`Bridge`] cannot start. The messages name the URL with its password hidden.
+///
+/// The message is whole in `Display`, so the error underneath is not also given as
+/// `source()`: a chain would show it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The URL is not of a broker herd speaks to.
+    #[error("bus URL {url} is not supported: use redis://HOST:PORT or nats://HOST:PORT")]
+    Unsupported {
+        /// The URL, password hidden.
+        url: String,
+    },
+    /// This build has no broker support.
+    #[error("this build of herd has no broker support (cargo feature `bridge`); cannot use {url}")]
+    NotBuilt {
+        /// The URL, password hidden.
+        url: String,
+    },
+    /// The broker's client cannot read the URL.
+    #[cfg(feature = "bridge")]
+    #[error("cannot read bus URL {url}: {error}")]
+    BadUrl {
+        /// The URL, password hidden.
+        url: String,
+        /// What the client said.
+        error: redis::RedisError,
+    },
+}
+
 /// A connection to the broker, kept up by a task of its own.
 #[derive(Clone)]
 pub struct Bridge {
@@ -181,29 +220,27 @@ impl Bridge {
     /// envelopes are logged at most `log.0` times per `log.1`.
     ///
     /// # Errors
-    /// When the URL is not `redis://…`, `rediss://…` or `nats://…`, or cannot be read.
+    /// [`BridgeError::Unsupported`] when the URL is not `redis://…`, `rediss://…` or
+    /// `nats://…`, [`BridgeError::BadUrl`] when it cannot be read, [`BridgeError::NotBuilt`]
+    /// without the `bridge` feature.
     pub fn start(
         url: &str,
         host: &str,
         log: (u32, std::time::Duration),
         on_envelope: impl Fn(Envelope) + Send + Sync + 'static,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BridgeError> {
         let (log_burst, log_interval) = log;
         let shown = hide_password(url);
         if !(url.starts_with("redis://")
             || url.starts_with("rediss://")
             || url.starts_with("nats://"))
         {
-            return Err(format!(
-                "bus URL {shown} is not supported: use redis://HOST:PORT or nats://HOST:PORT"
-            ));
+            return Err(BridgeError::Unsupported { url: shown });
         }
         #[cfg(not(feature = "bridge"))]
         {
             let _ = (host, on_envelope, log_burst, log_interval);
-            Err(format!(
-                "this build of herd has no broker support (cargo feature `bridge`); cannot use {shown}"
-            ))
+            Err(BridgeError::NotBuilt { url: shown })
         }
         #[cfg(feature = "bridge")]
         {
@@ -235,8 +272,9 @@ impl Bridge {
                     }
                 }
             });
-            brokers::spawn(url, host, rx, stats.clone(), deliver)
-                .map_err(|e| format!("cannot read bus URL {shown}: {e}"))?;
+            if let Err(error) = brokers::spawn(url, host, rx, stats.clone(), deliver) {
+                return Err(BridgeError::BadUrl { url: shown, error });
+            }
             Ok(Self {
                 tx,
                 stats,
@@ -257,7 +295,15 @@ impl Bridge {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let bytes = serde_json::to_vec(env).expect("envelopes always serialise");
+        let bytes = match serde_json::to_vec(env) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Envelopes hold strings and JSON values only: this is not expected to happen.
+                tracing::warn!("bus: an envelope could not be encoded for the broker: {e}");
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
         if self.tx.try_send((channel.to_string(), bytes)).is_err() {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
         }
@@ -265,9 +311,12 @@ impl Bridge {
 }
 
 fn hide_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
+    match url
+        .split_once("://")
+        .and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?.1)))
+    {
+        Some((scheme, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -312,13 +361,22 @@ mod tests {
             hide_password("nats://127.0.0.1:4222"),
             "nats://127.0.0.1:4222"
         );
-        assert!(Bridge::start(
-            "http://x",
+        assert_eq!(hide_password("a@b://c"), "a@b://c");
+        assert_eq!(hide_password("x://u:p@h@i/p"), "x://***@i/p");
+        let refused = Bridge::start(
+            "http://u:pw@x",
             "h",
             (1, std::time::Duration::from_secs(1)),
-            |_| {}
+            |_| {},
         )
-        .is_err());
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some(
+                "bus URL http://***@x is not supported: use redis://HOST:PORT or nats://HOST:PORT"
+            )
+        );
     }
 
     #[test]

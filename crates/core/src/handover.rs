@@ -11,6 +11,16 @@
 //! that stay open across `execve` (close-on-exec cleared); everything else of the old daemon
 //! is closed by the kernel.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -411,9 +421,15 @@ pub fn fall_back(memfd: RawFd, why: &str) -> io::Error {
             std::ffi::CString::new(kv).ok()
         })
         .collect();
-    env.push(std::ffi::CString::new(format!("{ENV}={memfd}")).expect("no NUL"));
     let why = why.replace('\0', " ");
-    env.push(std::ffi::CString::new(format!("{FAILED_ENV}={why}")).expect("no NUL"));
+    for entry in [format!("{ENV}={memfd}"), format!("{FAILED_ENV}={why}")] {
+        // Neither holds a NUL (a number, and `why` without them); an error here is a bug,
+        // answered like any other failure to go back.
+        match std::ffi::CString::new(entry) {
+            Ok(entry) => env.push(entry),
+            Err(e) => return io::Error::other(format!("cannot pass the state back: {e}")),
+        }
+    }
     // The same command line (`herd daemon`, or `herd run …`).
     let argv: Vec<std::ffi::CString> = std::env::args_os()
         .filter_map(|a| {

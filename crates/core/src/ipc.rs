@@ -7,12 +7,22 @@
 //! sockets can be handed to a Node worker (`SCM_RIGHTS`). Outgoing messages wait in a bounded
 //! queue; when it is full the message is dropped and counted, never awaited by the daemon.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::io::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use herd_proto::{LineBuffer, LineError};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -96,38 +106,47 @@ pub fn classify(line: &[u8]) -> Inbound {
 fn replace_lone_surrogates(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    while let Some(i) = rest.find("\\u") {
-        out.push_str(&rest[..i]);
-        let esc = &rest[i..];
-        let code = esc.get(2..6).and_then(|h| u16::from_str_radix(h, 16).ok());
-        match code {
-            Some(c) if (0xD800..0xDC00).contains(&c) => {
-                let low = esc
-                    .get(6..8)
-                    .filter(|p| *p == "\\u")
-                    .and_then(|_| esc.get(8..12))
-                    .and_then(|h| u16::from_str_radix(h, 16).ok())
-                    .filter(|l| (0xDC00..0xE000).contains(l));
-                if low.is_some() {
-                    out.push_str(&esc[..12]);
-                    rest = &esc[12..];
-                } else {
-                    out.push_str("\\ufffd");
-                    rest = &esc[6..];
+    while let Some((before, after)) = rest.split_once("\\u") {
+        out.push_str(before);
+        match hex4(after) {
+            Some((high, c, tail)) if (0xD800..0xDC00).contains(&c) => {
+                let low = tail
+                    .strip_prefix("\\u")
+                    .and_then(hex4)
+                    .filter(|(_, l, _)| (0xDC00..0xE000).contains(l));
+                match low {
+                    Some((low, _, tail)) => {
+                        out.push_str("\\u");
+                        out.push_str(high);
+                        out.push_str("\\u");
+                        out.push_str(low);
+                        rest = tail;
+                    }
+                    None => {
+                        out.push_str("\\ufffd");
+                        rest = tail;
+                    }
                 }
             }
-            Some(c) if (0xDC00..0xE000).contains(&c) => {
+            Some((_, c, tail)) if (0xDC00..0xE000).contains(&c) => {
                 out.push_str("\\ufffd");
-                rest = &esc[6..];
+                rest = tail;
             }
             _ => {
-                out.push_str(&esc[..2.min(esc.len())]);
-                rest = &esc[2.min(esc.len())..];
+                out.push_str("\\u");
+                rest = after;
             }
         }
     }
     out.push_str(rest);
     out
+}
+
+/// The four hex digits at the start of `s`: as written, their value, and what follows.
+fn hex4(s: &str) -> Option<(&str, u16, &str)> {
+    let (digits, tail) = s.split_at_checked(4)?;
+    let value = u16::from_str_radix(digits, 16).ok()?;
+    Some((digits, value, tail))
 }
 
 struct Outgoing {
@@ -157,6 +176,9 @@ struct ReadState {
 #[derive(Clone)]
 pub struct Channel {
     fd: RawFd,
+    // A poisoned lock of this module is taken as it is (`PoisonError::into_inner`): every
+    // holder makes a few field updates that cannot panic, so a panic elsewhere in the thread
+    // never leaves a queue or a line buffer half-updated (and release builds abort on panic).
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
     read: Arc<ReadState>,
@@ -174,7 +196,10 @@ struct Closer {
 
 impl Drop for Closer {
     fn drop(&mut self) {
-        self.queue.lock().expect("never poisoned").closed = true;
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
         self.wake.notify_one();
     }
 }
@@ -210,7 +235,7 @@ impl Channel {
     /// File descriptors queued for the instance and not yet sent: each is open in the
     /// daemon until the instance reads its message.
     pub fn queued_fds(&self) -> usize {
-        let q = self.queue.lock().expect("never poisoned");
+        let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.msgs.iter().filter(|m| m.fd.is_some()).count()
     }
 
@@ -225,13 +250,24 @@ impl Channel {
         };
         // A full queue costs no serialisation: a consumer that never reads makes every
         // further message cheap to drop.
-        if refuse(&self.queue.lock().expect("never poisoned"), 0) {
+        if refuse(
+            &self.queue.lock().unwrap_or_else(PoisonError::into_inner),
+            0,
+        ) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let mut bytes = serde_json::to_vec(msg).expect("JSON values always serialise");
+        let mut bytes = match serde_json::to_vec(msg) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // A JSON value always serialises; should one not, it is dropped like any other.
+                tracing::warn!("a message for an instance could not be encoded: {e}");
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        };
         bytes.push(b'\n');
-        let mut q = self.queue.lock().expect("never poisoned");
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if refuse(&q, bytes.len()) {
             drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -248,7 +284,7 @@ impl Channel {
     /// reads costs nothing per message but the count of drops.
     pub fn send_with(&self, msg: impl FnOnce() -> Value) -> bool {
         let full = {
-            let q = self.queue.lock().expect("never poisoned");
+            let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             q.closed || q.msgs.len() >= QUEUE || q.bytes >= QUEUE_BYTES
         };
         if full {
@@ -276,7 +312,7 @@ impl Channel {
     /// The channel's buffered state. Only meaningful while its tasks are not running (the
     /// daemon's single thread is busy) and [`Channel::holding`] is false.
     pub fn snapshot(&self) -> Snapshot {
-        let q = self.queue.lock().expect("never poisoned");
+        let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let queued = q
             .msgs
             .iter()
@@ -288,10 +324,15 @@ impl Channel {
                 } else {
                     m.fd.as_ref().map(AsRawFd::as_raw_fd)
                 };
-                (m.bytes[skip..].to_vec(), fd)
+                (m.bytes.get(skip..).unwrap_or_default().to_vec(), fd)
             })
             .collect();
-        let (unread, skipping) = self.read.lines.lock().expect("never poisoned").parts();
+        let (unread, skipping) = self
+            .read
+            .lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .parts();
         Snapshot {
             unread,
             skipping,
@@ -383,7 +424,7 @@ pub fn resume<T: Send + 'static>(
 async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
     loop {
         let (empty, closed) = {
-            let q = queue.lock().expect("never poisoned");
+            let q = queue.lock().unwrap_or_else(PoisonError::into_inner);
             (q.msgs.is_empty(), q.closed)
         };
         if empty {
@@ -397,12 +438,14 @@ async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc
         // keeps the queue's bookkeeping, so the queue is consistent whenever this task yields.
         let r = stream
             .async_io(Interest::WRITABLE, || {
-                let mut q = queue.lock().expect("never poisoned");
+                let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
                 let sent = q.sent;
                 let Some(front) = q.msgs.front() else {
                     return Ok(());
                 };
-                let iov = [IoSlice::new(&front.bytes[sent..])];
+                // `sent` is below the front message's length (it is reset when the message
+                // goes); were it not, nothing is written and the message goes.
+                let iov = [IoSlice::new(front.bytes.get(sent..).unwrap_or_default())];
                 let raw: Vec<RawFd> = if sent == 0 {
                     front.fd.iter().map(AsRawFd::as_raw_fd).collect()
                 } else {
@@ -434,7 +477,7 @@ async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc
             })
             .await;
         if r.is_err() {
-            let mut q = queue.lock().expect("never poisoned");
+            let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
             q.closed = true;
             q.msgs.clear();
             q.bytes = 0;
@@ -462,7 +505,11 @@ async fn read_loop<T>(
     loop {
         // Lines already read (handed over by an earlier daemon, or left by the last read).
         loop {
-            let next = state.lines.lock().expect("never poisoned").next_line();
+            let next = state
+                .lines
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .next_line();
             match next {
                 Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => {}
                 Ok(Some(line)) => {
@@ -472,7 +519,11 @@ async fn read_loop<T>(
                 }
                 Ok(None) => break,
                 Err(LineError::TooLong { limit }) => {
-                    state.lines.lock().expect("never poisoned").skip_current();
+                    state
+                        .lines
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .skip_current();
                     let _ = on_message(Inbound::TooLarge(limit)).await;
                 }
             }
@@ -513,8 +564,8 @@ async fn read_loop<T>(
         state
             .lines
             .lock()
-            .expect("never poisoned")
-            .extend(&buf[..n]);
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(buf.get(..n).unwrap_or_default());
     }
 }
 
@@ -535,6 +586,23 @@ mod tests {
         assert_eq!(
             classify(br#"{"cmd":"NODE_HANDLE_ACK"}"#),
             Inbound::HandleAck
+        );
+    }
+
+    #[test]
+    fn escapes_next_to_multibyte_text_are_kept_as_they_are() {
+        for s in [
+            r"x\ud83d\ude00y",
+            "\\u12\u{e9}4 \\u\u{e9}\u{e9} \\ud800\\u\u{e9}",
+            r"\u",
+            r"\u00",
+        ] {
+            let expected = s.replace(r"\ud800\u", r"\ufffd\u");
+            assert_eq!(replace_lone_surrogates(s), expected, "{s:?}");
+        }
+        assert_eq!(
+            replace_lone_surrogates(r"a\udc00b\ud800"),
+            r"a\ufffdb\ufffd"
         );
     }
 

@@ -3,6 +3,16 @@
 //!
 //! It owns processes and sockets; it does not own the control socket, the CLI or persistence.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 pub mod bus;
 pub mod cgroup;
 pub mod handover;
@@ -17,6 +27,14 @@ pub mod ratelimit;
 pub mod sockets;
 pub mod spawn;
 pub mod stats;
+// Not yet held to the rule above: the supervisor is being rewritten, and denies these lints
+// itself once it is clean (then this allow goes, and the crate moves to `[lints]`).
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 pub mod supervisor;
 pub mod watch;
 

@@ -6,10 +6,20 @@
 //! app that writes fast is not slowed by herd; followers get lines through a bounded broadcast
 //! channel, and a follower that cannot keep up loses lines (counted), never the app.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use herd_proto::{LogSpec, LogStream};
 use tokio::io::AsyncReadExt;
@@ -109,15 +119,17 @@ impl LogFile {
                 self.size += bytes.len() as u64;
                 return Ok(());
             }
-            let cut = bytes[..room]
-                .iter()
-                .rposition(|&b| b == b'\n')
+            let cut = bytes
+                .get(..room)
+                .and_then(|head| head.iter().rposition(|&b| b == b'\n'))
                 .map(|i| i + 1)
                 .or((self.size == 0).then_some(room))
                 .unwrap_or(0);
-            self.file.write_all(&bytes[..cut])?;
-            self.size += cut as u64;
-            bytes = &bytes[cut..];
+            // `cut` is at most `room`, below `bytes.len()`.
+            let (now, rest) = bytes.split_at_checked(cut).unwrap_or((bytes, &[]));
+            self.file.write_all(now)?;
+            self.size += now.len() as u64;
+            bytes = rest;
             self.rotate()?;
         }
         Ok(())
@@ -275,9 +287,16 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
                 break;
             }
         };
-        let chunk = &buf[..n];
+        // `read` never says more than the buffer holds.
+        let chunk = buf.get(..n).unwrap_or_default();
         let followers = t.bus.receiver_count() > 0;
-        let mut partial = t.state.partial.lock().expect("never poisoned");
+        // Its holders only append, drain and take bytes, which cannot leave it half-updated:
+        // a poisoned lock is taken as it is.
+        let mut partial = t
+            .state
+            .partial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if !t.timestamps && !followers && partial.is_empty() {
             // Fast path: nobody needs lines, so the bytes go to the file as they are.
             drop(partial);
@@ -286,13 +305,24 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
         }
         partial.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(partial.len() + 64);
-        let mut start = 0;
-        while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
-            let line = &partial[start..start + pos];
-            emit_line(&t, line, followers, &mut out);
-            start += pos + 1;
+        // Up to and with the last newline: the complete lines.
+        let complete = partial
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        for line in partial
+            .get(..complete)
+            .unwrap_or_default()
+            .split_inclusive(|&b| b == b'\n')
+        {
+            emit_line(
+                &t,
+                line.strip_suffix(b"\n").unwrap_or(line),
+                followers,
+                &mut out,
+            );
         }
-        partial.drain(..start);
+        partial.drain(..complete);
         if partial.len() > MAX_PARTIAL {
             let line = std::mem::take(&mut *partial);
             emit_line(&t, &line, followers, &mut out);
@@ -304,7 +334,13 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
     t.state
         .done
         .store(true, std::sync::atomic::Ordering::Release);
-    let partial = std::mem::take(&mut *t.state.partial.lock().expect("never poisoned"));
+    let partial = std::mem::take(
+        &mut *t
+            .state
+            .partial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     if !partial.is_empty() {
         let mut out = Vec::new();
         emit_line(&t, &partial, t.bus.receiver_count() > 0, &mut out);
@@ -390,8 +426,8 @@ fn tail_one(path: &Path, n: usize) -> Vec<String> {
     }
     let text = String::from_utf8_lossy(&data);
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(n)..]
-        .iter()
+    all.iter()
+        .skip(all.len().saturating_sub(n))
         .map(|s| s.to_string())
         .collect()
 }

@@ -9,6 +9,16 @@
 //!
 //! This module only reads and builds messages; the supervisor decides which socket to give.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use serde_json::{json, Value};
 
 /// The kind of address a worker asks to listen on.
@@ -139,7 +149,7 @@ pub fn shebang_is_node(script: &std::path::Path) -> bool {
         return false;
     };
     let n = f.read(&mut head).unwrap_or(0);
-    let head = &head[..n];
+    let head = head.get(..n).unwrap_or_default();
     if !head.starts_with(b"#!") {
         return false;
     }

@@ -2,6 +2,16 @@
 //! speak systemd's `sd_notify` protocol say `READY=1`. The sender is identified by its
 //! credentials (`SCM_CREDENTIALS`), not by anything it writes.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -67,7 +77,7 @@ pub async fn serve(sock: UnixDatagram, mut log: LogLimit, mut on_notice: impl Fn
             .await;
         match got {
             Ok((n, Some(pid))) => {
-                if let Some(notice) = parse(pid, &buf[..n]) {
+                if let Some(notice) = parse(pid, buf.get(..n).unwrap_or_default()) {
                     on_notice(notice);
                 }
             }

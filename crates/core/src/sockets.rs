@@ -15,6 +15,16 @@
 //! This module does not accept connections or look at traffic: after `accept` the daemon is
 //! off the data path.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -67,6 +77,17 @@ impl std::fmt::Display for ListenAddr {
             ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
+}
+
+/// Why a listener handed over by an earlier daemon cannot be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// Its address does not read as one (the earlier program wrote something else).
+    #[error("{reason}")]
+    Address {
+        /// Why, as [`ListenAddr`]'s parser says it.
+        reason: String,
+    },
 }
 
 /// A listening address that could not be set up.
@@ -236,9 +257,12 @@ impl Listener {
     /// The fds in `state` must be open, inherited through the handover, and adopted once.
     ///
     /// # Errors
-    /// When the address does not parse.
-    pub unsafe fn adopt(state: &crate::handover::ListenerState) -> Result<Self, String> {
-        let addr: ListenAddr = state.addr.parse()?;
+    /// [`AdoptError::Address`] when the address does not parse; no fd is taken then.
+    pub unsafe fn adopt(state: &crate::handover::ListenerState) -> Result<Self, AdoptError> {
+        let addr: ListenAddr = state
+            .addr
+            .parse()
+            .map_err(|reason| AdoptError::Address { reason })?;
         // SAFETY (both): guaranteed by the caller.
         let kind = match state.shared {
             Some(fd) => Kind::Shared(unsafe { crate::handover::adopt(fd) }),
@@ -285,10 +309,13 @@ impl Listener {
         };
         let fd = listen_tcp(&sa, true).map_err(|e| ListenError::from_io(&self.addr, e))?;
         let i = slot as usize;
-        if by_slot.len() <= i {
-            by_slot.resize_with(i + 1, || None);
+        match by_slot.get_mut(i) {
+            Some(place) => *place = Some(fd),
+            None => {
+                by_slot.resize_with(i, || None);
+                by_slot.push(Some(fd));
+            }
         }
-        by_slot[i] = Some(fd);
         group.push(slot);
         Ok(())
     }
@@ -428,15 +455,14 @@ fn jump_table(balance: Balance, group: &[u32], live: &[u32]) -> Vec<u32> {
         Balance::Sticky => {
             let mut slots: Vec<u32> = group.to_vec();
             slots.sort_unstable();
+            // The k-th slot, when dead, takes the (k mod live)-th live index: `cycle` over the
+            // live indexes (not empty, see above) gives it without an index.
             slots
                 .iter()
-                .enumerate()
-                .map(|(k, &slot)| {
-                    if live.contains(&slot) {
-                        index_of(slot).expect("slot is in its group")
-                    } else {
-                        live_idx[k % live_idx.len()]
-                    }
+                .zip(live_idx.iter().cycle())
+                .map(|(&slot, &instead)| match index_of(slot) {
+                    Some(i) if live.contains(&slot) => i,
+                    _ => instead,
                 })
                 .collect()
         }
@@ -474,9 +500,9 @@ fn selector_program(balance: Balance, is_v6: bool, table: &[u32]) -> Vec<libc::s
     let net = SKF_NET_OFF as u32;
     let ld = |off: u32| stmt(BPF_LD | BPF_W | BPF_ABS, net.wrapping_add(off));
     let with_ports = balance != Balance::Sticky;
-    if table.is_empty() {
+    let Some((last, rest)) = table.split_last() else {
         return vec![stmt(BPF_RET | BPF_K, u32::MAX)];
-    }
+    };
     let mut v4 = vec![ld(12)];
     if with_ports {
         v4.extend([
@@ -527,7 +553,6 @@ fn selector_program(balance: Balance, is_v6: bool, table: &[u32]) -> Vec<libc::s
     prog.push(stmt(BPF_ALU | BPF_MUL | BPF_K, 0x846c_a68b));
     prog.extend(fold(16));
     prog.push(stmt(BPF_ALU | BPF_MOD | BPF_K, table.len() as u32));
-    let (last, rest) = table.split_last().expect("table is not empty");
     for (k, &idx) in rest.iter().enumerate() {
         prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, k as u32, 0, 1));
         prog.push(stmt(BPF_RET | BPF_K, idx));

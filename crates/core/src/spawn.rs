@@ -17,6 +17,16 @@
 //! If `exec` fails, the child reports the error through a close-on-exec pipe, so the caller
 //! gets "not found" or "permission denied" instead of an instance that dies with code 127.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -125,16 +135,15 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
         .map(|e| e.as_mut_ptr().cast::<libc::c_char>())
         .collect();
     env_ptrs.push(std::ptr::null_mut());
-    let listen_pid_buf: *mut u8 = match listen_pid_slot {
-        Some(i) => env_ptrs[i].cast::<u8>(),
-        None => std::ptr::null_mut(),
-    };
+    let listen_pid_buf: *mut u8 = listen_pid_slot
+        .and_then(|i| env_ptrs.get(i))
+        .map_or(std::ptr::null_mut(), |e| e.cast::<u8>());
 
-    // fd plan: (source, target). Targets are 0..=2, then 3.. for listeners and extras.
-    let mut plan: Vec<(RawFd, RawFd)> = vec![
-        (req.stdin.as_raw_fd(), 0),
-        (req.stdout.as_raw_fd(), 1),
-        (req.stderr.as_raw_fd(), 2),
+    // fd plan. Targets are 0..=2, then 3.. for listeners and extras.
+    let mut plan: Vec<FdMove> = vec![
+        FdMove::new(req.stdin.as_raw_fd(), 0),
+        FdMove::new(req.stdout.as_raw_fd(), 1),
+        FdMove::new(req.stderr.as_raw_fd(), 2),
     ];
     for (i, fd) in req
         .listen_fds
@@ -142,10 +151,9 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
         .chain(req.extra_fds.iter())
         .enumerate()
     {
-        plan.push((fd.as_raw_fd(), 3 + i as RawFd));
+        plan.push(FdMove::new(fd.as_raw_fd(), 3 + i as RawFd));
     }
     let high_water = 3 + plan.len() as RawFd;
-    let mut scratch: Vec<RawFd> = vec![-1; plan.len()];
 
     let (err_read, err_write) = pipe_cloexec().map_err(SpawnError::Fork)?;
     let parent_pid = std::process::id() as libc::pid_t;
@@ -165,8 +173,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
                 argv: argv_ptrs.as_ptr(),
                 envp: env_ptrs.as_ptr(),
                 cwd: cwd.as_ptr(),
-                plan: &plan,
-                scratch: &mut scratch,
+                plan: &mut plan,
                 high_water,
                 listen_pid_buf,
                 err_fd: err_write.as_raw_fd(),
@@ -182,8 +189,9 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
     let mut report = [0u8; 8];
     let n = read_full(&err_read, &mut report);
     if n == 8 {
-        let stage = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
-        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+        let [s0, s1, s2, s3, e0, e1, e2, e3] = report;
+        let stage = u32::from_ne_bytes([s0, s1, s2, s3]);
+        let errno = i32::from_ne_bytes([e0, e1, e2, e3]);
         let source = io::Error::from_raw_os_error(errno);
         // The child has exited with 127; the reaper collects it.
         return Err(match stage {
@@ -213,8 +221,7 @@ struct ChildPlan<'a> {
     argv: *const *const libc::c_char,
     envp: *const *mut libc::c_char,
     cwd: *const libc::c_char,
-    plan: &'a [(RawFd, RawFd)],
-    scratch: &'a mut [RawFd],
+    plan: &'a mut [FdMove],
     high_water: RawFd,
     listen_pid_buf: *mut u8,
     err_fd: RawFd,
@@ -222,14 +229,33 @@ struct ChildPlan<'a> {
     cgroup_fd: RawFd,
 }
 
+/// One fd the child gets: `source` (the daemon's) becomes `target`, by way of a copy above
+/// every target (`scratch`, made in the child), so no move overwrites a source still needed.
+#[derive(Clone, Copy)]
+struct FdMove {
+    source: RawFd,
+    target: RawFd,
+    scratch: RawFd,
+}
+
+impl FdMove {
+    fn new(source: RawFd, target: RawFd) -> Self {
+        Self {
+            source,
+            target,
+            scratch: -1,
+        }
+    }
+}
+
 /// Runs in the forked child. Only async-signal-safe calls; never returns.
 unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
     let fail = |stage: u32| -> ! {
         let errno = *libc::__errno_location();
-        let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&stage.to_ne_bytes());
-        msg[4..].copy_from_slice(&errno.to_ne_bytes());
-        libc::write(p.err_fd, msg.as_ptr().cast(), 8);
+        let [s0, s1, s2, s3] = stage.to_ne_bytes();
+        let [e0, e1, e2, e3] = errno.to_ne_bytes();
+        let msg = [s0, s1, s2, s3, e0, e1, e2, e3];
+        libc::write(p.err_fd, msg.as_ptr().cast(), msg.len());
         libc::_exit(127)
     };
 
@@ -267,17 +293,16 @@ unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
     }
 
     // Move every source above all targets first, so no dup2 overwrites a source still needed.
-    for (i, &(src, _)) in p.plan.iter().enumerate() {
-        let tmp = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, p.high_water);
-        if tmp < 0 {
+    for m in p.plan.iter_mut() {
+        m.scratch = libc::fcntl(m.source, libc::F_DUPFD_CLOEXEC, p.high_water);
+        if m.scratch < 0 {
             fail(STAGE_SETUP);
         }
-        p.scratch[i] = tmp;
     }
-    for (i, &(_, target)) in p.plan.iter().enumerate() {
+    for m in p.plan.iter() {
         // dup2 clears FD_CLOEXEC on the target, so these survive exec; the scratch copies,
         // and every other fd of the daemon (all opened close-on-exec), do not.
-        if libc::dup2(p.scratch[i], target) < 0 {
+        if libc::dup2(m.scratch, m.target) < 0 {
             fail(STAGE_SETUP);
         }
     }
@@ -308,18 +333,19 @@ unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
 
 /// Writes `n` in decimal followed by NUL at `out` (at most 11 bytes).
 unsafe fn write_decimal(out: *mut u8, mut n: u32) {
+    // Filled from its end; `u32::MAX` has 10 digits, so they always fit.
     let mut digits = [0u8; 10];
     let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
         len += 1;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    for i in 0..len {
-        *out.add(i) = digits[len - 1 - i];
+    for (i, &d) in digits.iter().skip(digits.len() - len).enumerate() {
+        *out.add(i) = d;
     }
     *out.add(len) = 0;
 }
@@ -337,7 +363,10 @@ pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
     let mut got = 0;
     while got < buf.len() {
-        match nix::unistd::read(fd, &mut buf[got..]) {
+        let Some(rest) = buf.get_mut(got..) else {
+            break;
+        };
+        match nix::unistd::read(fd, rest) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(nix::errno::Errno::EINTR) => continue,

@@ -26,8 +26,8 @@ pub enum BootError {
     #[error(transparent)]
     Home(#[from] HomeError),
     /// `config.toml` is broken; the message names the file, the key and the fix.
-    #[error("{0}")]
-    Settings(String),
+    #[error(transparent)]
+    Settings(#[from] crate::SettingsError),
     /// The lock file cannot be opened or written.
     #[error("cannot take the daemon's lock {} (HERD_HOME must be yours and writable)", .path.display())]
     Lock {
@@ -89,7 +89,7 @@ pub enum BootError {
 pub fn fresh(home: &Home, init_log: impl FnOnce(DaemonLog)) -> Result<(), BootError> {
     close_inherited_fds();
     home.ensure()?;
-    let settings = crate::load_settings(home).map_err(BootError::Settings)?;
+    let settings = crate::load_settings(home)?;
     let Some(lock) = take_lock(home)? else {
         return Ok(());
     };
@@ -301,7 +301,7 @@ impl Foreground {
                 })
             }
             Self::Control { lock } => {
-                let settings = crate::load_settings(home).map_err(BootError::Settings)?;
+                let settings = crate::load_settings(home)?;
                 let limits = settings.limits;
                 let (supervisor, done) = Supervisor::start(crate::config(home, settings))
                     .map_err(BootError::Supervisor)?;
@@ -327,7 +327,7 @@ impl Foreground {
                 })
             }
             Self::Private { dir } => {
-                let settings = crate::load_settings(home).map_err(BootError::Settings)?;
+                let settings = crate::load_settings(home)?;
                 let (supervisor, done) = Supervisor::start(private_config(settings, &dir))
                     .map_err(BootError::Supervisor)?;
                 Ok(Running {

@@ -4,6 +4,16 @@
 //! It does not start itself (the CLI does, on first use, and calls [`boot`]) and holds no app
 //! state of its own: that lives in the supervisor.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 pub mod boot;
 mod gate;
 pub mod log;
@@ -226,28 +236,83 @@ struct ConfigFile {
 /// The keys `config.toml` takes, for error messages.
 const CONFIG_KEYS: &str = "bus, host, max_message_bytes, max_topic_bytes, max_subscriptions, max_pending_requests, max_listen_sockets, max_control_connections, control_idle_timeout_ms, instance_log_burst, instance_log_interval_ms, daemon_log_max_bytes";
 
+/// Why the daemon's settings cannot be used. Each message names the file, the problem and the
+/// fix.
+///
+/// The message is whole in `Display` (the CLI shows it as it is), so the error underneath is
+/// kept as a field, not also given as `source()`: a chain would show it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `config.toml` exists but cannot be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// `config.toml` is not valid TOML, or has a key or value herd does not take.
+    #[error(
+        "{} is not valid: {}; fix it (keys: {CONFIG_KEYS}) or remove it",
+        path.display(),
+        error.to_string().trim().replace('\n', " ")
+    )]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML reader said.
+        error: toml::de::Error,
+    },
+    /// A number is outside the range herd accepts for it.
+    #[error("{key} = {value} in {} is out of range; use {min} to {max}", path.display())]
+    OutOfRange {
+        /// The key in `config.toml`.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// The smallest value accepted.
+        min: String,
+        /// The largest value accepted.
+        max: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// The bus URL is not one of a broker herd speaks to.
+    #[error(
+        "bus URL {url:?} (from HERD_BUS or {}) is not supported: use redis://HOST:PORT or nats://HOST:PORT",
+        path.display()
+    )]
+    UnsupportedBus {
+        /// The URL.
+        url: String,
+        /// The file it may come from (else `HERD_BUS`).
+        path: PathBuf,
+    },
+}
+
 /// Checks that `value` of `key` lies in `range`, naming the file and the fix if not.
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &str,
+    key: &'static str,
     value: Option<T>,
     default: T,
     range: std::ops::RangeInclusive<T>,
     path: &Path,
-) -> Result<T, String> {
+) -> Result<T, SettingsError> {
     let v = value.unwrap_or(default);
     if range.contains(&v) {
         Ok(v)
     } else {
-        Err(format!(
-            "{key} = {v} in {} is out of range; use {} to {}",
-            path.display(),
-            range.start(),
-            range.end()
-        ))
+        Err(SettingsError::OutOfRange {
+            key,
+            value: v.to_string(),
+            min: range.start().to_string(),
+            max: range.end().to_string(),
+            path: path.to_path_buf(),
+        })
     }
 }
 
-fn limits(file: &ConfigFile, path: &Path) -> Result<herd_core::Limits, String> {
+fn limits(file: &ConfigFile, path: &Path) -> Result<herd_core::Limits, SettingsError> {
     let d = herd_core::Limits::default();
     Ok(herd_core::Limits {
         max_topic_bytes: in_range(
@@ -319,19 +384,17 @@ fn limits(file: &ConfigFile, path: &Path) -> Result<herd_core::Limits, String> {
 /// Reads the settings.
 ///
 /// # Errors
-/// A message naming the file, the place and the problem when `config.toml` is broken.
-pub fn load_settings(home: &Home) -> Result<Settings, String> {
+/// A [`SettingsError`] naming the file, the place and the problem when `config.toml` is
+/// broken or the bus URL is not supported.
+pub fn load_settings(home: &Home) -> Result<Settings, SettingsError> {
     let path = home.dir.join("config.toml");
     let file: ConfigFile = match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| {
-            format!(
-                "{} is not valid: {}; fix it (keys: {CONFIG_KEYS}) or remove it",
-                path.display(),
-                e.to_string().trim().replace('\n', " ")
-            )
+        Ok(text) => toml::from_str(&text).map_err(|error| SettingsError::Invalid {
+            path: path.clone(),
+            error,
         })?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => ConfigFile::default(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(error) => return Err(SettingsError::Read { path, error }),
     };
     let limits = limits(&file, &path)?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -343,25 +406,23 @@ pub fn load_settings(home: &Home) -> Result<Settings, String> {
                 .and_then(|h| h.into_string().ok())
         })
         .unwrap_or_else(|| "localhost".into());
-    let max = file
-        .max_message_bytes
-        .unwrap_or(herd_proto::MAX_CONTROL_LINE);
-    if !(256..=64 << 20).contains(&max) {
-        return Err(format!(
-            "max_message_bytes = {max} in {} is out of range; use 256 to 67108864",
-            path.display()
-        ));
-    }
+    let max = in_range(
+        "max_message_bytes",
+        file.max_message_bytes,
+        herd_proto::MAX_CONTROL_LINE,
+        256..=64 << 20,
+        &path,
+    )?;
     let bus = env("HERD_BUS").or(file.bus);
     if let Some(url) = &bus {
         if !["redis://", "rediss://", "nats://"]
             .iter()
             .any(|p| url.starts_with(p))
         {
-            return Err(format!(
-                "bus URL {url:?} (from HERD_BUS or {}) is not supported: use redis://HOST:PORT or nats://HOST:PORT",
-                path.display()
-            ));
+            return Err(SettingsError::UnsupportedBus {
+                url: url.clone(),
+                path,
+            });
         }
     }
     Ok(Settings {
@@ -467,5 +528,79 @@ pub fn lock_held(home: &Home) -> bool {
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
         Ok(_) => false,
         Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings_with(config: &str) -> (tempfile::TempDir, Result<Settings, SettingsError>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let home = Home {
+            dir: dir.path().to_path_buf(),
+        };
+        let r = load_settings(&home);
+        (dir, r)
+    }
+
+    #[test]
+    fn settings_errors_name_the_file_the_value_and_the_fix() {
+        let (dir, r) = settings_with("max_subscriptions = 0\n");
+        let path = dir.path().join("config.toml");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            format!(
+                "max_subscriptions = 0 in {} is out of range; use 1 to 1048576",
+                path.display()
+            )
+        );
+        let (dir, r) = settings_with("max_message_bytes = 10\n");
+        let path = dir.path().join("config.toml");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            format!(
+                "max_message_bytes = 10 in {} is out of range; use 256 to 67108864",
+                path.display()
+            )
+        );
+        let (dir, r) = settings_with("nope = 1\n");
+        let path = dir.path().join("config.toml");
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.starts_with(&format!("{} is not valid: ", path.display())),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with(&format!("; fix it (keys: {CONFIG_KEYS}) or remove it")),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+        if std::env::var_os("HERD_BUS").is_none() {
+            let (dir, r) = settings_with("bus = \"http://b:1\"\n");
+            let path = dir.path().join("config.toml");
+            assert_eq!(
+                r.unwrap_err().to_string(),
+                format!(
+                    "bus URL \"http://b:1\" (from HERD_BUS or {}) is not supported: use redis://HOST:PORT or nats://HOST:PORT",
+                    path.display()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_config_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: reading it fails with something else than
+        // "not found".
+        std::fs::create_dir(dir.path().join("config.toml")).unwrap();
+        let home = Home {
+            dir: dir.path().to_path_buf(),
+        };
+        let msg = load_settings(&home).unwrap_err().to_string();
+        let prefix = format!("cannot read {}: ", dir.path().join("config.toml").display());
+        assert!(msg.starts_with(&prefix), "{msg}");
     }
 }

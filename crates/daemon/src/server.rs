@@ -2,6 +2,16 @@
 //! request per line (bounded), and writes replies. One task per connection; a bad or vanished
 //! client affects only its own connection.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::collections::HashSet;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -191,7 +201,7 @@ pub async fn take_over(
             (None, other) => other,
         };
         let mut file = std::fs::File::from(conn);
-        let _ = std::io::Write::write_all(&mut file, &encode_line(&reply));
+        let _ = std::io::Write::write_all(&mut file, &reply_line(&reply));
     }
     Ok((sup, done, listener))
 }
@@ -283,8 +293,22 @@ fn reload_logs(sup: &Supervisor, why: &str) {
     });
 }
 
+/// What a client reads when its reply could not be encoded: the reply it expected is lost,
+/// but it is told so instead of waiting for it.
+const UNENCODABLE_REPLY: &[u8] = b"{\"reply\":\"error\",\"v\":1,\"error\":{\"code\":\"internal\",\"message\":\"the daemon could not encode its reply; see daemon.log\"}}\n";
+
+/// `reply` as one line. None of the protocol's replies can fail to encode (they hold only
+/// strings, numbers and JSON values); if one ever does, the daemon logs why and answers
+/// [`UNENCODABLE_REPLY`] rather than leaving the client waiting.
+fn reply_line(reply: &Reply) -> Vec<u8> {
+    encode_line(reply).unwrap_or_else(|e| {
+        tracing::warn!("a reply could not be encoded: {e}");
+        UNENCODABLE_REPLY.to_vec()
+    })
+}
+
 async fn send(conn: &mut UnixStream, reply: &Reply) -> io::Result<()> {
-    conn.write_all(&encode_line(reply)).await
+    conn.write_all(&reply_line(reply)).await
 }
 
 /// Answers a connection the gate cannot admit, without waiting for it.
@@ -293,7 +317,7 @@ fn refuse(conn: &UnixStream) {
         ErrorCode::Busy,
         "too many control connections are busy (max_control_connections in HERD_HOME/config.toml); try again",
     );
-    let _ = conn.try_write(&encode_line(&reply));
+    let _ = conn.try_write(&reply_line(&reply));
 }
 
 async fn connection(
@@ -344,7 +368,8 @@ async fn connection(
             if n == 0 {
                 return Ok(());
             }
-            lines.extend(&buf[..n]);
+            // `read` never says more than the buffer holds.
+            lines.extend(buf.get(..n).unwrap_or_default());
         };
         ticket.waiting(false);
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -456,11 +481,11 @@ async fn stream_bus(mut conn: UnixStream, sup: &Supervisor, topics: Vec<String>)
                         continue;
                     }
                     let message = serde_json::to_value(&*env).unwrap_or_default();
-                    write_half.write_all(&encode_line(&Reply::Bus { v: PROTOCOL_VERSION, message })).await?;
+                    write_half.write_all(&reply_line(&Reply::Bus { v: PROTOCOL_VERSION, message })).await?;
                 }
                 Err(RecvError::Lagged(n)) => {
                     let message = serde_json::json!({"kind": "error", "from": "herd", "data": format!("{n} messages not shown: this watcher was too slow")});
-                    write_half.write_all(&encode_line(&Reply::Bus { v: PROTOCOL_VERSION, message })).await?;
+                    write_half.write_all(&reply_line(&Reply::Bus { v: PROTOCOL_VERSION, message })).await?;
                 }
                 Err(RecvError::Closed) => return Ok(()),
             },
@@ -526,7 +551,7 @@ async fn stream_logs(
                         stream: ev.stream,
                         line: ev.line.clone(),
                     };
-                    write_half.write_all(&encode_line(&reply)).await?;
+                    write_half.write_all(&reply_line(&reply)).await?;
                 }
                 Err(RecvError::Lagged(skipped)) => {
                     let reply = Reply::Log {
@@ -536,7 +561,7 @@ async fn stream_logs(
                         stream: LogStream::Err,
                         line: format!("[herd] {skipped} lines skipped: this follower was too slow"),
                     };
-                    write_half.write_all(&encode_line(&reply)).await?;
+                    write_half.write_all(&reply_line(&reply)).await?;
                 }
                 Err(RecvError::Closed) => return Ok(()),
             },
@@ -545,6 +570,23 @@ async fn stream_logs(
                 Ok(0) | Err(_) => return Ok(()),
                 Ok(_) => {}
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reply_for_an_unencodable_one_is_an_internal_error_of_this_protocol() {
+        let line = UNENCODABLE_REPLY.strip_suffix(b"\n").unwrap();
+        match serde_json::from_slice::<Reply>(line).unwrap() {
+            Reply::Error { v, error } => {
+                assert_eq!(v, PROTOCOL_VERSION);
+                assert_eq!(error.code, ErrorCode::Internal);
+            }
+            other => panic!("not an error reply: {other:?}"),
         }
     }
 }

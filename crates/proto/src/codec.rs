@@ -4,6 +4,16 @@
 //! limit is passed, without the rest being buffered: a 100 MB message costs the reader at most
 //! `limit` bytes of memory.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use serde::Serialize;
 
 /// Largest control message, in bytes, that either side accepts (1 MiB).
@@ -144,11 +154,28 @@ impl LineBuffer {
     }
 }
 
+/// Why a value could not be written as a line.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// serde_json refused the value (a map with keys that are not strings, a path that is
+    /// not UTF-8, a `Serialize` impl that fails). The protocol's own types hold only strings,
+    /// numbers and JSON values, so this is a bug in whoever built the value.
+    #[error("cannot encode the message as JSON: {source}")]
+    Json {
+        /// What serde_json said.
+        #[from]
+        source: serde_json::Error,
+    },
+}
+
 /// Serialises `value` as one JSON line, newline included.
-pub fn encode_line<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = serde_json::to_vec(value).expect("protocol types always serialise");
+///
+/// # Errors
+/// [`EncodeError::Json`] when serde_json refuses `value`.
+pub fn encode_line<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut out = serde_json::to_vec(value)?;
     out.push(b'\n');
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

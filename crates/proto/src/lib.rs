@@ -8,11 +8,21 @@
 //! Every request and every reply is one JSON object on one line, tagged with the protocol
 //! version `v`. See `docs/protocol.md` for the full description.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 mod codec;
 mod control;
 mod spec;
 
-pub use codec::{encode_line, LineBuffer, LineError, MAX_CONTROL_LINE};
+pub use codec::{encode_line, EncodeError, LineBuffer, LineError, MAX_CONTROL_LINE};
 pub use control::{
     AppInfo, AppStatus, BusStats, Command, Containment, ErrorBody, ErrorCode, ExitInfo, LogStream,
     ProcessInfo, ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,

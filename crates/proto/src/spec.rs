@@ -1,6 +1,16 @@
 //! The description of an app: what to run, how many instances, where they listen and how
 //! they are supervised. The CLI builds one from flags; app files (later) deserialize into it.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -247,21 +257,17 @@ pub fn masked_value(key: &str, value: &str) -> String {
     if is_secret_key(key) && !value.is_empty() {
         return "********".into();
     }
-    if let Some(scheme_end) = value.find("://") {
-        let rest = &value[scheme_end + 3..];
-        let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..auth_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                return format!(
-                    "{}{}:********{}",
-                    &value[..scheme_end + 3],
-                    &rest[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-    }
-    value.to_string()
+    url_password_masked(value).unwrap_or_else(|| value.to_string())
+}
+
+/// `scheme://user:********@host…` for a URL with a password; `None` for anything else.
+fn url_password_masked(value: &str) -> Option<String> {
+    let (scheme, rest) = value.split_once("://")?;
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest.get(..auth_end)?.rfind('@')?;
+    let (userinfo, from_at) = rest.split_at_checked(at)?;
+    let (user, _password) = userinfo.split_once(':')?;
+    Some(format!("{scheme}://{user}:********{from_at}"))
 }
 
 /// Names become file names (`logs/<name>-<i>.out`) and CLI targets, so they are kept tame.
@@ -336,6 +342,11 @@ mod tests {
             masked_value("REDIS", "redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+        assert_eq!(
+            masked_value("URL", "h\u{e9}://\u{e9}:\u{e9}@\u{e9}/\u{e9}@"),
+            "h\u{e9}://\u{e9}:********@\u{e9}/\u{e9}@"
+        );
+        assert_eq!(masked_value("URL", "x://a@b:c"), "x://a@b:c");
     }
 
     #[test]

@@ -1,6 +1,16 @@
 //! The two brokers a bridge can use: Redis pub/sub and NATS. Each runs as one task that
 //! keeps the connection up, delivers what arrives and publishes what is queued.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,17 +21,20 @@ use tokio::sync::mpsc;
 use super::{hide_password, host_channel, BridgeStats, Deliver, ALL};
 
 /// Starts the task for `url`'s broker.
+///
+/// # Errors
+/// When `url` is not a Redis URL the client can read (NATS URLs are read on connecting).
 pub(super) fn spawn(
     url: &str,
     host: String,
     rx: mpsc::Receiver<(String, Vec<u8>)>,
     stats: Arc<BridgeStats>,
     deliver: Deliver,
-) -> Result<(), String> {
+) -> Result<(), redis::RedisError> {
     if url.starts_with("nats://") {
         tokio::spawn(nats_task(url.to_string(), host, rx, stats, deliver));
     } else {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let client = redis::Client::open(url)?;
         tokio::spawn(redis_task(client, host, rx, stats, deliver));
     }
     Ok(())
