@@ -7,16 +7,6 @@
 //! daemon subscribes to `herd.all` (publishes, app-wide and broadcast messages) and to
 //! `herd.host.<its host>` (messages addressed to it), and that is all.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 

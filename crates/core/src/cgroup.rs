@@ -16,16 +16,6 @@
 //! This module owns the files under the cgroup mount; it does not own the decision of when to
 //! kill (the supervisor) or the move of a child into its leaf (spawn, between fork and exec).
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::OwnedFd;

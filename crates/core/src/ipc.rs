@@ -7,16 +7,6 @@
 //! sockets can be handed to a Node worker (`SCM_RIGHTS`). Outgoing messages wait in a bounded
 //! queue; when it is full the message is dropped and counted, never awaited by the daemon.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -4,16 +4,6 @@
 //! runs a few dozen instances. Enforcement lives with each owner (bus router, Node cluster
 //! protocol, control server, instance channels); this file only holds the numbers.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use serde::{Deserialize, Serialize};
 
 /// The daemon's limits. Every field has a default, so an older handover (`herd update`) or a

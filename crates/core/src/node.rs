@@ -9,16 +9,6 @@
 //!
 //! This module only reads and builds messages; the supervisor decides which socket to give.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use serde_json::{json, Value};
 
 /// The kind of address a worker asks to listen on.

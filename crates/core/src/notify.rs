@@ -2,16 +2,6 @@
 //! speak systemd's `sd_notify` protocol say `READY=1`. The sender is identified by its
 //! credentials (`SCM_CREDENTIALS`), not by anything it writes.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;

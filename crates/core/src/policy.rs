@@ -1,16 +1,6 @@
 //! The restart policy: what happens when an instance exits on its own. Pure logic, kept apart
 //! from processes and timers so it can be tested with made-up durations.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::time::Duration;
 
 use herd_proto::AppSpec;

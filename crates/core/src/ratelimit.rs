@@ -7,16 +7,6 @@
 //! [`PerSource::next_due`] when to come back and calls [`PerSource::due`] then. Time is passed
 //! in, so every rule is a unit test without sleeping.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::Hash;

@@ -17,16 +17,6 @@
 //! If `exec` fails, the child reports the error through a close-on-exec pipe, so the caller
 //! gets "not found" or "permission denied" instead of an instance that dies with code 127.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};

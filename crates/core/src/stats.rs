@@ -1,16 +1,6 @@
 //! Resource figures of instance processes, read from `/proc` only when someone asks (a
 //! listing or a memory limit), never on a timer of its own.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::time::Instant;
 
 /// CPU time and resident memory of one process.

@@ -867,10 +867,12 @@ impl State {
                 Ok(ids) => {
                     let names: Vec<String> = ids
                         .iter()
-                        .map(|id| self.apps[id].spec.name.clone())
+                        .filter_map(|id| self.apps.get(id).map(|a| a.spec.name.clone()))
                         .collect();
                     for &id in &ids {
-                        self.apps.get_mut(&id).expect("resolved").deleting = true;
+                        if let Some(a) = self.apps.get_mut(&id) {
+                            a.deleting = true;
+                        }
                         self.stop_app(id);
                     }
                     let msg = format!("deleted {}", names.join(", "));
@@ -999,8 +1001,7 @@ impl State {
     fn log_files(&self, target: &str, stream: Option<LogStream>) -> Result<Vec<LogRef>, Reply> {
         let ids = self.resolve(target)?;
         let mut out = Vec::new();
-        for id in ids {
-            let app = &self.apps[&id];
+        for app in ids.iter().filter_map(|id| self.apps.get(id)) {
             for i in 0..app.slots.len() as u32 {
                 for s in [LogStream::Out, LogStream::Err] {
                     if stream.is_none() || stream == Some(s) {
@@ -1077,7 +1078,9 @@ impl State {
             pid,
             exit: exit.clone(),
         });
-        let slot = &mut app.slots[i as usize];
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
         slot.last_exit = Some(exit.clone());
         let prev = slot.state.take();
         match prev {
@@ -1113,11 +1116,15 @@ impl State {
     }
 
     fn apply_decision(&mut self, id: u32, i: u32, decision: Decision, failed_spawn: bool) {
-        let app = self.apps.get_mut(&id).expect("app exists");
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
         let restart_delay = Duration::from_millis(app.spec.restart_delay_ms);
         let max_restarts = app.spec.max_restarts;
         let min_uptime = app.spec.min_uptime_ms;
-        let slot = &mut app.slots[i as usize];
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
         match decision {
             Decision::Restart(delay) => {
                 slot.restarts += 1;
@@ -1363,8 +1370,7 @@ impl State {
                     }
                 }
             }
-            while matches!(app.slots.last(), Some(s) if matches!(s.state, SlotState::Gone)) {
-                let slot = app.slots.pop().expect("checked");
+            while let Some(slot) = app.slots.pop_if(|s| matches!(s.state, SlotState::Gone)) {
                 for l in &mut app.listeners {
                     l.remove_slot(slot.index);
                 }

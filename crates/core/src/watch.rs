@@ -1,16 +1,6 @@
 //! File watching for `--watch`: the kernel tells (inotify, through the `notify` crate), herd
 //! filters out ignored paths and the supervisor debounces, then reloads the app.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::path::Path;
 
 use ::notify::{EventKind, RecursiveMode, Watcher};

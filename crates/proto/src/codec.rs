@@ -4,16 +4,6 @@
 //! limit is passed, without the rest being buffered: a 100 MB message costs the reader at most
 //! `limit` bytes of memory.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use serde::Serialize;
 
 /// Largest control message, in bytes, that either side accepts (1 MiB).

@@ -1,15 +1,5 @@
 //! Control protocol messages: one [`Request`] per line from the client, [`Reply`] lines back.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use serde::{Deserialize, Serialize};
 
 use crate::spec::AppSpec;

@@ -1,16 +1,6 @@
 //! The description of an app: what to run, how many instances, where they listen and how
 //! they are supervised. The CLI builds one from flags; app files (later) deserialize into it.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

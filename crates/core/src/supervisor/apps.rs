@@ -45,7 +45,7 @@ impl State {
             self.apps.remove(&id);
             return Err(err(ErrorCode::InvalidSpec, e));
         }
-        let n = self.apps[&id].slots.len() as u32;
+        let n = self.apps.get(&id).map_or(0, |a| a.slots.len() as u32);
         for i in 0..n {
             if let Err(e) = self.try_spawn(id, i) {
                 if i == 0 {
@@ -84,11 +84,7 @@ impl State {
 
     /// A slot whose output is discarded (its log file could not be opened).
     pub(super) fn null_slot(&self, spec: &AppSpec, index: u32) -> Slot {
-        let open = || {
-            let f = LogFile::open(PathBuf::from("/dev/null"), &spec.log)
-                .expect("/dev/null opens for appending");
-            Arc::new(Mutex::new(f))
-        };
+        let open = || Arc::new(Mutex::new(LogFile::discard(&spec.log)));
         Slot::new(index, open(), open())
     }
 
@@ -122,12 +118,16 @@ impl State {
     }
 
     pub(super) fn resume(&mut self, id: u32) -> Result<(), Reply> {
-        let app = &self.apps[&id];
+        let Some(app) = self.apps.get(&id) else {
+            return Err(gone(id));
+        };
         if app.status == AppStatus::Running || app.has_processes() {
             return Ok(());
         }
         let listeners = self.bind_listeners(&app.spec, Some(id))?;
-        let app = self.apps.get_mut(&id).expect("resolved");
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Err(gone(id));
+        };
         app.listeners = listeners;
         app.status = AppStatus::Running;
         app.routed = None;
@@ -153,7 +153,9 @@ impl State {
 
     /// Starts the app's file watcher, if it asked for one.
     pub(super) fn start_watching(&mut self, id: u32) -> Result<(), String> {
-        let app = self.apps.get_mut(&id).expect("app exists");
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Ok(());
+        };
         if app.spec.watch.is_empty() || app.watcher.is_some() {
             return Ok(());
         }
@@ -166,7 +168,9 @@ impl State {
     }
 
     pub(super) fn stop_app(&mut self, id: u32) {
-        let app = self.apps.get_mut(&id).expect("resolved");
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
         app.status = AppStatus::Stopped;
         app.watcher = None;
         self.timers.cancel(TimerKey::Watch { app: id });
@@ -186,7 +190,9 @@ impl State {
 
     /// `--update-env`: the app's next processes get `fresh` (with its declared keys kept).
     pub(super) fn update_env(&mut self, id: u32, fresh: &BTreeMap<String, String>) {
-        let app = self.apps.get_mut(&id).expect("resolved");
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
         let env = app.spec.updated_env(fresh);
         if env != app.spec.env {
             app.spec.env = env;
@@ -196,10 +202,12 @@ impl State {
     }
 
     pub(super) fn restart_app(&mut self, id: u32) -> Result<(), Reply> {
-        if self.apps[&id].status == AppStatus::Stopped && !self.apps[&id].has_processes() {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Err(gone(id));
+        };
+        if app.status == AppStatus::Stopped && !app.has_processes() {
             return self.resume(id);
         }
-        let app = self.apps.get_mut(&id).expect("resolved");
         app.status = AppStatus::Running;
         for i in 0..app.slots.len() as u32 {
             let Some(slot) = self
@@ -228,8 +236,12 @@ impl State {
                 "scale one app at a time: herd scale <name> <N>",
             ));
         }
-        let id = self.resolve(target)?[0];
-        let current = self.apps[&id].spec.instances as i64;
+        let id = self
+            .resolve(target)?
+            .first()
+            .copied()
+            .ok_or_else(|| err(ErrorCode::UnknownApp, format!("no app {target}")))?;
+        let current = self.apps.get(&id).map_or(0, |a| a.spec.instances) as i64;
         let wanted = match to {
             ScaleTo::Exactly(n) => n as i64,
             ScaleTo::Delta(d) => current + d as i64,
@@ -247,9 +259,12 @@ impl State {
             ));
         }
         let wanted = wanted as u32;
-        let running = self.apps[&id].status == AppStatus::Running;
-        self.apps.get_mut(&id).expect("resolved").spec.instances = wanted;
-        let have = self.apps[&id].slots.len() as u32;
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Err(gone(id));
+        };
+        let running = app.status == AppStatus::Running;
+        app.spec.instances = wanted;
+        let have = app.slots.len() as u32;
         // Slots that stay or come back.
         for i in 0..wanted.min(have) {
             let Some(slot) = self
@@ -282,11 +297,15 @@ impl State {
             }
         }
         for i in have..wanted {
-            let spec = self.apps[&id].spec.clone();
+            let Some(spec) = self.apps.get(&id).map(|a| a.spec.clone()) else {
+                return Err(gone(id));
+            };
             let slot = self
                 .new_slot(&spec, i)
                 .map_err(|e| err(ErrorCode::Internal, e))?;
-            let app = self.apps.get_mut(&id).expect("resolved");
+            let Some(app) = self.apps.get_mut(&id) else {
+                return Err(gone(id));
+            };
             app.slots.push(slot);
             if running {
                 for l in &mut app.listeners {
@@ -339,4 +358,12 @@ impl State {
         self.reload_step(id);
         Ok(id)
     }
+}
+
+/// The answer about an app that went away while a command was about it.
+fn gone(id: u32) -> Reply {
+    err(
+        ErrorCode::UnknownApp,
+        format!("app {id} went away meanwhile; see `herd list`"),
+    )
 }

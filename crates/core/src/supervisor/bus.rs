@@ -156,8 +156,8 @@ fn delivery(env: &Envelope, request: Option<u64>) -> Value {
         "data": env.data,
         "from": env.from,
     });
-    if let Some(n) = request {
-        m["request"] = json!(n);
+    if let (Some(n), Some(o)) = (request, m.as_object_mut()) {
+        o.insert("request".into(), json!(n));
     }
     m
 }
@@ -280,8 +280,8 @@ impl State {
         }
         self.tell_with(pid, || {
             let mut m = json!({"herd": "error", "error": why(), "limit": limit});
-            if let Some(id) = id {
-                m["reply_to"] = id;
+            if let (Some(id), Some(o)) = (id, m.as_object_mut()) {
+                o.insert("reply_to".into(), id);
             }
             m
         });
@@ -344,8 +344,8 @@ impl State {
             tracing::debug!(pid, "bus: {why}");
         }
         let mut m = json!({"herd": "error", "error": why});
-        if let Some(id) = id {
-            m["reply_to"] = id;
+        if let (Some(id), Some(o)) = (id, m.as_object_mut()) {
+            o.insert("reply_to".into(), id);
         }
         self.tell(pid, m);
     }

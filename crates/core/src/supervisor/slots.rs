@@ -12,8 +12,12 @@ impl State {
     }
 
     pub(super) fn spawn_failed(&mut self, id: u32, i: u32, why: &str) {
-        let app = self.apps.get_mut(&id).expect("app exists");
-        let slot = &mut app.slots[i as usize];
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
         tracing::warn!(app = %app.spec.name, instance = i, "cannot start instance: {why}");
         write_note(
             &slot.err,
@@ -26,10 +30,14 @@ impl State {
     /// Starts the slot's process and makes it the current one.
     pub(super) fn try_spawn(&mut self, id: u32, i: u32) -> Result<(), String> {
         let proc = self.spawn_proc(id, i, Role::Current)?;
-        let spec = &self.apps[&id].spec;
-        let wait = needs_ready(spec);
-        let listen_timeout = Duration::from_millis(spec.listen_timeout_ms);
-        let slot = &mut self.apps.get_mut(&id).expect("app exists").slots[i as usize];
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Err(format!("app {id} went away"));
+        };
+        let wait = needs_ready(&app.spec);
+        let listen_timeout = Duration::from_millis(app.spec.listen_timeout_ms);
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return Err(format!("instance {i} went away"));
+        };
         if wait {
             slot.set(SlotState::Starting {
                 proc,
@@ -43,7 +51,10 @@ impl State {
 
     /// Starts a process for slot `i` and registers its pid; the caller places it.
     pub(super) fn spawn_proc(&mut self, id: u32, i: u32, role: Role) -> Result<Proc, String> {
-        let app = &self.apps[&id];
+        let app = self
+            .apps
+            .get(&id)
+            .ok_or_else(|| format!("app {id} went away"))?;
         let spec = &app.spec;
         let app_env_version = app.env_version;
         let cwd = PathBuf::from(&spec.cwd);
@@ -156,7 +167,11 @@ impl State {
 
         let out = self.start_pump(id, i, LogStream::Out, out_r, Vec::new());
         let err = self.start_pump(id, i, LogStream::Err, err_r, Vec::new());
-        let spec = &self.apps[&id].spec;
+        let name = self
+            .apps
+            .get(&id)
+            .map(|a| a.spec.name.clone())
+            .unwrap_or_default();
         let channel = ipc::start(
             ours,
             self.cfg.max_message_bytes,
@@ -168,7 +183,7 @@ impl State {
         self.pids.insert(pid, (id, i, role));
         self.write_pids();
         let _ = self.lifecycle.send(Lifecycle::Started {
-            app: spec.name.clone(),
+            app: name,
             instance: i,
             pid,
         });
@@ -211,8 +226,8 @@ impl State {
         fd: OwnedFd,
         partial: Vec<u8>,
     ) -> Option<Arc<logs::PumpState>> {
-        let app = &self.apps[&id];
-        let slot = &app.slots[i as usize];
+        let app = self.apps.get(&id)?;
+        let slot = app.slots.get(i as usize)?;
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
             Ok(rx) => {
@@ -246,7 +261,9 @@ impl State {
 
     /// Asks a slot's process to stop (see [`begin_stop`]); SIGKILL follows after the timeout.
     pub(super) fn stop_slot(&mut self, id: u32, i: u32, then: Then) {
-        let app = self.apps.get_mut(&id).expect("app exists");
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
         let timeout = Duration::from_millis(app.spec.kill_timeout_ms);
         let Some(slot) = app.slots.get_mut(i as usize) else {
             return;
@@ -349,10 +366,15 @@ impl State {
             }
         }
         for (i, rss) in over {
-            let app = &self.apps[&id];
+            let Some(app) = self.apps.get(&id) else {
+                return;
+            };
+            let Some(slot) = app.slots.get(i as usize) else {
+                continue;
+            };
             tracing::info!(app = %app.spec.name, instance = i, rss, limit, "memory limit passed; restarting instance");
             write_note(
-                &app.slots[i as usize].err,
+                &slot.err,
                 &format!("[herd] instance {i} uses {rss} bytes, over max_memory_restart {limit}; restarting it"),
             );
             self.stop_slot(id, i, Then::Restart);

@@ -144,7 +144,9 @@ impl State {
             return;
         }
         let busy = self.busy_reason();
-        let u = self.updating.as_mut().expect("checked");
+        let Some(u) = self.updating.as_mut() else {
+            return;
+        };
         let wait = match busy {
             Some(why) => {
                 u.quiet_seen = false;
@@ -176,7 +178,9 @@ impl State {
                 return;
             }
         };
-        let u = self.updating.as_ref().expect("checked");
+        let Some(u) = self.updating.as_ref() else {
+            return;
+        };
         let mut daemon_fds = BTreeMap::new();
         let reply_fd = kept.keep(u.reply_fd.as_fd());
         // The running program, to go back to if the new one cannot take over.
@@ -460,7 +464,13 @@ impl State {
             self.apps.insert(id, app);
             for s in a.slots {
                 let i = s.index;
-                if self.apps[&id].slots.get(i as usize).map(|x| x.index) != Some(i) {
+                if self
+                    .apps
+                    .get(&id)
+                    .and_then(|a| a.slots.get(i as usize))
+                    .map(|x| x.index)
+                    != Some(i)
+                {
                     continue;
                 }
                 let proc = s.process.map(|p| self.adopt_proc(id, i, p, now));
@@ -475,14 +485,24 @@ impl State {
                     (S::Errored, _) => SlotState::Errored,
                     _ => SlotState::Stopped,
                 };
-                let slot = &mut self.apps.get_mut(&id).expect("inserted").slots[i as usize];
+                let Some(slot) = self
+                    .apps
+                    .get_mut(&id)
+                    .and_then(|a| a.slots.get_mut(i as usize))
+                else {
+                    continue;
+                };
                 slot.set(state);
                 slot.restarts = s.restarts;
                 slot.history.unstable = s.unstable;
                 slot.history.backoff_step = s.backoff_step;
                 slot.last_exit = s.last_exit;
             }
-            if self.apps[&id].status == AppStatus::Running {
+            if self
+                .apps
+                .get(&id)
+                .is_some_and(|a| a.status == AppStatus::Running)
+            {
                 if let Err(e) = self.start_watching(id) {
                     tracing::warn!("cannot watch files again: {e}");
                 }
@@ -575,7 +595,11 @@ fn export_pipe(
     let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
     Ok(Some(handover::PipeState {
         fd: kept.keep(fd)?,
-        partial: s.partial.lock().expect("never poisoned").clone(),
+        partial: s
+            .partial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
     }))
 }
 
@@ -648,9 +672,15 @@ fn exec(exe: &Path, args: &[std::ffi::OsString], memfd: RawFd, previous: Option<
             CString::new(kv).ok()
         })
         .collect();
-    env.push(CString::new(format!("{}={memfd}", handover::ENV)).expect("no NUL"));
+    match CString::new(format!("{}={memfd}", handover::ENV)) {
+        Ok(v) => env.push(v),
+        Err(_) => return "the handover variable holds a NUL byte".into(),
+    }
     if let Some(fd) = previous {
-        env.push(CString::new(format!("{}={fd}", handover::EXE_ENV)).expect("no NUL"));
+        match CString::new(format!("{}={fd}", handover::EXE_ENV)) {
+            Ok(v) => env.push(v),
+            Err(_) => return "the way-back variable holds a NUL byte".into(),
+        }
     }
     match nix::unistd::execve(&path, &argv, &env) {
         Ok(never) => match never {},
