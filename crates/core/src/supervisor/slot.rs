@@ -21,10 +21,21 @@
 //! The transitions themselves live with the supervisor (they spawn, signal and route);
 //! `docs/slots.md` draws the whole machine.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use herd_proto::{ExitInfo, ProcessStatus};
+use herd_proto::{AppSpec, ExitInfo, ProcessStatus};
+use nix::sys::wait::WaitStatus;
 use tokio::time::Instant;
+
+use nix::unistd::Pid;
+
+use super::{
+    write_note, App, Lifecycle, ReadyKind, State, TimerKey, DRAIN_MAX, DRAIN_POLL, KILL_REPEAT,
+};
+use crate::cgroup;
+use crate::policy::{self, Decision};
 
 use crate::ipc::Channel;
 use crate::logs::{self, SharedLog};
@@ -244,6 +255,346 @@ impl Slot {
     /// Moves to `state`; the slot's timer follows the new state's deadline after the event.
     pub(super) fn set(&mut self, state: SlotState) {
         self.state = state;
+    }
+}
+
+// ----- transitions ---------------------------------------------------------------
+
+impl State {
+    pub(super) fn on_exit(&mut self, pid: u32, status: WaitStatus) {
+        let Some((id, i, role)) = self.pids.remove(&pid) else {
+            // An orphaned grandchild re-parented to us, or a child whose exec failed.
+            return;
+        };
+        self.timers.cancel(TimerKey::Retire { pid });
+        // Whatever the instance left behind in its process group and its cgroup goes with
+        // it, so nothing keeps holding the port (PM2 leaves Next.js's child running).
+        let cg = self.cgroups.remove(&pid);
+        self.os.kill_tree(pid, cg.as_deref());
+        if let Some(cg) = cg {
+            self.empty_cgroup(id, cg);
+        }
+        self.forget_instance(pid);
+        // The extra listening sockets only it held close: a killed flood gives everything back.
+        self.release_sockets(id, pid, None);
+        self.write_pids();
+        let exit = exit_info(&status);
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        match role {
+            Role::Retiring => {
+                tracing::info!(app = %app.spec.name, instance = i, pid, exit = %describe_exit(&exit), "reloaded-away process exited");
+                app.retiring.retain(|(_, p)| p.pid != pid);
+                return;
+            }
+            Role::Next => {
+                // The reload's next process is gone: the slot goes back to its current one.
+                if let Some(slot) = app.slots.get_mut(i as usize) {
+                    if slot.state.next().is_some_and(|p| p.pid == pid) {
+                        if let SlotState::Reloading {
+                            current, online, ..
+                        } = slot.state.take()
+                        {
+                            slot.set(back_from_reload(current, online, &app.spec));
+                        }
+                    }
+                }
+                self.reload_failed(
+                    id,
+                    i,
+                    format!(
+                        "the new process of instance {i} exited ({}) before it was ready",
+                        describe_exit(&exit)
+                    ),
+                );
+                return;
+            }
+            Role::Current => {}
+        }
+        let name = app.spec.name.clone();
+        let _ = self.lifecycle.send(Lifecycle::Exited {
+            app: name.clone(),
+            instance: i,
+            pid,
+            exit: exit.clone(),
+        });
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
+        slot.last_exit = Some(exit.clone());
+        let prev = slot.state.take();
+        match prev {
+            // The current process died during a reload of its slot: the new one takes over,
+            // and the reload waits for it as for any starting process.
+            SlotState::Reloading { next, .. } => {
+                slot.restarts += 1;
+                self.pids.insert(next.pid, (id, i, Role::Current));
+                let timeout = Duration::from_millis(app.spec.listen_timeout_ms);
+                slot.set(SlotState::Starting {
+                    proc: next,
+                    deadline: Instant::now() + timeout,
+                });
+            }
+            SlotState::Stopping { then, .. } => match then {
+                Then::Stay => slot.set(SlotState::Stopped),
+                Then::Remove => slot.set(SlotState::Gone),
+                Then::Restart => {
+                    slot.restarts += 1;
+                    slot.set(SlotState::Stopped);
+                    self.launch(id, i);
+                }
+            },
+            SlotState::Draining { .. } => slot.set(SlotState::Gone),
+            SlotState::Starting { proc, .. } | SlotState::Online { proc } => {
+                let uptime = proc.since.elapsed();
+                let decision = policy::on_exit(&app.spec, &mut slot.history, uptime, exit.code);
+                tracing::info!(app = %name, instance = i, pid, ?exit, ?decision, "instance exited");
+                self.apply_decision(id, i, decision, false);
+            }
+            other => slot.state = other,
+        }
+    }
+
+    pub(super) fn apply_decision(
+        &mut self,
+        id: u32,
+        i: u32,
+        decision: Decision,
+        failed_spawn: bool,
+    ) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        let restart_delay = Duration::from_millis(app.spec.restart_delay_ms);
+        let max_restarts = app.spec.max_restarts;
+        let min_uptime = app.spec.min_uptime_ms;
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
+        match decision {
+            Decision::Restart(delay) => {
+                slot.restarts += 1;
+                // A program that cannot even be started is never retried at once.
+                let delay = if failed_spawn {
+                    delay.max(restart_delay)
+                } else {
+                    delay
+                };
+                if delay.is_zero() {
+                    slot.set(SlotState::Stopped);
+                    self.launch(id, i);
+                } else {
+                    slot.set(SlotState::WaitingRestart {
+                        until: Instant::now() + delay,
+                    });
+                }
+            }
+            Decision::Stop => {
+                slot.set(SlotState::Stopped);
+                recycle_sockets(app, i);
+            }
+            Decision::Exit => {
+                slot.set(SlotState::Exited);
+                recycle_sockets(app, i);
+            }
+            Decision::Errored => {
+                write_note(
+                    &slot.err,
+                    &format!(
+                        "[herd] instance {i} exited {} times in a row within {min_uptime} ms of starting; marked errored. Fix it, then `herd restart {}`",
+                        max_restarts + 1,
+                        app.spec.name
+                    ),
+                );
+                slot.set(SlotState::Errored);
+                recycle_sockets(app, i);
+            }
+        }
+    }
+
+    pub(super) fn on_ready(&mut self, pid: u32, kind: ReadyKind) {
+        let key = self.pids.get(&pid).copied().or_else(|| {
+            // A child of the instance may speak for it: look its process group up.
+            nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
+                .ok()
+                .and_then(|g| self.pids.get(&(g.as_raw() as u32)).copied())
+                // Or its cgroup, if it left the group.
+                .or_else(|| {
+                    let leader = cgroup::owner_of(pid, &self.cgroups)?;
+                    self.pids.get(&leader).copied()
+                })
+        });
+        let Some((id, i, role)) = key else {
+            return;
+        };
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        // With wait_ready the app itself must say so; listening is not enough.
+        if app.spec.wait_ready && kind == ReadyKind::Listening {
+            return;
+        }
+        match role {
+            Role::Current => {
+                let Some(slot) = app.slots.get_mut(i as usize) else {
+                    return;
+                };
+                match slot.state.take() {
+                    SlotState::Starting { proc, .. } => {
+                        slot.set(SlotState::Online { proc });
+                        if app.reload.as_ref().is_some_and(|r| r.active == Some(i)) {
+                            if let Some(r) = app.reload.as_mut() {
+                                r.active = None;
+                            }
+                            self.reload_step(id);
+                        }
+                    }
+                    // The current process of a reloading slot gets ready: it serves until
+                    // the next one does.
+                    SlotState::Reloading {
+                        current,
+                        next,
+                        deadline,
+                        ..
+                    } => slot.set(SlotState::Reloading {
+                        current,
+                        online: true,
+                        next,
+                        deadline,
+                    }),
+                    other => slot.set(other),
+                }
+            }
+            Role::Next => self.promote(id, i),
+            Role::Retiring => {}
+        }
+    }
+
+    /// The slot's deadline has come: what happens depends on what its state waits for. A
+    /// state whose deadline has not come (it changed within this wake-up) is left alone.
+    pub(super) fn on_timer(&mut self, id: u32, i: u32) {
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        let Some(slot) = app.slots.get_mut(i as usize) else {
+            return;
+        };
+        let now = Instant::now();
+        if slot.state.deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        match slot.state.take() {
+            SlotState::WaitingRestart { .. } => {
+                slot.set(SlotState::Stopped);
+                self.launch(id, i);
+            }
+            SlotState::Stopping { proc, then, .. } => {
+                tracing::info!(app = %app.spec.name, instance = i, pid = proc.pid, "kill timeout passed; sending SIGKILL");
+                self.os
+                    .kill_tree(proc.pid, self.cgroups.get(&proc.pid).map(PathBuf::as_path));
+                // It stays stopping until its exit is reaped; SIGKILL is not sent again.
+                slot.set(SlotState::Stopping {
+                    proc,
+                    then,
+                    deadline: now + KILL_REPEAT,
+                });
+            }
+            SlotState::Starting { proc, .. } => {
+                // PM2's behaviour: a wait_ready app that stays silent is put online anyway.
+                tracing::warn!(app = %app.spec.name, instance = i, "no ready signal within listen_timeout; routing to it anyway");
+                let what = if app.spec.wait_ready {
+                    "did not say it was ready"
+                } else {
+                    "did not listen"
+                };
+                write_note(&slot.err, &format!("[herd] instance {i} {what} within listen_timeout ({} ms); routing to it anyway", app.spec.listen_timeout_ms));
+                slot.set(SlotState::Online { proc });
+                // A reload waiting on this slot (its new process took over from a crashed
+                // current one) moves on.
+                if let Some(r) = app.reload.as_mut() {
+                    if r.active == Some(i) {
+                        r.active = None;
+                        self.reload_step(id);
+                    }
+                }
+            }
+            state @ SlotState::Reloading { .. } => {
+                slot.set(state);
+                self.on_next_timeout(id, i);
+            }
+            SlotState::Draining { proc, since, .. } => {
+                let empty = app.listeners.iter().all(|l| l.queued(i).unwrap_or(0) == 0);
+                let waited = now.saturating_duration_since(since);
+                slot.set(SlotState::Draining {
+                    proc,
+                    since,
+                    look: now + DRAIN_POLL,
+                });
+                // A short grace lets handshakes already routed to the slot land first.
+                if (empty && waited >= DRAIN_POLL * 2) || waited >= DRAIN_MAX {
+                    self.stop_slot(id, i, Then::Remove);
+                }
+            }
+            other => slot.set(other),
+        }
+    }
+}
+
+/// The state of a slot whose reload ends without its next process: the current one goes on
+/// as it was — serving if it was online, or starting again with a fresh ready timeout.
+pub(super) fn back_from_reload(current: Proc, online: bool, spec: &AppSpec) -> SlotState {
+    if online {
+        SlotState::Online { proc: current }
+    } else {
+        SlotState::Starting {
+            proc: current,
+            deadline: Instant::now() + Duration::from_millis(spec.listen_timeout_ms),
+        }
+    }
+}
+
+/// Gives a slot that will not run again by itself a fresh socket. Connections that queued on
+/// the old one while its process was starting would otherwise wait forever; closing it resets
+/// them, so their clients fail fast and retry instead of hanging.
+pub(super) fn recycle_sockets(app: &mut App, i: u32) {
+    let mut recycled = false;
+    for l in &mut app.listeners {
+        if l.is_per_slot() && l.queued(i).unwrap_or(0) > 0 {
+            l.remove_slot(i);
+            if let Err(e) = l.add_slot(i) {
+                tracing::error!(app = %app.spec.name, instance = i, "cannot renew the slot's socket: {e}");
+            }
+            recycled = true;
+        }
+    }
+    if recycled {
+        app.routed = None;
+    }
+}
+
+pub(super) fn describe_exit(e: &ExitInfo) -> String {
+    match (&e.code, &e.signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (_, Some(s)) => format!("killed by {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+pub(super) fn exit_info(status: &WaitStatus) -> ExitInfo {
+    match status {
+        WaitStatus::Exited(_, code) => ExitInfo {
+            code: Some(*code),
+            signal: None,
+        },
+        WaitStatus::Signaled(_, sig, _) => ExitInfo {
+            code: None,
+            signal: Some(sig.as_str().to_string()),
+        },
+        _ => ExitInfo {
+            code: None,
+            signal: None,
+        },
     }
 }
 

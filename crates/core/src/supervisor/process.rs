@@ -1,5 +1,5 @@
-//! One slot's process: spawning it (with the worker contract's fds and variables), asking it
-//! to stop, and the timers that follow.
+//! Starting a slot's process (with the worker contract's fds and variables, its output pumps
+//! and its channel), asking it to stop, and the memory limit.
 
 use super::*;
 

@@ -1,0 +1,354 @@
+//! Control commands: what each [`Command`] does to the apps, and the replies. The only place
+//! that builds a [`Reply`] for the CLI (the bus's own replies excepted, in `bus.rs`).
+
+use std::time::Duration;
+
+use herd_proto::{AppInfo, Command, ErrorCode, LogStream, ProcessInfo, Reply, PROTOCOL_VERSION};
+use tokio::sync::oneshot;
+
+use super::{log_path, logs, stats, LogRef, State, WaitKind};
+use crate::cgroup;
+
+impl State {
+    pub(super) fn on_request(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
+        if self.shutting_down && !cmd.answered_while_shutting_down() {
+            let _ = reply.send(err(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+            return;
+        }
+        if self.updating.is_some() && !cmd.read_only() {
+            let _ = reply.send(err(
+                ErrorCode::Busy,
+                "the daemon is being updated; send the command again in a moment",
+            ));
+            return;
+        }
+        match cmd {
+            Command::Ping => {
+                let _ = reply.send(Reply::Pong {
+                    v: PROTOCOL_VERSION,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    pid: std::process::id(),
+                });
+            }
+            Command::List => {
+                let ids: Vec<u32> = self.apps.keys().copied().collect();
+                let _ = reply.send(Reply::Apps {
+                    v: PROTOCOL_VERSION,
+                    apps: self.infos(&ids, false),
+                    bus: None,
+                    warnings: crate::health::warnings(),
+                });
+            }
+            Command::Flush { target } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let (n, failed) = self.each_log(&ids, |f| f.truncate());
+                    let _ = reply.send(log_files_reply("emptied", n, failed));
+                }
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::ReloadLogs => {
+                let ids: Vec<u32> = self.apps.keys().copied().collect();
+                let (n, failed) = self.each_log(&ids, |f| f.reopen());
+                let _ = reply.send(log_files_reply("reopened", n, failed));
+            }
+            Command::Describe { target } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let apps = self.infos(&ids, true);
+                    let _ = reply.send(Reply::Apps {
+                        v: PROTOCOL_VERSION,
+                        apps,
+                        bus: Some(Box::new(self.bus_stats())),
+                        warnings: crate::health::warnings(),
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Start { spec } => match self.start_app(*spec) {
+                Ok(id) => self.wait(vec![id], WaitKind::Apps, reply),
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Resume { target } => self.for_targets(&target, reply, |s, id| {
+                s.resume(id)?;
+                Ok(())
+            }),
+            Command::Stop { target } => self.for_targets(&target, reply, |s, id| {
+                s.stop_app(id);
+                Ok(())
+            }),
+            Command::Restart { target, env } => self.for_targets(&target, reply, |s, id| {
+                if let Some(env) = &env {
+                    s.update_env(id, env);
+                }
+                s.restart_app(id)?;
+                Ok(())
+            }),
+            Command::Reload { target, env } => match self.resolve(&target) {
+                Ok(ids) => {
+                    for &id in &ids {
+                        if let Some(env) = &env {
+                            self.update_env(id, env);
+                        }
+                        self.reload_errors.remove(&id);
+                        if let Err(e) = self.start_reload(id) {
+                            let _ = reply.send(e);
+                            return;
+                        }
+                    }
+                    self.wait(ids, WaitKind::Reload, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Delete { target } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let names: Vec<String> = ids
+                        .iter()
+                        .filter_map(|id| self.apps.get(id).map(|a| a.spec.name.clone()))
+                        .collect();
+                    for &id in &ids {
+                        if let Some(a) = self.apps.get_mut(&id) {
+                            a.deleting = true;
+                        }
+                        self.stop_app(id);
+                    }
+                    let msg = format!("deleted {}", names.join(", "));
+                    self.wait(ids, WaitKind::Deleted(msg), reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Scale { target, to } => match self.scale(&target, to) {
+                Ok(id) => self.wait(vec![id], WaitKind::Apps, reply),
+                Err(e) => {
+                    let _ = reply.send(e);
+                }
+            },
+            Command::Logs { .. } => {
+                let _ = reply.send(err(
+                    ErrorCode::BadRequest,
+                    "logs are streamed by the control server, not the supervisor",
+                ));
+            }
+            Command::Send { to, topic, data } => {
+                let _ = reply.send(self.cli_send(&to, topic, data));
+            }
+            Command::Publish { topic, data } => {
+                let _ = reply.send(self.cli_publish(topic, data));
+            }
+            Command::Request {
+                to,
+                topic,
+                data,
+                timeout_ms,
+            } => self.cli_request(&to, topic, data, Duration::from_millis(timeout_ms), reply),
+            Command::Bus { .. } => {
+                let _ = reply.send(err(
+                    ErrorCode::BadRequest,
+                    "the bus is streamed by the control server, not the supervisor",
+                ));
+            }
+            Command::Update { .. } => {
+                let _ = reply.send(err(
+                    ErrorCode::BadRequest,
+                    "an update is carried out by the control server, not the supervisor",
+                ));
+            }
+            Command::Kill => {
+                self.shutting_down = true;
+                let ids: Vec<u32> = self.apps.keys().copied().collect();
+                for &id in &ids {
+                    self.stop_app(id);
+                }
+                self.wait(ids, WaitKind::Kill, reply);
+            }
+        }
+    }
+
+    pub(super) fn for_targets(
+        &mut self,
+        target: &str,
+        reply: oneshot::Sender<Reply>,
+        mut f: impl FnMut(&mut Self, u32) -> Result<(), Reply>,
+    ) {
+        let ids = match self.resolve(target) {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = reply.send(e);
+                return;
+            }
+        };
+        for &id in &ids {
+            if let Err(e) = f(self, id) {
+                let _ = reply.send(e);
+                return;
+            }
+        }
+        self.wait(ids, WaitKind::Apps, reply);
+    }
+
+    /// Turns a target (name, id or `all`) into app ids.
+    pub(super) fn resolve(&self, target: &str) -> Result<Vec<u32>, Reply> {
+        if target == "all" {
+            return Ok(self.apps.keys().copied().collect());
+        }
+        if let Ok(id) = target.parse::<u32>() {
+            if self.apps.contains_key(&id) {
+                return Ok(vec![id]);
+            }
+        }
+        if let Some(app) = self.apps.values().find(|a| a.spec.name == target) {
+            return Ok(vec![app.id]);
+        }
+        Err(err(
+            ErrorCode::UnknownApp,
+            format!("no app named or numbered {target:?}; `herd list` shows the apps"),
+        ))
+    }
+
+    /// Runs `f` on every log file of the apps `ids`: how many it did, and the first failure.
+    pub(super) fn each_log(
+        &self,
+        ids: &[u32],
+        f: impl Fn(&mut logs::LogFile) -> std::io::Result<()>,
+    ) -> (usize, Option<String>) {
+        let mut n = 0;
+        let mut failed = None;
+        for app in ids.iter().filter_map(|id| self.apps.get(id)) {
+            for slot in &app.slots {
+                for log in [&slot.out, &slot.err] {
+                    let Ok(mut file) = log.lock() else { continue };
+                    match f(&mut file) {
+                        Ok(()) => n += 1,
+                        Err(e) => {
+                            failed.get_or_insert_with(|| format!("{}: {e}", file.path().display()));
+                        }
+                    }
+                }
+            }
+        }
+        (n, failed)
+    }
+
+    pub(super) fn log_files(
+        &self,
+        target: &str,
+        stream: Option<LogStream>,
+    ) -> Result<Vec<LogRef>, Reply> {
+        let ids = self.resolve(target)?;
+        let mut out = Vec::new();
+        for app in ids.iter().filter_map(|id| self.apps.get(id)) {
+            for i in 0..app.slots.len() as u32 {
+                for s in [LogStream::Out, LogStream::Err] {
+                    if stream.is_none() || stream == Some(s) {
+                        out.push(LogRef {
+                            app: app.spec.name.clone(),
+                            instance: i,
+                            stream: s,
+                            path: log_path(&self.cfg.log_dir, &app.spec.name, i, s),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn infos(&mut self, ids: &[u32], with_spec: bool) -> Vec<AppInfo> {
+        let mut out = Vec::new();
+        let bus = &self.bus;
+        for id in ids {
+            let Some(app) = self.apps.get_mut(id) else {
+                continue;
+            };
+            let port = app.port();
+            let listen = if app.listeners.is_empty() {
+                app.spec.listen.iter().map(|l| l.addr.clone()).collect()
+            } else {
+                app.listeners.iter().map(|l| l.addr().to_string()).collect()
+            };
+            let processes = app
+                .slots
+                .iter_mut()
+                .map(|slot| {
+                    let status = slot.state.status();
+                    let mut info = ProcessInfo {
+                        instance: slot.index,
+                        pid: None,
+                        status,
+                        restarts: slot.restarts,
+                        uptime_ms: None,
+                        cpu_percent: None,
+                        memory_bytes: None,
+                        last_exit: slot.last_exit.clone(),
+                        messages_dropped: 0,
+                        subscriptions: 0,
+                        bus_refused: 0,
+                        env_version: 0,
+                        cgroup: None,
+                    };
+                    if let Some(p) = slot.state.proc_mut() {
+                        info.pid = Some(p.pid);
+                        let (subs, refused) = bus.peer_counts(p.pid);
+                        info.subscriptions = subs as u64;
+                        info.bus_refused = refused;
+                        info.env_version = p.env_version;
+                        info.messages_dropped = p.channel.as_ref().map_or(0, |c| c.dropped());
+                        info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
+                        let cg = self.cgroups.get(&p.pid);
+                        if let Some(s) = self.os.sample(p.pid) {
+                            info.cpu_percent = Some(stats::cpu_percent(
+                                &s,
+                                p.sample.as_ref(),
+                                p.since.into_std(),
+                            ));
+                            info.memory_bytes = Some(s.rss_bytes);
+                            p.sample = Some(s);
+                        }
+                        // The whole tree's memory, children included.
+                        if let Some(m) = cg.and_then(|cg| cgroup::memory(cg)) {
+                            info.memory_bytes = Some(m);
+                        }
+                        info.cgroup = cg.map(|cg| cg.display().to_string());
+                    }
+                    info
+                })
+                .collect();
+            out.push(AppInfo {
+                id: app.id,
+                name: app.spec.name.clone(),
+                status: app.status,
+                listen,
+                port,
+                balance: app.spec.balance,
+                processes,
+                spec: with_spec.then(|| Box::new(app.spec.clone())),
+                env_version: app.env_version,
+                containment: with_spec.then(|| self.containment.info()),
+            });
+        }
+        out
+    }
+}
+
+/// The answer to `flush` and `reloadLogs`.
+pub(super) fn log_files_reply(did: &str, n: usize, failed: Option<String>) -> Reply {
+    match failed {
+        None => Reply::done(format!("{did} {n} log files")),
+        Some(e) => Reply::error(
+            ErrorCode::Internal,
+            format!("{did} {n} log files; failed: {e}"),
+        ),
+    }
+}
+
+pub(super) fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
+    Reply::error(code, msg)
+}
