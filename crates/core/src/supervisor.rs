@@ -42,6 +42,7 @@ mod app;
 mod bus;
 mod cluster;
 mod control;
+mod error;
 mod os;
 mod process;
 mod reload;
@@ -52,7 +53,8 @@ mod task;
 mod timers;
 mod update;
 
-use control::err;
+use control::{err, refusal};
+pub use error::{CommandError, StartError};
 use os::Os;
 use slot::{back_from_reload, Proc, Role, Slot, SlotState, Then};
 use timers::{TimerKey, Timers};
@@ -216,7 +218,7 @@ enum Event {
     LogFiles {
         target: String,
         stream: Option<LogStream>,
-        reply: oneshot::Sender<Result<Vec<LogRef>, Reply>>,
+        reply: oneshot::Sender<Result<Vec<LogRef>, CommandError>>,
     },
     Exited {
         pid: u32,
@@ -408,14 +410,14 @@ impl Supervisor {
     /// The log files of the apps `target` names.
     ///
     /// # Errors
-    /// An error reply when no app matches.
+    /// When no app matches, or the daemon is shutting down.
     pub async fn log_files(
         &self,
         target: String,
         stream: Option<LogStream>,
-    ) -> Result<Vec<LogRef>, Reply> {
+    ) -> Result<Vec<LogRef>, CommandError> {
         let (reply, rx) = oneshot::channel();
-        let gone = || Reply::error(ErrorCode::ShuttingDown, "the daemon is shutting down");
+        let gone = || CommandError::ShuttingDown("the daemon is shutting down".into());
         if self
             .tx
             .send(Event::LogFiles {

@@ -499,7 +499,7 @@ async fn stream_logs(
     let mut rx = follow.then(|| sup.subscribe_logs());
     let files = match sup.log_files(target.clone(), stream).await {
         Ok(f) => f,
-        Err(reply) => return send(&mut conn, &reply).await,
+        Err(e) => return send(&mut conn, &Reply::from(e)).await,
     };
     for f in &files {
         for line in logs::tail(&f.path, n) {

@@ -3,7 +3,7 @@
 use super::*;
 
 impl State {
-    pub(super) fn start_app(&mut self, mut spec: AppSpec) -> Result<u32, Reply> {
+    pub(super) fn start_app(&mut self, mut spec: AppSpec) -> Result<u32, CommandError> {
         spec.validate()
             .map_err(|e| err(ErrorCode::InvalidSpec, e.to_string()))?;
         if let Some(other) = self.apps.values().find(|a| a.spec.name == spec.name) {
@@ -51,9 +51,9 @@ impl State {
                 if i == 0 {
                     // Nothing started: refuse the whole app rather than leave a broken one.
                     self.apps.remove(&id);
-                    return Err(err(ErrorCode::Spawn, e));
+                    return Err(err(ErrorCode::Spawn, e.to_string()));
                 }
-                self.spawn_failed(id, i, &e);
+                self.spawn_failed(id, i, &e.to_string());
             }
         }
         self.arm_memory_check(id);
@@ -92,7 +92,7 @@ impl State {
         &self,
         spec: &AppSpec,
         skip: Option<u32>,
-    ) -> Result<Vec<Listener>, Reply> {
+    ) -> Result<Vec<Listener>, CommandError> {
         let mut out = Vec::new();
         for ls in &spec.listen {
             let addr: ListenAddr = ls
@@ -117,7 +117,7 @@ impl State {
         Ok(out)
     }
 
-    pub(super) fn resume(&mut self, id: u32) -> Result<(), Reply> {
+    pub(super) fn resume(&mut self, id: u32) -> Result<(), CommandError> {
         let Some(app) = self.apps.get(&id) else {
             return Err(gone(id));
         };
@@ -201,7 +201,7 @@ impl State {
         }
     }
 
-    pub(super) fn restart_app(&mut self, id: u32) -> Result<(), Reply> {
+    pub(super) fn restart_app(&mut self, id: u32) -> Result<(), CommandError> {
         let Some(app) = self.apps.get_mut(&id) else {
             return Err(gone(id));
         };
@@ -229,7 +229,7 @@ impl State {
         Ok(())
     }
 
-    pub(super) fn scale(&mut self, target: &str, to: ScaleTo) -> Result<u32, Reply> {
+    pub(super) fn scale(&mut self, target: &str, to: ScaleTo) -> Result<u32, CommandError> {
         if target == "all" {
             return Err(err(
                 ErrorCode::BadRequest,
@@ -361,7 +361,7 @@ impl State {
 }
 
 /// The answer about an app that went away while a command was about it.
-fn gone(id: u32) -> Reply {
+fn gone(id: u32) -> CommandError {
     err(
         ErrorCode::UnknownApp,
         format!("app {id} went away meanwhile; see `herd list`"),

@@ -22,7 +22,7 @@ use herd_proto::{BusStats, ErrorCode, Reply, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, oneshot};
 
-use super::{err, SlotState, State};
+use super::{refusal, SlotState, State};
 use crate::bus::{host_channel, topic_refusal, Address, Bridge, Envelope, Kind, ALL};
 use crate::ratelimit::{Admit, PerSource};
 use crate::Limits;
@@ -413,7 +413,7 @@ impl State {
         let size = serde_json::to_vec(data).map_or(0, |v| v.len());
         (size > self.bus.max_bytes).then(|| {
             self.bus.rejected += 1;
-            err(
+            refusal(
                 ErrorCode::TooLarge,
                 format!("a message of {size} bytes is over the bus limit of {} bytes; send smaller messages (or raise max_message_bytes in HERD_HOME/config.toml)", self.bus.max_bytes),
             )
@@ -424,7 +424,7 @@ impl State {
     fn cli_over_limit(&mut self, what: &str, name: Option<&str>) -> Option<Reply> {
         let why = topic_refusal(&self.bus.limits, what, name.map_or(0, str::len))?;
         self.bus.refused += 1;
-        Some(err(ErrorCode::TooLarge, why))
+        Some(refusal(ErrorCode::TooLarge, why))
     }
 
     pub(super) fn cli_send(&mut self, to: &str, topic: Option<String>, data: Value) -> Reply {
@@ -438,7 +438,7 @@ impl State {
             return e;
         }
         if let Err(e) = Address::parse(to) {
-            return err(ErrorCode::BadRequest, e);
+            return refusal(ErrorCode::BadRequest, e);
         }
         let env = Envelope {
             kind: Kind::Send,
@@ -451,11 +451,11 @@ impl State {
             reply_to: None,
         };
         match self.route_out(env) {
-            Routed { taken: 0, full: 0 } => err(
+            Routed { taken: 0, full: 0 } => refusal(
                 ErrorCode::NoRecipient,
                 format!("no running instance matches {to:?}; `herd list` shows what runs"),
             ),
-            Routed { taken: 0, full } => err(
+            Routed { taken: 0, full } => refusal(
                 ErrorCode::QueueFull,
                 format!("{full} matching instance(s) did not take the message: their queue is full (they do not read their channel fast enough)"),
             ),
@@ -515,7 +515,7 @@ impl State {
         let from = format!("cli@{}", self.bus.host);
         if let Err(e) = self.start_request(Requester::Cli(reply), from, to, topic, data, timeout) {
             if let Requester::Cli(reply) = e.0 {
-                let _ = reply.send(err(e.1, e.2));
+                let _ = reply.send(refusal(e.1, e.2));
             }
         }
     }
@@ -663,7 +663,7 @@ impl State {
                         from,
                         data,
                     },
-                    Err(why) => err(ErrorCode::Timeout, why),
+                    Err(why) => refusal(ErrorCode::Timeout, why),
                 });
             }
             Requester::Instance { pid, id } => {

@@ -6,20 +6,23 @@ use std::time::Duration;
 use herd_proto::{AppInfo, Command, ErrorCode, LogStream, ProcessInfo, Reply, PROTOCOL_VERSION};
 use tokio::sync::oneshot;
 
-use super::{log_path, logs, stats, LogRef, State, WaitKind};
+use super::{log_path, logs, stats, CommandError, LogRef, State, WaitKind};
 use crate::cgroup;
 
 impl State {
     pub(super) fn on_request(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
         if self.shutting_down && !cmd.answered_while_shutting_down() {
-            let _ = reply.send(err(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+            let _ = reply.send(Reply::from(err(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down",
+            )));
             return;
         }
         if self.updating.is_some() && !cmd.read_only() {
-            let _ = reply.send(err(
+            let _ = reply.send(Reply::from(err(
                 ErrorCode::Busy,
                 "the daemon is being updated; send the command again in a moment",
-            ));
+            )));
             return;
         }
         match cmd {
@@ -45,7 +48,7 @@ impl State {
                     let _ = reply.send(log_files_reply("emptied", n, failed));
                 }
                 Err(e) => {
-                    let _ = reply.send(e);
+                    let _ = reply.send(e.into());
                 }
             },
             Command::ReloadLogs => {
@@ -64,13 +67,13 @@ impl State {
                     });
                 }
                 Err(e) => {
-                    let _ = reply.send(e);
+                    let _ = reply.send(e.into());
                 }
             },
             Command::Start { spec } => match self.start_app(*spec) {
                 Ok(id) => self.wait(vec![id], WaitKind::Apps, reply),
                 Err(e) => {
-                    let _ = reply.send(e);
+                    let _ = reply.send(e.into());
                 }
             },
             Command::Resume { target } => self.for_targets(&target, reply, |s, id| {
@@ -96,14 +99,14 @@ impl State {
                         }
                         self.reload_errors.remove(&id);
                         if let Err(e) = self.start_reload(id) {
-                            let _ = reply.send(e);
+                            let _ = reply.send(e.into());
                             return;
                         }
                     }
                     self.wait(ids, WaitKind::Reload, reply);
                 }
                 Err(e) => {
-                    let _ = reply.send(e);
+                    let _ = reply.send(e.into());
                 }
             },
             Command::Delete { target } => match self.resolve(&target) {
@@ -122,20 +125,20 @@ impl State {
                     self.wait(ids, WaitKind::Deleted(msg), reply);
                 }
                 Err(e) => {
-                    let _ = reply.send(e);
+                    let _ = reply.send(e.into());
                 }
             },
             Command::Scale { target, to } => match self.scale(&target, to) {
                 Ok(id) => self.wait(vec![id], WaitKind::Apps, reply),
                 Err(e) => {
-                    let _ = reply.send(e);
+                    let _ = reply.send(e.into());
                 }
             },
             Command::Logs { .. } => {
-                let _ = reply.send(err(
+                let _ = reply.send(Reply::from(err(
                     ErrorCode::BadRequest,
                     "logs are streamed by the control server, not the supervisor",
-                ));
+                )));
             }
             Command::Send { to, topic, data } => {
                 let _ = reply.send(self.cli_send(&to, topic, data));
@@ -150,16 +153,16 @@ impl State {
                 timeout_ms,
             } => self.cli_request(&to, topic, data, Duration::from_millis(timeout_ms), reply),
             Command::Bus { .. } => {
-                let _ = reply.send(err(
+                let _ = reply.send(Reply::from(err(
                     ErrorCode::BadRequest,
                     "the bus is streamed by the control server, not the supervisor",
-                ));
+                )));
             }
             Command::Update { .. } => {
-                let _ = reply.send(err(
+                let _ = reply.send(Reply::from(err(
                     ErrorCode::BadRequest,
                     "an update is carried out by the control server, not the supervisor",
-                ));
+                )));
             }
             Command::Kill => {
                 self.shutting_down = true;
@@ -176,18 +179,18 @@ impl State {
         &mut self,
         target: &str,
         reply: oneshot::Sender<Reply>,
-        mut f: impl FnMut(&mut Self, u32) -> Result<(), Reply>,
+        mut f: impl FnMut(&mut Self, u32) -> Result<(), CommandError>,
     ) {
         let ids = match self.resolve(target) {
             Ok(ids) => ids,
             Err(e) => {
-                let _ = reply.send(e);
+                let _ = reply.send(e.into());
                 return;
             }
         };
         for &id in &ids {
             if let Err(e) = f(self, id) {
-                let _ = reply.send(e);
+                let _ = reply.send(e.into());
                 return;
             }
         }
@@ -195,7 +198,7 @@ impl State {
     }
 
     /// Turns a target (name, id or `all`) into app ids.
-    pub(super) fn resolve(&self, target: &str) -> Result<Vec<u32>, Reply> {
+    pub(super) fn resolve(&self, target: &str) -> Result<Vec<u32>, CommandError> {
         if target == "all" {
             return Ok(self.apps.keys().copied().collect());
         }
@@ -241,7 +244,7 @@ impl State {
         &self,
         target: &str,
         stream: Option<LogStream>,
-    ) -> Result<Vec<LogRef>, Reply> {
+    ) -> Result<Vec<LogRef>, CommandError> {
         let ids = self.resolve(target)?;
         let mut out = Vec::new();
         for app in ids.iter().filter_map(|id| self.apps.get(id)) {
@@ -349,6 +352,12 @@ pub(super) fn log_files_reply(did: &str, n: usize, failed: Option<String>) -> Re
     }
 }
 
-pub(super) fn err(code: ErrorCode, msg: impl Into<String>) -> Reply {
-    Reply::error(code, msg)
+/// A reply refusing a command (for the bus and the update, which answer the CLI themselves).
+pub(super) fn refusal(code: ErrorCode, msg: impl Into<String>) -> Reply {
+    CommandError::new(code, msg).into()
+}
+
+/// A refusal of kind `code`.
+pub(super) fn err(code: ErrorCode, msg: impl Into<String>) -> CommandError {
+    CommandError::new(code, msg)
 }

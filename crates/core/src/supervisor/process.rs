@@ -7,7 +7,7 @@ impl State {
     /// Starts a slot's process, applying the restart policy if that fails.
     pub(super) fn launch(&mut self, id: u32, i: u32) {
         if let Err(e) = self.try_spawn(id, i) {
-            self.spawn_failed(id, i, &e);
+            self.spawn_failed(id, i, &e.to_string());
         }
     }
 
@@ -28,15 +28,15 @@ impl State {
     }
 
     /// Starts the slot's process and makes it the current one.
-    pub(super) fn try_spawn(&mut self, id: u32, i: u32) -> Result<(), String> {
+    pub(super) fn try_spawn(&mut self, id: u32, i: u32) -> Result<(), StartError> {
         let proc = self.spawn_proc(id, i, Role::Current)?;
         let Some(app) = self.apps.get_mut(&id) else {
-            return Err(format!("app {id} went away"));
+            return Err(StartError::Gone(format!("app {id}")));
         };
         let wait = needs_ready(&app.spec);
         let listen_timeout = Duration::from_millis(app.spec.listen_timeout_ms);
         let Some(slot) = app.slots.get_mut(i as usize) else {
-            return Err(format!("instance {i} went away"));
+            return Err(StartError::Gone(format!("instance {i}")));
         };
         if wait {
             slot.set(SlotState::Starting {
@@ -50,25 +50,27 @@ impl State {
     }
 
     /// Starts a process for slot `i` and registers its pid; the caller places it.
-    pub(super) fn spawn_proc(&mut self, id: u32, i: u32, role: Role) -> Result<Proc, String> {
+    pub(super) fn spawn_proc(&mut self, id: u32, i: u32, role: Role) -> Result<Proc, StartError> {
         let app = self
             .apps
             .get(&id)
-            .ok_or_else(|| format!("app {id} went away"))?;
+            .ok_or_else(|| StartError::Gone(format!("app {id}")))?;
         let spec = &app.spec;
         let app_env_version = app.env_version;
         let cwd = PathBuf::from(&spec.cwd);
         let path_var = spec.env.get("PATH").map(String::as_str);
         let (program, mut argv) = match &spec.interpreter {
             Some(interp) => {
-                let p = spawn::resolve_program(interp, path_var, &cwd)?;
+                let p =
+                    spawn::resolve_program(interp, path_var, &cwd).map_err(StartError::Program)?;
                 let mut argv = vec![interp.clone()];
                 argv.extend(spec.interpreter_args.iter().cloned());
                 argv.push(spec.script.clone());
                 (p, argv)
             }
             None => (
-                spawn::resolve_program(&spec.script, path_var, &cwd)?,
+                spawn::resolve_program(&spec.script, path_var, &cwd)
+                    .map_err(StartError::Program)?,
                 vec![spec.script.clone()],
             ),
         };
@@ -122,13 +124,13 @@ impl State {
         }
 
         let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let (out_r, out_w) = spawn::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
-        let (err_r, err_w) = spawn::pipe_cloexec().map_err(|e| format!("pipe: {e}"))?;
+            std::os::unix::net::UnixStream::pair().map_err(StartError::io("socketpair"))?;
+        let (out_r, out_w) = spawn::pipe_cloexec().map_err(StartError::io("pipe"))?;
+        let (err_r, err_w) = spawn::pipe_cloexec().map_err(StartError::io("pipe"))?;
         grow_pipe(&out_w);
         grow_pipe(&err_w);
         let stdin: OwnedFd = std::fs::File::open("/dev/null")
-            .map_err(|e| format!("/dev/null: {e}"))?
+            .map_err(StartError::io("/dev/null"))?
             .into();
         let leaf = new_cgroup(
             &mut self.containment,
@@ -158,7 +160,7 @@ impl State {
                         CGROUP_EMPTY_MAX,
                     ));
                 }
-                e.to_string()
+                StartError::Spawn(e)
             })?;
         drop(theirs);
         if let Some((leaf, _)) = leaf {

@@ -8,13 +8,15 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use herd_proto::{AppStatus, Reply};
+use herd_proto::AppStatus;
 
-use super::{arm_retire, begin_stop, needs_ready, write_note, Reload, Role, SlotState, State};
+use super::{
+    arm_retire, begin_stop, needs_ready, write_note, CommandError, Reload, Role, SlotState, State,
+};
 
 impl State {
     /// Starts a rolling reload of app `id` (a stopped app is simply started).
-    pub(super) fn start_reload(&mut self, id: u32) -> Result<(), Reply> {
+    pub(super) fn start_reload(&mut self, id: u32) -> Result<(), CommandError> {
         let Some(app) = self.apps.get_mut(&id) else {
             return Ok(());
         };

@@ -56,15 +56,21 @@ pub struct UpdateRequest {
 impl State {
     pub(super) fn on_update(&mut self, req: UpdateRequest, reply: oneshot::Sender<Reply>) {
         if self.updating.is_some() {
-            let _ = reply.send(err(ErrorCode::Update, "an update is already in progress"));
+            let _ = reply.send(refusal(
+                ErrorCode::Update,
+                "an update is already in progress",
+            ));
             return;
         }
         if self.shutting_down {
-            let _ = reply.send(err(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+            let _ = reply.send(refusal(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down",
+            ));
             return;
         }
         if !req.formats.contains(&handover::FORMAT) {
-            let _ = reply.send(err(
+            let _ = reply.send(refusal(
                 ErrorCode::Update,
                 format!(
                     "{} reads handover formats {:?}, and this daemon writes format {}: it cannot take over in place; use `herd save && herd kill && herd resurrect`",
@@ -76,7 +82,7 @@ impl State {
             return;
         }
         if let Err(e) = nix::unistd::access(&req.exe, nix::unistd::AccessFlags::X_OK) {
-            let _ = reply.send(err(
+            let _ = reply.send(refusal(
                 ErrorCode::Update,
                 format!("{} cannot be executed ({e})", req.exe.display()),
             ));
@@ -232,7 +238,7 @@ impl State {
     fn abort_update(&mut self, why: String) {
         if let Some(u) = self.updating.take() {
             tracing::warn!("update given up: {why}");
-            let _ = u.reply.send(err(ErrorCode::Update, why));
+            let _ = u.reply.send(refusal(ErrorCode::Update, why));
         }
     }
 
