@@ -16,26 +16,25 @@
 //! It does not own the control socket (the daemon does) or print anything (`herd run` does).
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use herd_proto::{AppSpec, AppStatus, Command, ErrorCode, ExitInfo, LogStream, Reply, ScaleTo};
+use herd_proto::{AppSpec, AppStatus, Command, ErrorCode, ExitInfo, LogStream, Reply};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::cgroup;
-use crate::ipc::{self, Inbound};
-use crate::logs::{self, LogBus, LogEvent, LogFile, PumpTarget, SharedLog};
+use crate::ipc::Inbound;
+use crate::logs::{self, LogBus, LogEvent, SharedLog};
 use crate::notify::{self, Notice};
-use crate::policy::{self, History};
 use crate::sockets::{ListenAddr, Listener};
-use crate::spawn::{self, SpawnRequest};
+use crate::spawn::{self};
 use crate::stats;
 
 mod app;

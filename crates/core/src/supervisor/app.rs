@@ -1,6 +1,18 @@
 //! App lifecycle: start, resume, stop, restart and scale whole apps.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use herd_proto::{AppSpec, AppStatus, ErrorCode, LogStream, ScaleTo};
+use tokio::time::Instant;
+
+use super::{
+    check_program, err, log_path, overlaps, parse_signal, App, CommandError, Event, Slot,
+    SlotState, State, Then, TimerKey, DRAIN_POLL,
+};
+use crate::logs::LogFile;
+use crate::policy::History;
+use crate::sockets::{ListenAddr, Listener};
 
 impl State {
     pub(super) fn start_app(&mut self, mut spec: AppSpec) -> Result<u32, CommandError> {

@@ -1,7 +1,22 @@
 //! Starting a slot's process (with the worker contract's fds and variables, its output pumps
 //! and its channel), asking it to stop, and the memory limit.
 
-use super::*;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_proto::{AppStatus, LogStream};
+use tokio::time::Instant;
+
+use super::{
+    arm_retire, begin_stop, grow_pipe, is_herd_managed, needs_ready, write_note, Containment,
+    Event, Lifecycle, Proc, Role, SlotState, StartError, State, Then, TimerKey, CGROUP_EMPTY_MAX,
+    MEMORY_CHECK,
+};
+use crate::logs::{self, PumpTarget};
+use crate::spawn::{self, SpawnRequest};
+use crate::{ipc, policy};
 
 impl State {
     /// Starts a slot's process, applying the restart policy if that fails.

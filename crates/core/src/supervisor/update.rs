@@ -14,8 +14,20 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::*;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_proto::{AppStatus, ErrorCode, LogStream, Reply};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{cluster, refusal, App, Event, Proc, Role, SlotState, State, TimerKey};
 use crate::handover::{self, Handover, Kept};
+use crate::sockets::Listener;
+use crate::{ipc, logs};
 
 /// How long an update may wait for a quiet moment before it is given up.
 const UPDATE_WAIT: Duration = Duration::from_secs(10);
