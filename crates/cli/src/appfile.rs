@@ -111,21 +111,53 @@ const PM2_HARMLESS: &[&str] = &[
 /// A message naming the file, the app and the field.
 pub fn load(path: &Path, env_name: Option<&str>, overrides: &[String]) -> Result<Vec<AppSpec>> {
     let path = std::env::current_dir()?.join(path);
-    let text = || {
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let shown = path.display().to_string();
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if matches!(ext, "toml" | "yaml" | "yml" | "json") {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return load_text(&path, &text, env_name, overrides);
+    }
+    let file: File = serde_json::from_value(evaluate_js(&path)?)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    specs(file, &path, env_name, overrides)
+}
+
+/// [`load`] for a TOML, JSON or YAML file whose text is already read: `path` is not read, only
+/// its extension (the format), its name (`ecosystem…` for PM2's rules) and its folder (the
+/// base of relative paths) count.
+///
+/// # Errors
+/// As [`load`]; an extension other than `toml`, `json`, `yaml` or `yml` is an error too.
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    env_name: Option<&str>,
+    overrides: &[String],
+) -> Result<Vec<AppSpec>> {
+    let shown = path.display().to_string();
+    let file: File = match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "toml" => {
+            toml::from_str(text).map_err(|e| anyhow!("{shown}: {}", one_line(&e.to_string())))?
+        }
+        "yaml" | "yml" => serde_saphyr::from_str(text)
+            .map_err(|e| anyhow!("{shown}: {}", one_line(&e.to_string())))?,
+        "json" => serde_json::from_str(text).map_err(|e| anyhow!("{shown}: {e}"))?,
+        other => bail!("{shown}: .{other} files are not read as text; use .toml, .json or .yaml"),
+    };
+    specs(file, path, env_name, overrides)
+}
+
+/// The specs of a file's apps, with the file's rules (PM2's when its name starts with
+/// `ecosystem`).
+fn specs(
+    file: File,
+    path: &Path,
+    env_name: Option<&str>,
+    overrides: &[String],
+) -> Result<Vec<AppSpec>> {
+    let shown = path.display().to_string();
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let pm2 = name.starts_with("ecosystem");
-    let file: File = match ext {
-        "toml" => toml::from_str(&text()?)
-            .map_err(|e| anyhow!("{shown}: {}", one_line(&e.to_string())))?,
-        "yaml" | "yml" => serde_saphyr::from_str(&text()?)
-            .map_err(|e| anyhow!("{shown}: {}", one_line(&e.to_string())))?,
-        "json" => serde_json::from_str(&text()?).map_err(|e| anyhow!("{shown}: {e}"))?,
-        _ => serde_json::from_value(evaluate_js(&path)?).map_err(|e| anyhow!("{shown}: {e}"))?,
-    };
     if file.apps.is_empty() {
         bail!("{shown} has no apps; list them under `apps`");
     }

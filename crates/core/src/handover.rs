@@ -325,7 +325,16 @@ pub fn read(fd: RawFd) -> io::Result<Handover> {
     file.rewind()?;
     let mut text = Vec::new();
     file.read_to_end(&mut text)?;
-    let v: serde_json::Value = serde_json::from_slice(&text).map_err(io::Error::other)?;
+    parse(&text)
+}
+
+/// The state in `text`, as [`read`] takes it from the memfd.
+///
+/// # Errors
+/// When `text` is not JSON, holds a format this build does not read, or does not have the
+/// shape of a [`Handover`].
+pub fn parse(text: &[u8]) -> io::Result<Handover> {
+    let v: serde_json::Value = serde_json::from_slice(text).map_err(io::Error::other)?;
     let format = v.get("format").and_then(serde_json::Value::as_u64);
     if format != Some(u64::from(FORMAT)) {
         return Err(io::Error::other(format!(

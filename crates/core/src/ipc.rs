@@ -606,6 +606,19 @@ mod tests {
         assert_eq!(v["d"], "😀");
     }
 
+    #[test]
+    fn a_float_from_an_instance_is_passed_on_unchanged() {
+        // Found while fuzzing: the daemon parses an instance's message and writes it out
+        // again to its recipients; a float must come out as it went in.
+        let Inbound::App(v) = classify(br#"{"data":1.0715660391465826e-75}"#) else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"data":1.0715660391465826e-75}"#
+        );
+    }
+
     #[tokio::test]
     async fn answers_have_room_beyond_a_full_queue_but_not_without_end() {
         let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();

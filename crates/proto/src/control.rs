@@ -664,6 +664,27 @@ mod tests {
     }
 
     #[test]
+    fn a_float_in_a_message_is_not_changed_by_the_trip_through_json() {
+        use crate::encode_line;
+        // Found while fuzzing (`control_line`: a request must encode and parse back equal).
+        for text in [
+            "1.0715660391465826e-75",
+            "-1.81996730402717e-179",
+            "-1.603964615428183e143",
+        ] {
+            let line = format!(r#"{{"v":1,"cmd":"send","to":"api","data":{{"x":{text}}}}}"#);
+            let req: Request = serde_json::from_str(&line).unwrap();
+            let again: Request = serde_json::from_slice(&encode_line(&req)).unwrap();
+            assert_eq!(again, req);
+            let Command::Send { data, .. } = &req.cmd else {
+                panic!("{req:?}")
+            };
+            // Rust's own parser is exact.
+            assert_eq!(data["x"].as_f64(), text.parse::<f64>().ok());
+        }
+    }
+
+    #[test]
     fn reply_wire_shape() {
         let s = serde_json::to_string(&Reply::error(ErrorCode::UnknownApp, "no app x")).unwrap();
         assert_eq!(
