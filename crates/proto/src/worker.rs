@@ -657,5 +657,22 @@ mod tests {
             op.to_line().unwrap(),
             b"{\"data\":{\"q\":1},\"herd\":\"request\",\"id\":1,\"timeout_ms\":2000,\"to\":\"api:0\"}\n"
         );
+        let send = HerdOp::Send(Send {
+            to: Some("api".into()),
+            topic: None,
+            data: json!([1]),
+        });
+        assert_eq!(
+            send.to_line().unwrap(),
+            b"{\"data\":[1],\"herd\":\"send\",\"to\":\"api\"}\n"
+        );
+        let reply = HerdOp::Reply(Reply {
+            reply_to: 3,
+            data: Some(Value::Null),
+        });
+        assert_eq!(
+            reply.to_line().unwrap(),
+            b"{\"data\":null,\"herd\":\"reply\",\"reply_to\":3}\n"
+        );
     }
 }
