@@ -133,7 +133,7 @@ impl Bus {
                     ToInstance::Message(d) => {
                         let msg = Message {
                             topic: d.topic,
-                            data: d.data,
+                            data: d.data.into_owned(),
                             from: d.from,
                             request: d.request,
                             writer: Some(reader_writer.clone()),

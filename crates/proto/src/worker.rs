@@ -8,10 +8,12 @@
 //! is not here: it is Node's, and lives with the code that speaks it (`herd-core`'s `node`).
 //!
 //! The wire form is that of a [`serde_json::Value`]: keys in sorted order
-//! ([`ToInstance::to_value`], [`FromInstance::to_line`]). Reading is lenient, as the daemon
+//! ([`ToInstance::to_value`], [`HerdOp::to_line`]). Reading is lenient, as the daemon
 //! always was: unknown fields are ignored, a missing `data` is `null`, and a field of the
 //! wrong type (a numeric `topic`) counts as absent, so that the daemon can say what is
 //! missing instead of refusing a line it cannot name.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -313,9 +315,9 @@ impl HerdOp {
 /// A message of the bus from the daemon to an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "herd", rename_all = "snake_case")]
-pub enum ToInstance {
+pub enum ToInstance<'a> {
     /// `{"type":"process:msg","herd":"message",…}`: a send, a publish or a request.
-    Message(Delivery),
+    Message(Delivery<'a>),
     /// `{"herd":"reply","reply_to":7,"data":…,"from":…}`: the answer to the instance's own
     /// [`Request`].
     Reply(Answer),
@@ -326,16 +328,17 @@ pub enum ToInstance {
 /// A message for the instance, in PM2's shape so that apps written for PM2's
 /// `sendDataToProcessId` take it as it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Delivery {
+pub struct Delivery<'a> {
     /// Always `"process:msg"`.
     #[serde(rename = "type", default)]
     pub kind: ProcessMsgType,
     /// The topic (`herd` for plain sends).
     #[serde(default = "herd_topic")]
     pub topic: String,
-    /// The payload.
+    /// The payload: borrowed by the daemon, which writes one delivery per message whatever
+    /// the number of recipients.
     #[serde(default)]
-    pub data: Value,
+    pub data: Cow<'a, Value>,
     /// The sender: `app:i@host` or `cli@host`.
     #[serde(default)]
     pub from: String,
@@ -385,7 +388,7 @@ pub struct Refusal {
     pub limit: Option<String>,
 }
 
-impl ToInstance {
+impl ToInstance<'_> {
     /// A refusal, answering the request `reply_to` if it was one.
     pub fn error(error: String, reply_to: Option<Value>) -> Self {
         Self::Error(Refusal {
@@ -585,7 +588,7 @@ mod tests {
                 ToInstance::Message(Delivery {
                     kind: ProcessMsgType::ProcessMsg,
                     topic: "news".into(),
-                    data: json!({"h": 1}),
+                    data: Cow::Owned(json!({"h": 1})),
                     from: "api:0@web-1".into(),
                     request: None,
                 }),
@@ -595,7 +598,7 @@ mod tests {
                 ToInstance::Message(Delivery {
                     kind: ProcessMsgType::ProcessMsg,
                     topic: "herd".into(),
-                    data: json!("ping"),
+                    data: Cow::Owned(json!("ping")),
                     from: "cli@web-1".into(),
                     request: Some(12),
                 }),

@@ -13,6 +13,7 @@
 //! daemon's log. A message over a limit is refused, counted (per instance and in total) and
 //! answered on the sender's channel with the limit and the config key that raises it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -155,7 +156,7 @@ fn delivery(env: &Envelope, request: Option<u64>) -> Value {
     ToInstance::Message(Delivery {
         kind: ProcessMsgType::ProcessMsg,
         topic: env.topic.clone().unwrap_or_else(|| "herd".into()),
-        data: env.data.clone(),
+        data: Cow::Borrowed(&env.data),
         from: env.from.clone(),
         request,
     })
