@@ -2,6 +2,11 @@
 // herd's message bus for Node apps run by herd: a thin layer over process.send and
 // process.on('message'). No dependencies; works in CommonJS and (via import) in ES modules.
 //
+// The messages it writes and reads are those of herd's crates/proto/src/worker.rs (the one
+// definition; docs/bus.md describes them): it writes HerdOp's `{herd: 'send'|'publish'|
+// 'subscribe'|'unsubscribe'|'request'|'reply', …}` and PM2's 'ready', and reads ToInstance's
+// `{herd: 'message'|'reply'|'error', …}`. Change a shape there, and here with it.
+//
 //   const herd = require('./herd');
 //   herd.subscribe('news', (data, msg) => { ... });
 //   herd.publish('news', { headline: 'hi' });

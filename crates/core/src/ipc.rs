@@ -14,6 +14,7 @@ use std::os::unix::io::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use herd_proto::worker::{FromInstance, Word};
 use herd_proto::{LineBuffer, LineError};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde_json::Value;
@@ -46,7 +47,8 @@ pub enum Inbound {
     HandleAck,
     /// The worker refused a handle herd sent.
     HandleNack,
-    /// A message from the app itself (`process.send(…)` or a line on `HERD_IPC_FD`).
+    /// A message from the app itself (`process.send(…)` or a line on `HERD_IPC_FD`), read by
+    /// the bus as a [`FromInstance`].
     App(Value),
     /// A line that is not JSON; it is dropped.
     Malformed(String),
@@ -73,7 +75,7 @@ pub fn classify(line: &[u8]) -> Inbound {
             None => return Inbound::Malformed(e.to_string()),
         },
     };
-    if v == "ready" || v.get("herd").and_then(Value::as_str) == Some("ready") {
+    if FromInstance::is_ready(&v) {
         return Inbound::Ready;
     }
     match v.get("cmd").and_then(Value::as_str) {
@@ -83,7 +85,7 @@ pub fn classify(line: &[u8]) -> Inbound {
         Some("NODE_HANDLE") => {
             // The app sent a handle with its message: the message is the app's.
             let msg = v.get("msg").cloned().unwrap_or(Value::Null);
-            if msg == "ready" {
+            if msg == Word::Ready.as_str() {
                 Inbound::Ready
             } else {
                 Inbound::App(msg)

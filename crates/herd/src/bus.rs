@@ -14,8 +14,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The wire format (one JSON object per line on `HERD_IPC_FD`) is in herd's
-//! `docs/protocol.md`; this client is a few dozen lines over it.
+//! The wire format (one JSON object per line on `HERD_IPC_FD`) is [`herd_proto::worker`]
+//! (described in herd's `docs/bus.md`); this client is a few dozen lines over it.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use herd_proto::worker::{self, HerdOp, ToInstance};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
@@ -68,16 +69,19 @@ impl Message {
     pub async fn reply(&self, data: Value) -> io::Result<()> {
         match (self.request, &self.writer) {
             (Some(n), Some(w)) => {
-                write(w, &json!({"herd": "reply", "reply_to": n, "data": data})).await
+                let reply = worker::Reply {
+                    reply_to: n,
+                    data: Some(data),
+                };
+                write(w, &HerdOp::Reply(reply)).await
             }
             _ => Ok(()),
         }
     }
 }
 
-async fn write(w: &tokio::sync::Mutex<OwnedWriteHalf>, v: &Value) -> io::Result<()> {
-    let mut line = serde_json::to_vec(v).expect("JSON values serialise");
-    line.push(b'\n');
+async fn write(w: &tokio::sync::Mutex<OwnedWriteHalf>, op: &HerdOp) -> io::Result<()> {
+    let line = op.to_line().map_err(io::Error::other)?;
     w.lock().await.write_all(&line).await
 }
 
@@ -111,29 +115,27 @@ impl Bus {
         tokio::spawn(async move {
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                // Lines that are none of herd's messages (a later daemon's) are skipped.
+                let Ok(msg) = serde_json::from_str::<ToInstance>(&line) else {
                     continue;
                 };
-                match v.get("herd").and_then(Value::as_str) {
-                    Some("reply") | Some("error")
-                        if v.get("reply_to").and_then(Value::as_u64).is_some() =>
-                    {
-                        let n = v["reply_to"].as_u64().expect("checked");
-                        let result = if v["herd"] == "reply" {
-                            Ok(v.get("data").cloned().unwrap_or(Value::Null))
-                        } else {
-                            Err(v["error"].as_str().unwrap_or("error").to_string())
-                        };
-                        if let Some(p) = reader_pending.lock().expect("not poisoned").remove(&n) {
-                            let _ = p.send(result);
+                let error = |e: String| if e.is_empty() { "error".into() } else { e };
+                // The answer to a request of ours (numbered in `Bus::request`), or why not.
+                let answer = match msg {
+                    ToInstance::Reply(a) => a.reply_to.as_u64().map(|n| (n, Ok(a.data))),
+                    ToInstance::Error(r) => match r.reply_to.as_ref().and_then(Value::as_u64) {
+                        Some(n) => Some((n, Err(error(r.error)))),
+                        None => {
+                            eprintln!("herd bus: {}", error(r.error));
+                            None
                         }
-                    }
-                    Some("message") => {
+                    },
+                    ToInstance::Message(d) => {
                         let msg = Message {
-                            topic: v["topic"].as_str().unwrap_or("herd").to_string(),
-                            data: v.get("data").cloned().unwrap_or(Value::Null),
-                            from: v["from"].as_str().unwrap_or("").to_string(),
-                            request: v.get("request").and_then(Value::as_u64),
+                            topic: d.topic,
+                            data: d.data.into_owned(),
+                            from: d.from,
+                            request: d.request,
                             writer: Some(reader_writer.clone()),
                         };
                         // A full queue drops, as the daemon does for instances that do not read
@@ -144,11 +146,13 @@ impl Bus {
                                 eprintln!("herd bus: {n} message(s) dropped so far: this program does not call Bus::recv fast enough (1024 are kept)");
                             }
                         }
+                        None
                     }
-                    Some("error") => {
-                        eprintln!("herd bus: {}", v["error"].as_str().unwrap_or("error"))
+                };
+                if let Some((n, result)) = answer {
+                    if let Some(p) = reader_pending.lock().expect("not poisoned").remove(&n) {
+                        let _ = p.send(result);
                     }
-                    _ => {}
                 }
             }
         });
@@ -171,11 +175,12 @@ impl Bus {
     /// # Errors
     /// When the channel is gone.
     pub async fn send(&self, to: &str, data: Value) -> io::Result<()> {
-        write(
-            &self.writer,
-            &json!({"herd": "send", "to": to, "data": data}),
-        )
-        .await
+        let send = worker::Send {
+            to: Some(to.into()),
+            topic: None,
+            data,
+        };
+        write(&self.writer, &HerdOp::Send(send)).await
     }
 
     /// Publishes on a topic, to every subscribed instance on every host.
@@ -183,11 +188,11 @@ impl Bus {
     /// # Errors
     /// When the channel is gone.
     pub async fn publish(&self, topic: &str, data: Value) -> io::Result<()> {
-        write(
-            &self.writer,
-            &json!({"herd": "publish", "topic": topic, "data": data}),
-        )
-        .await
+        let publish = worker::Publish {
+            topic: Some(topic.into()),
+            data,
+        };
+        write(&self.writer, &HerdOp::Publish(publish)).await
     }
 
     /// Subscribes to a topic; its messages arrive through [`Bus::recv`].
@@ -196,7 +201,9 @@ impl Bus {
     /// When the channel is gone.
     pub fn subscribe(&self, topic: &str) -> io::Result<()> {
         let w = self.writer.clone();
-        let msg = json!({"herd": "subscribe", "topic": topic});
+        let msg = HerdOp::Subscribe(worker::Subscribe {
+            topic: Some(topic.into()),
+        });
         // Subscribing is cheap and ordered with later writes through the same lock.
         tokio::spawn(async move { write(&w, &msg).await });
         Ok(())
@@ -210,11 +217,14 @@ impl Bus {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("not poisoned").insert(id, tx);
-        write(
-            &self.writer,
-            &json!({"herd": "request", "to": to, "data": data, "id": id, "timeout_ms": timeout.as_millis() as u64}),
-        )
-        .await?;
+        let request = worker::Request {
+            to: Some(to.into()),
+            topic: None,
+            data,
+            id: id.into(),
+            timeout_ms: Some(timeout.as_millis() as u64),
+        };
+        write(&self.writer, &HerdOp::Request(request)).await?;
         // The daemon answers a timeout itself; this one only guards against a vanished daemon.
         match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
             Ok(Ok(Ok(v))) => Ok(v),

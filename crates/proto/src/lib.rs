@@ -1,6 +1,6 @@
 //! Wire types shared by the `herd` CLI and daemon: the control protocol spoken over
-//! `HERD_HOME/herd.sock`, the app specification it carries, and the newline-delimited JSON
-//! codec with its size limit.
+//! `HERD_HOME/herd.sock`, the app specification it carries, the newline-delimited JSON
+//! codec with its size limit, and ([`worker`]) the messages on an instance's own channel.
 //!
 //! This crate owns only data shapes and framing. It does no I/O of its own beyond what a
 //! caller hands it, and knows nothing about processes or sockets.
@@ -21,6 +21,7 @@
 mod codec;
 mod control;
 mod spec;
+pub mod worker;
 
 pub use codec::{encode_line, EncodeError, LineBuffer, LineError, MAX_CONTROL_LINE};
 pub use control::{

@@ -4,8 +4,8 @@
 //! An instance receives `{"type":"process:msg","herd":"message","topic":…,"data":…,"from":…}`
 //! (PM2's shape: Node apps get it through `process.on('message')`), with `"request": N` when a
 //! reply is awaited; it answers with a message carrying `"reply_to": N`. It sends with
-//! `{"herd":"send"|"publish"|"subscribe"|"unsubscribe"|"request"|"reply", …}` — see
-//! `docs/protocol.md`. Queues are bounded per instance; a slow or dead consumer loses messages
+//! `{"herd":"send"|"publish"|"subscribe"|"unsubscribe"|"request"|"reply", …}` — defined in
+//! `herd_proto::worker`, described in `docs/bus.md`. Queues are bounded per instance; a slow or dead consumer loses messages
 //! (counted), never stalls the daemon or anyone else.
 //!
 //! What one instance can make the router hold is bounded too (`Limits`): topic length,
@@ -13,13 +13,17 @@
 //! daemon's log. A message over a limit is refused, counted (per instance and in total) and
 //! answered on the sender's channel with the limit and the config key that raises it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herd_proto::worker::{
+    self, Answer, Delivery, FromInstance, ProcessMsg, ProcessMsgType, Refusal, ToInstance,
+};
 use herd_proto::{BusStats, ErrorCode, Reply, PROTOCOL_VERSION};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
 use super::{refusal, SlotState, State};
@@ -149,17 +153,14 @@ impl Bus {
 }
 
 fn delivery(env: &Envelope, request: Option<u64>) -> Value {
-    let mut m = json!({
-        "type": "process:msg",
-        "herd": "message",
-        "topic": env.topic.clone().unwrap_or_else(|| "herd".into()),
-        "data": env.data,
-        "from": env.from,
-    });
-    if let (Some(n), Some(o)) = (request, m.as_object_mut()) {
-        o.insert("request".into(), json!(n));
-    }
-    m
+    ToInstance::Message(Delivery {
+        kind: ProcessMsgType::ProcessMsg,
+        topic: env.topic.clone().unwrap_or_else(|| "herd".into()),
+        data: Cow::Borrowed(&env.data),
+        from: env.from.clone(),
+        request,
+    })
+    .to_value()
 }
 
 impl State {
@@ -279,11 +280,13 @@ impl State {
             tracing::warn!(pid, "bus: {}", why());
         }
         self.tell_with(pid, || {
-            let mut m = json!({"herd": "error", "error": why(), "limit": limit});
-            if let (Some(id), Some(o)) = (id, m.as_object_mut()) {
-                o.insert("reply_to".into(), id);
-            }
-            m
+            let limit = Some(limit.into());
+            ToInstance::Error(Refusal {
+                error: why(),
+                reply_to: id,
+                limit,
+            })
+            .to_value()
         });
     }
 
@@ -343,11 +346,7 @@ impl State {
         if self.may_debug(pid) {
             tracing::debug!(pid, "bus: {why}");
         }
-        let mut m = json!({"herd": "error", "error": why});
-        if let (Some(id), Some(o)) = (id, m.as_object_mut()) {
-            o.insert("reply_to".into(), id);
-        }
-        self.tell(pid, m);
+        self.tell(pid, ToInstance::error(why, id).to_value());
     }
 
     /// Delivers a send or publish here.
@@ -668,12 +667,14 @@ impl State {
             }
             Requester::Instance { pid, id } => {
                 let m = match result {
-                    Ok(data) => {
-                        json!({"herd": "reply", "reply_to": id, "data": data, "from": from})
-                    }
-                    Err(why) => json!({"herd": "error", "reply_to": id, "error": why}),
+                    Ok(data) => ToInstance::Reply(Answer {
+                        reply_to: id,
+                        data,
+                        from,
+                    }),
+                    Err(why) => ToInstance::error(why, Some(id)),
                 };
-                self.tell(pid, m);
+                self.tell(pid, m.to_value());
             }
             Requester::Remote { host, id } => {
                 let (kind, data) = match result {
@@ -706,23 +707,34 @@ impl State {
         if !self.pids.contains_key(&pid) {
             return;
         }
-        let op = v.get("herd").and_then(Value::as_str).map(str::to_string);
-        let topic = v.get("topic").and_then(Value::as_str).map(str::to_string);
-        let names_topic = matches!(
-            op.as_deref(),
-            Some("send" | "publish" | "subscribe" | "unsubscribe" | "request")
-        ) || v.get("type").and_then(Value::as_str) == Some("process:msg");
+        let msg = FromInstance::read(&v);
+        // A reply that is also PM2's `process:msg` is published when it answers nothing.
+        let pm2 = match &msg {
+            FromInstance::Reply(_) => ProcessMsg::read(&v),
+            _ => None,
+        };
+        let names_topic = match &msg {
+            FromInstance::Reply(_) => pm2.is_some(),
+            FromInstance::Ready | FromInstance::Other => false,
+            _ => true,
+        };
         if names_topic {
-            let id = (op.as_deref() == Some("request"))
-                .then(|| v.get("id").cloned().unwrap_or(Value::Null));
-            let len = topic.as_ref().map_or(0, String::len);
+            let id = match &msg {
+                FromInstance::Request(r) => Some(r.id.clone()),
+                _ => None,
+            };
+            let topic = msg
+                .topic()
+                .or(pm2.as_ref().and_then(|p| p.topic.as_deref()));
+            let len = topic.map_or(0, str::len);
             if len > self.bus.limits.max_topic_bytes {
                 let l = self.bus.limits;
                 return self.over_limit(pid, id, "max_topic_bytes", || {
                     topic_refusal(&l, "a topic", len).unwrap_or_default()
                 });
             }
-            // An address or a request id is kept while a request waits: bounded like a topic.
+            // An address or a request id is kept while a request waits: bounded like a topic
+            // (a `to` is bounded in any message that names a topic, as it always was).
             let to_len = v.get("to").and_then(Value::as_str).map_or(0, str::len);
             if let Some(why) = topic_refusal(&self.bus.limits, "an address", to_len) {
                 return self.over_limit(pid, id, "max_topic_bytes", || why.clone());
@@ -737,20 +749,19 @@ impl State {
             }
         }
         let from = self.label(pid);
-        let data = v.get("data").cloned().unwrap_or(Value::Null);
-        match op.as_deref() {
-            Some("send") => {
-                let Some(to) = v.get("to").and_then(Value::as_str) else {
+        let pm2 = match msg {
+            FromInstance::Send(worker::Send { to, topic, data }) => {
+                let Some(to) = to else {
                     return self.reject(pid, None, "send needs \"to\" (app, app:i or *)".into());
                 };
-                if let Err(e) = Address::parse(to) {
+                if let Err(e) = Address::parse(&to) {
                     return self.reject(pid, None, e);
                 }
                 let env = Envelope {
                     kind: Kind::Send,
                     from,
                     origin: self.bus.host.clone(),
-                    to: Some(to.into()),
+                    to: Some(to.clone()),
                     topic,
                     data,
                     id: None,
@@ -766,8 +777,9 @@ impl State {
                 } else if r.taken == 0 {
                     self.refuse(pid, None, format!("no running instance matches {to:?}"));
                 }
+                return;
             }
-            Some("publish") => {
+            FromInstance::Publish(worker::Publish { topic, data }) => {
                 let Some(topic) = topic else {
                     return self.reject(pid, None, "publish needs \"topic\"".into());
                 };
@@ -782,34 +794,35 @@ impl State {
                     reply_to: None,
                 };
                 self.route_out(env);
+                return;
             }
-            Some("subscribe") => {
+            FromInstance::Subscribe(worker::Subscribe { topic }) => {
                 let Some(topic) = topic else {
                     return self.reject(pid, None, "subscribe needs \"topic\"".into());
                 };
-                self.subscribe(pid, topic);
+                return self.subscribe(pid, topic);
             }
-            Some("unsubscribe") => {
+            FromInstance::Unsubscribe(worker::Unsubscribe { topic }) => {
                 let Some(topic) = topic else {
                     return self.reject(pid, None, "unsubscribe needs \"topic\"".into());
                 };
-                self.unsubscribe(pid, &topic);
+                return self.unsubscribe(pid, &topic);
             }
-            Some("request") => {
-                let id = v.get("id").cloned().unwrap_or(Value::Null);
-                let Some(to) = v.get("to").and_then(Value::as_str).map(str::to_string) else {
+            FromInstance::Request(worker::Request {
+                to,
+                topic,
+                data,
+                id,
+                timeout_ms,
+            }) => {
+                let Some(to) = to else {
                     return self.reject(pid, Some(id), "request needs \"to\"".into());
                 };
                 let max = self.bus.limits.max_pending_requests;
                 if self.bus.peers.get(&pid).is_some_and(|p| p.pending >= max) {
                     return self.over_limit(pid, Some(id), "max_pending_requests", || format!("request refused: this instance has {max} requests waiting for a reply, the limit (max_pending_requests; raise it in HERD_HOME/config.toml, or wait for replies or timeouts)"));
                 }
-                let timeout = Duration::from_millis(
-                    v.get("timeout_ms")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(5000)
-                        .min(600_000),
-                );
+                let timeout = Duration::from_millis(timeout_ms.unwrap_or(5000).min(600_000));
                 let requester = Requester::Instance { pid, id };
                 if let Err((Requester::Instance { pid, id }, code, why)) =
                     self.start_request(requester, from, &to, topic, data, timeout)
@@ -820,55 +833,53 @@ impl State {
                         self.refuse(pid, Some(id), why);
                     }
                 }
+                return;
             }
-            _ => {
-                // A reply: `{"herd":"reply","reply_to":N,…}` or any message with `reply_to`.
-                if let Some(n) = v.get("reply_to").and_then(Value::as_u64) {
-                    let mine = self
-                        .bus
-                        .requests
-                        .get(&n)
-                        .is_some_and(|p| p.target_pid == Some(pid));
-                    if let Some(p) = mine.then(|| self.bus.remove_request(n)).flatten() {
-                        let data = if v.get("data").is_some() {
-                            data
-                        } else {
-                            v.clone()
-                        };
-                        let env = Envelope {
-                            kind: Kind::Reply,
-                            from: from.clone(),
-                            origin: self.bus.host.clone(),
-                            to: None,
-                            topic: None,
-                            data: data.clone(),
-                            id: None,
-                            reply_to: Some(format!("{}:{n}", self.bus.host)),
-                        };
-                        self.watch(&env);
-                        self.answer(p.requester, Ok(data), from);
-                        return;
-                    }
-                }
-                // PM2's `process.send({type: 'process:msg', topic, data})` goes to the bus.
-                if v.get("type").and_then(Value::as_str) == Some("process:msg") {
+            // A reply: `{"herd":"reply","reply_to":N,…}` or any message with `reply_to`.
+            FromInstance::Reply(worker::Reply { reply_to: n, data }) => {
+                let mine = self
+                    .bus
+                    .requests
+                    .get(&n)
+                    .is_some_and(|p| p.target_pid == Some(pid));
+                if let Some(p) = mine.then(|| self.bus.remove_request(n)).flatten() {
+                    let data = data.unwrap_or_else(|| v.clone());
                     let env = Envelope {
-                        kind: Kind::Publish,
-                        from,
+                        kind: Kind::Reply,
+                        from: from.clone(),
                         origin: self.bus.host.clone(),
                         to: None,
-                        topic: Some(topic.unwrap_or_else(|| "process:msg".into())),
-                        data,
+                        topic: None,
+                        data: data.clone(),
                         id: None,
-                        reply_to: None,
+                        reply_to: Some(format!("{}:{n}", self.bus.host)),
                     };
-                    self.route_out(env);
+                    self.watch(&env);
+                    self.answer(p.requester, Ok(data), from);
                     return;
                 }
-                if self.may_debug(pid) {
-                    tracing::debug!(pid, "message from instance ignored: {v}");
-                }
+                pm2
             }
+            FromInstance::ProcessMsg(m) => Some(m),
+            FromInstance::Ready | FromInstance::Other => None,
+        };
+        // PM2's `process.send({type: 'process:msg', topic, data})` goes to the bus.
+        if let Some(ProcessMsg { topic, data, .. }) = pm2 {
+            let env = Envelope {
+                kind: Kind::Publish,
+                from,
+                origin: self.bus.host.clone(),
+                to: None,
+                topic: Some(topic.unwrap_or_else(|| "process:msg".into())),
+                data,
+                id: None,
+                reply_to: None,
+            };
+            self.route_out(env);
+            return;
+        }
+        if self.may_debug(pid) {
+            tracing::debug!(pid, "message from instance ignored: {v}");
         }
     }
 
@@ -915,7 +926,7 @@ impl State {
         self.instance_warn(pid, format_args!("bus: {why}"));
         // One per bad line: nothing is built for an instance that does not read its answers.
         self.bus.rejected += 1;
-        self.tell_with(pid, || json!({"herd": "error", "error": why.to_string()}));
+        self.tell_with(pid, || ToInstance::error(why.to_string(), None).to_value());
     }
 
     /// An instance is gone: its subscriptions, its waiting requests and the requests it was

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use herd_proto::worker::Word;
 use herd_proto::{AppSpec, Balance};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -30,7 +31,7 @@ use crate::sockets::{ListenAddr, ListenError, Listener};
 pub(super) fn begin_stop(os: &mut dyn Os, spec: &AppSpec, proc: &mut Proc) {
     if spec.shutdown_with_message {
         if let Some(ch) = &proc.channel {
-            if ch.send(&Value::from("shutdown"), None) {
+            if ch.send(&Value::from(Word::Shutdown.as_str()), None) {
                 return;
             }
         }
