@@ -80,8 +80,8 @@ fuzz_target!(|data: &[u8]| {
         let req = Request::new(Command::Start {
             spec: Box::new(spec.clone()),
         });
-        let again: Request =
-            serde_json::from_slice(&encode_line(&req)).expect("a start request parses");
+        let again: Request = serde_json::from_slice(&encode_line(&req).expect("a value encodes"))
+            .expect("a start request parses");
         assert_eq!(again, req, "a spec changed on its way to the daemon");
     }
 });

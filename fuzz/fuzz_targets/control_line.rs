@@ -78,7 +78,7 @@ fn handle(line: &[u8]) {
             return;
         }
     };
-    let wire = encode_line(&req);
+    let wire = encode_line(&req).expect("a value encodes");
     assert_eq!(wire.last(), Some(&b'\n'));
     assert!(
         !wire[..wire.len() - 1].contains(&b'\n'),

@@ -344,6 +344,35 @@ pub fn parse(text: &[u8]) -> io::Result<Handover> {
     serde_json::from_value(v).map_err(io::Error::other)
 }
 
+/// Checks that a handover is consistent before anything in it is adopted: every fd listed
+/// once and above stderr (two owners of one fd would close it twice), app ids distinct and
+/// below `next_id` (a later app would replace an adopted one), slot indexes distinct per app.
+///
+/// # Errors
+/// What is wrong; the caller gives the state back to the previous program.
+pub fn check(h: &Handover) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for fd in fds(h) {
+        if fd <= 2 || !seen.insert(fd) {
+            return Err(format!("fd {fd} is listed twice or is a standard stream"));
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    for a in &h.supervisor.apps {
+        if !ids.insert(a.id) || a.id >= h.supervisor.next_id {
+            return Err(format!(
+                "app id {} is listed twice or not below next_id {}",
+                a.id, h.supervisor.next_id
+            ));
+        }
+        let mut slots = std::collections::HashSet::new();
+        if !a.slots.iter().all(|s| slots.insert(s.index)) {
+            return Err(format!("app {} lists a slot twice", a.id));
+        }
+    }
+    Ok(())
+}
+
 /// Closes the handover's memfd and the previous program's fd once the state is taken over.
 pub fn close(fd: RawFd) {
     let exe = std::env::var(EXE_ENV)
@@ -476,6 +505,23 @@ pub fn is_open(fd: RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_real_handover_passes_the_check_and_a_forged_one_does_not() {
+        let text = include_bytes!("../../../fuzz/corpus/handover/real");
+        let h = parse(text).unwrap();
+        assert_eq!(check(&h), Ok(()));
+        let mut dup = parse(text).unwrap();
+        let first = dup.supervisor.apps[0].id;
+        dup.supervisor.apps[1].id = first;
+        assert!(check(&dup).unwrap_err().contains("listed twice"));
+        let mut low = parse(text).unwrap();
+        low.supervisor.next_id = 0;
+        assert!(check(&low).is_err());
+        let mut fd = parse(text).unwrap();
+        fd.supervisor.notify_fd = fd.daemon_fds["control"];
+        assert!(check(&fd).unwrap_err().contains("fd"));
+    }
 
     #[test]
     fn state_from_a_build_without_cgroups_reads_as_none() {

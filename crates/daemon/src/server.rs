@@ -132,6 +132,11 @@ pub async fn take_over(
             "the handover has no control socket; {e}"
         )));
     };
+    if let Err(why) = handover::check(&h) {
+        let why = format!("the handover is inconsistent: {why}");
+        let e = handover::fall_back(memfd, &why);
+        return Err(io::Error::other(format!("{why}; {e}")));
+    }
     let listed = handover::fds(&h);
     let (sup, done) = match Supervisor::adopt(config, h.supervisor) {
         Ok(s) => s,

@@ -674,7 +674,7 @@ mod tests {
         ] {
             let line = format!(r#"{{"v":1,"cmd":"send","to":"api","data":{{"x":{text}}}}}"#);
             let req: Request = serde_json::from_str(&line).unwrap();
-            let again: Request = serde_json::from_slice(&encode_line(&req)).unwrap();
+            let again: Request = serde_json::from_slice(&encode_line(&req).unwrap()).unwrap();
             assert_eq!(again, req);
             let Command::Send { data, .. } = &req.cmd else {
                 panic!("{req:?}")
