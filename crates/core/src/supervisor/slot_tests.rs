@@ -144,6 +144,28 @@ impl Sim {
         }
     }
 
+    /// A `wait_ready` app of `n` instances, started, every instance ready.
+    fn ready_app(n: u32) -> Self {
+        let mut sim = Self::new();
+        let spec = AppSpec {
+            wait_ready: true,
+            ..sim.spec(n)
+        };
+        drop(sim.start(spec));
+        for i in 0..n as usize {
+            sim.ready(sim.current(i).unwrap());
+        }
+        sim
+    }
+
+    /// `herd reload web`.
+    fn reload(&mut self) -> oneshot::Receiver<Reply> {
+        self.cmd(Command::Reload {
+            target: "web".into(),
+            env: None,
+        })
+    }
+
     /// Handles one event as the event loop does.
     fn event(&mut self, ev: Event) {
         self.st.handle(ev);
@@ -419,21 +441,10 @@ async fn stop_sends_the_kill_signal_then_sigkill_at_the_kill_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn reload_promotes_each_next_process_once_it_is_ready() {
-    let mut sim = Sim::new();
-    let spec = AppSpec {
-        wait_ready: true,
-        ..sim.spec(2)
-    };
-    drop(sim.start(spec));
-    for i in 0..2 {
-        sim.ready(sim.current(i).unwrap());
-    }
+    let mut sim = Sim::ready_app(2);
     assert_eq!(sim.statuses(), vec![ProcessStatus::Online; 2]);
     let old: Vec<u32> = (0..2).map(|i| sim.current(i).unwrap()).collect();
-    let mut r = sim.cmd(Command::Reload {
-        target: "web".into(),
-        env: None,
-    });
+    let mut r = sim.reload();
     for (i, &old) in old.iter().enumerate() {
         let next = sim.next(i).expect("a next process");
         // The old one serves meanwhile.
@@ -461,20 +472,9 @@ async fn reload_promotes_each_next_process_once_it_is_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn a_reload_whose_next_process_never_gets_ready_keeps_the_old_one() {
-    let mut sim = Sim::new();
-    let spec = AppSpec {
-        wait_ready: true,
-        ..sim.spec(2)
-    };
-    drop(sim.start(spec));
-    for i in 0..2 {
-        sim.ready(sim.current(i).unwrap());
-    }
+    let mut sim = Sim::ready_app(2);
     let old = sim.current(0).unwrap();
-    let mut r = sim.cmd(Command::Reload {
-        target: "web".into(),
-        env: None,
-    });
+    let mut r = sim.reload();
     let next = sim.next(0).unwrap();
     sim.advance(Duration::from_millis(3000)).await;
     assert!(sim.world.lock().unwrap().kills.contains(&next));
@@ -520,19 +520,8 @@ async fn scale_down_drains_the_slot_then_stops_it() {
 /// process starts; both commands hung.
 #[tokio::test(start_paused = true)]
 async fn scale_down_while_the_last_slot_reloads_answers_both() {
-    let mut sim = Sim::new();
-    let spec = AppSpec {
-        wait_ready: true,
-        ..sim.spec(2)
-    };
-    drop(sim.start(spec));
-    for i in 0..2 {
-        sim.ready(sim.current(i).unwrap());
-    }
-    let mut reload = sim.cmd(Command::Reload {
-        target: "web".into(),
-        env: None,
-    });
+    let mut sim = Sim::ready_app(2);
+    let mut reload = sim.reload();
     sim.ready(sim.next(0).unwrap());
     let next1 = sim.next(1).expect("slot 1 reloading");
     let mut scale = sim.cmd(Command::Scale {
@@ -556,17 +545,8 @@ async fn scale_down_while_the_last_slot_reloads_answers_both() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_during_a_reload_stops_current_and_next() {
-    let mut sim = Sim::new();
-    let spec = AppSpec {
-        wait_ready: true,
-        ..sim.spec(1)
-    };
-    drop(sim.start(spec));
-    sim.ready(sim.current(0).unwrap());
-    let mut reload = sim.cmd(Command::Reload {
-        target: "web".into(),
-        env: None,
-    });
+    let mut sim = Sim::ready_app(1);
+    let mut reload = sim.reload();
     let (cur, next) = (sim.current(0).unwrap(), sim.next(0).unwrap());
     let mut stop = sim.cmd(Command::Stop {
         target: "web".into(),
@@ -584,17 +564,8 @@ async fn stop_during_a_reload_stops_current_and_next() {
 
 #[tokio::test(start_paused = true)]
 async fn the_current_process_crashing_during_a_reload_hands_over_to_the_next() {
-    let mut sim = Sim::new();
-    let spec = AppSpec {
-        wait_ready: true,
-        ..sim.spec(1)
-    };
-    drop(sim.start(spec));
-    sim.ready(sim.current(0).unwrap());
-    let mut reload = sim.cmd(Command::Reload {
-        target: "web".into(),
-        env: None,
-    });
+    let mut sim = Sim::ready_app(1);
+    let mut reload = sim.reload();
     let (cur, next) = (sim.current(0).unwrap(), sim.next(0).unwrap());
     sim.exit(cur, 1);
     assert_eq!(sim.current(0), Some(next));
@@ -608,17 +579,8 @@ async fn the_current_process_crashing_during_a_reload_hands_over_to_the_next() {
 
 #[tokio::test(start_paused = true)]
 async fn the_next_process_crashing_fails_the_reload_and_keeps_the_old() {
-    let mut sim = Sim::new();
-    let spec = AppSpec {
-        wait_ready: true,
-        ..sim.spec(1)
-    };
-    drop(sim.start(spec));
-    sim.ready(sim.current(0).unwrap());
-    let mut reload = sim.cmd(Command::Reload {
-        target: "web".into(),
-        env: None,
-    });
+    let mut sim = Sim::ready_app(1);
+    let mut reload = sim.reload();
     let (cur, next) = (sim.current(0).unwrap(), sim.next(0).unwrap());
     sim.exit(next, 3);
     assert_eq!(sim.current(0), Some(cur));
@@ -650,19 +612,8 @@ async fn a_stop_while_a_restart_waits_never_restarts() {
 
 #[tokio::test(start_paused = true)]
 async fn delete_during_a_reload_removes_the_app_and_every_process() {
-    let mut sim = Sim::new();
-    let spec = AppSpec {
-        wait_ready: true,
-        ..sim.spec(2)
-    };
-    drop(sim.start(spec));
-    for i in 0..2 {
-        sim.ready(sim.current(i).unwrap());
-    }
-    let _reload = sim.cmd(Command::Reload {
-        target: "web".into(),
-        env: None,
-    });
+    let mut sim = Sim::ready_app(2);
+    let _reload = sim.reload();
     let mut del = sim.cmd(Command::Delete {
         target: "web".into(),
     });
@@ -678,18 +629,9 @@ async fn delete_during_a_reload_removes_the_app_and_every_process() {
 
 #[tokio::test(start_paused = true)]
 async fn an_update_waits_while_a_reload_is_under_way() {
-    let mut sim = Sim::new();
-    let spec = AppSpec {
-        wait_ready: true,
-        ..sim.spec(1)
-    };
-    drop(sim.start(spec));
-    sim.ready(sim.current(0).unwrap());
+    let mut sim = Sim::ready_app(1);
     assert_eq!(sim.st.busy_reason(), None);
-    let _reload = sim.cmd(Command::Reload {
-        target: "web".into(),
-        env: None,
-    });
+    let _reload = sim.reload();
     assert!(sim.st.busy_reason().is_some());
     sim.settle().await;
     assert_eq!(sim.st.busy_reason(), None);
