@@ -10,191 +10,154 @@ use super::{log_path, logs, stats, CommandError, LogRef, State, WaitKind};
 use crate::cgroup;
 
 impl State {
+    /// Carries out a command: the match only delegates, each command has its method, and the
+    /// answer is sent in one place — at once, or once the apps it touched have settled.
     pub(super) fn on_request(&mut self, cmd: Command, reply: oneshot::Sender<Reply>) {
-        if self.shutting_down && !cmd.answered_while_shutting_down() {
-            let _ = reply.send(Reply::from(err(
-                ErrorCode::ShuttingDown,
-                "the daemon is shutting down",
-            )));
-            return;
-        }
-        if self.updating.is_some() && !cmd.read_only() {
-            let _ = reply.send(Reply::from(err(
+        let answer = if self.shutting_down && !cmd.answered_while_shutting_down() {
+            Err(err(ErrorCode::ShuttingDown, "the daemon is shutting down"))
+        } else if self.updating.is_some() && !cmd.read_only() {
+            Err(err(
                 ErrorCode::Busy,
                 "the daemon is being updated; send the command again in a moment",
-            )));
-            return;
-        }
-        match cmd {
-            Command::Ping => {
-                let _ = reply.send(Reply::Pong {
-                    v: PROTOCOL_VERSION,
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    pid: std::process::id(),
-                });
-            }
-            Command::List => {
-                let ids: Vec<u32> = self.apps.keys().copied().collect();
-                let _ = reply.send(Reply::Apps {
-                    v: PROTOCOL_VERSION,
-                    apps: self.infos(&ids, false),
-                    bus: None,
-                    warnings: crate::health::warnings(),
-                });
-            }
-            Command::Flush { target } => match self.resolve(&target) {
-                Ok(ids) => {
-                    let (n, failed) = self.each_log(&ids, |f| f.truncate());
-                    let _ = reply.send(log_files_reply("emptied", n, failed));
-                }
-                Err(e) => {
-                    let _ = reply.send(e.into());
-                }
-            },
-            Command::ReloadLogs => {
-                let ids: Vec<u32> = self.apps.keys().copied().collect();
-                let (n, failed) = self.each_log(&ids, |f| f.reopen());
-                let _ = reply.send(log_files_reply("reopened", n, failed));
-            }
-            Command::Describe { target } => match self.resolve(&target) {
-                Ok(ids) => {
-                    let apps = self.infos(&ids, true);
-                    let _ = reply.send(Reply::Apps {
-                        v: PROTOCOL_VERSION,
-                        apps,
-                        bus: Some(Box::new(self.bus_stats())),
-                        warnings: crate::health::warnings(),
-                    });
-                }
-                Err(e) => {
-                    let _ = reply.send(e.into());
-                }
-            },
-            Command::Start { spec } => match self.start_app(*spec) {
-                Ok(id) => self.wait(vec![id], WaitKind::Apps, reply),
-                Err(e) => {
-                    let _ = reply.send(e.into());
-                }
-            },
-            Command::Resume { target } => self.for_targets(&target, reply, |s, id| {
-                s.resume(id)?;
-                Ok(())
-            }),
-            Command::Stop { target } => self.for_targets(&target, reply, |s, id| {
-                s.stop_app(id);
-                Ok(())
-            }),
-            Command::Restart { target, env } => self.for_targets(&target, reply, |s, id| {
-                if let Some(env) = &env {
-                    s.update_env(id, env);
-                }
-                s.restart_app(id)?;
-                Ok(())
-            }),
-            Command::Reload { target, env } => match self.resolve(&target) {
-                Ok(ids) => {
-                    for &id in &ids {
-                        if let Some(env) = &env {
-                            self.update_env(id, env);
-                        }
-                        self.reload_errors.remove(&id);
-                        if let Err(e) = self.start_reload(id) {
-                            let _ = reply.send(e.into());
-                            return;
-                        }
+            ))
+        } else {
+            match cmd {
+                Command::Ping => Ok(Answer::Now(pong())),
+                Command::List => Ok(Answer::Now(self.list())),
+                Command::Describe { target } => self.describe(&target),
+                Command::Flush { target } => self.flush(&target),
+                Command::ReloadLogs => Ok(self.reload_logs()),
+                Command::Start { spec } => self.start_app(*spec).map(Answer::app),
+                Command::Resume { target } => self.each_app(&target, |s, id| s.resume(id)),
+                Command::Stop { target } => self.each_app(&target, |s, id| {
+                    s.stop_app(id);
+                    Ok(())
+                }),
+                Command::Restart { target, env } => self.each_app(&target, |s, id| {
+                    if let Some(env) = &env {
+                        s.update_env(id, env);
                     }
-                    self.wait(ids, WaitKind::Reload, reply);
+                    s.restart_app(id)
+                }),
+                Command::Reload { target, env } => self.reload(&target, env.as_ref()),
+                Command::Delete { target } => self.delete(&target),
+                Command::Scale { target, to } => self.scale(&target, to).map(Answer::app),
+                Command::Send { to, topic, data } => {
+                    Ok(Answer::Now(self.cli_send(&to, topic, data)))
                 }
-                Err(e) => {
-                    let _ = reply.send(e.into());
+                Command::Publish { topic, data } => Ok(Answer::Now(self.cli_publish(topic, data))),
+                Command::Request {
+                    to,
+                    topic,
+                    data,
+                    timeout_ms,
+                } => {
+                    // Answered by the reply of the instance (or its timeout).
+                    let timeout = Duration::from_millis(timeout_ms);
+                    return self.cli_request(&to, topic, data, timeout, reply);
                 }
-            },
-            Command::Delete { target } => match self.resolve(&target) {
-                Ok(ids) => {
-                    let names: Vec<String> = ids
-                        .iter()
-                        .filter_map(|id| self.apps.get(id).map(|a| a.spec.name.clone()))
-                        .collect();
-                    for &id in &ids {
-                        if let Some(a) = self.apps.get_mut(&id) {
-                            a.deleting = true;
-                        }
-                        self.stop_app(id);
-                    }
-                    let msg = format!("deleted {}", names.join(", "));
-                    self.wait(ids, WaitKind::Deleted(msg), reply);
-                }
-                Err(e) => {
-                    let _ = reply.send(e.into());
-                }
-            },
-            Command::Scale { target, to } => match self.scale(&target, to) {
-                Ok(id) => self.wait(vec![id], WaitKind::Apps, reply),
-                Err(e) => {
-                    let _ = reply.send(e.into());
-                }
-            },
-            Command::Logs { .. } => {
-                let _ = reply.send(Reply::from(err(
+                Command::Logs { .. } | Command::Bus { .. } | Command::Update { .. } => Err(err(
                     ErrorCode::BadRequest,
-                    "logs are streamed by the control server, not the supervisor",
-                )));
+                    "logs, bus and update are served by the control server, not the supervisor",
+                )),
+                Command::Kill => Ok(self.kill()),
             }
-            Command::Send { to, topic, data } => {
-                let _ = reply.send(self.cli_send(&to, topic, data));
+        };
+        match answer {
+            Ok(Answer::Now(r)) => {
+                let _ = reply.send(r);
             }
-            Command::Publish { topic, data } => {
-                let _ = reply.send(self.cli_publish(topic, data));
-            }
-            Command::Request {
-                to,
-                topic,
-                data,
-                timeout_ms,
-            } => self.cli_request(&to, topic, data, Duration::from_millis(timeout_ms), reply),
-            Command::Bus { .. } => {
-                let _ = reply.send(Reply::from(err(
-                    ErrorCode::BadRequest,
-                    "the bus is streamed by the control server, not the supervisor",
-                )));
-            }
-            Command::Update { .. } => {
-                let _ = reply.send(Reply::from(err(
-                    ErrorCode::BadRequest,
-                    "an update is carried out by the control server, not the supervisor",
-                )));
-            }
-            Command::Kill => {
-                self.shutting_down = true;
-                let ids: Vec<u32> = self.apps.keys().copied().collect();
-                for &id in &ids {
-                    self.stop_app(id);
-                }
-                self.wait(ids, WaitKind::Kill, reply);
+            Ok(Answer::Later(ids, kind)) => self.wait(ids, kind, reply),
+            Err(e) => {
+                let _ = reply.send(e.into());
             }
         }
     }
 
-    pub(super) fn for_targets(
+    fn list(&mut self) -> Reply {
+        let ids: Vec<u32> = self.apps.keys().copied().collect();
+        Reply::Apps {
+            v: PROTOCOL_VERSION,
+            apps: self.infos(&ids, false),
+            bus: None,
+            warnings: crate::health::warnings(),
+        }
+    }
+
+    fn describe(&mut self, target: &str) -> Result<Answer, CommandError> {
+        let ids = self.resolve(target)?;
+        Ok(Answer::Now(Reply::Apps {
+            v: PROTOCOL_VERSION,
+            apps: self.infos(&ids, true),
+            bus: Some(Box::new(self.bus_stats())),
+            warnings: crate::health::warnings(),
+        }))
+    }
+
+    fn flush(&mut self, target: &str) -> Result<Answer, CommandError> {
+        let ids = self.resolve(target)?;
+        let (n, failed) = self.each_log(&ids, |f| f.truncate());
+        Ok(Answer::Now(log_files_reply("emptied", n, failed)))
+    }
+
+    fn reload_logs(&mut self) -> Answer {
+        let ids: Vec<u32> = self.apps.keys().copied().collect();
+        let (n, failed) = self.each_log(&ids, |f| f.reopen());
+        Answer::Now(log_files_reply("reopened", n, failed))
+    }
+
+    fn reload(
         &mut self,
         target: &str,
-        reply: oneshot::Sender<Reply>,
-        mut f: impl FnMut(&mut Self, u32) -> Result<(), CommandError>,
-    ) {
-        let ids = match self.resolve(target) {
-            Ok(ids) => ids,
-            Err(e) => {
-                let _ = reply.send(e.into());
-                return;
-            }
-        };
+        env: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<Answer, CommandError> {
+        let ids = self.resolve(target)?;
         for &id in &ids {
-            if let Err(e) = f(self, id) {
-                let _ = reply.send(e.into());
-                return;
+            if let Some(env) = env {
+                self.update_env(id, env);
             }
+            self.reload_errors.remove(&id);
+            self.start_reload(id)?;
         }
-        self.wait(ids, WaitKind::Apps, reply);
+        Ok(Answer::Later(ids, WaitKind::Reload))
+    }
+
+    fn delete(&mut self, target: &str) -> Result<Answer, CommandError> {
+        let ids = self.resolve(target)?;
+        let names: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.apps.get(id).map(|a| a.spec.name.clone()))
+            .collect();
+        for &id in &ids {
+            if let Some(a) = self.apps.get_mut(&id) {
+                a.deleting = true;
+            }
+            self.stop_app(id);
+        }
+        let msg = format!("deleted {}", names.join(", "));
+        Ok(Answer::Later(ids, WaitKind::Deleted(msg)))
+    }
+
+    fn kill(&mut self) -> Answer {
+        self.shutting_down = true;
+        let ids: Vec<u32> = self.apps.keys().copied().collect();
+        for &id in &ids {
+            self.stop_app(id);
+        }
+        Answer::Later(ids, WaitKind::Kill)
+    }
+
+    /// Runs `f` on every app `target` names; answered once they have settled.
+    fn each_app(
+        &mut self,
+        target: &str,
+        mut f: impl FnMut(&mut Self, u32) -> Result<(), CommandError>,
+    ) -> Result<Answer, CommandError> {
+        let ids = self.resolve(target)?;
+        for &id in &ids {
+            f(self, id)?;
+        }
+        Ok(Answer::Later(ids, WaitKind::Apps))
     }
 
     /// Turns a target (name, id or `all`) into app ids.
@@ -342,6 +305,29 @@ impl State {
 }
 
 /// The answer to `flush` and `reloadLogs`.
+/// What a command answers.
+enum Answer {
+    /// This reply, now.
+    Now(Reply),
+    /// The apps' state once they have settled.
+    Later(Vec<u32>, WaitKind),
+}
+
+impl Answer {
+    /// The state of app `id` once it has settled.
+    fn app(id: u32) -> Self {
+        Answer::Later(vec![id], WaitKind::Apps)
+    }
+}
+
+fn pong() -> Reply {
+    Reply::Pong {
+        v: PROTOCOL_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+    }
+}
+
 pub(super) fn log_files_reply(did: &str, n: usize, failed: Option<String>) -> Reply {
     match failed {
         None => Reply::done(format!("{did} {n} log files")),
