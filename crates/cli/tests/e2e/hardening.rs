@@ -524,11 +524,12 @@ sys.stdin.read()
     // herd list answers, and a killed instance is replaced.
     let t = Instant::now();
     h.ok(&["list"]);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "herd list took {:?}",
-        t.elapsed()
+    let took = t.elapsed();
+    eprintln!(
+        "daemon fds {before} -> {}; herd list took {took:?}",
+        fds(daemon)
     );
+    assert!(took < Duration::from_secs(5), "herd list took {took:?}");
     kill_and_wait_replaced(&h, "web", 0);
     let log = std::fs::read_to_string(h.home().join("daemon.log")).unwrap();
     let warned = log
