@@ -72,9 +72,14 @@ impl Writes {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let failing = self.failing.load(Ordering::Relaxed);
+        // Once writes work again, the warning stays for an hour, then goes.
+        if !failing && now.saturating_sub(at) > RECOVERED_SHOWN_SECS {
+            return None;
+        }
         let ago =
             humantime::format_duration(std::time::Duration::from_secs(now.saturating_sub(at)));
-        let state = if self.failing.load(Ordering::Relaxed) {
+        let state = if failing {
             "still failing: free space on the disk of HERD_HOME (herd flush clears instance logs); herd retries at every write"
         } else {
             "writing again since"
@@ -85,6 +90,9 @@ impl Writes {
         ))
     }
 }
+
+/// How long a warning is shown after writes work again.
+const RECOVERED_SHOWN_SECS: u64 = 3600;
 
 /// `daemon.log`.
 pub static DAEMON_LOG: Writes = Writes::new("daemon.log");
