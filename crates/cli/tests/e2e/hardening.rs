@@ -213,8 +213,10 @@ fn sighup_reopens_the_logs_and_keeps_every_app() {
     // daemon.log rotates by size: each SIGHUP writes a line of ~80 bytes, so ~800 of them
     // pass 64 KiB (signals sent while the daemon is busy merge: send until it rotates).
     wait_until(Duration::from_secs(30), || {
-        signal(daemon, nix::sys::signal::Signal::SIGHUP);
-        std::thread::sleep(Duration::from_micros(500));
+        for _ in 0..50 {
+            signal(daemon, nix::sys::signal::Signal::SIGHUP);
+            std::thread::sleep(Duration::from_millis(1));
+        }
         h.home()
             .join("daemon.log.1")
             .exists()
