@@ -602,8 +602,6 @@ struct State {
     containment: Containment,
     /// pid → its cgroup, for every process started in one.
     cgroups: HashMap<u32, PathBuf>,
-    /// An empty cgroup per slot, left by its last process, for its next one.
-    spare_cgroups: HashMap<(u32, u32), PathBuf>,
     /// A failure to make a cgroup was logged (once is enough).
     cgroup_warned: bool,
 }
@@ -643,7 +641,6 @@ impl State {
             pumps: Vec::new(),
             containment: Containment::ProcessGroups(String::new()),
             cgroups: HashMap::new(),
-            spare_cgroups: HashMap::new(),
             cgroup_warned: false,
         }
     }

@@ -147,25 +147,12 @@ impl State {
         let stdin: OwnedFd = std::fs::File::open("/dev/null")
             .map_err(StartError::io("/dev/null"))?
             .into();
-        let leaf = match self.spare_cgroups.remove(&(id, i)) {
-            // The slot's last process left an empty cgroup: joining it is cheap.
-            Some(spare) => match crate::cgroup::open_procs(&spare) {
-                Ok(fd) if crate::cgroup::procs(&spare).is_empty() => Some((spare, fd)),
-                _ => {
-                    let _ = std::fs::remove_dir(&spare);
-                    None
-                }
-            },
-            None => None,
-        }
-        .or_else(|| {
-            new_cgroup(
-                &mut self.containment,
-                &mut self.cgroup_warned,
-                &spec.name,
-                i,
-            )
-        });
+        let leaf = new_cgroup(
+            &mut self.containment,
+            &mut self.cgroup_warned,
+            &spec.name,
+            i,
+        );
         let pid = self
             .os
             .spawn(SpawnRequest {

@@ -272,7 +272,7 @@ impl State {
         let cg = self.cgroups.remove(&pid);
         self.os.kill_tree(pid, cg.as_deref());
         if let Some(cg) = cg {
-            self.empty_cgroup(id, i, cg);
+            self.empty_cgroup(id, cg);
         }
         self.forget_instance(pid);
         // The extra listening sockets only it held close: a killed flood gives everything back.

@@ -218,17 +218,6 @@ impl State {
             self.apps.remove(&id);
             self.timers.cancel_app(id);
         }
-        // A slot's spare cgroup is kept only while its app runs and the slot exists.
-        let apps = &self.apps;
-        self.spare_cgroups.retain(|(id, i), leaf| {
-            let keep = apps
-                .get(id)
-                .is_some_and(|a| a.status == AppStatus::Running && a.slots.len() > *i as usize);
-            if !keep {
-                let _ = std::fs::remove_dir(&*leaf);
-            }
-            keep
-        });
         self.answer_waiters();
     }
 
@@ -288,14 +277,9 @@ impl State {
 
     /// Removes a killed process's cgroup once it is empty; until then the app is not settled,
     /// so a stop is answered only when nothing of the instance runs any more.
-    pub(super) fn empty_cgroup(&mut self, id: u32, i: u32, leaf: PathBuf) {
-        // Usually the process left nothing behind: the empty leaf is kept for the slot's next
-        // process, since the first process to join a new cgroup pays 5–18 ms on this kernel
-        // (measured), which a restart would otherwise wait for.
-        if cgroup::procs(&leaf).is_empty() {
-            if let Some(old) = self.spare_cgroups.insert((id, i), leaf) {
-                let _ = std::fs::remove_dir(old);
-            }
+    pub(super) fn empty_cgroup(&mut self, id: u32, leaf: PathBuf) {
+        // Usually the process left nothing behind and the leaf goes at once.
+        if std::fs::remove_dir(&leaf).is_ok() {
             return;
         }
         if let Some(app) = self.apps.get_mut(&id) {
