@@ -46,6 +46,59 @@ pub struct SpawnRequest<'a> {
     pub stderr: OwnedFd,
     /// The `cgroup.procs` file of the cgroup the child joins before anything else, if any.
     pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// That cgroup's directory: the child is created in it (`clone3` with
+    /// `CLONE_INTO_CGROUP`, Linux 5.7+), which spares the migration a write to `cgroup.procs`
+    /// costs (~18 ms measured here: the kernel waits for an RCU grace period). Where the kernel
+    /// refuses, the child joins through `cgroup_procs`.
+    pub cgroup_dir: Option<BorrowedFd<'a>>,
+}
+
+/// `struct clone_args` of `clone3(2)`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (linux/sched.h).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Forks a child into the cgroup `dir`: like `fork()` (0 in the child, the pid in the parent),
+/// or the error, with which the caller falls back to `fork()`.
+///
+/// # Safety
+/// As `fork()`: the child may only call async-signal-safe functions until it executes. The
+/// raw system call skips glibc's fork handlers, which the child does not need for that.
+unsafe fn fork_into(dir: RawFd) -> Result<libc::pid_t, io::Error> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size given; see the function's contract.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as libc::pid_t)
+    }
 }
 
 /// Why a process could not be started.
@@ -148,12 +201,23 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
     let (err_read, err_write) = pipe_cloexec().map_err(SpawnError::Fork)?;
     let parent_pid = std::process::id() as libc::pid_t;
 
-    // SAFETY: after fork the child runs only `child_after_fork`, which uses async-signal-safe
-    // calls on memory prepared above and never returns.
-    let pid = unsafe { libc::fork() };
+    // The child is created in its cgroup where the kernel can; otherwise it joins it itself.
+    // SAFETY (both): after fork the child runs only `child_after_fork`, which uses
+    // async-signal-safe calls on memory prepared above and never returns.
+    let into = req
+        .cgroup_dir
+        .and_then(|dir| unsafe { fork_into(dir.as_raw_fd()) }.ok());
+    let pid = match into {
+        Some(pid) => pid,
+        None => unsafe { libc::fork() },
+    };
     if pid < 0 {
         return Err(SpawnError::Fork(io::Error::last_os_error()));
     }
+    let cgroup_fd = match into {
+        Some(_) => -1,
+        None => req.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
+    };
     if pid == 0 {
         // SAFETY: see above; every pointer is valid in the child's copy of the address space.
         unsafe {
@@ -167,7 +231,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
                 high_water,
                 listen_pid_buf,
                 err_fd: err_write.as_raw_fd(),
-                cgroup_fd: req.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
+                cgroup_fd,
             })
         }
     }

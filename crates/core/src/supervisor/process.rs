@@ -153,6 +153,10 @@ impl State {
             &spec.name,
             i,
         );
+        // The cgroup's directory, to create the child in it (see SpawnRequest::cgroup_dir).
+        let leaf_dir = leaf
+            .as_ref()
+            .and_then(|(path, _)| std::fs::File::open(path).ok());
         let pid = self
             .os
             .spawn(SpawnRequest {
@@ -166,6 +170,7 @@ impl State {
                 stdout: out_w,
                 stderr: err_w,
                 cgroup_procs: leaf.as_ref().map(|(_, fd)| fd.as_fd()),
+                cgroup_dir: leaf_dir.as_ref().map(|d| d.as_fd()),
             })
             .map_err(|e| {
                 // The child may not have exited yet; its leaf goes once it has.
