@@ -256,6 +256,14 @@ fn assert_gone(dirs: &[PathBuf], after: &str) {
     assert!(left.is_empty(), "cgroups left after {after}: {left:?}");
 }
 
+/// Those of `pids` still alive, killed by pid so that nothing of the test runs on whatever
+/// the test then says about them.
+fn kill_survivors<'a>(pids: impl IntoIterator<Item = &'a u32>) -> Vec<u32> {
+    let survivors: Vec<u32> = pids.into_iter().copied().filter(|p| alive(*p)).collect();
+    kill_by_pid(&survivors);
+    survivors
+}
+
 fn kill_by_pid(pids: &[u32]) {
     for &p in pids {
         let _ = nix::sys::signal::kill(
@@ -275,9 +283,7 @@ fn setsid_double_fork_and_setpgid_children_die_on_stop_and_the_port_is_free() {
     let leaves = cgroups_of(&h, "esc");
     let before_stop = esc.clone();
     let stop = h.run(&["stop", "esc"]);
-    let survivors: Vec<u32> = before_stop.iter().copied().filter(|p| alive(*p)).collect();
-    // Whatever happened, nothing of this test may run on.
-    kill_by_pid(&survivors);
+    let survivors = kill_survivors(&before_stop);
     assert!(stop.status.success());
     assert!(
         survivors.is_empty(),
@@ -298,8 +304,7 @@ fn setsid_double_fork_and_setpgid_children_die_on_stop_and_the_port_is_free() {
 
     // delete: the same.
     h.ok(&["delete", "esc"]);
-    let survivors: Vec<u32> = esc.iter().copied().filter(|p| alive(*p)).collect();
-    kill_by_pid(&survivors);
+    let survivors = kill_survivors(&esc);
     assert!(survivors.is_empty(), "survived herd delete: {survivors:?}");
     assert!(e.port_is_free(), "the port is still held after herd delete");
     assert_gone(&leaves, "herd delete");
@@ -316,8 +321,7 @@ fn herd_kill_takes_escaped_children_and_every_cgroup_with_it() {
     let leaves = cgroups_of(&h, "esc");
     let parent = parent_cgroup(&h, "esc");
     h.ok(&["kill"]);
-    let survivors: Vec<u32> = esc.iter().copied().filter(|p| alive(*p)).collect();
-    kill_by_pid(&survivors);
+    let survivors = kill_survivors(&esc);
     assert!(survivors.is_empty(), "survived herd kill: {survivors:?}");
     assert!(e.port_is_free(), "the port is still held after herd kill");
     assert_gone(&leaves, "herd kill");
@@ -340,8 +344,7 @@ fn two_hundred_setsid_children_none_survive() {
     let leaves = cgroups_of(&h, "many");
     h.ok(&["stop", "many"]);
     std::thread::sleep(Duration::from_millis(200));
-    let survivors: Vec<u32> = esc.iter().copied().filter(|p| alive(*p)).collect();
-    kill_by_pid(&survivors);
+    let survivors = kill_survivors(&esc);
     assert_eq!(
         survivors.len(),
         0,
@@ -440,8 +443,7 @@ fn a_crashed_daemons_escaped_children_and_cgroups_are_swept() {
     assert!(gone.is_ok());
     // The next daemon sweeps what the dead one left.
     h.ok(&["list"]);
-    let survivors: Vec<u32> = esc.iter().copied().filter(|p| alive(*p)).collect();
-    kill_by_pid(&survivors);
+    let survivors = kill_survivors(&esc);
     assert!(survivors.is_empty(), "survived the sweep: {survivors:?}");
     let parent = parent.expect("instances run in cgroups");
     assert!(
@@ -467,8 +469,7 @@ fn cgroups_cross_herd_update_and_still_contain() {
     assert_eq!(cgroups_of(&h, "esc"), leaves);
     assert_eq!(parent_cgroup(&h, "esc"), parent);
     h.ok(&["stop", "esc"]);
-    let survivors: Vec<u32> = esc.iter().copied().filter(|p| alive(*p)).collect();
-    kill_by_pid(&survivors);
+    let survivors = kill_survivors(&esc);
     assert!(
         survivors.is_empty(),
         "survived herd stop after an update: {survivors:?}"
