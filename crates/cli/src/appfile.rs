@@ -70,6 +70,8 @@ struct Entry {
     #[serde(default)]
     env: BTreeMap<String, Value>,
     wait_ready: Option<bool>,
+    /// Run the script's own cluster primary too (`--primary`).
+    primary: Option<bool>,
     listen_timeout: Option<Value>,
     kill_timeout: Option<Value>,
     kill_signal: Option<String>,
@@ -298,9 +300,9 @@ impl Entry {
                 .flatten()
         });
         let instances = match &self.instances {
-            None => "1".to_string(),
-            Some(Value::Number(n)) if n.as_i64() == Some(0) && pm2 => "max".into(),
-            Some(v) => scalar(v),
+            None => None,
+            Some(Value::Number(n)) if n.as_i64() == Some(0) && pm2 => Some("max".into()),
+            Some(v) => Some(scalar(v)),
         };
         let mut a = StartArgs::new(script);
         a.args = self.args.into_vec();
@@ -324,6 +326,7 @@ impl Entry {
             None => dir.to_path_buf(),
         });
         a.wait_ready = self.wait_ready.unwrap_or(false);
+        a.primary = self.primary.unwrap_or(false);
         a.listen_timeout = self
             .listen_timeout
             .as_ref()
@@ -446,6 +449,7 @@ mod tests {
             "balance",
             "env",
             "wait_ready",
+            "primary",
             "listen_timeout",
             "kill_timeout",
             "kill_signal",

@@ -258,13 +258,13 @@ pub struct StartArgs {
     #[arg(short, long)]
     pub name: Option<String>,
     /// Number of instances: a number, `max` (one per CPU) or -1 (one per CPU but one).
-    #[arg(
-        short = 'i',
-        long = "instances",
-        default_value = "1",
-        allow_hyphen_values = true
-    )]
-    pub instances: String,
+    /// Default 1; with --primary, 0 (the primary forks them).
+    #[arg(short = 'i', long = "instances", allow_hyphen_values = true)]
+    pub instances: Option<String>,
+    /// Run the script's own cluster primary too: its `cluster.isPrimary` branch runs once,
+    /// and its `cluster.fork()` starts herd instances (Node.js; see docs/node-primary.md).
+    #[arg(long)]
+    pub primary: bool,
     /// Listen on this TCP port on every IPv4 address (0.0.0.0:PORT).
     #[arg(short, long)]
     pub port: Option<u16>,
@@ -523,7 +523,17 @@ impl StartArgs {
             Some(n) => n.clone(),
             None => default_name(&script),
         };
-        let instances = parse_instances(&self.instances)?;
+        if self.primary && !node {
+            bail!(
+                "--primary runs a Node.js script's own cluster primary; {script} does not run under node (give --interpreter node, and leave out --no-node-cluster)"
+            );
+        }
+        let instances = match (&self.instances, self.primary) {
+            (None, true) => 0,
+            (None, false) => 1,
+            (Some(s), true) if s == "0" => 0,
+            (Some(s), _) => parse_instances(s)?,
+        };
         let mut listen = Vec::new();
         if let Some(port) = self.port {
             listen.push(ListenSpec {
@@ -599,6 +609,7 @@ impl StartArgs {
                 keep: self.log_keep.unwrap_or(defaults.log.keep),
             },
             node,
+            primary: self.primary,
             shutdown_with_message: self.shutdown_with_message,
             watch: match &self.watch {
                 None => Vec::new(),

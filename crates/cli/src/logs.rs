@@ -54,7 +54,7 @@ pub fn show(home: &Home, l: LogsArgs) -> Result<ExitCode> {
             }) => {
                 let mut out = stdout.lock();
                 let text = if l.json {
-                    serde_json::json!({"app": app, "instance": instance, "stream": stream, "line": line})
+                    serde_json::json!({"app": app, "instance": if instance == herd_proto::AppSpec::PRIMARY { serde_json::Value::from("primary") } else { instance.into() }, "stream": stream, "line": line})
                         .to_string()
                 } else {
                     output::log_line(&app, instance, stream, &line)

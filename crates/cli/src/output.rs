@@ -1,6 +1,6 @@
 //! How replies are shown to people: tables, describe pages, log lines.
 
-use herd_proto::{AppInfo, AppStatus, Containment, LogStream, ProcessStatus};
+use herd_proto::{AppInfo, AppSpec, AppStatus, Containment, LogStream, ProcessStatus};
 
 fn human_bytes(b: u64) -> String {
     const K: f64 = 1024.0;
@@ -38,7 +38,7 @@ pub fn table(apps: &[AppInfo]) -> String {
             .map(|p| p.to_string())
             .or_else(|| app.listen.first().cloned())
             .unwrap_or_else(|| "-".into());
-        if app.processes.is_empty() {
+        if app.processes.is_empty() && app.primary.is_none() {
             rows.push([
                 app.id.to_string(),
                 app.name.clone(),
@@ -55,11 +55,11 @@ pub fn table(apps: &[AppInfo]) -> String {
                 port.clone(),
             ]);
         }
-        for p in &app.processes {
+        for p in app.primary.iter().chain(&app.processes) {
             rows.push([
                 app.id.to_string(),
                 app.name.clone(),
-                p.instance.to_string(),
+                instance_name(p.instance),
                 p.pid.map_or("-".into(), |p| p.to_string()),
                 p.status.as_str().into(),
                 p.restarts.to_string(),
@@ -176,20 +176,24 @@ pub fn describe(app: &AppInfo) -> String {
     }
     out.push('\n');
     out.push_str(&table(std::slice::from_ref(app)));
-    for p in &app.processes {
+    for p in app.primary.iter().chain(&app.processes) {
+        let who = match p.instance {
+            AppSpec::PRIMARY => "primary".to_string(),
+            i => format!("instance {i}"),
+        };
         if let (Some(_), Some(cg)) = (p.pid, &p.cgroup) {
-            out.push_str(&format!("instance {} cgroup {cg}\n", p.instance));
+            out.push_str(&format!("{who} cgroup {cg}\n"));
         }
         if p.pid.is_some() && p.env_version != 0 && p.env_version != app.env_version {
             out.push_str(&format!(
-                "instance {} runs environment version {} (the app's is {}); restart or reload to apply\n",
-                p.instance, p.env_version, app.env_version
+                "{who} runs environment version {} (the app's is {}); restart or reload to apply\n",
+                p.env_version, app.env_version
             ));
         }
         if p.bus_refused > 0 || p.subscriptions > 0 {
             out.push_str(&format!(
-                "instance {} bus: {} subscriptions, {} refused by limits, {} messages dropped (slow reader)\n",
-                p.instance, p.subscriptions, p.bus_refused, p.messages_dropped
+                "{who} bus: {} subscriptions, {} refused by limits, {} messages dropped (slow reader)\n",
+                p.subscriptions, p.bus_refused, p.messages_dropped
             ));
         }
         if let Some(e) = &p.last_exit {
@@ -199,7 +203,7 @@ pub fn describe(app: &AppInfo) -> String {
                     (_, Some(s)) => format!("signal {s}"),
                     _ => "unknown".into(),
                 };
-                out.push_str(&format!("instance {} last ended with {how}\n", p.instance));
+                out.push_str(&format!("{who} last ended with {how}\n"));
             }
         }
     }
@@ -307,9 +311,18 @@ pub fn bus_line(m: &serde_json::Value) -> String {
 
 /// One log line as printed by `herd logs`.
 pub fn log_line(app: &str, instance: u32, stream: LogStream, line: &str) -> String {
+    let instance = instance_name(instance);
     match stream {
         LogStream::Out => format!("{app}:{instance} | {line}"),
         LogStream::Err => format!("{app}:{instance} ! {line}"),
+    }
+}
+
+/// An instance number as shown: `3`, or `primary` for an app's own primary (`--primary`).
+pub fn instance_name(instance: u32) -> String {
+    match instance {
+        AppSpec::PRIMARY => "primary".into(),
+        i => i.to_string(),
     }
 }
 

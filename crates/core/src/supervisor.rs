@@ -37,12 +37,25 @@ use crate::sockets::{ListenAddr, Listener};
 use crate::spawn::{self};
 use crate::stats;
 
+/// Slot `$i` of `$app` (an [`App`]), or its primary for [`primary::PRIMARY`], mutable. A
+/// macro, so that the borrow is of the field alone and the app's other fields stay usable.
+macro_rules! slot_mut {
+    ($app:expr, $i:expr) => {
+        if $i == $crate::supervisor::primary::PRIMARY {
+            $app.primary.as_mut()
+        } else {
+            $app.slots.get_mut($i as usize)
+        }
+    };
+}
+
 mod app;
 mod bus;
 mod cluster;
 mod control;
 mod error;
 mod os;
+mod primary;
 mod process;
 mod reload;
 mod slot;
@@ -225,6 +238,11 @@ enum Event {
     },
     Notice(Notice),
     Ipc {
+        pid: u32,
+        msg: Inbound,
+    },
+    /// A line on an app primary's call socket (`cluster.fork()`).
+    PrimaryCall {
         pid: u32,
         msg: Inbound,
     },
@@ -494,6 +512,10 @@ struct App {
     env_version: u32,
     /// Cgroups of exited processes of this app, killed and not yet empty.
     emptying: u32,
+    /// The app's own primary process (`--primary`), as the slot [`primary::PRIMARY`].
+    primary: Option<Slot>,
+    /// The daemon's side of the primary: its call socket, worker ids, claimed slots.
+    link: primary::Link,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -525,20 +547,36 @@ impl App {
             watcher: None,
             env_version: 1,
             emptying: 0,
+            primary: None,
+            link: primary::Link::default(),
         }
+    }
+
+    /// Slot `i`, or the primary for [`primary::PRIMARY`].
+    fn slot(&self, i: u32) -> Option<&Slot> {
+        if i == primary::PRIMARY {
+            self.primary.as_ref()
+        } else {
+            self.slots.get(i as usize)
+        }
+    }
+
+    /// The worker slots and the primary.
+    fn all_slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().chain(self.primary.as_ref())
     }
 
     fn settled(&self) -> bool {
         self.reload.is_none()
             && self.emptying == 0
             && self.retiring.is_empty()
-            && self.slots.iter().all(|s| s.state.settled())
+            && self.all_slots().all(|s| s.state.settled())
     }
 
     fn has_processes(&self) -> bool {
         self.emptying > 0
             || !self.retiring.is_empty()
-            || self.slots.iter().any(|s| s.state.proc().is_some())
+            || self.all_slots().any(|s| s.state.proc().is_some())
     }
 
     fn port(&self) -> Option<u16> {
@@ -719,6 +757,9 @@ pub fn log_path(dir: &Path, app: &str, instance: u32, stream: LogStream) -> Path
         LogStream::Out => "out",
         LogStream::Err => "err",
     };
+    if instance == primary::PRIMARY {
+        return dir.join(format!("{app}-primary.{ext}"));
+    }
     dir.join(format!("{app}-{instance}.{ext}"))
 }
 

@@ -521,6 +521,10 @@ pub struct AppInfo {
     pub balance: crate::spec::Balance,
     /// Instance slots.
     pub processes: Vec<ProcessInfo>,
+    /// The app's own primary process (`--primary`), whose `cluster.fork()` starts the
+    /// instances; its `instance` is [`AppSpec::PRIMARY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<ProcessInfo>,
     /// The full spec (in `describe` replies only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub spec: Option<Box<AppSpec>>,

@@ -117,6 +117,11 @@ pub struct AppSpec {
     /// Run as a Node.js cluster worker: sockets are handed over through Node's cluster
     /// protocol instead of `LISTEN_FDS`. Set by the CLI when the script runs under `node`.
     pub node: bool,
+    /// Run the script once as its own cluster primary too (`--primary`): the script's
+    /// `cluster.isPrimary` branch runs, and its `cluster.fork()` starts herd instances of the
+    /// app (docs/node-primary.md). `instances` are then the workers herd starts before the
+    /// primary asks (0 by default); its forks take those first.
+    pub primary: bool,
     /// Stop by sending the message `"shutdown"` on the instance's channel instead of a signal
     /// (PM2's `shutdown_with_message`); SIGKILL still follows after `kill_timeout_ms`.
     pub shutdown_with_message: bool,
@@ -153,6 +158,7 @@ impl Default for AppSpec {
             max_memory_bytes: None,
             log: LogSpec::default(),
             node: false,
+            primary: false,
             shutdown_with_message: false,
             watch: Vec::new(),
             watch_ignore: vec!["node_modules".into(), ".git".into()],
@@ -181,6 +187,10 @@ impl AppSpec {
     /// Highest number of instances per app.
     pub const MAX_INSTANCES: u32 = 1024;
 
+    /// The instance number that stands for an app's primary process (`--primary`) in log
+    /// lines, log file names (`<app>-primary.out`) and the bus (`app:primary`).
+    pub const PRIMARY: u32 = u32::MAX;
+
     /// Checks what can be checked without touching the system.
     ///
     /// # Errors
@@ -192,7 +202,7 @@ impl AppSpec {
         if self.script.is_empty() {
             return Err(SpecError::NoScript);
         }
-        if self.instances == 0 {
+        if self.instances == 0 && !self.primary {
             return Err(SpecError::NoInstances);
         }
         if self.instances > Self::MAX_INSTANCES {

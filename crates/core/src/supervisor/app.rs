@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use herd_proto::{AppSpec, AppStatus, ErrorCode, LogStream, ScaleTo};
 use tokio::time::Instant;
 
+use super::primary::PRIMARY;
 use super::{
     check_program, err, log_path, overlaps, parse_signal, App, CommandError, Event, Slot,
     SlotState, State, Then, TimerKey, DRAIN_POLL,
@@ -51,11 +52,27 @@ impl State {
                     .map_err(|e| err(ErrorCode::Internal, e))?,
             );
         }
-        self.apps
-            .insert(id, App::new(id, spec, AppStatus::Running, listeners, slots));
+        let primary = if spec.primary {
+            Some(
+                self.new_slot(&spec, PRIMARY)
+                    .map_err(|e| err(ErrorCode::Internal, e))?,
+            )
+        } else {
+            None
+        };
+        let mut app = App::new(id, spec, AppStatus::Running, listeners, slots);
+        app.primary = primary;
+        self.apps.insert(id, app);
         if let Err(e) = self.start_watching(id) {
             self.apps.remove(&id);
             return Err(err(ErrorCode::InvalidSpec, e));
+        }
+        // The primary first: the workers herd starts now wait for its forks to claim them.
+        if self.apps.get(&id).is_some_and(|a| a.primary.is_some()) {
+            if let Err(e) = self.try_spawn(id, PRIMARY) {
+                self.apps.remove(&id);
+                return Err(err(ErrorCode::Spawn, e.to_string()));
+            }
         }
         let n = self.apps.get(&id).map_or(0, |a| a.slots.len() as u32);
         for i in 0..n {
@@ -151,6 +168,10 @@ impl State {
             .iter()
             .map(|s| matches!(s.state, SlotState::Gone))
             .collect();
+        if let Some(p) = self.apps.get_mut(&id).and_then(|a| a.primary.as_mut()) {
+            p.history = History::default();
+            self.launch(id, PRIMARY);
+        }
         for (i, gone) in gone.into_iter().enumerate() {
             if !gone {
                 self.launch(id, i as u32);
@@ -195,7 +216,11 @@ impl State {
                 ),
             );
         }
-        for i in 0..app.slots.len() as u32 {
+        let n = app.slots.len() as u32;
+        if app.primary.is_some() {
+            self.stop_slot(id, PRIMARY, Then::Stay);
+        }
+        for i in 0..n {
             self.stop_slot(id, i, Then::Stay);
         }
     }
@@ -221,12 +246,10 @@ impl State {
             return self.resume(id);
         }
         app.status = AppStatus::Running;
-        for i in 0..app.slots.len() as u32 {
-            let Some(slot) = self
-                .apps
-                .get_mut(&id)
-                .and_then(|a| a.slots.get_mut(i as usize))
-            else {
+        let slots = app.slots.len() as u32;
+        let with_primary = app.primary.is_some();
+        for i in with_primary.then_some(PRIMARY).into_iter().chain(0..slots) {
+            let Some(slot) = self.apps.get_mut(&id).and_then(|a| slot_mut!(a, i)) else {
                 continue;
             };
             slot.history = History::default();
@@ -279,11 +302,7 @@ impl State {
         let have = app.slots.len() as u32;
         // Slots that stay or come back.
         for i in 0..wanted.min(have) {
-            let Some(slot) = self
-                .apps
-                .get_mut(&id)
-                .and_then(|a| a.slots.get_mut(i as usize))
-            else {
+            let Some(slot) = self.apps.get_mut(&id).and_then(|a| slot_mut!(a, i)) else {
                 continue;
             };
             match slot.state.take() {
@@ -336,7 +355,7 @@ impl State {
                 continue;
             };
             let timeout = std::time::Duration::from_millis(app.spec.kill_timeout_ms);
-            let Some(slot) = app.slots.get_mut(i as usize) else {
+            let Some(slot) = slot_mut!(app, i) else {
                 continue;
             };
             let now = Instant::now();

@@ -27,6 +27,14 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
 use super::{refusal, SlotState, State};
+
+/// Where a worker's `process.send(msg)` to "the primary" is published when the app has no
+/// primary of its own (`--primary`).
+pub(super) const PRIMARY_TOPIC: &str = "primary";
+
+/// Where herd publishes what happens to instances (started, online, exited, restarting,
+/// errored), for a coordinator app or `herd bus` to do what `cluster.on('exit')` did.
+pub const LIFECYCLE_TOPIC: &str = "herd:lifecycle";
 use crate::bus::{host_channel, topic_refusal, Address, Bridge, Envelope, Kind, ALL};
 use crate::ratelimit::{Admit, PerSource};
 use crate::Limits;
@@ -188,6 +196,9 @@ impl State {
     fn label(&self, pid: u32) -> String {
         match self.pids.get(&pid) {
             Some(&(id, i, _)) => match self.apps.get(&id) {
+                Some(a) if i == super::primary::PRIMARY => {
+                    format!("{}:primary@{}", a.spec.name, self.bus.host)
+                }
                 Some(a) => format!("{}:{i}@{}", a.spec.name, self.bus.host),
                 None => format!("pid{pid}@{}", self.bus.host),
             },
@@ -229,7 +240,7 @@ impl State {
 
     fn channel_of(&self, pid: u32) -> Option<&crate::ipc::Channel> {
         let &(id, i, _) = self.pids.get(&pid)?;
-        let slot = self.apps.get(&id)?.slots.get(i as usize)?;
+        let slot = self.apps.get(&id)?.slot(i)?;
         slot.state.proc().filter(|p| p.pid == pid)?.channel.as_ref()
     }
 
@@ -749,6 +760,7 @@ impl State {
             }
         }
         let from = self.label(pid);
+        let other = matches!(msg, FromInstance::Other);
         let pm2 = match msg {
             FromInstance::Send(worker::Send { to, topic, data }) => {
                 let Some(to) = to else {
@@ -878,6 +890,31 @@ impl State {
             self.route_out(env);
             return;
         }
+        if other {
+            // Node's `process.send(msg)` to "the primary": the app's own primary gets it as
+            // Node's `message`; without one it is published on the topic `primary`, never lost.
+            let has_primary = self
+                .pids
+                .get(&pid)
+                .and_then(|(id, _, _)| self.apps.get(id))
+                .is_some_and(|a| a.spec.primary);
+            if has_primary {
+                self.worker_event(pid, super::primary::WorkerEvent::Message(v));
+            } else {
+                let env = Envelope {
+                    kind: Kind::Publish,
+                    from,
+                    origin: self.bus.host.clone(),
+                    to: None,
+                    topic: Some(PRIMARY_TOPIC.into()),
+                    data: v,
+                    id: None,
+                    reply_to: None,
+                };
+                self.route_out(env);
+            }
+            return;
+        }
         if self.may_debug(pid) {
             tracing::debug!(pid, "message from instance ignored: {v}");
         }
@@ -963,6 +1000,47 @@ impl State {
     }
 
     // ----- from other hosts -----------------------------------------------------------------
+
+    /// Publishes a lifecycle event of process `pid` (slot `i` of app `id`) on
+    /// [`LIFECYCLE_TOPIC`]: `{"event", "app", "instance", "pid", "host", …extra}`.
+    pub(super) fn lifecycle_event(
+        &mut self,
+        id: u32,
+        i: u32,
+        pid: Option<u32>,
+        event: &str,
+        extra: Value,
+    ) {
+        let Some(app) = self.apps.get(&id) else {
+            return;
+        };
+        let instance = if i == super::primary::PRIMARY {
+            Value::from("primary")
+        } else {
+            Value::from(i)
+        };
+        let mut data = serde_json::json!({
+            "event": event,
+            "app": app.spec.name,
+            "instance": instance,
+            "pid": pid,
+            "host": self.bus.host,
+        });
+        if let (Some(d), Value::Object(more)) = (data.as_object_mut(), extra) {
+            d.extend(more);
+        }
+        let env = Envelope {
+            kind: Kind::Publish,
+            from: format!("herd@{}", self.bus.host),
+            origin: self.bus.host.clone(),
+            to: None,
+            topic: Some(LIFECYCLE_TOPIC.into()),
+            data,
+            id: None,
+            reply_to: None,
+        };
+        self.route_out(env);
+    }
 
     pub(super) fn on_remote(&mut self, env: Envelope) {
         // Another daemon applies its own limits; one with larger ones (or anything else on

@@ -16,6 +16,7 @@ use herd_proto::{AppSpec, Balance};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use super::primary::WorkerEvent;
 use super::{parse_signal, write_note, App, Os, Proc, ReadyKind, Role, State};
 use crate::node::{self, AddressType, QueryServer};
 use crate::sockets::{ListenAddr, ListenError, Listener};
@@ -29,7 +30,10 @@ use crate::sockets::{ListenAddr, ListenError, Listener};
 ///
 /// SIGKILL after `kill_timeout` is the caller's timer.
 pub(super) fn begin_stop(os: &mut dyn Os, spec: &AppSpec, proc: &mut Proc) {
-    if spec.shutdown_with_message {
+    if proc.primary {
+        // An app's primary is a plain Node process: the kill signal (Node's default handler
+        // exits; the primary's own SIGTERM handler may disconnect its workers first).
+    } else if spec.shutdown_with_message {
         if let Some(ch) = &proc.channel {
             if ch.send(&Value::from(Word::Shutdown.as_str()), None) {
                 return;
@@ -55,8 +59,8 @@ fn signal_group(os: &mut dyn Os, spec: &AppSpec, pid: u32) {
 /// The process `pid` of slot `i` in `role`, if it is still there.
 fn find_proc(app: &mut App, i: u32, role: Role, pid: u32) -> Option<&mut Proc> {
     match role {
-        Role::Current => app.slots.get_mut(i as usize)?.state.proc_mut(),
-        Role::Next => app.slots.get_mut(i as usize)?.state.next_mut(),
+        Role::Current => slot_mut!(app, i)?.state.proc_mut(),
+        Role::Next => slot_mut!(app, i)?.state.next_mut(),
         Role::Retiring => app
             .retiring
             .iter_mut()
@@ -74,15 +78,26 @@ impl State {
         };
         match node::act(&msg) {
             "queryServer" => self.answer_query(id, i, role, pid, &msg),
-            "listening" => self.on_ready(pid, ReadyKind::Listening),
+            "listening" => {
+                let address = serde_json::json!({
+                    "address": msg.get("address").cloned().unwrap_or(Value::Null),
+                    "port": msg.get("port").cloned().unwrap_or(Value::Null),
+                    "addressType": msg.get("addressType").cloned().unwrap_or(Value::Null),
+                });
+                self.worker_event(pid, WorkerEvent::Listening(address));
+                self.on_ready(pid, ReadyKind::Listening);
+            }
             // A server of the worker closed: Node quotes the key of our `queryServer` answer.
             "close" => {
                 if let Some(key) = msg.get("key").and_then(Value::as_str) {
                     self.release_sockets(id, pid, Some(key));
                 }
             }
-            "online" => {}
+            "online" => self.worker_event(pid, WorkerEvent::Online),
             _ => {
+                if node::act(&msg) == "exitedAfterDisconnect" {
+                    self.worker_event(pid, WorkerEvent::AfterDisconnect);
+                }
                 // Anything else that waits for an answer (e.g. `exitedAfterDisconnect` when the
                 // app calls `cluster.worker.disconnect()` itself) gets an acknowledgement.
                 if msg.get("ack").is_none() {
@@ -107,6 +122,7 @@ impl State {
         let Some(&(id, i, role)) = self.pids.get(&pid) else {
             return;
         };
+        self.worker_event(pid, WorkerEvent::Disconnect);
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
@@ -165,7 +181,7 @@ impl State {
                         "app {name}: listen on {addr} refused: {why}{also}; further refusals within {}s are only counted",
                         interval.as_secs_f32()
                     );
-                    if let Some(slot) = app.slots.get(i as usize) {
+                    if let Some(slot) = app.slot(i) {
                         write_note(
                             &slot.err,
                             &format!("[herd] instance {i}: listen on {addr} refused: {why}"),

@@ -211,7 +211,8 @@ impl State {
         let ids = self.resolve(target)?;
         let mut out = Vec::new();
         for app in ids.iter().filter_map(|id| self.apps.get(id)) {
-            for i in 0..app.slots.len() as u32 {
+            let primary = app.primary.as_ref().map(|_| super::primary::PRIMARY);
+            for i in primary.into_iter().chain(0..app.slots.len() as u32) {
                 for s in [LogStream::Out, LogStream::Err] {
                     if stream.is_none() || stream == Some(s) {
                         out.push(LogRef {
@@ -243,51 +244,14 @@ impl State {
             let processes = app
                 .slots
                 .iter_mut()
-                .map(|slot| {
-                    let status = slot.state.status();
-                    let mut info = ProcessInfo {
-                        instance: slot.index,
-                        pid: None,
-                        status,
-                        restarts: slot.restarts,
-                        uptime_ms: None,
-                        cpu_percent: None,
-                        memory_bytes: None,
-                        last_exit: slot.last_exit.clone(),
-                        messages_dropped: 0,
-                        subscriptions: 0,
-                        bus_refused: 0,
-                        env_version: 0,
-                        cgroup: None,
-                    };
-                    if let Some(p) = slot.state.proc_mut() {
-                        info.pid = Some(p.pid);
-                        let (subs, refused) = bus.peer_counts(p.pid);
-                        info.subscriptions = subs as u64;
-                        info.bus_refused = refused;
-                        info.env_version = p.env_version;
-                        info.messages_dropped = p.channel.as_ref().map_or(0, |c| c.dropped());
-                        info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
-                        let cg = self.cgroups.get(&p.pid);
-                        if let Some(s) = self.os.sample(p.pid) {
-                            info.cpu_percent = Some(stats::cpu_percent(
-                                &s,
-                                p.sample.as_ref(),
-                                p.since.into_std(),
-                            ));
-                            info.memory_bytes = Some(s.rss_bytes);
-                            p.sample = Some(s);
-                        }
-                        // The whole tree's memory, children included.
-                        if let Some(m) = cg.and_then(|cg| cgroup::memory(cg)) {
-                            info.memory_bytes = Some(m);
-                        }
-                        info.cgroup = cg.map(|cg| cg.display().to_string());
-                    }
-                    info
-                })
+                .map(|slot| process_info(slot, bus, &self.cgroups, &mut *self.os))
                 .collect();
+            let primary = app
+                .primary
+                .as_mut()
+                .map(|slot| process_info(slot, bus, &self.cgroups, &mut *self.os));
             out.push(AppInfo {
+                primary,
                 id: app.id,
                 name: app.spec.name.clone(),
                 status: app.status,
@@ -346,4 +310,54 @@ pub(super) fn refusal(code: ErrorCode, msg: impl Into<String>) -> Reply {
 /// A refusal of kind `code`.
 pub(super) fn err(code: ErrorCode, msg: impl Into<String>) -> CommandError {
     CommandError::new(code, msg)
+}
+
+/// One slot as `herd list` shows it, with a fresh CPU and memory sample of its process.
+fn process_info(
+    slot: &mut super::Slot,
+    bus: &super::bus::Bus,
+    cgroups: &std::collections::HashMap<u32, std::path::PathBuf>,
+    os: &mut dyn super::Os,
+) -> ProcessInfo {
+    let status = slot.state.status();
+    let mut info = ProcessInfo {
+        instance: slot.index,
+        pid: None,
+        status,
+        restarts: slot.restarts,
+        uptime_ms: None,
+        cpu_percent: None,
+        memory_bytes: None,
+        last_exit: slot.last_exit.clone(),
+        messages_dropped: 0,
+        subscriptions: 0,
+        bus_refused: 0,
+        env_version: 0,
+        cgroup: None,
+    };
+    if let Some(p) = slot.state.proc_mut() {
+        info.pid = Some(p.pid);
+        let (subs, refused) = bus.peer_counts(p.pid);
+        info.subscriptions = subs as u64;
+        info.bus_refused = refused;
+        info.env_version = p.env_version;
+        info.messages_dropped = p.channel.as_ref().map_or(0, |c| c.dropped());
+        info.uptime_ms = Some(p.since.elapsed().as_millis() as u64);
+        let cg = cgroups.get(&p.pid);
+        if let Some(s) = os.sample(p.pid) {
+            info.cpu_percent = Some(stats::cpu_percent(
+                &s,
+                p.sample.as_ref(),
+                p.since.into_std(),
+            ));
+            info.memory_bytes = Some(s.rss_bytes);
+            p.sample = Some(s);
+        }
+        // The whole tree's memory, children included.
+        if let Some(m) = cg.and_then(|cg| cgroup::memory(cg)) {
+            info.memory_bytes = Some(m);
+        }
+        info.cgroup = cg.map(|cg| cg.display().to_string());
+    }
+    info
 }

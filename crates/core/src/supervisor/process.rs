@@ -9,6 +9,7 @@ use std::time::Duration;
 use herd_proto::{AppStatus, LogStream};
 use tokio::time::Instant;
 
+use super::primary::{self, PRIMARY};
 use super::{
     arm_retire, begin_stop, grow_pipe, is_herd_managed, needs_ready, write_note, Containment,
     Event, Lifecycle, Proc, Role, SlotState, StartError, State, Then, TimerKey, CGROUP_EMPTY_MAX,
@@ -30,13 +31,13 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        let Some(slot) = app.slots.get_mut(i as usize) else {
+        let Some(slot) = slot_mut!(app, i) else {
             return;
         };
         tracing::warn!(app = %app.spec.name, instance = i, "cannot start instance: {why}");
         write_note(
             &slot.err,
-            &format!("[herd] cannot start instance {i}: {why}"),
+            &format!("[herd] cannot start {}: {why}", primary::who(i)),
         );
         let decision = policy::on_exit(&app.spec, &mut slot.history, Duration::ZERO, None);
         self.apply_decision(id, i, decision, true);
@@ -48,9 +49,11 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return Err(StartError::Gone(format!("app {id}")));
         };
-        let wait = needs_ready(&app.spec);
+        let wait = needs_ready(&app.spec) && i != PRIMARY;
+        let worker_of_primary = app.spec.primary && i != PRIMARY;
+        let pid = proc.pid;
         let listen_timeout = Duration::from_millis(app.spec.listen_timeout_ms);
-        let Some(slot) = app.slots.get_mut(i as usize) else {
+        let Some(slot) = slot_mut!(app, i) else {
             return Err(StartError::Gone(format!("instance {i}")));
         };
         if wait {
@@ -61,38 +64,60 @@ impl State {
         } else {
             slot.set(SlotState::Online { proc });
         }
+        if worker_of_primary {
+            self.worker_started(id, i, pid);
+        }
         Ok(())
     }
 
     /// Starts a process for slot `i` and registers its pid; the caller places it.
     pub(super) fn spawn_proc(&mut self, id: u32, i: u32, role: Role) -> Result<Proc, StartError> {
+        // A worker of an app's primary gets Node's next worker id (or the one a fork claimed).
+        let worker_id = match self.apps.get(&id) {
+            Some(a) if a.spec.primary && i != PRIMARY => self.worker_id_for(id, i),
+            _ => 0,
+        };
         let app = self
             .apps
             .get(&id)
             .ok_or_else(|| StartError::Gone(format!("app {id}")))?;
         let spec = &app.spec;
         let app_env_version = app.env_version;
+        let is_primary = i == PRIMARY;
+        // A worker of the app's primary runs what the primary forked it with.
+        let fork = app
+            .slot(i)
+            .map(|s| s.fork.clone())
+            .filter(|_| spec.primary && !is_primary)
+            .unwrap_or_default();
         let cwd = PathBuf::from(&spec.cwd);
         let path_var = spec.env.get("PATH").map(String::as_str);
+        let script = fork.exec.clone().unwrap_or_else(|| spec.script.clone());
         let (program, mut argv) = match &spec.interpreter {
             Some(interp) => {
                 let p =
                     spawn::resolve_program(interp, path_var, &cwd).map_err(StartError::Program)?;
                 let mut argv = vec![interp.clone()];
-                argv.extend(spec.interpreter_args.iter().cloned());
-                argv.push(spec.script.clone());
+                match &fork.exec_argv {
+                    Some(a) => argv.extend(a.iter().cloned()),
+                    None => argv.extend(spec.interpreter_args.iter().cloned()),
+                }
+                argv.push(script);
                 (p, argv)
             }
             None => (
-                spawn::resolve_program(&spec.script, path_var, &cwd)
-                    .map_err(StartError::Program)?,
-                vec![spec.script.clone()],
+                spawn::resolve_program(&script, path_var, &cwd).map_err(StartError::Program)?,
+                vec![script],
             ),
         };
-        argv.extend(spec.args.iter().cloned());
+        match &fork.args {
+            Some(a) => argv.extend(a.iter().cloned()),
+            None => argv.extend(spec.args.iter().cloned()),
+        }
 
-        // Node workers get their sockets through the cluster protocol, not as inherited fds.
-        let listen_fds: Vec<_> = if spec.node {
+        // Node workers get their sockets through the cluster protocol, not as inherited fds;
+        // a primary gets none.
+        let listen_fds: Vec<_> = if spec.node || is_primary {
             Vec::new()
         } else {
             app.listeners
@@ -109,6 +134,13 @@ impl State {
             .filter(|(k, _)| !is_herd_managed(k) || (k.as_str() == "PORT" && port.is_none()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // `cluster.fork(env)`: the worker's own variables over the app's.
+        for (k, v) in &fork.env {
+            if !is_herd_managed(k) {
+                env.retain(|(key, _)| key != k);
+                env.push((k.clone(), v.clone()));
+            }
+        }
         if let Some(port) = port {
             env.push(("PORT".into(), port.to_string()));
         }
@@ -116,19 +148,49 @@ impl State {
         env.extend([
             ("HERD_APP".into(), spec.name.clone()),
             ("HERD_APP_ID".into(), id.to_string()),
-            ("HERD_INSTANCE".into(), i.to_string()),
             ("HERD_INSTANCES".into(), spec.instances.to_string()),
-            ("NODE_APP_INSTANCE".into(), i.to_string()),
             (
                 "NOTIFY_SOCKET".into(),
                 self.cfg.notify_path.display().to_string(),
             ),
         ]);
-        if spec.node {
+        if !is_primary {
+            env.extend([
+                ("HERD_INSTANCE".into(), i.to_string()),
+                ("NODE_APP_INSTANCE".into(), i.to_string()),
+            ]);
+        }
+        let primary_app = spec.primary;
+        let node = spec.node;
+        let user_node_options = spec.env.get("NODE_OPTIONS").cloned();
+        let shim = if is_primary {
+            Some(
+                primary::install_shim(&self.cfg.log_dir)
+                    .map_err(StartError::io("the primary's preload"))?,
+            )
+        } else {
+            None
+        };
+        if let Some(shim) = &shim {
+            // The primary runs as a plain Node process, with herd's `cluster` preloaded and
+            // its two sockets; its own NODE_OPTIONS stay after the preload.
+            env.retain(|(k, _)| k != "NODE_OPTIONS");
+            let mut opts = format!("--require {}", primary::quote_for_node_options(shim));
+            if let Some(theirs) = &user_node_options {
+                opts.push(' ');
+                opts.push_str(theirs);
+            }
+            env.extend([
+                ("NODE_OPTIONS".into(), opts),
+                ("HERD_PRIMARY_FD".into(), ipc_fd.to_string()),
+                ("HERD_PRIMARY_CALL_FD".into(), (ipc_fd + 1).to_string()),
+            ]);
+        } else if node {
+            let unique = if primary_app { worker_id } else { i + 1 };
             env.extend([
                 ("NODE_CHANNEL_FD".into(), ipc_fd.to_string()),
                 ("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()),
-                ("NODE_UNIQUE_ID".into(), (i + 1).to_string()),
+                ("NODE_UNIQUE_ID".into(), unique.to_string()),
             ]);
         } else {
             env.push(("HERD_IPC_FD".into(), ipc_fd.to_string()));
@@ -140,6 +202,21 @@ impl State {
 
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(StartError::io("socketpair"))?;
+        // The primary's call socket: `fork()` blocks on it until the daemon answers (at most
+        // CALL_TIMEOUT, then it throws).
+        let call = if is_primary {
+            let (a, b) =
+                std::os::unix::net::UnixStream::pair().map_err(StartError::io("socketpair"))?;
+            b.set_read_timeout(Some(primary::CALL_TIMEOUT))
+                .map_err(StartError::io("socket timeout"))?;
+            Some((a, b))
+        } else {
+            None
+        };
+        let mut extra_fds = vec![theirs.as_fd()];
+        if let Some((_, b)) = &call {
+            extra_fds.push(b.as_fd());
+        }
         let (out_r, out_w) = spawn::pipe_cloexec().map_err(StartError::io("pipe"))?;
         let (err_r, err_w) = spawn::pipe_cloexec().map_err(StartError::io("pipe"))?;
         grow_pipe(&out_w);
@@ -165,7 +242,7 @@ impl State {
                 env,
                 cwd,
                 listen_fds,
-                extra_fds: vec![theirs.as_fd()],
+                extra_fds,
                 stdin,
                 stdout: out_w,
                 stderr: err_w,
@@ -183,6 +260,7 @@ impl State {
                 StartError::Spawn(e)
             })?;
         drop(theirs);
+        let call = call.map(|(a, _)| a);
         if let Some((leaf, _)) = leaf {
             self.joined_cgroup(pid, leaf);
         }
@@ -202,6 +280,17 @@ impl State {
         )
         .map_err(|e| tracing::warn!("IPC channel of pid {pid}: {e}"))
         .ok();
+        if let Some(call) = call {
+            let call = ipc::start(
+                call,
+                self.cfg.max_message_bytes,
+                self.ipc_tx.clone(),
+                move |msg| Event::PrimaryCall { pid, msg },
+            )
+            .map_err(|e| tracing::warn!("call socket of the primary {pid}: {e}"))
+            .ok();
+            self.primary_started(id, pid, call);
+        }
         self.pids.insert(pid, (id, i, role));
         self.write_pids();
         let _ = self.lifecycle.send(Lifecycle::Started {
@@ -209,6 +298,18 @@ impl State {
             instance: i,
             pid,
         });
+        let restarts = self
+            .apps
+            .get(&id)
+            .and_then(|a| a.slot(i))
+            .map_or(0, |s| s.restarts);
+        self.lifecycle_event(
+            id,
+            i,
+            Some(pid),
+            "start",
+            serde_json::json!({"restarts": restarts}),
+        );
         Ok(Proc {
             pid,
             since: Instant::now(),
@@ -218,6 +319,11 @@ impl State {
             seq: 0,
             disconnecting: false,
             env_version: app_env_version,
+            primary: is_primary,
+            seen: Box::new(primary::Seen {
+                id: worker_id,
+                ..Default::default()
+            }),
             out,
             err,
         })
@@ -249,7 +355,7 @@ impl State {
         partial: Vec<u8>,
     ) -> Option<Arc<logs::PumpState>> {
         let app = self.apps.get(&id)?;
-        let slot = app.slots.get(i as usize)?;
+        let slot = app.slot(i)?;
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
             Ok(rx) => {
@@ -287,7 +393,7 @@ impl State {
             return;
         };
         let timeout = Duration::from_millis(app.spec.kill_timeout_ms);
-        let Some(slot) = app.slots.get_mut(i as usize) else {
+        let Some(slot) = slot_mut!(app, i) else {
             return;
         };
         let deadline = Instant::now() + timeout;
@@ -391,7 +497,7 @@ impl State {
             let Some(app) = self.apps.get(&id) else {
                 return;
             };
-            let Some(slot) = app.slots.get(i as usize) else {
+            let Some(slot) = app.slot(i) else {
                 continue;
             };
             tracing::info!(app = %app.spec.name, instance = i, rss, limit, "memory limit passed; restarting instance");

@@ -26,6 +26,14 @@ impl State {
             return self.restart_app(id);
         }
         app.status = AppStatus::Running;
+        // The app's primary serves nothing: it restarts at once, and finds its workers (the
+        // old ones, then the new) waiting for its forks.
+        if app.reload.is_none() && app.primary.is_some() {
+            self.stop_slot(id, super::primary::PRIMARY, super::Then::Restart);
+        }
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Ok(());
+        };
         if app.reload.is_none() {
             app.reload = Some(Reload {
                 pending: (0..app.slots.len() as u32).collect::<VecDeque<u32>>(),
@@ -52,7 +60,7 @@ impl State {
                 app.reload = None;
                 return;
             };
-            let Some(slot) = app.slots.get_mut(i as usize) else {
+            let Some(slot) = slot_mut!(app, i) else {
                 continue;
             };
             match slot.state {
@@ -60,10 +68,11 @@ impl State {
                     let timeout = Duration::from_millis(app.spec.listen_timeout_ms);
                     match self.spawn_proc(id, i, Role::Next) {
                         Ok(next) => {
+                            let next_pid = next.pid;
                             let Some(app) = self.apps.get_mut(&id) else {
                                 return;
                             };
-                            let Some(slot) = app.slots.get_mut(i as usize) else {
+                            let Some(slot) = slot_mut!(app, i) else {
                                 return;
                             };
                             tracing::debug!(app = %app.spec.name, instance = i, pid = next.pid, "reload: next process started");
@@ -88,6 +97,10 @@ impl State {
                             }
                             if let Some(job) = app.reload.as_mut() {
                                 job.active = Some(i);
+                            }
+                            if app.spec.primary {
+                                // The primary may claim it when it hears the old one exit.
+                                self.worker_started(id, i, next_pid);
                             }
                             return;
                         }
@@ -132,7 +145,7 @@ impl State {
             return;
         };
         let kill_timeout = Duration::from_millis(app.spec.kill_timeout_ms);
-        let Some(slot) = app.slots.get_mut(i as usize) else {
+        let Some(slot) = slot_mut!(app, i) else {
             return;
         };
         match slot.state.take() {
@@ -165,7 +178,7 @@ impl State {
         let Some(app) = self.apps.get(&id) else {
             return;
         };
-        let Some(slot) = app.slots.get(i as usize) else {
+        let Some(slot) = app.slot(i) else {
             return;
         };
         if slot.state.next().is_none() {
@@ -198,7 +211,7 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        let Some(slot) = app.slots.get_mut(i as usize) else {
+        let Some(slot) = slot_mut!(app, i) else {
             return;
         };
         // The slot goes back to its current process; the next one is killed.

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use nix::unistd::Pid;
 
+use super::primary::PRIMARY;
 use super::{
     write_note, App, Lifecycle, ReadyKind, State, TimerKey, DRAIN_MAX, DRAIN_POLL, KILL_REPEAT,
 };
@@ -79,6 +80,10 @@ pub(super) struct Proc {
     pub(super) disconnecting: bool,
     /// The app's environment version it was started with.
     pub(super) env_version: u32,
+    /// It is the app's primary (`--primary`), not a worker.
+    pub(super) primary: bool,
+    /// How the app's primary sees it, when it is a worker of one.
+    pub(super) seen: Box<super::primary::Seen>,
     /// Its stdout and stderr pumps.
     pub(super) out: Option<Arc<logs::PumpState>>,
     pub(super) err: Option<Arc<logs::PumpState>>,
@@ -237,6 +242,10 @@ pub(super) struct Slot {
     pub(super) last_exit: Option<ExitInfo>,
     pub(super) out: SharedLog,
     pub(super) err: SharedLog,
+    /// The process whose `online` was published last (see `after_event`).
+    pub(super) told_online: Option<u32>,
+    /// What the app's primary forked it with (`cluster.fork(env)`, `setupPrimary`).
+    pub(super) fork: super::primary::ForkSpec,
 }
 
 impl Slot {
@@ -249,6 +258,8 @@ impl Slot {
             last_exit: None,
             out,
             err,
+            told_online: None,
+            fork: super::primary::ForkSpec::default(),
         }
     }
 
@@ -279,6 +290,25 @@ impl State {
         self.release_sockets(id, pid, None);
         self.write_pids();
         let exit = exit_info(&status);
+        // The app's primary hears of its worker's exit first: its `exit` handler may fork,
+        // and take the replacement started below.
+        if i == PRIMARY {
+            self.primary_gone(id);
+        } else {
+            self.worker_exited(id, pid, &exit);
+        }
+        let how = match role {
+            Role::Current => "current",
+            Role::Next => "next",
+            Role::Retiring => "retired",
+        };
+        self.lifecycle_event(
+            id,
+            i,
+            Some(pid),
+            "exit",
+            serde_json::json!({"code": exit.code, "signal": exit.signal, "process": how}),
+        );
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
@@ -290,7 +320,7 @@ impl State {
             }
             Role::Next => {
                 // The reload's next process is gone: the slot goes back to its current one.
-                if let Some(slot) = app.slots.get_mut(i as usize) {
+                if let Some(slot) = slot_mut!(app, i) {
                     if slot.state.next().is_some_and(|p| p.pid == pid) {
                         if let SlotState::Reloading {
                             current, online, ..
@@ -319,7 +349,7 @@ impl State {
             pid,
             exit: exit.clone(),
         });
-        let Some(slot) = app.slots.get_mut(i as usize) else {
+        let Some(slot) = slot_mut!(app, i) else {
             return;
         };
         slot.last_exit = Some(exit.clone());
@@ -369,7 +399,7 @@ impl State {
         let restart_delay = Duration::from_millis(app.spec.restart_delay_ms);
         let max_restarts = app.spec.max_restarts;
         let min_uptime = app.spec.min_uptime_ms;
-        let Some(slot) = app.slots.get_mut(i as usize) else {
+        let Some(slot) = slot_mut!(app, i) else {
             return;
         };
         match decision {
@@ -380,6 +410,17 @@ impl State {
                     delay.max(restart_delay)
                 } else {
                     delay
+                };
+                let restarts = slot.restarts;
+                self.lifecycle_event(
+                    id,
+                    i,
+                    None,
+                    "restart",
+                    serde_json::json!({"delay_ms": delay.as_millis() as u64, "restarts": restarts}),
+                );
+                let Some(slot) = self.apps.get_mut(&id).and_then(|a| slot_mut!(a, i)) else {
+                    return;
                 };
                 if delay.is_zero() {
                     slot.set(SlotState::Stopped);
@@ -402,13 +443,21 @@ impl State {
                 write_note(
                     &slot.err,
                     &format!(
-                        "[herd] instance {i} exited {} times in a row within {min_uptime} ms of starting; marked errored. Fix it, then `herd restart {}`",
+                        "[herd] {} exited {} times in a row within {min_uptime} ms of starting; marked errored. Fix it, then `herd restart {}`",
+                        super::primary::who(i),
                         max_restarts + 1,
                         app.spec.name
                     ),
                 );
                 slot.set(SlotState::Errored);
                 recycle_sockets(app, i);
+                self.lifecycle_event(
+                    id,
+                    i,
+                    None,
+                    "errored",
+                    serde_json::json!({"restarts": max_restarts + 1}),
+                );
             }
         }
     }
@@ -437,7 +486,7 @@ impl State {
         }
         match role {
             Role::Current => {
-                let Some(slot) = app.slots.get_mut(i as usize) else {
+                let Some(slot) = slot_mut!(app, i) else {
                     return;
                 };
                 match slot.state.take() {
@@ -477,7 +526,7 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        let Some(slot) = app.slots.get_mut(i as usize) else {
+        let Some(slot) = slot_mut!(app, i) else {
             return;
         };
         let now = Instant::now();
@@ -613,6 +662,8 @@ mod tests {
             seq: 0,
             disconnecting: false,
             env_version: 1,
+            primary: false,
+            seen: Default::default(),
             out: None,
             err: None,
         }

@@ -99,8 +99,10 @@ impl State {
                         "a message longer than {limit} bytes was dropped; send smaller messages"
                     ),
                 ),
+                Inbound::App(v) if self.is_primary(pid) => self.on_primary_message(pid, v),
                 Inbound::App(v) => self.on_app_message(pid, v),
             },
+            Event::PrimaryCall { pid, msg } => self.on_primary_call(pid, msg),
             Event::Remote(env) => self.on_remote(env),
             Event::FileChanged { app } => {
                 // Each change moves the deadline: the reload comes once the files are quiet.
@@ -136,6 +138,7 @@ impl State {
                     }
                 }
                 TimerKey::Memory { app } => self.on_memory_check(app),
+                TimerKey::Claims { app } => self.on_claims_timer(app),
                 TimerKey::Watch { app } => {
                     let Some(a) = self.apps.get(&app) else {
                         continue;
@@ -161,7 +164,7 @@ impl State {
             .values()
             .filter(|a| {
                 a.reload.as_ref().and_then(|r| r.active).is_some_and(|i| {
-                    !a.slots.get(i as usize).is_some_and(|s| {
+                    !a.slot(i).is_some_and(|s| {
                         matches!(
                             s.state,
                             SlotState::Reloading { .. } | SlotState::Starting { .. }
@@ -176,6 +179,28 @@ impl State {
                 r.active = None;
             }
             self.reload_step(id);
+        }
+        // A process that came online (whichever transition it took) is published once.
+        let mut online = Vec::new();
+        for app in self.apps.values_mut() {
+            for s in app.slots.iter_mut().chain(app.primary.as_mut()) {
+                let now = match &s.state {
+                    SlotState::Online { proc } => Some(proc.pid),
+                    SlotState::Reloading {
+                        current,
+                        online: true,
+                        ..
+                    } => Some(current.pid),
+                    _ => None,
+                };
+                if now.is_some() && now != s.told_online {
+                    online.push((app.id, s.index, now));
+                }
+                s.told_online = now.or(s.told_online);
+            }
+        }
+        for (id, i, pid) in online {
+            self.lifecycle_event(id, i, pid, "online", serde_json::Value::Null);
         }
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {

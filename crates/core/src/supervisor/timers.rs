@@ -40,15 +40,22 @@ pub(super) enum TimerKey {
         /// App id.
         app: u32,
     },
+    /// Workers nobody claimed are announced to the app's primary
+    /// ([`super::primary::CLAIM_WINDOW`]).
+    Claims {
+        /// App id.
+        app: u32,
+    },
 }
 
 impl TimerKey {
     /// The app the timer belongs to, if any.
     fn app(&self) -> Option<u32> {
         match *self {
-            TimerKey::Slot { app, .. } | TimerKey::Memory { app } | TimerKey::Watch { app } => {
-                Some(app)
-            }
+            TimerKey::Slot { app, .. }
+            | TimerKey::Memory { app }
+            | TimerKey::Watch { app }
+            | TimerKey::Claims { app } => Some(app),
             TimerKey::Retire { .. } => None,
         }
     }

@@ -81,6 +81,16 @@ impl State {
             ));
             return;
         }
+        if let Some(app) = self.apps.values().find(|a| a.primary.is_some()) {
+            let _ = reply.send(refusal(
+                ErrorCode::Update,
+                format!(
+                    "app {} runs its own primary (--primary), which `herd update` cannot hand over yet; stop it first (`herd stop {}`), update, then start it again",
+                    app.spec.name, app.spec.name
+                ),
+            ));
+            return;
+        }
         if !req.formats.contains(&handover::FORMAT) {
             let _ = reply.send(refusal(
                 ErrorCode::Update,
@@ -482,13 +492,7 @@ impl State {
             self.apps.insert(id, app);
             for s in a.slots {
                 let i = s.index;
-                if self
-                    .apps
-                    .get(&id)
-                    .and_then(|a| a.slots.get(i as usize))
-                    .map(|x| x.index)
-                    != Some(i)
-                {
+                if self.apps.get(&id).and_then(|a| a.slot(i)).map(|x| x.index) != Some(i) {
                     continue;
                 }
                 let proc = s.process.map(|p| self.adopt_proc(id, i, p, now));
@@ -503,11 +507,7 @@ impl State {
                     (S::Errored, _) => SlotState::Errored,
                     _ => SlotState::Stopped,
                 };
-                let Some(slot) = self
-                    .apps
-                    .get_mut(&id)
-                    .and_then(|a| a.slots.get_mut(i as usize))
-                else {
+                let Some(slot) = self.apps.get_mut(&id).and_then(|a| slot_mut!(a, i)) else {
                     continue;
                 };
                 slot.set(state);
@@ -596,6 +596,8 @@ impl State {
             seq: p.seq,
             disconnecting: false,
             env_version: p.env_version,
+            primary: false,
+            seen: Default::default(),
             out,
             err,
         }
