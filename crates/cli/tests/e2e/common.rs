@@ -384,6 +384,8 @@ pub fn node_fixture() -> Option<PathBuf> {
     let apps = base.join("apps");
     std::fs::create_dir_all(&apps).unwrap();
     copy_dir(&repo_root().join("tests/node"), &apps);
+    // The runnable examples (the seed's cluster scripts), beside the same node_modules.
+    copy_dir(&repo_root().join("examples/node"), &apps.join("examples"));
     // The bus helper, as an app would vendor it.
     let helper = std::fs::read(repo_root().join("node/herd.js")).unwrap();
     if std::fs::read(apps.join("herd.js")).ok() != Some(helper.clone()) {
@@ -395,6 +397,10 @@ pub fn node_fixture() -> Option<PathBuf> {
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
+        // What a local `npm install` or `next build` left in the repository is not copied.
+        if e.file_name() == "node_modules" || e.file_name() == ".next" {
+            continue;
+        }
         let target = to.join(e.file_name());
         if e.file_type().unwrap().is_dir() {
             copy_dir(&e.path(), &target);

@@ -18,6 +18,7 @@ mod listen;
 mod listen_flood;
 mod logs;
 mod node;
+mod primary;
 mod races;
 mod update;
 mod worker_threads;

@@ -30,6 +30,8 @@ use crate::sockets::{ListenAddr, ListenError, Listener};
 ///
 /// SIGKILL after `kill_timeout` is the caller's timer.
 pub(super) fn begin_stop(os: &mut dyn Os, spec: &AppSpec, proc: &mut Proc) {
+    // Asked to go: for an app's primary, Node's `worker.exitedAfterDisconnect`.
+    proc.seen.after_disconnect = true;
     if proc.primary {
         // An app's primary is a plain Node process: the kill signal (Node's default handler
         // exits; the primary's own SIGTERM handler may disconnect its workers first).

@@ -377,18 +377,19 @@ impl State {
                 app.spec.name
             ));
         }
-        // 1. A worker herd started on its own, with the same environment and script.
+        // 1. A worker herd started on its own: the oldest forked with the same environment and
+        //    script, else the oldest (a primary that re-forks with `cluster.fork()` what it
+        //    forked with `cluster.fork(env)` still gets one replacement, not two).
         let oldest = app
             .slots
             .iter_mut()
-            .filter(|s| s.fork == spec)
             .filter_map(|s| {
-                let i = s.index;
-                s.state.proc_mut().map(|p| (i, p))
+                let (i, same) = (s.index, s.fork == spec);
+                s.state.proc_mut().map(|p| (i, same, p))
             })
-            .filter(|(_, p)| !p.seen.known && !p.seen.after_disconnect)
-            .filter_map(|(i, p)| p.seen.pooled.map(|t| (t, i, p)))
-            .min_by_key(|(t, _, _)| *t);
+            .filter(|(_, _, p)| !p.seen.known && !p.seen.after_disconnect)
+            .filter_map(|(i, same, p)| p.seen.pooled.map(|t| ((!same, t), i, p)))
+            .min_by_key(|(key, _, _)| *key);
         if let Some((_, i, p)) = oldest {
             p.seen.known = true;
             p.seen.pooled = None;
@@ -403,31 +404,48 @@ impl State {
             }
             return Ok(answer);
         }
-        // 2. A slot of the same spec waiting to restart (a crash loop backs off; a fork does
-        //    not skip that) or given up on.
-        let waiting = app.slots.iter().find(|s| {
-            s.fork == spec
-                && !app.link.pending.contains_key(&s.index)
-                && matches!(
-                    s.state,
-                    SlotState::WaitingRestart { .. } | SlotState::Errored | SlotState::Exited
-                )
-        });
+        // 2. A slot of the same spec waiting to restart, which starts now (the primary asked,
+        //    as Node's fork() starts at once; its quick exits still count towards `errored`),
+        //    or one given up on, which starts after the longest back-off.
+        let waiting = app
+            .slots
+            .iter()
+            .filter(|s| {
+                !app.link.pending.contains_key(&s.index)
+                    && matches!(
+                        s.state,
+                        SlotState::WaitingRestart { .. } | SlotState::Errored | SlotState::Exited
+                    )
+            })
+            .min_by_key(|s| (s.fork != spec, s.index));
         if let Some(slot) = waiting {
             let i = slot.index;
             let errored = !matches!(slot.state, SlotState::WaitingRestart { .. });
             let wid = app.link.next_id();
             app.link.pending.insert(i, wid);
             if errored {
-                // Given up on: it starts again, after the longest back-off the policy uses.
+                // Given up on: it starts again, after the longest back-off the policy uses; its
+                // pid comes with the `spawn` event.
                 let delay = crate::policy::backoff(&app.spec, u32::MAX);
                 if let Some(slot) = slot_mut!(app, i) {
                     slot.set(SlotState::WaitingRestart {
                         until: Instant::now() + delay,
                     });
                 }
+                return Ok(json!({"herd": "forked", "id": wid, "pid": null, "slot": i}));
             }
-            return Ok(json!({"herd": "forked", "id": wid, "pid": null, "slot": i}));
+            if let Some(slot) = slot_mut!(app, i) {
+                slot.set(SlotState::Stopped);
+            }
+            self.launch(id, i);
+            let pid = self
+                .apps
+                .get(&id)
+                .and_then(|a| a.slot(i))
+                .and_then(|s| s.state.proc())
+                .filter(|p| p.seen.id == wid)
+                .map(|p| p.pid);
+            return Ok(json!({"herd": "forked", "id": wid, "pid": pid, "slot": i}));
         }
         // 3. A new worker, in a slot left by one that went, or a new slot.
         let hole = app
