@@ -48,10 +48,31 @@ pub fn start(home: &Home, a: &StartArgs) -> Result<ExitCode> {
         }
     }
     let spec = a.to_spec()?;
+    if let Some(note) = primary_hint(&spec) {
+        eprintln!("{note}");
+    }
     let reply = client.call(Command::Start {
         spec: Box::new(spec),
     })?;
     reply::print_apps(reply, a.json)
+}
+
+/// A Node script with cluster code started without `--primary` runs as workers only, as under
+/// PM2: say so once, so that a primary's missing `exit` lines are not a mystery.
+fn primary_hint(spec: &AppSpec) -> Option<String> {
+    if !spec.node || spec.primary {
+        return None;
+    }
+    let path = std::path::Path::new(&spec.cwd).join(&spec.script);
+    let text = std::fs::read_to_string(path).ok()?;
+    let forks = text.contains("cluster.fork(") || text.contains(".fork(");
+    let branches = text.contains("isPrimary") || text.contains("isMaster");
+    (forks && branches && text.contains("cluster")).then(|| {
+        format!(
+            "note: {} has its own cluster primary (cluster.fork); herd runs it as cluster workers only, as PM2 does, so its isPrimary branch does not run. To run that branch too, with herd underneath: herd start {} --primary",
+            spec.script, spec.script
+        )
+    })
 }
 
 /// The apps of the app file `a.script`, with the env block chosen by `--env`.
