@@ -367,7 +367,7 @@ impl State {
 
     /// `cluster.fork()`: claims a worker herd started, or a slot waiting to restart, or
     /// starts a new one.
-    fn fork(&mut self, id: u32, spec: ForkSpec) -> Result<Value, String> {
+    pub(super) fn fork(&mut self, id: u32, spec: ForkSpec) -> Result<Value, String> {
         let Some(app) = self.apps.get_mut(&id) else {
             return Err("the app is gone".into());
         };

@@ -90,6 +90,7 @@ struct Sim {
 impl Sim {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
         let world = Arc::new(Mutex::new(World::default()));
         let (tx, rx) = mpsc::unbounded_channel();
         let (ipc_tx, ipc_rx) = mpsc::channel(1 << 16);
@@ -99,7 +100,7 @@ impl Sim {
             host: "test".into(),
             bus_url: None,
             max_message_bytes: 1 << 20,
-            log_dir: dir.path().to_path_buf(),
+            log_dir: dir.path().join("logs"),
             notify_path: dir.path().join("notify.sock"),
             pids_file: None,
             limits: crate::Limits::default(),
@@ -258,7 +259,7 @@ impl Sim {
         assert_eq!(known, w.live, "known pids differ from running processes");
         let mut places: HashMap<u32, usize> = HashMap::new();
         for app in self.st.apps.values() {
-            for s in &app.slots {
+            for s in app.slots.iter().chain(app.primary.as_ref()) {
                 for (p, role) in [
                     (s.state.proc(), Role::Current),
                     (s.state.next(), Role::Next),
@@ -293,7 +294,7 @@ impl Sim {
                 assert_eq!(app.routed.as_ref(), Some(&serving), "routing set");
             }
             // A slot's timer is armed exactly when its state waits for a deadline.
-            for s in &app.slots {
+            for s in app.slots.iter().chain(app.primary.as_ref()) {
                 let key = TimerKey::Slot {
                     app: app.id,
                     slot: s.index,
@@ -308,11 +309,7 @@ impl Sim {
         assert_eq!(places.len(), w.live.len(), "a running pid in no place");
         for key in self.st.timers.keys() {
             if let TimerKey::Slot { app, slot } = key {
-                let s = self
-                    .st
-                    .apps
-                    .get(app)
-                    .and_then(|a| a.slots.get(*slot as usize));
+                let s = self.st.apps.get(app).and_then(|a| a.slot(*slot));
                 assert!(
                     s.is_some_and(|s| s.state.deadline().is_some()),
                     "a timer for slot {slot} that waits for nothing"
@@ -649,6 +646,142 @@ async fn a_program_that_cannot_start_waits_before_each_try() {
     sim.world.lock().unwrap().fail_spawns = false;
     sim.advance(Duration::from_millis(100)).await;
     assert_eq!(sim.spawned().len(), n + 1);
+    sim.check_invariants();
+}
+
+// ----- an app's own primary (`--primary`) -----------------------------------------------
+
+impl Sim {
+    /// A Node app with its own primary and no worker yet, started.
+    fn primary_app() -> Self {
+        let mut sim = Self::new();
+        let spec = AppSpec {
+            node: true,
+            primary: true,
+            ..sim.spec(0)
+        };
+        drop(sim.start(spec));
+        sim
+    }
+
+    fn primary_pid(&self) -> Option<u32> {
+        self.app().primary.as_ref()?.state.proc().map(|p| p.pid)
+    }
+
+    /// `cluster.fork()` in the primary: the pid it returns.
+    fn fork(&mut self) -> Option<u64> {
+        let id = self.app().id;
+        let v = self.st.fork(id, Default::default()).unwrap();
+        self.st.after_event();
+        v["pid"].as_u64()
+    }
+
+    fn seen(&self, i: usize) -> (bool, Option<tokio::time::Instant>) {
+        let p = self.app().slots[i].state.proc().unwrap();
+        (p.seen.known, p.seen.pooled)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn forks_start_workers_and_a_fork_after_a_death_takes_the_replacement() {
+    let mut sim = Sim::primary_app();
+    assert!(sim.primary_pid().is_some());
+    assert!(sim.app().slots.is_empty());
+    let a = sim.fork().unwrap() as u32;
+    let b = sim.fork().unwrap() as u32;
+    assert_eq!(sim.app().slots.len(), 2);
+    assert_eq!((sim.current(0), sim.current(1)), (Some(a), Some(b)));
+    assert!(sim.seen(0).0 && sim.seen(1).0, "forked workers are known");
+    sim.check_invariants();
+    // A worker dies after a stable run: herd restarts it at once, unclaimed.
+    sim.advance(Duration::from_secs(2)).await;
+    sim.killed(a);
+    let replacement = sim.current(0).unwrap();
+    assert_ne!(replacement, a);
+    assert_eq!(sim.seen(0), (false, Some(tokio::time::Instant::now())));
+    // The primary's exit handler forks: it gets that replacement, not a third worker.
+    assert_eq!(sim.fork(), Some(u64::from(replacement)));
+    assert_eq!(sim.app().slots.len(), 2);
+    assert!(sim.seen(0).0);
+    sim.advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        sim.spawned().len(),
+        4,
+        "primary, two workers, one replacement"
+    );
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_nobody_claims_is_announced_after_the_window() {
+    let mut sim = Sim::primary_app();
+    let a = sim.fork().unwrap() as u32;
+    sim.advance(Duration::from_secs(2)).await;
+    sim.killed(a);
+    assert!(!sim.seen(0).0);
+    assert!(sim
+        .st
+        .timers
+        .deadline(TimerKey::Claims { app: sim.app().id })
+        .is_some());
+    sim.advance(super::primary::CLAIM_WINDOW - Duration::from_millis(1))
+        .await;
+    assert!(!sim.seen(0).0, "announced early");
+    sim.advance(Duration::from_millis(1)).await;
+    assert_eq!(sim.seen(0), (true, None));
+    // A later fork is a new worker.
+    sim.fork().unwrap();
+    assert_eq!(sim.app().slots.len(), 2);
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_primary_takes_the_running_workers_back() {
+    let mut sim = Sim::primary_app();
+    let workers = [sim.fork().unwrap(), sim.fork().unwrap()];
+    sim.advance(Duration::from_secs(2)).await;
+    let old = sim.primary_pid().unwrap();
+    sim.killed(old);
+    let new = sim.primary_pid().unwrap();
+    assert_ne!(
+        new, old,
+        "the primary is restarted at once after a stable run"
+    );
+    // Its workers kept running, waiting to be claimed; its forks get them, in order.
+    assert_eq!(sim.seen(0).0, false);
+    assert_eq!(sim.fork(), Some(workers[0]));
+    assert_eq!(sim.fork(), Some(workers[1]));
+    assert_eq!(sim.app().slots.len(), 2);
+    // A third fork starts one more.
+    sim.fork().unwrap();
+    assert_eq!(sim.app().slots.len(), 3);
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fork_starts_a_backing_off_slot_at_once_and_kill_removes_the_slot() {
+    let mut sim = Sim::primary_app();
+    let a = sim.fork().unwrap() as u32;
+    // A second quick crash in a row backs off...
+    sim.killed(a);
+    let again = sim.current(0).unwrap();
+    sim.killed(again);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
+    // ...but the primary's fork starts it now (Node's fork is immediate).
+    let b = sim.fork().unwrap() as u32;
+    assert_eq!(sim.current(0), Some(b));
+    assert_eq!(sim.app().slots.len(), 1);
+    // worker.kill(): drained, stopped, gone; not restarted.
+    let id = sim.app().id;
+    let wid = sim.app().slots[0].state.proc().unwrap().seen.id;
+    sim.st.on_primary_message(
+        sim.primary_pid().unwrap(),
+        serde_json::json!({"herd": "disconnect", "id": wid}),
+    );
+    sim.st.after_event();
+    sim.settle().await;
+    assert!(sim.st.apps[&id].slots.is_empty(), "the slot went");
+    assert!(!sim.world.lock().unwrap().live.contains(&b));
     sim.check_invariants();
 }
 
