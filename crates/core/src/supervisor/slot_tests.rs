@@ -748,7 +748,7 @@ async fn a_restarted_primary_takes_the_running_workers_back() {
         "the primary is restarted at once after a stable run"
     );
     // Its workers kept running, waiting to be claimed; its forks get them, in order.
-    assert_eq!(sim.seen(0).0, false);
+    assert!(!sim.seen(0).0);
     assert_eq!(sim.fork(), Some(workers[0]));
     assert_eq!(sim.fork(), Some(workers[1]));
     assert_eq!(sim.app().slots.len(), 2);
