@@ -597,3 +597,61 @@ impl Drop for Broker {
         self.kill();
     }
 }
+
+/// `herd bus --json TOPIC`, its lines collected.
+pub struct BusWatch {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl BusWatch {
+    pub fn start(h: &Herd, topic: &str) -> Self {
+        let mut child = h
+            .command(&["bus", "--json", topic])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&l) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        // `herd bus` subscribes before it prints anything; give it the time to.
+        std::thread::sleep(Duration::from_millis(300));
+        Self { child, lines }
+    }
+
+    /// Waits for `n` messages matching `pred`, and returns them.
+    pub fn wait(
+        &self,
+        n: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        wait_until(Duration::from_secs(20), || {
+            let got: Vec<serde_json::Value> = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|v| pred(v))
+                .cloned()
+                .collect();
+            (got.len() >= n)
+                .then_some(got.clone())
+                .ok_or(format!("{:?}", self.lines.lock().unwrap()))
+        })
+        .unwrap_or_else(|seen| panic!("wanted {n} matching messages; saw {seen}"))
+    }
+}
+
+impl Drop for BusWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

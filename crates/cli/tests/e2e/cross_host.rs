@@ -59,6 +59,28 @@ fn cross_host(kind: &'static str) {
     .unwrap();
     assert_eq!(r["pid"].as_u64().unwrap() as u32, pid_b);
 
+    // Lifecycle events of host a reach a watcher on host b.
+    let watch = BusWatch::start(&b, "herd:lifecycle");
+    let pid_a = a.pids("nb")[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid_a).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let exit = watch.wait(1, |v| {
+        v["data"]["event"] == "exit" && v["data"]["pid"] == pid_a && v["data"]["host"] == "host-a"
+    });
+    assert_eq!(exit[0]["data"]["signal"], "SIGKILL", "{exit:?}");
+    watch.wait(1, |v| {
+        v["data"]["event"] == "online" && v["data"]["host"] == "host-a"
+    });
+    drop(watch);
+    wait_until(Duration::from_secs(10), || {
+        let r = ask(&a, "nb:0");
+        r.map(|_| ())
+    })
+    .unwrap();
+
     // Topics and app-wide sends reach every host.
     a.ok(&["publish", "news", r#""published-on-a""#]);
     b.ok(&["send", "nb", r#""sent-to-nb-on-b""#]);

@@ -5,9 +5,7 @@
 //! itself prints. The scripts are the runnable ones in `examples/node/`.
 
 use std::collections::HashSet;
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -66,60 +64,6 @@ fn online_workers(h: &Herd, app: &str, n: usize) -> Vec<u32> {
             .ok_or(a.to_string())
     })
     .unwrap()
-}
-
-/// `herd bus --json TOPIC`, its lines collected.
-struct BusWatch {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<Value>>>,
-}
-
-impl BusWatch {
-    fn start(h: &Herd, topic: &str) -> Self {
-        let mut child = h
-            .command(&["bus", "--json", topic])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&l) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-        });
-        // `herd bus` subscribes before it prints anything; give it the time to.
-        std::thread::sleep(Duration::from_millis(300));
-        Self { child, lines }
-    }
-
-    /// Waits for `n` messages matching `pred`, and returns them.
-    fn wait(&self, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        wait_until(Duration::from_secs(20), || {
-            let got: Vec<Value> = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|v| pred(v))
-                .cloned()
-                .collect();
-            (got.len() >= n)
-                .then_some(got.clone())
-                .ok_or(format!("{:?}", self.lines.lock().unwrap()))
-        })
-        .unwrap_or_else(|seen| panic!("wanted {n} matching messages; saw {seen}"))
-    }
-}
-
-impl Drop for BusWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn kill9(pid: u32) {
