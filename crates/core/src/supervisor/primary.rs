@@ -618,6 +618,8 @@ impl State {
             d @ SlotState::Draining { .. } => slot.set(d),
             _ => slot.set(SlotState::Gone),
         }
+        // The reload goes on without it (or ends, if it was the last slot to do).
+        self.reload_step(id);
     }
 }
 

@@ -888,8 +888,139 @@ mod properties {
         );
     }
 
+    /// What an app with its own primary meets: its forks and kills mixed with everything else.
+    #[derive(Debug, Clone)]
+    enum PrimaryOp {
+        Any(Op),
+        Fork,
+        /// The primary's `worker.disconnect()` of its `n`-th known worker.
+        Disconnect(usize),
+    }
+
+    fn primary_op() -> impl Strategy<Value = PrimaryOp> {
+        prop_oneof![
+            6 => op().prop_map(PrimaryOp::Any),
+            2 => Just(PrimaryOp::Fork),
+            1 => (0usize..8).prop_map(PrimaryOp::Disconnect),
+        ]
+    }
+
+    async fn run_primary(ops: Vec<PrimaryOp>) {
+        let mut sim = Sim::primary_app();
+        sim.check_invariants();
+        let target = || "web".to_string();
+        for op in ops {
+            let live: Vec<u32> = sim.world.lock().unwrap().live.iter().copied().collect();
+            match op {
+                PrimaryOp::Fork => {
+                    let id = sim.app().id;
+                    // Refused while the app is stopped; otherwise a worker or a claim.
+                    let _ = sim.st.fork(id, Default::default());
+                    sim.st.after_event();
+                }
+                PrimaryOp::Disconnect(n) => {
+                    let known: Vec<u32> = sim
+                        .app()
+                        .slots
+                        .iter()
+                        .filter_map(|s| s.state.proc())
+                        .filter(|p| p.seen.known)
+                        .map(|p| p.seen.id)
+                        .collect();
+                    if let (Some(&wid), Some(primary)) =
+                        (known.get(n % known.len().max(1)), sim.primary_pid())
+                    {
+                        sim.st.on_primary_message(
+                            primary,
+                            serde_json::json!({"herd": "disconnect", "id": wid}),
+                        );
+                        sim.st.after_event();
+                    }
+                }
+                PrimaryOp::Any(Op::Exit(n, code)) => {
+                    if let Some(&pid) = live.get(n % live.len().max(1)) {
+                        sim.exit(pid, code);
+                    }
+                }
+                PrimaryOp::Any(Op::Ready(n)) => {
+                    if let Some(&pid) = live.get(n % live.len().max(1)) {
+                        sim.ready(pid);
+                    }
+                }
+                PrimaryOp::Any(Op::Advance(ms)) => sim.advance(Duration::from_millis(ms)).await,
+                PrimaryOp::Any(Op::Stop) => drop(sim.cmd(Command::Stop { target: target() })),
+                PrimaryOp::Any(Op::Resume) => drop(sim.cmd(Command::Resume { target: target() })),
+                PrimaryOp::Any(Op::Restart) => drop(sim.cmd(Command::Restart {
+                    target: target(),
+                    env: None,
+                })),
+                PrimaryOp::Any(Op::Reload) => drop(sim.cmd(Command::Reload {
+                    target: target(),
+                    env: None,
+                })),
+                PrimaryOp::Any(Op::Scale(n)) => drop(sim.cmd(Command::Scale {
+                    target: target(),
+                    to: ScaleTo::Exactly(n),
+                })),
+            }
+            sim.check_invariants();
+            // Node worker ids are never given twice among running workers, and a worker is
+            // either known to the primary or waiting to be claimed, never both.
+            let mut ids = BTreeSet::new();
+            for s in &sim.app().slots {
+                for p in [s.state.proc(), s.state.next()].into_iter().flatten() {
+                    assert!(ids.insert(p.seen.id), "worker id {} twice", p.seen.id);
+                    assert!(!(p.seen.known && p.seen.pooled.is_some()));
+                }
+            }
+        }
+        // Left alone, it converges: the primary runs (if the app does), every worker slot is
+        // online, and every worker is known to the primary once the claim window has passed.
+        sim.settle().await;
+        sim.advance(super::super::primary::CLAIM_WINDOW).await;
+        sim.settle().await;
+        let app = sim.app();
+        let running = app.status == AppStatus::Running;
+        let primary = app.primary.as_ref().map(|p| p.state.status());
+        let expect = if running {
+            ProcessStatus::Online
+        } else {
+            ProcessStatus::Stopped
+        };
+        assert_eq!(primary, Some(expect), "the primary after settling");
+        // Slots the primary's disconnects left as holes (gone) count for nothing.
+        let kept: Vec<&super::super::Slot> = app
+            .slots
+            .iter()
+            .filter(|s| !matches!(s.state, SlotState::Gone))
+            .collect();
+        let statuses: Vec<ProcessStatus> = kept.iter().map(|s| s.state.status()).collect();
+        assert!(statuses.iter().all(|s| *s == expect), "{statuses:?}");
+        if running {
+            for s in &kept {
+                let p = s.state.proc().expect("a running worker");
+                assert!(p.seen.known, "worker {} never reached the primary", p.pid);
+            }
+        }
+        let live = sim.world.lock().unwrap().live.len();
+        let want = if running { kept.len() + 1 } else { 0 };
+        assert_eq!(live, want);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn an_app_with_a_primary_keeps_every_invariant_and_converges(
+            ops in proptest::collection::vec(primary_op(), 1..60),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(run_primary(ops));
+        }
 
         #[test]
         fn random_events_keep_every_invariant_and_converge(

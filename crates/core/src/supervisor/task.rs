@@ -205,8 +205,8 @@ impl State {
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
             // A slot's timer is its state's deadline: armed while the state waits, moved
-            // when it changes, gone with it.
-            for s in &app.slots {
+            // when it changes, gone with it. The primary's too.
+            for s in app.slots.iter().chain(app.primary.as_ref()) {
                 let key = TimerKey::Slot {
                     app: app.id,
                     slot: s.index,
