@@ -95,10 +95,13 @@ pub fn act(msg: &Value) -> &str {
 }
 
 /// The answer to a `queryServer` that carries a listening socket (sent with the fd).
+/// `socketType: 1` (a TCP handle, as Node's own primary writes it) is what Deno's Node layer
+/// needs to accept on the socket; Node ignores it.
 pub fn handle_reply(q: &QueryServer, our_seq: u64) -> Value {
     json!({
         "cmd": "NODE_HANDLE",
         "type": "net.Native",
+        "socketType": 1,
         "msg": {"cmd": "NODE_CLUSTER", "errno": 0, "key": q.key(), "ack": q.seq, "data": null, "seq": our_seq}
     })
 }
@@ -126,7 +129,8 @@ pub fn is_node(interpreter: Option<&str>, script: &std::path::Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or(i);
-        return base == "node" || base == "nodejs";
+        // Deno runs Node's cluster workers too (`--interpreter deno --interpreter-args "run -A"`).
+        return base == "node" || base == "nodejs" || base == "deno";
     }
     shebang_is_node(script)
 }

@@ -655,3 +655,35 @@ impl Drop for BusWatch {
         let _ = self.child.wait();
     }
 }
+
+/// Deno, from the npm registry (`npm install deno`), in a cache folder of its own
+/// (`…/herd-test-deno`), once per machine. `None` (loudly; a failure with `CI=true`) without npm.
+pub fn deno_fixture() -> Option<PathBuf> {
+    let base = node_fixture()?.with_file_name("herd-test-deno");
+    std::fs::create_dir_all(&base).unwrap();
+    let lock = std::fs::File::create(base.join(".lock")).unwrap();
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let version = "deno@2.9.6";
+    let stamp = base.join(".installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(version) {
+        std::fs::write(
+            base.join("package.json"),
+            "{\"name\":\"herd-test-deno\",\"private\":true,\"version\":\"1.0.0\"}\n",
+        )
+        .unwrap();
+        let out = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-save", version])
+            .current_dir(&base)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "npm install deno failed (the npm registry must be reachable): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&stamp, version).unwrap();
+    }
+    Some(base.join("node_modules/.bin/deno"))
+}

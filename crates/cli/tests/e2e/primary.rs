@@ -379,6 +379,19 @@ fn the_primary_sends_kills_disconnects_and_a_restarted_primary_takes_its_workers
         .and_then(|p| p.trim().parse().ok())
         .unwrap();
     assert!(after.contains(&pid), "{refork} {after:?}");
+    // `herd scale` works on the workers: a new one is announced to the primary (it did not
+    // fork it); one scaled away reaches it as a disconnect it did not have to refork.
+    h.ok(&["scale", "api", "3"]);
+    let three = online_workers(&h, "api", 3);
+    let added = *three.iter().find(|p| !after.contains(p)).unwrap();
+    wait_log(&h, "api", &["cluster fork", &format!("pid={added}")]);
+    h.ok(&["scale", "api", "2"]);
+    let two = online_workers(&h, "api", 2);
+    let gone = *three.iter().find(|p| !two.contains(p)).unwrap();
+    let line = wait_log(&h, "api", &["cluster exit", &format!("pid={gone}")]);
+    assert!(line.contains("after=true"), "{line}");
+    std::thread::sleep(PAST_CLAIM_WINDOW);
+    assert_eq!(online_workers(&h, "api", 2), two);
     h.finish();
 }
 
@@ -517,5 +530,49 @@ fn next_express_worker_threads_and_the_basic_script_run_with_and_without_the_pri
         .unwrap()
         .contains("pid="));
     wait_log(&h, "basic", &["[server] Server running on port"]);
+    h.finish();
+}
+
+#[test]
+fn deno_runs_the_cluster_script_as_workers_and_reloads_without_a_failure() {
+    let Some(base) = node_fixture() else { return };
+    let Some(deno) = deno_fixture() else { return };
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    h.ok(&[
+        "start",
+        example(&base, "cluster-basic.mjs").to_str().unwrap(),
+        "--interpreter",
+        deno.to_str().unwrap(),
+        "--interpreter-args",
+        "run -A",
+        "--name",
+        "deno",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+    ]);
+    let workers = online_workers(&h, "deno", 2);
+    let served: HashSet<u32> = wait_until(Duration::from_secs(10), || {
+        let mut seen = HashSet::new();
+        for _ in 0..40 {
+            let body =
+                get(loopback(port), "/", Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            seen.insert(pid_of(&body));
+        }
+        (seen.len() == 2)
+            .then_some(seen.clone())
+            .ok_or(format!("{seen:?}"))
+    })
+    .unwrap();
+    assert_eq!(served, workers.iter().copied().collect());
+    let loads = under_load(loopback(port), "/", 4, || {
+        h.ok(&["reload", "deno"]);
+    });
+    assert_no_failures(&loads, "reload of deno workers");
+    h.ok(&["stop", "deno"]);
+    drop(std::net::TcpListener::bind(loopback(port)).expect("port still held after stop"));
     h.finish();
 }
