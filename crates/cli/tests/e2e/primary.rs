@@ -78,6 +78,22 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), sig).unwrap();
 }
 
+/// Waits until requests to `port` are answered by `n` distinct pids, and returns them.
+fn serving(port: u16, n: usize) -> HashSet<u32> {
+    wait_until(Duration::from_secs(10), || {
+        let mut seen = HashSet::new();
+        for _ in 0..40 {
+            let body =
+                get(loopback(port), "/", Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            seen.insert(pid_of(&body));
+        }
+        (seen.len() == n)
+            .then_some(seen.clone())
+            .ok_or(format!("{seen:?}"))
+    })
+    .unwrap()
+}
+
 /// How long a worker herd started waits for a fork to claim it (CLAIM_WINDOW), and a margin.
 const PAST_CLAIM_WINDOW: Duration = Duration::from_secs(6);
 
@@ -109,18 +125,7 @@ fn the_seed_cluster_script_runs_its_primary_logs_deaths_reloads_and_stops_clean(
         &["seed:primary", &format!("Primary {primary} is running")],
     );
     let workers = online_workers(&h, "seed", 2);
-    let served: HashSet<u32> = wait_until(Duration::from_secs(10), || {
-        let mut seen = HashSet::new();
-        for _ in 0..40 {
-            let body =
-                get(loopback(port), "/", Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            seen.insert(pid_of(&body));
-        }
-        (seen.len() == 2)
-            .then_some(seen.clone())
-            .ok_or(format!("{seen:?}"))
-    })
-    .unwrap();
+    let served = serving(port, 2);
     assert_eq!(served, workers.iter().copied().collect());
     // A worker killed: the script's own exit handler prints its line; herd replaces it, once.
     kill9(workers[0]);
@@ -555,18 +560,7 @@ fn deno_runs_the_cluster_script_as_workers_and_reloads_without_a_failure() {
         &listen,
     ]);
     let workers = online_workers(&h, "deno", 2);
-    let served: HashSet<u32> = wait_until(Duration::from_secs(10), || {
-        let mut seen = HashSet::new();
-        for _ in 0..40 {
-            let body =
-                get(loopback(port), "/", Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            seen.insert(pid_of(&body));
-        }
-        (seen.len() == 2)
-            .then_some(seen.clone())
-            .ok_or(format!("{seen:?}"))
-    })
-    .unwrap();
+    let served = serving(port, 2);
     assert_eq!(served, workers.iter().copied().collect());
     let loads = under_load(loopback(port), "/", 4, || {
         h.ok(&["reload", "deno"]);

@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use herd_proto::{AppSpec, AppStatus, ErrorCode, LogStream, ScaleTo};
-use tokio::time::Instant;
 
 use super::primary::PRIMARY;
 use super::{
     check_program, err, log_path, overlaps, parse_signal, App, CommandError, Event, Slot,
-    SlotState, State, Then, TimerKey, DRAIN_POLL,
+    SlotState, State, Then, TimerKey,
 };
 use crate::logs::LogFile;
 use crate::policy::History;
@@ -350,41 +349,7 @@ impl State {
         for i in wanted..have {
             // A slot that goes is no part of a reload any more: its next process is stopped
             // with it, and the reload moves on (or ends) without it.
-            self.leave_reload(id, i);
-            let Some(app) = self.apps.get_mut(&id) else {
-                continue;
-            };
-            let timeout = std::time::Duration::from_millis(app.spec.kill_timeout_ms);
-            let Some(slot) = slot_mut!(app, i) else {
-                continue;
-            };
-            let now = Instant::now();
-            let drain = |proc| SlotState::Draining {
-                proc,
-                since: now,
-                look: now + DRAIN_POLL,
-            };
-            match slot.state.take() {
-                SlotState::Reloading {
-                    current, mut next, ..
-                } => {
-                    super::begin_stop(&mut *self.os, &app.spec, &mut next);
-                    self.pids.insert(next.pid, (id, i, super::Role::Retiring));
-                    super::arm_retire(&mut self.timers, next.pid, timeout);
-                    app.retiring.push((i, next));
-                    slot.set(drain(current));
-                }
-                SlotState::Online { proc } | SlotState::Starting { proc, .. } => {
-                    slot.set(drain(proc))
-                }
-                SlotState::Stopping { proc, deadline, .. } => slot.set(SlotState::Stopping {
-                    proc,
-                    then: Then::Remove,
-                    deadline,
-                }),
-                d @ SlotState::Draining { .. } => slot.set(d),
-                _ => slot.set(SlotState::Gone),
-            }
+            self.drain_slot(id, i);
         }
         self.reload_step(id);
         Ok(id)

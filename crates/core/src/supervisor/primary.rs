@@ -189,6 +189,12 @@ impl State {
         }
     }
 
+    /// Process `pid` of app `id`, if the app has a primary and the process is one of its workers.
+    fn worker_mut(&mut self, id: u32, pid: u32) -> Option<&mut Proc> {
+        let app = self.apps.get_mut(&id).filter(|a| a.spec.primary)?;
+        find(app, pid)
+    }
+
     /// Sends an event to the app's primary, if one runs.
     fn to_primary(&self, id: u32, ev: Value) {
         let Some(app) = self.apps.get(&id) else {
@@ -207,13 +213,7 @@ impl State {
         let Some(&(id, _, _)) = self.pids.get(&pid) else {
             return;
         };
-        let Some(app) = self.apps.get_mut(&id) else {
-            return;
-        };
-        if !app.spec.primary {
-            return;
-        }
-        let Some(p) = find(app, pid) else {
+        let Some(p) = self.worker_mut(id, pid) else {
             return;
         };
         let wid = p.seen.id;
@@ -254,13 +254,7 @@ impl State {
     /// Worker `pid` (slot `i`) exited: the primary hears `exit`, with whether herd starts a
     /// replacement (it may claim it by forking).
     pub(super) fn worker_exited(&mut self, id: u32, pid: u32, exit: &ExitInfo) {
-        let Some(app) = self.apps.get_mut(&id) else {
-            return;
-        };
-        if !app.spec.primary {
-            return;
-        }
-        let Some(p) = find(app, pid) else {
+        let Some(p) = self.worker_mut(id, pid) else {
             return;
         };
         if !p.seen.known {
@@ -269,6 +263,9 @@ impl State {
         let (wid, after, disconnected) = (p.seen.id, p.seen.after_disconnect, p.seen.disconnected);
         // A fork in the primary's exit handler may claim a replacement: the window starts now.
         let now = Instant::now();
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
         for p in procs_mut(app) {
             if p.seen.pooled.is_some() {
                 p.seen.pooled = Some(now);
@@ -519,6 +516,8 @@ impl State {
             p.seen.after_disconnect = true;
         }
         self.drain_slot(id, i);
+        // The reload goes on without it (or ends, if it was the last slot to do).
+        self.reload_step(id);
         if let Some(app) = self.apps.get_mut(&id) {
             app.spec.instances = live_slots(app);
         }
@@ -582,8 +581,9 @@ impl State {
         }
     }
 
-    /// Stops a slot for good: steered out, its queue drained, then stopped and removed (as a
-    /// scale-down does).
+    /// Stops a slot for good (a scale-down, the primary's `worker.disconnect()`): steered out,
+    /// its queue drained, then stopped and removed. Out of any reload; the caller moves the
+    /// reload on.
     pub(super) fn drain_slot(&mut self, id: u32, i: u32) {
         self.leave_reload(id, i);
         let Some(app) = self.apps.get_mut(&id) else {
@@ -618,8 +618,6 @@ impl State {
             d @ SlotState::Draining { .. } => slot.set(d),
             _ => slot.set(SlotState::Gone),
         }
-        // The reload goes on without it (or ends, if it was the last slot to do).
-        self.reload_step(id);
     }
 }
 
