@@ -16,7 +16,7 @@ use super::{
 };
 use crate::logs::{self, PumpTarget};
 use crate::spawn::{self, SpawnRequest};
-use crate::{ipc, policy};
+use crate::{ipc, node_shims, policy};
 
 impl State {
     /// Starts a slot's process, applying the restart policy if that fails.
@@ -130,6 +130,19 @@ impl State {
                 ("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()),
                 ("NODE_UNIQUE_ID".into(), (i + 1).to_string()),
             ]);
+            // The worker preload (graceful drain of keep-alive connections), before the app's
+            // own NODE_OPTIONS: a variable, so it reaches `node app.js`, a `#!/usr/bin/env
+            // node` script such as `next` and an ES module entry point alike.
+            if let Some(shims) = self
+                .node_shims
+                .as_ref()
+                .filter(|_| node_shims::enabled(&spec.env))
+            {
+                let theirs = spec.env.get("NODE_OPTIONS").map(String::as_str);
+                let options = node_shims::node_options(&shims.path(&node_shims::WORKER), theirs);
+                env.retain(|(k, _)| k != "NODE_OPTIONS");
+                env.push(("NODE_OPTIONS".into(), options));
+            }
         } else {
             env.push(("HERD_IPC_FD".into(), ipc_fd.to_string()));
         }

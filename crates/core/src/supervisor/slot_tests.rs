@@ -103,6 +103,7 @@ impl Sim {
             notify_path: dir.path().join("notify.sock"),
             pids_file: None,
             limits: crate::Limits::default(),
+            node_dir: None,
         };
         let bus = super::bus::Bus::new(cfg.host.clone(), 1 << 20, cfg.limits, None);
         let st = State::new(
