@@ -32,8 +32,6 @@
 
   const net = require('net');
   const http = require('http');
-  const https = require('https');
-  const dc = require('diagnostics_channel');
 
   const CMD = 'NODE_HERD';
   const VERSION = 1;
@@ -55,7 +53,8 @@
   function track(server) {
     if (servers.has(server)) return;
     servers.add(server);
-    const isHttps = server instanceof https.Server;
+    const https = httpsServer();
+    const isHttps = https !== null && server instanceof https;
     if (!isHttps && !(server instanceof http.Server)) return;
     // Per connection, not per request: nothing is added to a request's path until a drain.
     server.prependListener(isHttps ? 'secureConnection' : 'connection', (socket) => {
@@ -70,6 +69,14 @@
     });
   }
 
+  // https.Server, if the app loaded it: loading it here would cost every worker about 1 MB (tls),
+  // and a server cannot be an https.Server before the app loaded the module.
+  function httpsServer() {
+    const loaded = process.moduleLoadList;
+    if (Array.isArray(loaded) && !loaded.includes('NativeModule https')) return null;
+    return require('https').Server;
+  }
+
   function send(act, more) {
     try {
       process.send({ cmd: CMD, act, ...more });
@@ -81,6 +88,7 @@
   function onDrain(graceMs) {
     if (drain) return;
     drain = { grace: Math.max(0, Math.min(Number(graceMs) || 0, 600000)), pending: 0, sent: false };
+    const dc = require('diagnostics_channel');
     if (typeof dc.subscribe === 'function') dc.subscribe(REQUEST_START, onRequest);
     else dc.channel(REQUEST_START).subscribe(onRequest);
     for (const server of servers) {
