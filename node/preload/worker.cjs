@@ -37,9 +37,11 @@
   const VERSION = 1;
   const REQUEST_START = 'http.server.request.start';
 
-  // Every server that listened, and the connections of its HTTP servers.
+  // Every server that listened; the open connections of its HTTP servers; and, once draining,
+  // the idle timer of each connection.
   const servers = new Set();
-  const conns = new Map(); // socket → { socket, timer, mark }
+  const conns = new Set();
+  const idle = new Map(); // socket → { timer, mark }
   let drain = null; // { grace, pending, sent } once herd asked
 
   const listen = net.Server.prototype.listen;
@@ -56,17 +58,22 @@
     const https = httpsServer();
     const isHttps = https !== null && server instanceof https;
     if (!isHttps && !(server instanceof http.Server)) return;
-    // Per connection, not per request: nothing is added to a request's path until a drain.
-    server.prependListener(isHttps ? 'secureConnection' : 'connection', (socket) => {
-      const c = { socket, timer: null, mark: 0 };
-      conns.set(socket, c);
-      socket.once('close', () => {
-        clearTimeout(c.timer);
-        conns.delete(socket);
-        settle();
-      });
-      if (drain) idleSoon(c);
-    });
+    server.prependListener(isHttps ? 'secureConnection' : 'connection', onConnection);
+  }
+
+  // Per connection, and as little as possible (no closure, no object): a request's path is
+  // not touched at all until a drain.
+  function onConnection(socket) {
+    conns.add(socket);
+    socket.on('close', onSocketClose);
+    if (drain) idleSoon(socket);
+  }
+
+  function onSocketClose() {
+    conns.delete(this);
+    if (!drain) return;
+    forgetIdle(this);
+    settle();
   }
 
   // https.Server, if the app loaded it: loading it here would cost every worker about 1 MB (tls),
@@ -100,13 +107,13 @@
         settle();
       });
     }
-    for (const c of conns.values()) {
-      const res = c.socket._httpMessage;
+    for (const socket of conns) {
+      const res = socket._httpMessage; // the answer under way, if any
       if (res) {
         if (!res.headersSent) res.shouldKeepAlive = false;
-        res.once('close', () => afterResponse(c, res));
+        res.once('close', () => afterResponse(socket, res));
       } else {
-        idleSoon(c);
+        idleSoon(socket);
       }
     }
     settle();
@@ -114,52 +121,57 @@
 
   // A request after the drain began: its answer says `Connection: close`.
   function onRequest({ response, socket }) {
-    const c = conns.get(socket);
-    if (!c) return;
+    if (!conns.has(socket)) return;
     response.shouldKeepAlive = false;
-    clearTimeout(c.timer);
-    c.timer = null;
-    response.once('close', () => afterResponse(c, response));
+    forgetIdle(socket);
+    response.once('close', () => afterResponse(socket, response));
   }
 
   // An answer is done. If the connection stays open (its answer went out as keep-alive
   // before the drain, or the app set `Connection: keep-alive` itself), it gets the grace.
-  function afterResponse(c, res) {
-    const s = c.socket;
-    if (s.destroyed || s.writableEnded) return;
-    const next = s._httpMessage; // a pipelined answer that follows
+  function afterResponse(socket, res) {
+    if (socket.destroyed || socket.writableEnded) return;
+    const next = socket._httpMessage; // a pipelined answer that follows
     if (next && next !== res) {
       if (!next.headersSent) next.shouldKeepAlive = false;
-      next.once('close', () => afterResponse(c, next));
+      next.once('close', () => afterResponse(socket, next));
       return;
     }
-    idleSoon(c);
+    idleSoon(socket);
   }
 
-  function idleSoon(c) {
-    clearTimeout(c.timer);
-    c.mark = c.socket.bytesRead;
-    c.timer = setTimeout(() => setImmediate(closeIfIdle, c), drain.grace);
-    c.timer.unref();
+  function idleSoon(socket) {
+    forgetIdle(socket);
+    const timer = setTimeout(() => setImmediate(closeIfIdle, socket), drain.grace);
+    timer.unref();
+    idle.set(socket, { timer, mark: socket.bytesRead });
+  }
+
+  function forgetIdle(socket) {
+    const st = idle.get(socket);
+    if (st === undefined) return;
+    clearTimeout(st.timer);
+    idle.delete(socket);
   }
 
   // Runs in the check phase, right after the poll phase read what had arrived: a request
-  // that reached the socket by then has started (it clears the timer) or shows in bytesRead.
-  function closeIfIdle(c) {
-    c.timer = null;
-    const s = c.socket;
-    if (s.destroyed || s.writableEnded || s._httpMessage) return;
-    if (!s.parser) {
+  // that reached the socket by then has started (it cleared the timer) or shows in bytesRead.
+  function closeIfIdle(socket) {
+    const st = idle.get(socket);
+    if (st === undefined) return;
+    idle.delete(socket);
+    if (socket.destroyed || socket.writableEnded || socket._httpMessage) return;
+    if (!socket.parser) {
       // Upgraded (e.g. a WebSocket): no longer HTTP's; the server's close waits for it.
-      conns.delete(s);
+      conns.delete(socket);
       settle();
       return;
     }
-    if (s.bytesRead !== c.mark) {
-      idleSoon(c); // part of a request came in: give it the time to finish arriving
+    if (socket.bytesRead !== st.mark) {
+      idleSoon(socket); // part of a request came in: give it the time to finish arriving
       return;
     }
-    s.destroy();
+    socket.destroy();
   }
 
   function settle() {
