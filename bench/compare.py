@@ -6,6 +6,8 @@
     python3 bench/compare.py --herd PATH  # use a herd binary built elsewhere (no herd build)
     python3 bench/compare.py --runs 5     # more rounds (default 3; --quick: 1)
     python3 bench/compare.py --autogroup  # leave the kernel's scheduler autogroup as it is
+    python3 bench/compare.py --only reload  # only these sections (throughput, crash, reload,
+                                            # footprint; comma-separated); the rest shows —
 
 One command: it installs what it needs (wrk with apt-get when missing, PM2 from the npm
 registry into bench/.cache/npm, never global), builds herd and bench/hyper-hello in release
@@ -46,6 +48,11 @@ CACHE = os.path.join(BENCH, ".cache")
 QUICK = "--quick" in sys.argv
 # --herd PATH: benchmark this herd binary instead of building the working tree's.
 HERD_GIVEN = sys.argv[sys.argv.index("--herd") + 1] if "--herd" in sys.argv else None
+
+SECTIONS = ("throughput", "crash", "reload", "footprint")
+ONLY = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else set(SECTIONS)
+if ONLY - set(SECTIONS):
+    sys.exit(f"--only takes {', '.join(SECTIONS)} (comma-separated), not {', '.join(sorted(ONLY - set(SECTIONS)))}")
 
 N = os.cpu_count() or 2
 RUNS = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else (1 if QUICK else 3)
@@ -828,7 +835,7 @@ def main():
             ("hyper.alone", lambda port: HyperAlone(N, port), False),
             ("hyper.herd", lambda port: hyper_herd(N, port), False),
         ]
-        for run in range(RUNS):
+        for run in range(RUNS if "throughput" in ONLY else 0):
             for name, make, node in systems:
                 log(f"round {run + 1}/{RUNS}: throughput, {name}")
                 throughput(name, make, node)
@@ -837,16 +844,16 @@ def main():
             ("pm2", lambda port, marks: PM2(N, port, marks)),
             ("herd", lambda port, marks: Herd(N, port, marks)),
         ]
-        for run in range(RUNS):
+        for run in range(RUNS if "crash" in ONLY else 0):
             for name, make in managers:
                 log(f"round {run + 1}/{RUNS}: crash, {name}")
                 crash(name, make)
-        for run in range(RUNS):
+        for run in range(RUNS if "reload" in ONLY else 0):
             for n in RELOAD_SIZES:
                 for name, make in (("pm2", PM2), ("herd", Herd)):
                     log(f"round {run + 1}/{RUNS}: reload -i {n}, {name}")
                     reload(name, make, n)
-        for run in range(RUNS):
+        for run in range(RUNS if "footprint" in ONLY else 0):
             log(f"round {run + 1}/{RUNS}: footprint ({IDLE_SECS} s idle, {LIST_RUNS}× list)")
             footprint()
     finally:
@@ -978,6 +985,9 @@ def print_table(vers, took, setup):
 
     mode = ("QUICK smoke run: 1 run per figure, short loads — do not read these numbers as results"
             if QUICK else f"full run: median (min–max) of {RUNS} runs, systems alternating within each round")
+    if ONLY != set(SECTIONS):
+        mode += f"; only {', '.join(s for s in SECTIONS if s in ONLY)} measured (--only)"
+
     print(f"herd side-by-side benchmark — {time.strftime('%Y-%m-%d')}, {platform.node()}, {N} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Linux {platform.release()}; "
           f"node {vers['node']}, pm2 {vers['pm2']}, wrk {vers['wrk']}, herd {vers['herd']}, rustc {vers['rustc']}, "

@@ -90,6 +90,14 @@ fuzz_target!(|data: &[u8]| {
                 // A worker's message goes on to the bus; its cluster parts are read as well.
                 cluster(&v);
             }
+            Inbound::Preload(m) => {
+                // The preload's messages never reach the bus; one herd knows writes back whole.
+                if let Some(m) = m {
+                    let v = m.to_value();
+                    one_line(&v);
+                    assert_eq!(node::PreloadMsg::parse(&v), Some(m));
+                }
+            }
             Inbound::Ready | Inbound::HandleAck | Inbound::HandleNack => {}
             Inbound::TooLarge(_) | Inbound::Closed => unreachable!("not made by classify"),
         }

@@ -9,6 +9,10 @@ const server = http.createServer((req, res) => {
     setTimeout(() => res.end(`pid=${process.pid} instance=${process.env.NODE_APP_INSTANCE} slept=${ms}`), ms);
     return;
   }
+  if (req.url === '/node-options') {
+    res.end(`NODE_OPTIONS=${process.env.NODE_OPTIONS}`);
+    return;
+  }
   if (req.url === '/worker') {
     res.end(`isWorker=${cluster.isWorker} id=${cluster.worker && cluster.worker.id}`);
     return;

@@ -528,6 +528,11 @@ impl StartArgs {
                 "--primary runs a Node.js script's own cluster primary; {script} does not run under node (give --interpreter node, and leave out --no-node-cluster)"
             );
         }
+        if self.primary && herd_core::node::is_deno(interpreter.as_deref()) {
+            bail!(
+                "--primary does not work under Deno yet (its fs calls refuse the inherited socket cluster.fork() waits on); run the script without --primary, as cluster workers (-i N)"
+            );
+        }
         let instances = match (&self.instances, self.primary) {
             (None, true) => 0,
             (None, false) => 1,

@@ -160,6 +160,10 @@ pub struct ProcState {
     pub listens: u32,
     /// Sequence number of the last cluster message sent to it.
     pub seq: u64,
+    /// A Node worker running herd's preload (absent from earlier builds: then it is stopped
+    /// by Node's disconnect alone).
+    #[serde(default)]
+    pub node_preload: bool,
     /// Its stdout pipe.
     pub out: Option<PipeState>,
     /// Its stderr pipe.

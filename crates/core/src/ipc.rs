@@ -43,6 +43,9 @@ pub enum Inbound {
     Ready,
     /// A Node cluster-protocol message (`{"cmd":"NODE_CLUSTER",…}`).
     Cluster(Value),
+    /// A message of herd's worker preload (`{"cmd":"NODE_HERD",…}`); `None` for one this
+    /// herd does not know (from a later preload), which is ignored. Never the app's.
+    Preload(Option<crate::node::PreloadMsg>),
     /// The worker acknowledged a handle herd sent.
     HandleAck,
     /// The worker refused a handle herd sent.
@@ -80,6 +83,7 @@ pub fn classify(line: &[u8]) -> Inbound {
     }
     match v.get("cmd").and_then(Value::as_str) {
         Some("NODE_CLUSTER") => Inbound::Cluster(v),
+        Some(crate::node::PRELOAD_CMD) => Inbound::Preload(crate::node::PreloadMsg::parse(&v)),
         Some("NODE_HANDLE_ACK") => Inbound::HandleAck,
         Some("NODE_HANDLE_NACK") => Inbound::HandleNack,
         Some("NODE_HANDLE") => {
@@ -578,6 +582,15 @@ mod tests {
         assert_eq!(
             classify(br#"{"cmd":"NODE_HANDLE_ACK"}"#),
             Inbound::HandleAck
+        );
+        assert_eq!(
+            classify(br#"{"cmd":"NODE_HERD","act":"drained"}"#),
+            Inbound::Preload(Some(crate::node::PreloadMsg::Drained))
+        );
+        // The preload's messages never reach the bus, even those this herd does not know.
+        assert_eq!(
+            classify(br#"{"cmd":"NODE_HERD","act":"later"}"#),
+            Inbound::Preload(None)
         );
     }
 

@@ -24,6 +24,7 @@ pub mod ipc;
 pub mod limits;
 pub mod logs;
 pub mod node;
+pub mod node_shims;
 pub mod notify;
 pub mod policy;
 pub mod ratelimit;

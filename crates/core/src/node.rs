@@ -7,8 +7,13 @@
 //! servers, finish in-flight requests and exit: the graceful stop of Node's own
 //! `worker.disconnect()`. See `shared/research/node-integration.md` for the verified facts.
 //!
+//! herd's own messages to and from its worker preload (`node/preload/worker.cjs`) travel on
+//! the same channel as [`PreloadMsg`]: their `cmd` is `NODE_HERD`, so Node hands them to
+//! `process.on('internalMessage')` and the app never sees them.
+//!
 //! This module only reads and builds messages; the supervisor decides which socket to give.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The kind of address a worker asks to listen on.
@@ -122,6 +127,88 @@ pub fn disconnect(our_seq: u64) -> Value {
     json!({"cmd": "NODE_CLUSTER", "act": "disconnect", "seq": our_seq})
 }
 
+/// The `cmd` of herd's messages to and from its worker preload.
+pub const PRELOAD_CMD: &str = "NODE_HERD";
+
+/// The version of the preload protocol herd speaks (the preload's `hello` names its own).
+pub const PRELOAD_VERSION: u32 = 1;
+
+/// herd's messages to and from its worker preload (`node/preload/worker.cjs`), sent as
+/// `{"cmd":"NODE_HERD","act":…}`. The graceful stop of a worker with the preload:
+/// herd sends [`PreloadMsg::Drain`]; the worker stops accepting, answers with
+/// `Connection: close`, closes connections idle for the whole grace period, and answers
+/// [`PreloadMsg::Drained`]; herd then sends Node's [`disconnect`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "act", rename_all = "snake_case")]
+pub enum PreloadMsg {
+    /// Worker → herd, when the preload loads (before the app's code): this worker
+    /// understands `drain`.
+    Hello {
+        /// The preload's protocol version.
+        version: u32,
+    },
+    /// herd → worker: stop accepting, let clients finish, close connections that stay idle
+    /// for `grace_ms`, then say `drained`.
+    Drain {
+        /// How long an idle keep-alive connection is left open for its client to reuse
+        /// (and be answered `Connection: close`).
+        grace_ms: u64,
+    },
+    /// Worker → herd: its servers are closed and their connections gone.
+    Drained,
+}
+
+/// [`PreloadMsg`] as it travels: with its `cmd`.
+#[derive(Serialize, Deserialize)]
+struct PreloadPacket {
+    cmd: PreloadCmd,
+    #[serde(flatten)]
+    msg: PreloadMsg,
+}
+
+#[derive(Serialize, Deserialize)]
+enum PreloadCmd {
+    #[serde(rename = "NODE_HERD")]
+    NodeHerd,
+}
+
+impl PreloadMsg {
+    /// The message as sent on the channel.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(PreloadPacket {
+            cmd: PreloadCmd::NodeHerd,
+            msg: self.clone(),
+        })
+        .unwrap_or(Value::Null)
+    }
+
+    /// Reads a `NODE_HERD` message; `None` for another `cmd` or an `act` herd does not know.
+    pub fn parse(v: &Value) -> Option<Self> {
+        PreloadPacket::deserialize(v).ok().map(|p| p.msg)
+    }
+}
+
+/// How long a draining worker leaves an idle keep-alive connection open: half the kill
+/// timeout (the other half is for requests under way and the exit), at most
+/// [`DRAIN_GRACE_MAX`]. A client that reuses its connection within it gets its answer, with
+/// `Connection: close`; one idle for all of it is closed.
+pub fn drain_grace(kill_timeout_ms: u64) -> u64 {
+    (kill_timeout_ms / 2).min(DRAIN_GRACE_MAX)
+}
+
+/// The longest grace [`drain_grace`] gives.
+pub const DRAIN_GRACE_MAX: u64 = 1_000;
+
+/// Whether the interpreter is Deno (which runs Node's cluster workers, but not herd's preloads).
+pub fn is_deno(interpreter: Option<&str>) -> bool {
+    interpreter.is_some_and(|i| {
+        std::path::Path::new(i)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == "deno")
+    })
+}
+
 /// Whether a script is run by Node: by interpreter name or by its `#!` line.
 pub fn is_node(interpreter: Option<&str>, script: &std::path::Path) -> bool {
     if let Some(i) = interpreter {
@@ -172,6 +259,40 @@ mod tests {
         let udp = json!({"act":"queryServer","addressType":"udp4","port":5,"seq":2});
         assert_eq!(QueryServer::parse(&udp).unwrap().kind, AddressType::Udp);
         assert!(QueryServer::parse(&json!({"act":"online","seq":0})).is_none());
+    }
+
+    #[test]
+    fn preload_messages_read_and_write_with_their_cmd() {
+        let drain = PreloadMsg::Drain { grace_ms: 800 }.to_value();
+        assert_eq!(
+            drain,
+            json!({"cmd": "NODE_HERD", "act": "drain", "grace_ms": 800})
+        );
+        assert_eq!(
+            PreloadMsg::parse(&json!({"cmd":"NODE_HERD","act":"hello","version":1})),
+            Some(PreloadMsg::Hello { version: 1 })
+        );
+        assert_eq!(
+            PreloadMsg::parse(&json!({"cmd":"NODE_HERD","act":"drained"})),
+            Some(PreloadMsg::Drained)
+        );
+        // Another cmd, or an act of a later preload, is not one of these.
+        assert_eq!(
+            PreloadMsg::parse(&json!({"cmd":"NODE_CLUSTER","act":"drained"})),
+            None
+        );
+        assert_eq!(
+            PreloadMsg::parse(&json!({"cmd":"NODE_HERD","act":"later"})),
+            None
+        );
+        assert_eq!(PreloadMsg::parse(&json!("drained")), None);
+    }
+
+    #[test]
+    fn the_drain_grace_is_half_the_kill_timeout_up_to_a_second() {
+        assert_eq!(drain_grace(5_000), 1_000);
+        assert_eq!(drain_grace(1_600), 800);
+        assert_eq!(drain_grace(0), 0);
     }
 
     #[test]

@@ -182,6 +182,9 @@ pub struct Config {
     pub pids_file: Option<PathBuf>,
     /// What one instance or app may take from the daemon.
     pub limits: crate::Limits,
+    /// Directory for the JavaScript files herd puts into Node workers ([`crate::node_shims`]);
+    /// `None` runs Node workers without them (Node's own disconnect alone on stop).
+    pub node_dir: Option<PathBuf>,
 }
 
 /// Something that happened to an instance process, for embedders (the Rust cluster API).
@@ -399,6 +402,7 @@ impl Supervisor {
             // The pids file names the parent cgroup too, for a sweep after a crash.
             state.write_pids();
         }
+        state.node_shims = install_node_shims(state.cfg.node_dir.as_deref());
         let limits = state.cfg.limits;
         let task = tokio::spawn(state.run(rx, ipc_rx));
         Ok((
@@ -468,6 +472,20 @@ impl Supervisor {
     pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogEvent>> {
         self.logs.subscribe()
     }
+}
+
+/// Writes the Node shims into `dir`; a failure is logged, and Node workers then run without
+/// them.
+fn install_node_shims(dir: Option<&Path>) -> Option<crate::node_shims::Installed> {
+    let dir = dir?;
+    crate::node_shims::install(dir)
+        .map_err(|e| {
+            tracing::warn!(
+                "cannot write herd's Node preload into {} ({e}); Node workers run without it: a stop or reload may close an idle keep-alive connection as a client reuses it",
+                dir.display()
+            )
+        })
+        .ok()
 }
 
 /// Collects every exited child without blocking and reports it.
@@ -642,6 +660,8 @@ struct State {
     cgroups: HashMap<u32, PathBuf>,
     /// A failure to make a cgroup was logged (once is enough).
     cgroup_warned: bool,
+    /// The Node shims, written into `cfg.node_dir`.
+    node_shims: Option<crate::node_shims::Installed>,
 }
 
 impl State {
@@ -680,6 +700,7 @@ impl State {
             containment: Containment::ProcessGroups(String::new()),
             cgroups: HashMap::new(),
             cgroup_warned: false,
+            node_shims: None,
         }
     }
 }

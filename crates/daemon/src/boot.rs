@@ -350,6 +350,7 @@ fn private_config(settings: Settings, dir: &Path) -> Config {
         notify_path: dir.join("notify.sock"),
         pids_file: None,
         limits: settings.limits,
+        node_dir: Some(dir.join("node")),
     }
 }
 

@@ -70,6 +70,11 @@ impl Home {
     pub fn notify(&self) -> PathBuf {
         self.dir.join("notify.sock")
     }
+    /// The JavaScript files herd puts into Node workers (`herd_core::node_shims`; written,
+    /// 0700, by the supervisor at start).
+    pub fn node(&self) -> PathBuf {
+        self.dir.join("node")
+    }
 
     /// Creates the directory (mode 0700, and its parents) if needed, checks that it is safe
     /// to use ([`Home::check`]), and creates `logs/` (0700) in it.

@@ -92,6 +92,7 @@ pub fn config(home: &Home, settings: crate::Settings) -> Config {
         notify_path: home.notify(),
         pids_file: Some(home.pids()),
         limits: settings.limits,
+        node_dir: Some(home.node()),
     }
 }
 

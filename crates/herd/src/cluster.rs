@@ -272,6 +272,8 @@ impl ClusterBuilder {
             notify_path: dir.join("notify.sock"),
             pids_file: None,
             limits: herd_core::Limits::default(),
+            // Its workers are this Rust program, never Node: no Node preload.
+            node_dir: None,
         })?;
         // Workers write to our stdout and stderr, as Node's cluster workers do.
         let mut out = sup.subscribe_logs();

@@ -305,7 +305,7 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 /// Result of a bounded load loop of fresh connections.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Load {
     pub ok: usize,
     pub failed: Vec<String>,
@@ -496,6 +496,147 @@ pub fn load_path_until(
         }
     }
     l
+}
+
+/// Result of a bounded load of requests on kept-alive connections.
+#[derive(Debug, Default)]
+pub struct KeepAliveLoad {
+    pub load: Load,
+    /// Answers that said `Connection: close` (the client then opened a new connection).
+    pub told_to_close: usize,
+    /// Idle connections the server closed, seen before reuse (the client reconnected, as
+    /// HTTP clients do; no request was lost).
+    pub closed_while_idle: usize,
+}
+
+/// Makes requests on one kept-alive connection at a time, as an HTTP client's pool does,
+/// until `stop` is set or `limit` passes, sleeping `pause(n)` after the `n`th answer. Before
+/// reusing the connection it looks whether the server closed it while idle (then it opens a
+/// new one, no failure); an answer with `Connection: close` ends the connection. A reused
+/// connection closed before any byte of the answer is a failure: that request was lost.
+pub fn keep_alive_until(
+    addr: SocketAddr,
+    path: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    limit: Duration,
+    pause: impl Fn(usize) -> Duration,
+) -> KeepAliveLoad {
+    let mut out = KeepAliveLoad::default();
+    let mut conn: Option<TcpStream> = None;
+    let end = Instant::now() + limit;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+        if conn.as_ref().is_some_and(|c| !open_and_quiet(c)) {
+            conn = None;
+            out.closed_while_idle += 1;
+        }
+        let reused = conn.is_some();
+        let t = Instant::now();
+        let s = match conn.take() {
+            Some(s) => s,
+            None => match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.load.failed.push(format!("connect: {e}"));
+                    continue;
+                }
+            },
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        match exchange(&s, req.as_bytes()) {
+            Ok(keep) => {
+                out.load.ok += 1;
+                if keep {
+                    conn = Some(s);
+                } else {
+                    out.told_to_close += 1;
+                }
+            }
+            Err((0, e)) if reused => out.load.failed.push(format!(
+                "reused connection closed before any answer byte: {e}"
+            )),
+            Err((_, e)) => out.load.failed.push(e),
+        }
+        let took = t.elapsed();
+        out.load.max = out.load.max.max(took);
+        if took > Duration::from_secs(1) {
+            out.load.slow += 1;
+        }
+        std::thread::sleep(pause(out.load.ok));
+    }
+    out
+}
+
+/// Whether the server has left a kept-alive connection open and silent.
+fn open_and_quiet(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let quiet = matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).is_ok() && quiet
+}
+
+/// One request and its whole answer on `s`. Ok(whether the connection may be reused), or
+/// the bytes of the answer read before the failure, and the failure.
+fn exchange(mut s: &TcpStream, req: &[u8]) -> Result<bool, (usize, String)> {
+    s.write_all(req).map_err(|e| (0, format!("write: {e}")))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let fail = |buf: &Vec<u8>, what: String| (buf.len(), what);
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return Err(fail(&buf, "closed".into())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(fail(&buf, e.to_string())),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(fail(&buf, format!("bad answer: {head:?}")));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| fail(&buf, format!("no content-length: {head:?}")))?;
+    while buf.len() < head_end + len {
+        match s.read(&mut chunk) {
+            Ok(0) => return Err(fail(&buf, "answer cut".into())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(fail(&buf, e.to_string())),
+        }
+    }
+    Ok(!head.lines().any(|l| l.trim() == "connection: close"))
+}
+
+/// Runs `keep_alive_until` on `threads` threads (thread `t` pausing `pause(t, n)` after its
+/// `n`th answer) while `during` runs, then returns every result.
+pub fn under_keep_alive_load(
+    addr: SocketAddr,
+    path: &'static str,
+    threads: usize,
+    pause: fn(usize, usize) -> Duration,
+    during: impl FnOnce(),
+) -> Vec<KeepAliveLoad> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                keep_alive_until(addr, path, &stop, Duration::from_secs(60), |n| pause(t, n))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
 /// A real broker (`redis-server` or `nats-server` from Debian) on a free loopback port, for

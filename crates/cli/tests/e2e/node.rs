@@ -3,6 +3,7 @@
 //! `herd reload` under load failing zero requests, and `herd stop` leaving nothing behind.
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
@@ -40,6 +41,154 @@ fn reload_under_load(h: &Herd, app: &str, port: u16, path: &'static str) {
     for pid in before {
         assert!(!alive(pid), "old process {pid} still runs after reload");
     }
+}
+
+/// Starts tests/node/http.js as `-i 2` with `env` in its environment, then reloads it three
+/// times under keep-alive load: six client threads, each reusing one connection as an HTTP
+/// client's pool does — two back to back, two with pauses up to 6 ms, two up to 49 ms. Returns
+/// the loads and what the workers see in NODE_OPTIONS.
+fn reloads_under_keep_alive_load(env: &[(&str, &str)]) -> (Vec<KeepAliveLoad>, String) {
+    let base = node_fixture().expect("node");
+    let h = Herd::with_env(env);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let script = base.join("apps/http.js");
+    h.ok(&[
+        "start",
+        script.to_str().unwrap(),
+        "--name",
+        "ka",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+    ]);
+    distinct_pids(port, "/", 2);
+    let options = get(loopback(port), "/node-options", Duration::from_secs(5)).unwrap();
+    let pause = |t: usize, n: usize| {
+        Duration::from_millis(match t % 3 {
+            0 => 0,
+            1 => (n % 7) as u64,
+            _ => (n * 37 % 50) as u64,
+        })
+    };
+    let loads = under_keep_alive_load(loopback(port), "/", 6, pause, || {
+        for _ in 0..3 {
+            h.ok(&["reload", "ka"]);
+        }
+    });
+    h.finish();
+    (loads, options)
+}
+
+/// Regression (bench/RESULTS.md, "reused connection closed before any answer byte"): a
+/// reload closed idle keep-alive connections at once (Node's `server.close()`), racing with
+/// clients reusing them. With herd's preload the old workers answer `Connection: close` and
+/// close only connections idle for the whole grace period.
+#[test]
+fn reload_under_keep_alive_load_loses_no_request() {
+    if node_fixture().is_none() {
+        return;
+    }
+    let (loads, options) =
+        reloads_under_keep_alive_load(&[("NODE_OPTIONS", "--max-http-header-size=16385")]);
+    // The app's own NODE_OPTIONS is kept; the preload took its part out (node processes the
+    // app starts do not load it).
+    assert_eq!(options, "NODE_OPTIONS=--max-http-header-size=16385");
+    let plain: Vec<Load> = loads.iter().map(|l| l.load.clone()).collect();
+    assert_no_failures(&plain, "reloads under keep-alive load");
+    // The old workers told the clients to leave: the drain really ran.
+    let told: usize = loads.iter().map(|l| l.told_to_close).sum();
+    assert!(told > 0, "no answer said Connection: close: {loads:?}");
+}
+
+/// What a client sees of a draining worker: a kept-alive connection it reuses within the
+/// grace period gets its answer, with `Connection: close`; one it leaves idle is closed (an
+/// end of stream, not a reset) once the grace period (here 1 s) has passed, and the reload
+/// waits for that.
+#[test]
+fn a_draining_worker_answers_reused_connections_and_closes_idle_ones_after_the_grace() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let script = base.join("apps/http.js");
+    h.ok(&[
+        "start",
+        script.to_str().unwrap(),
+        "--name",
+        "drain",
+        "--listen",
+        &listen,
+        "--kill-timeout",
+        "6000",
+    ]);
+    let old = h.pids("drain");
+    let open = || {
+        let s = std::net::TcpStream::connect(loopback(port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        s
+    };
+    let (reused, idle) = (open(), open());
+    for s in [&reused, &idle] {
+        assert_eq!(
+            ask(s),
+            (old[0], true),
+            "a first answer keeps the connection"
+        );
+    }
+    let t = std::time::Instant::now();
+    let mut cmd = h.command(&["reload", "drain"]);
+    let reload = std::thread::spawn(move || cmd.output());
+    std::thread::sleep(Duration::from_millis(400));
+    // Still the old worker's connection: answered, and told to go.
+    assert_eq!(ask(&reused), (old[0], false));
+    let mut b = [0u8; 1];
+    let n = (&idle).read(&mut b).expect("an end of stream, not a reset");
+    let closed = t.elapsed();
+    assert_eq!(n, 0);
+    assert!(
+        closed > Duration::from_millis(900) && closed < Duration::from_secs(5),
+        "the idle connection was closed {closed:?} after the reload began"
+    );
+    assert!(reload.join().unwrap().unwrap().status.success());
+    assert!(!alive(old[0]));
+    h.finish();
+}
+
+/// One request on `s`: the pid that answered, and whether it keeps the connection.
+fn ask(mut s: &std::net::TcpStream) -> (u32, bool) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            if body.contains("instance=") {
+                let keep = !head.to_ascii_lowercase().contains("connection: close");
+                return (pid_of(body), keep);
+            }
+        }
+    }
+}
+
+/// The same without the preload (`HERD_NODE_PRELOAD=off`): Node's own disconnect alone. It
+/// shows the race the preload removes, so it fails whenever the race is not hit; run it by
+/// hand to check that the test above would catch a regression.
+#[test]
+#[ignore = "shows the old race: it passes when requests are lost"]
+fn without_the_preload_a_reload_under_keep_alive_load_loses_requests() {
+    if node_fixture().is_none() {
+        return;
+    }
+    let (loads, options) = reloads_under_keep_alive_load(&[("HERD_NODE_PRELOAD", "off")]);
+    assert_eq!(options, "NODE_OPTIONS=undefined");
+    let lost: Vec<&String> = loads.iter().flat_map(|l| &l.load.failed).collect();
+    eprintln!("lost without the preload: {} {lost:?}", lost.len());
+    assert!(!lost.is_empty(), "no request lost this time");
 }
 
 fn stop_leaves_nothing(h: &Herd, app: &str, port: u16) {

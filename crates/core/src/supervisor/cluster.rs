@@ -23,9 +23,14 @@ use crate::sockets::{ListenAddr, ListenError, Listener};
 
 /// Asks a process to stop the way its app wants, and returns at once:
 /// - PM2's `shutdown_with_message`: the message `"shutdown"` on its channel;
-/// - a Node worker: the cluster `disconnect` (it stops accepting, finishes in-flight requests
-///   and closes idle keep-alive connections); the kill signal follows once its channel closes,
-///   as Node's own `worker.kill()` does;
+/// - a Node worker with herd's preload (it said `hello`): the preload's `drain` (it stops
+///   accepting, answers with `Connection: close`, closes connections idle for the grace
+///   period), then, at its `drained`, Node's cluster `disconnect`;
+/// - a Node worker without it: the cluster `disconnect` at once (it stops accepting, closes
+///   idle keep-alive connections, finishes in-flight requests);
+///
+///   either way the kill signal follows once its channel closes, as Node's own
+///   `worker.kill()` does ([`stop_step`]);
 /// - anything else: the kill signal to its process group.
 ///
 /// SIGKILL after `kill_timeout` is the caller's timer.
@@ -35,22 +40,97 @@ pub(super) fn begin_stop(os: &mut dyn Os, spec: &AppSpec, proc: &mut Proc) {
     if proc.primary {
         // An app's primary is a plain Node process: the kill signal (Node's default handler
         // exits; the primary's own SIGTERM handler may disconnect its workers first).
+        signal_group(os, spec, proc.pid);
     } else if spec.shutdown_with_message {
         if let Some(ch) = &proc.channel {
             if ch.send(&Value::from(Word::Shutdown.as_str()), None) {
                 return;
             }
         }
-    } else if spec.node && !proc.disconnecting {
-        if let Some(ch) = proc.channel.clone() {
-            let seq = proc.next_seq();
-            if ch.send(&node::disconnect(seq), None) {
-                proc.disconnecting = true;
-                return;
-            }
-        }
+        signal_group(os, spec, proc.pid);
+    } else if spec.node {
+        advance_stop(os, spec, proc, StopEvent::Asked);
+    } else {
+        signal_group(os, spec, proc.pid);
     }
-    signal_group(os, spec, proc.pid);
+}
+
+/// Where a Node worker is in its graceful stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum NodeStop {
+    /// Not asked to stop.
+    #[default]
+    Serving,
+    /// Sent the preload's `drain`; Node's `disconnect` follows its `drained`.
+    Draining,
+    /// Sent Node's `disconnect`; the kill signal follows once its channel closes.
+    Disconnecting,
+}
+
+/// What happens to a Node worker during its stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopEvent {
+    /// It is asked to stop.
+    Asked,
+    /// Its preload said `drained`.
+    Drained,
+    /// Its channel closed.
+    ChannelClosed,
+}
+
+/// What herd does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StopAction {
+    /// Send the preload's `drain`.
+    Drain,
+    /// Send Node's cluster `disconnect`.
+    Disconnect,
+    /// Send the app's kill signal to its process group.
+    Signal,
+    /// Nothing.
+    Wait,
+}
+
+/// The graceful stop of a Node worker: from where it is, whether it runs herd's preload, and
+/// what happened, where it goes and what herd does. A worker without the preload (it never
+/// said `hello`: turned off, or an app that replaced NODE_OPTIONS) gets Node's `disconnect`
+/// at once instead of a `drain` it would never answer. A second request to stop, or a channel
+/// that closes mid-stop, is the kill signal; SIGKILL at the kill timeout stays the caller's.
+pub(super) fn stop_step(at: NodeStop, preload: bool, event: StopEvent) -> (NodeStop, StopAction) {
+    use {NodeStop::*, StopAction::*, StopEvent::*};
+    match (at, event) {
+        (Serving, Asked) if preload => (Draining, Drain),
+        (Serving, Asked) => (Disconnecting, Disconnect),
+        (Draining | Disconnecting, Asked) => (at, Signal),
+        (Draining, Drained) => (Disconnecting, Disconnect),
+        (Serving | Disconnecting, Drained) => (at, Wait),
+        (Draining | Disconnecting, ChannelClosed) => (at, Signal),
+        (Serving, ChannelClosed) => (at, Wait),
+    }
+}
+
+/// Moves a Node worker's stop on after `event` and does what [`stop_step`] says. A message
+/// that cannot be sent (no channel) becomes the kill signal, and the stop stays where it was.
+fn advance_stop(os: &mut dyn Os, spec: &AppSpec, proc: &mut Proc, event: StopEvent) {
+    let (next, action) = stop_step(proc.node_stop, proc.preload, event);
+    let msg = match action {
+        StopAction::Wait => return,
+        StopAction::Signal => {
+            proc.node_stop = next;
+            signal_group(os, spec, proc.pid);
+            return;
+        }
+        StopAction::Drain => node::PreloadMsg::Drain {
+            grace_ms: node::drain_grace(spec.kill_timeout_ms),
+        }
+        .to_value(),
+        StopAction::Disconnect => node::disconnect(proc.next_seq()),
+    };
+    if proc.channel.as_ref().is_some_and(|ch| ch.send(&msg, None)) {
+        proc.node_stop = next;
+    } else {
+        signal_group(os, spec, proc.pid);
+    }
 }
 
 fn signal_group(os: &mut dyn Os, spec: &AppSpec, pid: u32) {
@@ -60,11 +140,21 @@ fn signal_group(os: &mut dyn Os, spec: &AppSpec, pid: u32) {
 
 /// The process `pid` of slot `i` in `role`, if it is still there.
 fn find_proc(app: &mut App, i: u32, role: Role, pid: u32) -> Option<&mut Proc> {
+    find_proc_in(&mut app.slots, &mut app.retiring, i, role, pid)
+}
+
+/// [`find_proc`] from an app's parts, leaving the rest of it (its spec) to borrow.
+fn find_proc_in<'a>(
+    slots: &'a mut [super::Slot],
+    retiring: &'a mut [(u32, Proc)],
+    i: u32,
+    role: Role,
+    pid: u32,
+) -> Option<&'a mut Proc> {
     match role {
-        Role::Current => slot_mut!(app, i)?.state.proc_mut(),
-        Role::Next => slot_mut!(app, i)?.state.next_mut(),
-        Role::Retiring => app
-            .retiring
+        Role::Current => slots.get_mut(i as usize)?.state.proc_mut(),
+        Role::Next => slots.get_mut(i as usize)?.state.next_mut(),
+        Role::Retiring => retiring
             .iter_mut()
             .find(|(_, p)| p.pid == pid)
             .map(|(_, p)| p),
@@ -119,7 +209,7 @@ impl State {
         }
     }
 
-    /// A worker's channel closed. A worker asked to disconnect now gets the kill signal.
+    /// A worker's channel closed. A worker asked to stop now gets the kill signal.
     pub(super) fn on_channel_closed(&mut self, pid: u32) {
         let Some(&(id, i, role)) = self.pids.get(&pid) else {
             return;
@@ -128,12 +218,34 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        let spec = app.spec.clone();
-        if let Some(p) = find_proc(app, i, role, pid) {
-            p.channel = None;
-            if p.disconnecting {
-                signal_group(&mut *self.os, &spec, pid);
+        let spec = &app.spec;
+        let Some(p) = find_proc_in(&mut app.slots, &mut app.retiring, i, role, pid) else {
+            return;
+        };
+        p.channel = None;
+        advance_stop(&mut *self.os, spec, p, StopEvent::ChannelClosed);
+    }
+
+    /// A message of herd's preload in a Node worker.
+    pub(super) fn on_preload(&mut self, pid: u32, msg: node::PreloadMsg) {
+        let Some(&(id, i, role)) = self.pids.get(&pid) else {
+            return;
+        };
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        let spec = &app.spec;
+        let Some(p) = find_proc_in(&mut app.slots, &mut app.retiring, i, role, pid) else {
+            return;
+        };
+        match msg {
+            node::PreloadMsg::Hello { .. } => p.preload = true,
+            node::PreloadMsg::Drained => {
+                tracing::debug!(app = %spec.name, instance = i, pid, "drained; sending disconnect");
+                advance_stop(&mut *self.os, spec, p, StopEvent::Drained);
             }
+            // Only herd sends it.
+            node::PreloadMsg::Drain { .. } => {}
         }
     }
 
@@ -435,6 +547,60 @@ fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> nix::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_with_the_preload_drains_then_disconnects_then_gets_the_signal() {
+        use NodeStop::*;
+        let (at, act) = stop_step(Serving, true, StopEvent::Asked);
+        assert_eq!((at, act), (Draining, StopAction::Drain));
+        // Its channel closing early (it exited, or the app disconnected) is the signal.
+        assert_eq!(
+            stop_step(at, true, StopEvent::ChannelClosed),
+            (Draining, StopAction::Signal)
+        );
+        let (at, act) = stop_step(at, true, StopEvent::Drained);
+        assert_eq!((at, act), (Disconnecting, StopAction::Disconnect));
+        // A second drained changes nothing; the channel closing is the signal.
+        assert_eq!(
+            stop_step(at, true, StopEvent::Drained),
+            (Disconnecting, StopAction::Wait)
+        );
+        assert_eq!(
+            stop_step(at, true, StopEvent::ChannelClosed),
+            (Disconnecting, StopAction::Signal)
+        );
+    }
+
+    #[test]
+    fn a_worker_without_the_preload_is_disconnected_at_once() {
+        use NodeStop::*;
+        assert_eq!(
+            stop_step(Serving, false, StopEvent::Asked),
+            (Disconnecting, StopAction::Disconnect)
+        );
+        // A drained it could not have sent, or one nobody asked for, changes nothing.
+        assert_eq!(
+            stop_step(Serving, true, StopEvent::Drained),
+            (Serving, StopAction::Wait)
+        );
+        // A serving worker whose channel closes is left alone: it exits by itself.
+        assert_eq!(
+            stop_step(Serving, false, StopEvent::ChannelClosed),
+            (Serving, StopAction::Wait)
+        );
+    }
+
+    #[test]
+    fn asking_a_stopping_worker_again_sends_the_signal() {
+        for at in [NodeStop::Draining, NodeStop::Disconnecting] {
+            for preload in [true, false] {
+                assert_eq!(
+                    stop_step(at, preload, StopEvent::Asked),
+                    (at, StopAction::Signal)
+                );
+            }
+        }
+    }
 
     #[test]
     fn refusals_log_the_first_of_a_burst_and_count_the_rest() {

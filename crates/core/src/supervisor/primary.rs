@@ -699,36 +699,3 @@ pub(super) fn who(i: u32) -> String {
 
 /// How long a primary's `fork()` waits for the daemon's answer before it throws.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// herd's side of Node's `cluster` in a primary, preloaded with `--require`.
-const SHIM: &str = include_str!("../../../../node/preload/primary.cjs");
-
-/// Writes the primary's preload next to the log folder (`HERD_HOME/node/primary.cjs`), if it
-/// is not there as it should be, and returns its path. The folder is private, the file 0600
-/// and never written through a link.
-pub(super) fn install_shim(log_dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = log_dir.with_file_name("node");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
-    let path = dir.join("primary.cjs");
-    if std::fs::read(&path).ok().as_deref() != Some(SHIM.as_bytes()) {
-        let tmp = dir.join("primary.cjs.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        super::task::write_private(&tmp, SHIM.as_bytes())?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(path)
-}
-
-/// A path as one word of `NODE_OPTIONS` (Node splits it on spaces outside double quotes).
-pub(super) fn quote_for_node_options(path: &std::path::Path) -> String {
-    let s = path.display().to_string();
-    if s.contains([' ', '"', '\\', '\t']) {
-        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-    } else {
-        s
-    }
-}

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::logs::{self, PumpTarget};
 use crate::spawn::{self, SpawnRequest};
-use crate::{ipc, policy};
+use crate::{ipc, node_shims, policy};
 
 impl State {
     /// Starts a slot's process, applying the restart policy if that fails.
@@ -162,24 +162,17 @@ impl State {
         }
         let primary_app = spec.primary;
         let node = spec.node;
-        let user_node_options = spec.env.get("NODE_OPTIONS").cloned();
-        let shim = if is_primary {
-            Some(
-                primary::install_shim(&self.cfg.log_dir)
-                    .map_err(StartError::io("the primary's preload"))?,
-            )
-        } else {
-            None
-        };
-        if let Some(shim) = &shim {
+        if is_primary {
             // The primary runs as a plain Node process, with herd's `cluster` preloaded and
             // its two sockets; its own NODE_OPTIONS stay after the preload.
+            let shims = self.node_shims.as_ref().ok_or_else(|| {
+                StartError::Program(
+                    "herd could not write its Node preload files (see the daemon's log); an app's own primary needs them".into(),
+                )
+            })?;
+            let theirs = spec.env.get("NODE_OPTIONS").map(String::as_str);
+            let opts = node_shims::node_options(&shims.path(&node_shims::PRIMARY), theirs);
             env.retain(|(k, _)| k != "NODE_OPTIONS");
-            let mut opts = format!("--require {}", primary::quote_for_node_options(shim));
-            if let Some(theirs) = &user_node_options {
-                opts.push(' ');
-                opts.push_str(theirs);
-            }
             env.extend([
                 ("NODE_OPTIONS".into(), opts),
                 ("HERD_PRIMARY_FD".into(), ipc_fd.to_string()),
@@ -192,6 +185,21 @@ impl State {
                 ("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into()),
                 ("NODE_UNIQUE_ID".into(), unique.to_string()),
             ]);
+            // The worker preload (graceful drain of keep-alive connections), before the app's
+            // own NODE_OPTIONS: a variable, so it reaches `node app.js`, a `#!/usr/bin/env
+            // node` script such as `next` and an ES module entry point alike.
+            // Deno's Node layer breaks under it (workers stop accepting): not for Deno.
+            if let Some(shims) = self
+                .node_shims
+                .as_ref()
+                .filter(|_| node_shims::enabled(&spec.env))
+                .filter(|_| !crate::node::is_deno(spec.interpreter.as_deref()))
+            {
+                let theirs = spec.env.get("NODE_OPTIONS").map(String::as_str);
+                let options = node_shims::node_options(&shims.path(&node_shims::WORKER), theirs);
+                env.retain(|(k, _)| k != "NODE_OPTIONS");
+                env.push(("NODE_OPTIONS".into(), options));
+            }
         } else {
             env.push(("HERD_IPC_FD".into(), ipc_fd.to_string()));
         }
@@ -317,7 +325,8 @@ impl State {
             channel,
             listens: 0,
             seq: 0,
-            disconnecting: false,
+            preload: false,
+            node_stop: super::cluster::NodeStop::Serving,
             env_version: app_env_version,
             primary: is_primary,
             seen: Box::new(primary::Seen {

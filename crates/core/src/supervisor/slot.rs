@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use nix::unistd::Pid;
 
+use super::cluster::NodeStop;
 use super::primary::PRIMARY;
 use super::{
     write_note, App, Lifecycle, ReadyKind, State, TimerKey, DRAIN_MAX, DRAIN_POLL, KILL_REPEAT,
@@ -76,8 +77,10 @@ pub(super) struct Proc {
     pub(super) listens: u32,
     /// Sequence number of the next cluster message herd sends it.
     pub(super) seq: u64,
-    /// Asked to stop and waiting for its channel to close before the kill signal.
-    pub(super) disconnecting: bool,
+    /// A Node worker running herd's preload (it said `hello`): it is stopped by a drain.
+    pub(super) preload: bool,
+    /// Where a Node worker is in its graceful stop.
+    pub(super) node_stop: NodeStop,
     /// The app's environment version it was started with.
     pub(super) env_version: u32,
     /// It is the app's primary (`--primary`), not a worker.
@@ -660,7 +663,8 @@ mod tests {
             channel: None,
             listens: 0,
             seq: 0,
-            disconnecting: false,
+            preload: false,
+            node_stop: NodeStop::Serving,
             env_version: 1,
             primary: false,
             seen: Default::default(),

@@ -104,9 +104,10 @@ impl Sim {
             notify_path: dir.path().join("notify.sock"),
             pids_file: None,
             limits: crate::Limits::default(),
+            node_dir: None,
         };
         let bus = super::bus::Bus::new(cfg.host.clone(), 1 << 20, cfg.limits, None);
-        let st = State::new(
+        let mut st = State::new(
             cfg,
             Box::new(FakeOs(world.clone())),
             tx,
@@ -116,6 +117,8 @@ impl Sim {
             bus,
             -1,
         );
+        // The Node preloads, as the daemon installs them (an app's primary needs its own).
+        st.node_shims = Some(crate::node_shims::install(&dir.path().join("node")).unwrap());
         // A real port, so the reuseport selector is really attached and checked.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

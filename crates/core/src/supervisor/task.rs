@@ -83,6 +83,8 @@ impl State {
             Event::Ipc { pid, msg } => match msg {
                 Inbound::Ready => self.on_ready(pid, ReadyKind::Explicit),
                 Inbound::Cluster(m) => self.on_cluster(pid, m),
+                Inbound::Preload(Some(m)) => self.on_preload(pid, m),
+                Inbound::Preload(None) => {}
                 Inbound::HandleAck => {}
                 Inbound::HandleNack => self.instance_warn(
                     pid,

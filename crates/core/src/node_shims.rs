@@ -1,0 +1,223 @@
+//! The JavaScript files herd puts into Node processes (from the repository's `node/preload/`),
+//! embedded in the binary and written into a directory herd owns (`HERD_HOME/node/` for the
+//! daemon, a `herd run`'s own runtime directory), and how a worker is told to load one
+//! (`NODE_OPTIONS=--require "<path>"`).
+//!
+//! To add a file: put it in `node/preload/`, add a [`Shim`] constant and list it in [`SHIMS`].
+//! It does not decide which process loads what, nor speak to a loaded file: the supervisor
+//! does (`supervisor/process.rs`, `supervisor/cluster.rs`).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// One embedded file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shim {
+    /// Its file name in the directory.
+    pub name: &'static str,
+    /// Its content.
+    pub text: &'static str,
+}
+
+/// The preload of Node cluster workers: graceful drain of keep-alive connections on stop and
+/// reload (see the file's header).
+pub const WORKER: Shim = Shim {
+    name: "worker.cjs",
+    text: include_str!("../../../node/preload/worker.cjs"),
+};
+
+/// The preload of an app's own cluster primary (`--primary`): Node's `cluster` API backed by
+/// herd (see the file's header and `supervisor/primary.rs`).
+pub const PRIMARY: Shim = Shim {
+    name: "primary.cjs",
+    text: include_str!("../../../node/preload/primary.cjs"),
+};
+
+/// Every embedded file, written by [`install`].
+pub const SHIMS: &[Shim] = &[WORKER, PRIMARY];
+
+/// The switch, read from an app's environment: `HERD_NODE_PRELOAD=off` (or `0`) starts its
+/// workers without the preload (Node's own disconnect alone on stop).
+pub const ENV_SWITCH: &str = "HERD_NODE_PRELOAD";
+
+/// The files of [`SHIMS`], written into a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    dir: PathBuf,
+}
+
+impl Installed {
+    /// Where `shim` is.
+    pub fn path(&self, shim: &Shim) -> PathBuf {
+        self.dir.join(shim.name)
+    }
+}
+
+/// Writes every file of [`SHIMS`] into `dir`: the directory is created (mode 0700; its parent
+/// must exist) or checked to be a real directory of the caller's; a file is written (0600,
+/// never through a symbolic link, replaced by a rename so a process reading it never sees half
+/// of it) only if its content differs.
+///
+/// # Errors
+/// When the directory is not usable or a file cannot be written.
+pub fn install(dir: &Path) -> io::Result<Installed> {
+    let dir = std::path::absolute(dir)?;
+    private_dir(&dir)?;
+    for shim in SHIMS {
+        let path = dir.join(shim.name);
+        if read_nofollow(&path).ok().as_deref() == Some(shim.text.as_bytes()) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{}.tmp", shim.name));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(shim.text.as_bytes())?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(Installed { dir })
+}
+
+fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Creates `dir` (0700) or checks that it is a directory of the caller's, not a link.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory of yours (herd follows no links there); remove it",
+            dir.display()
+        )));
+    }
+    if m.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Whether an app with environment `env` gets the preload (see [`ENV_SWITCH`]).
+pub fn enabled(env: &BTreeMap<String, String>) -> bool {
+    !env.get(ENV_SWITCH)
+        .is_some_and(|v| matches!(v.trim(), "off" | "0" | "false" | "no"))
+}
+
+/// `NODE_OPTIONS` that loads `preload` first, then whatever the app's own `NODE_OPTIONS`
+/// says. The preload takes its part out again when it loads (so node processes the app
+/// starts do not load it): it expects it first, written exactly so.
+pub fn node_options(preload: &Path, theirs: Option<&str>) -> String {
+    let ours = format!("--require {}", quote(preload));
+    match theirs.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => format!("{ours} {t}"),
+        None => ours,
+    }
+}
+
+/// A path in double quotes as Node's `NODE_OPTIONS` parser reads it: inside quotes a
+/// backslash escapes the next character.
+fn quote(path: &Path) -> String {
+    let mut out = String::from("\"");
+    for c in path.to_string_lossy().chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_options_put_the_preload_first_quoted_and_keep_theirs() {
+        let p = Path::new("/home/a b/.herd/node/worker.cjs");
+        assert_eq!(
+            node_options(p, None),
+            r#"--require "/home/a b/.herd/node/worker.cjs""#
+        );
+        assert_eq!(
+            node_options(p, Some("  --max-old-space-size=512 ")),
+            r#"--require "/home/a b/.herd/node/worker.cjs" --max-old-space-size=512"#
+        );
+        assert_eq!(node_options(p, Some("")), node_options(p, None));
+        assert_eq!(
+            node_options(Path::new(r#"/x/"q"\w.cjs"#), None),
+            r#"--require "/x/\"q\"\\w.cjs""#
+        );
+    }
+
+    #[test]
+    fn the_switch_is_read_from_the_apps_environment() {
+        let mut env = BTreeMap::new();
+        assert!(enabled(&env));
+        env.insert(ENV_SWITCH.to_string(), "off".to_string());
+        assert!(!enabled(&env));
+        env.insert(ENV_SWITCH.to_string(), "on".to_string());
+        assert!(enabled(&env));
+    }
+
+    #[test]
+    fn install_writes_each_file_once_into_a_private_directory() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join("node");
+        let got = install(&dir).unwrap();
+        let path = got.path(&WORKER);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), WORKER.text);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // Same content: not written again (the inode stays).
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        install(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+        // Other content (an older herd's): replaced.
+        std::fs::write(&path, "old").unwrap();
+        install(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), WORKER.text);
+        // A link in place of the file is replaced, not written through.
+        let target = home.path().join("elsewhere");
+        std::fs::write(&target, "keep").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        install(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn install_refuses_a_link_for_the_directory() {
+        let home = tempfile::tempdir().unwrap();
+        let real = home.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let dir = home.path().join("node");
+        std::os::unix::fs::symlink(&real, &dir).unwrap();
+        let e = install(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a directory of yours"), "{e}");
+        assert!(std::fs::read_dir(&real).unwrap().next().is_none());
+    }
+}
