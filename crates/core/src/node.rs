@@ -42,6 +42,9 @@ pub struct QueryServer {
     pub kind: AddressType,
     /// The worker's own count of listens on this address (0 for the first).
     pub index: u64,
+    /// What the worker offers to share with the others on this address (a TLS server's
+    /// session ticket keys); Node's primary answers every worker with the first one's.
+    pub data: Value,
 }
 
 impl QueryServer {
@@ -63,6 +66,7 @@ impl QueryServer {
             port: msg["port"].as_u64().unwrap_or(0).min(u64::from(u16::MAX)) as u16,
             kind,
             index: msg["index"].as_u64().unwrap_or(0),
+            data: msg.get("data").cloned().unwrap_or(Value::Null),
         })
     }
 
@@ -102,13 +106,28 @@ pub fn act(msg: &Value) -> &str {
 /// The answer to a `queryServer` that carries a listening socket (sent with the fd).
 /// `socketType: 1` (a TCP handle, as Node's own primary writes it) is what Deno's Node layer
 /// needs to accept on the socket; Node ignores it.
-pub fn handle_reply(q: &QueryServer, our_seq: u64) -> Value {
+/// `data` is what the first worker on this address offered (see [`QueryServer::data`]): an
+/// HTTPS server's workers need it (Node's TLS code reads its ticket keys from it).
+pub fn handle_reply(q: &QueryServer, data: &Value, our_seq: u64) -> Value {
     json!({
         "cmd": "NODE_HANDLE",
         "type": "net.Native",
         "socketType": 1,
-        "msg": {"cmd": "NODE_CLUSTER", "errno": 0, "key": q.key(), "ack": q.seq, "data": null, "seq": our_seq}
+        "msg": {"cmd": "NODE_CLUSTER", "errno": 0, "key": q.key(), "ack": q.seq, "data": data, "seq": our_seq}
     })
+}
+
+impl QueryServer {
+    /// The address a worker listens on, the same for every worker of an app (not its `key`,
+    /// which counts the worker's own listens).
+    pub fn address_key(&self) -> String {
+        format!(
+            "{}|{}|{:?}",
+            self.address.as_deref().unwrap_or(""),
+            self.port,
+            self.kind
+        )
+    }
 }
 
 /// The answer to a `queryServer` that failed: `errno` is a positive errno value, sent the way
@@ -251,7 +270,7 @@ mod tests {
         assert_eq!(q.port, 41707);
         assert_eq!(q.kind, AddressType::Tcp4);
         assert_eq!(q.seq, 1);
-        let r = handle_reply(&q, 7);
+        let r = handle_reply(&q, &Value::Null, 7);
         assert_eq!(r["msg"]["ack"], 1);
         assert_eq!(r["type"], "net.Native");
         let e = error_reply(&q, libc::EADDRINUSE, 8);

@@ -520,6 +520,9 @@ struct App {
     /// by all instances as under Node's cluster module, with the processes holding each. Keyed
     /// by the worker's request; at most `max_listen_sockets`.
     extra: HashMap<String, cluster::ExtraSocket>,
+    /// What the first Node worker on each address offered to share (TLS ticket keys), by
+    /// [`crate::node::QueryServer::address_key`].
+    shared_data: HashMap<String, serde_json::Value>,
     /// Listens refused to its workers, for one log line per burst.
     refusals: cluster::Refusals,
     /// A rolling reload in progress.
@@ -560,6 +563,7 @@ impl App {
             routed: None,
             retiring: Vec::new(),
             extra: HashMap::new(),
+            shared_data: HashMap::new(),
             refusals: cluster::Refusals::default(),
             reload: None,
             watcher: None,

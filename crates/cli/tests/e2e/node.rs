@@ -523,3 +523,73 @@ fn mjs_and_cjs_scripts_run_as_node_workers() {
     }
     h.finish();
 }
+
+/// GET https://127.0.0.1:port/ with python3's ssl (certificate not checked: self-signed).
+fn https_get(port: u16) -> Result<String, String> {
+    let code = format!(
+        "import ssl,urllib.request as u\nc=ssl._create_unverified_context()\nprint(u.urlopen('https://127.0.0.1:{port}/',context=c,timeout=3).read().decode(),end='')"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn https_app_serves_from_every_worker() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian: apt-get install openssl) makes the test certificate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    h.ok(&[
+        "start",
+        base.join("apps/https.js").to_str().unwrap(),
+        "--name",
+        "tls",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+        "--env",
+        &format!("TLS_KEY={}", key.display()),
+        "--env",
+        &format!("TLS_CERT={}", cert.display()),
+    ]);
+    let pids: HashSet<u32> = h.pids("tls").into_iter().collect();
+    let seen = wait_until(Duration::from_secs(20), || {
+        let mut seen = HashSet::new();
+        for _ in 0..30 {
+            let body = https_get(port)?;
+            seen.insert(pid_of(&body));
+        }
+        (seen.len() == 2)
+            .then_some(seen.clone())
+            .ok_or(format!("{seen:?}"))
+    })
+    .unwrap();
+    assert_eq!(seen, pids);
+    assert_eq!(h.statuses("tls"), vec!["online", "online"]);
+    h.finish();
+}

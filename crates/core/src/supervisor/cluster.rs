@@ -278,7 +278,16 @@ impl State {
         let ours = p.next_seq();
         match result {
             Ok(fd) => {
-                ch.send_reply(&node::handle_reply(&q, ours), Some(fd));
+                // Every worker on an address gets what the first one offered (TLS ticket keys),
+                // as from Node's own primary. Kept while the app lives: one per address.
+                if app.shared_data.len() >= MAX_SHARED_DATA {
+                    app.shared_data.clear();
+                }
+                let data = app
+                    .shared_data
+                    .entry(q.address_key())
+                    .or_insert_with(|| q.data.clone());
+                ch.send_reply(&node::handle_reply(&q, data, ours), Some(fd));
             }
             Err((errno, why)) => {
                 let interval = Duration::from_millis(limits.instance_log_interval_ms);
@@ -332,6 +341,10 @@ impl State {
         }
     }
 }
+
+/// Addresses whose shared `data` an app keeps; beyond, the record starts afresh (a worker
+/// listening on ever new ports cannot grow it).
+const MAX_SHARED_DATA: usize = 256;
 
 /// Sockets a worker may leave unread in its channel before further listens are refused.
 const MAX_UNREAD_SOCKETS: usize = 256;
@@ -457,12 +470,7 @@ fn socket_for(
         return dup(fd);
     }
     // Anything else: bound once and shared by every instance of the app.
-    let key = format!(
-        "{}|{}|{:?}",
-        q.address.as_deref().unwrap_or(""),
-        q.port,
-        q.kind
-    );
+    let key = q.address_key();
     if !app.extra.contains_key(&key) {
         if app.extra.len() >= max_extra {
             return Err((
