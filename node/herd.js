@@ -14,6 +14,7 @@
 //   const answer = await herd.request('api:0', { q: 1 }, { timeout: 2000 });
 //   herd.onRequest(async (data, msg) => ({ echo: data }));
 //   herd.onMessage((data, msg) => { ... });       // messages sent to this instance
+//   herd.exposeMetrics(require('prom-client').register);  // this instance in herd's /metrics
 //
 // Addresses may end in @host to reach another host (with a bus URL set on the daemons).
 
@@ -31,8 +32,19 @@ function post(msg) {
   process.send(msg);
 }
 
+let metricsRegister = null;
+
 function onIncoming(msg) {
   if (!msg || typeof msg !== 'object') return;
+  if (msg.herd === 'scrape') {
+    // herd's Prometheus endpoint asks every instance at once and merges the answers.
+    if (!metricsRegister) return;
+    Promise.resolve()
+      .then(() => metricsRegister.metrics())
+      .then((text) => post({ herd: 'metrics', reply_to: msg.id, text: String(text) }))
+      .catch(() => post({ herd: 'metrics', reply_to: msg.id, text: '' }));
+    return;
+  }
   if (msg.herd === 'reply' && pending.has(msg.reply_to)) {
     const p = pending.get(msg.reply_to);
     pending.delete(msg.reply_to);
@@ -99,3 +111,12 @@ exports.onRequest = (fn) => { listen(); requestHandler = fn; };
 exports.onMessage = (fn) => { listen(); messageHandlers.add(fn); };
 exports.onError = (fn) => { listen(); errorHandlers.add(fn); };
 exports.ready = () => { post('ready'); };
+// Offers this instance's metrics to herd's Prometheus endpoint (`metrics` in config.toml):
+// one scrape of herd returns every instance's series, labelled app and instance. `register`
+// is anything with `metrics()` returning Prometheus' text format (or a promise of it), such as
+// prom-client's default registry.
+exports.exposeMetrics = (register) => {
+  listen();
+  metricsRegister = register;
+  post({ herd: 'metrics_offer' });
+};

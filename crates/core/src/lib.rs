@@ -23,6 +23,7 @@ pub mod health;
 pub mod ipc;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod node_shims;
 pub mod notify;

@@ -54,6 +54,7 @@ mod bus;
 mod cluster;
 mod control;
 mod error;
+mod metrics;
 mod os;
 mod primary;
 mod process;
@@ -243,6 +244,11 @@ enum Event {
     Ipc {
         pid: u32,
         msg: Inbound,
+    },
+    /// A scrape of the metrics endpoint.
+    Scrape {
+        timeout: Duration,
+        reply: oneshot::Sender<String>,
     },
     /// A line on an app primary's call socket (`cluster.fork()`).
     PrimaryCall {
@@ -453,6 +459,15 @@ impl Supervisor {
         rx.await.unwrap_or_else(|_| Err(gone()))
     }
 
+    /// One scrape of the metrics endpoint: herd's own series and every instance's that offered
+    /// them, merged (Prometheus' text format, [`crate::metrics::CONTENT_TYPE`]). Instances that
+    /// do not answer within `timeout` are left out.
+    pub async fn scrape(&self, timeout: Duration) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Event::Scrape { timeout, reply }).ok()?;
+        rx.await.ok()
+    }
+
     /// Instance starts and exits, from now on.
     pub fn subscribe_lifecycle(&self) -> broadcast::Receiver<Lifecycle> {
         self.lifecycle.subscribe()
@@ -537,6 +552,10 @@ struct App {
     primary: Option<Slot>,
     /// The daemon's side of the primary: its call socket, worker ids, claimed slots.
     link: primary::Link,
+    /// Rolling reloads that ended: (done, failed).
+    reloads: (u64, u64),
+    /// Times the set of slots routed to changed.
+    routing_changes: u64,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -571,6 +590,8 @@ impl App {
             emptying: 0,
             primary: None,
             link: primary::Link::default(),
+            reloads: (0, 0),
+            routing_changes: 0,
         }
     }
 
@@ -664,6 +685,12 @@ struct State {
     cgroups: HashMap<u32, PathBuf>,
     /// A failure to make a cgroup was logged (once is enough).
     cgroup_warned: bool,
+    /// Scrapes of the metrics endpoint waiting for instances, by id.
+    scrapes: HashMap<u64, metrics::Scrape>,
+    /// The last scrape id given.
+    scrape_id: u64,
+    /// What the endpoint counts across scrapes.
+    scrape_stats: metrics::ScrapeStats,
     /// The Node shims, written into `cfg.node_dir`.
     node_shims: Option<crate::node_shims::Installed>,
 }
@@ -704,6 +731,9 @@ impl State {
             containment: Containment::ProcessGroups(String::new()),
             cgroups: HashMap::new(),
             cgroup_warned: false,
+            scrapes: HashMap::new(),
+            scrape_id: 0,
+            scrape_stats: metrics::ScrapeStats::default(),
             node_shims: None,
         }
     }

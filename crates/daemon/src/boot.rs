@@ -136,7 +136,8 @@ pub fn after_update(
     let takeover = Takeover::read(fd)?;
     let rt = runtime().map_err(|e| takeover_failed(fd, format!("starting the runtime: {e}")))?;
     // The lock fd stays open as it is (close-on-exec is set once the state is taken over).
-    let settings = takeover.settings();
+    let mut settings = takeover.settings();
+    settings.metrics = crate::load_settings(home).ok().and_then(|s| s.metrics);
     crate::log::set_max(settings.limits.daemon_log_max_bytes);
     let Takeover {
         handover, lock_fd, ..
@@ -202,6 +203,8 @@ impl Takeover {
             bus: s.bus_url.clone(),
             max_message_bytes: s.max_message_bytes,
             limits: s.limits,
+            // Not part of the handover: read again (the endpoint is bound anew after exec).
+            metrics: None,
         }
     }
 }

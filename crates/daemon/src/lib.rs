@@ -17,6 +17,7 @@
 pub mod boot;
 mod gate;
 pub mod log;
+mod metrics;
 mod server;
 
 use std::fs::{File, OpenOptions};
@@ -219,6 +220,9 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// What one instance, app or client may take from the daemon.
     pub limits: herd_core::Limits,
+    /// Where the Prometheus endpoint listens (`metrics` in config.toml, `HERD_METRICS`); none
+    /// by default.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -236,10 +240,11 @@ struct ConfigFile {
     instance_log_burst: Option<u32>,
     instance_log_interval_ms: Option<u64>,
     daemon_log_max_bytes: Option<u64>,
+    metrics: Option<String>,
 }
 
 /// The keys `config.toml` takes, for error messages.
-const CONFIG_KEYS: &str = "bus, host, max_message_bytes, max_topic_bytes, max_subscriptions, max_pending_requests, max_listen_sockets, max_control_connections, control_idle_timeout_ms, instance_log_burst, instance_log_interval_ms, daemon_log_max_bytes";
+const CONFIG_KEYS: &str = "bus, host, metrics, max_message_bytes, max_topic_bytes, max_subscriptions, max_pending_requests, max_listen_sockets, max_control_connections, control_idle_timeout_ms, instance_log_burst, instance_log_interval_ms, daemon_log_max_bytes";
 
 /// Why the daemon's settings cannot be used. Each message names the file, the problem and the
 /// fix.
@@ -280,6 +285,17 @@ pub enum SettingsError {
         /// The largest value accepted.
         max: String,
         /// The file.
+        path: PathBuf,
+    },
+    /// The metrics address is not an IP address and port.
+    #[error(
+        "metrics address {addr:?} (from HERD_METRICS or {}) is not usable: give IP:PORT, e.g. metrics = \"127.0.0.1:9209\"",
+        path.display()
+    )]
+    BadMetricsAddress {
+        /// What was given.
+        addr: String,
+        /// The file it may come from (else `HERD_METRICS`).
         path: PathBuf,
     },
     /// The bus URL is not one of a broker herd speaks to.
@@ -430,11 +446,19 @@ pub fn load_settings(home: &Home) -> Result<Settings, SettingsError> {
             });
         }
     }
+    let metrics = match env("HERD_METRICS").or(file.metrics) {
+        None => None,
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| SettingsError::BadMetricsAddress { addr: a, path })?,
+        ),
+    };
     Ok(Settings {
         host,
         bus,
         max_message_bytes: max,
         limits,
+        metrics,
     })
 }
 

@@ -34,6 +34,7 @@ pub async fn serve(
     lock_fd: RawFd,
     handover: Option<(Handover, RawFd)>,
 ) -> io::Result<()> {
+    let metrics = settings.metrics;
     let config = config(home, settings);
     let limits = config.limits;
     let (sup, mut done, listener) = match handover {
@@ -47,6 +48,13 @@ pub async fn serve(
         }
         Some((h, memfd)) => take_over(config, h, memfd).await?,
     };
+    if let Some(addr) = metrics {
+        if let Err(e) = crate::metrics::serve(addr, sup.clone()).await {
+            tracing::error!(
+                "cannot serve metrics on {addr}: {e}; the daemon runs without its Prometheus endpoint (change `metrics` in HERD_HOME/config.toml, then `herd kill` and start again)"
+            );
+        }
+    }
     let accept = spawn_accept(
         listener,
         sup.clone(),

@@ -323,6 +323,38 @@ pub enum ToInstance<'a> {
     Reply(Answer),
     /// `{"herd":"error","error":…}`: a message of the instance refused, or its request failed.
     Error(Refusal),
+    /// `{"herd":"scrape","id":N}`: send your metrics ([`MetricsMsg::Metrics`] with
+    /// `reply_to: N`), for herd's Prometheus endpoint.
+    Scrape {
+        /// Quote it in the answer.
+        id: u64,
+    },
+}
+
+/// An instance's metrics for herd's Prometheus endpoint (docs/metrics.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "herd", rename_all = "snake_case")]
+pub enum MetricsMsg {
+    /// `{"herd":"metrics_offer"}`: this instance answers scrapes.
+    MetricsOffer,
+    /// `{"herd":"metrics","reply_to":N,"text":"…"}`: its metrics, in Prometheus' text format,
+    /// answering the scrape `N`.
+    Metrics {
+        /// The scrape's id.
+        reply_to: u64,
+        /// The exposition text.
+        text: String,
+    },
+}
+
+impl MetricsMsg {
+    /// Reads `v` as one of these, if it is one.
+    pub fn read(v: &Value) -> Option<Self> {
+        match v.get("herd")?.as_str()? {
+            "metrics_offer" | "metrics" => Self::deserialize(v).ok(),
+            _ => None,
+        }
+    }
 }
 
 /// A message for the instance, in PM2's shape so that apps written for PM2's

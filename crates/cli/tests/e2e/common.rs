@@ -355,6 +355,7 @@ pub fn node_fixture() -> Option<PathBuf> {
         .unwrap();
     let packages = [
         "express@4.21.2",
+        "prom-client@15.1.3",
         "next@14.2.35",
         "react@18.3.1",
         "react-dom@18.3.1",

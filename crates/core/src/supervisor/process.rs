@@ -329,6 +329,7 @@ impl State {
             node_stop: super::cluster::NodeStop::Serving,
             env_version: app_env_version,
             primary: is_primary,
+            metrics: false,
             seen: Box::new(primary::Seen {
                 id: worker_id,
                 ..Default::default()

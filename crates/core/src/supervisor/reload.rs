@@ -58,6 +58,7 @@ impl State {
             }
             let Some(i) = job.pending.pop_front() else {
                 app.reload = None;
+                app.reloads.0 += 1;
                 return;
             };
             let Some(slot) = slot_mut!(app, i) else {
@@ -233,6 +234,7 @@ impl State {
         if app.reload.take().is_none() {
             return;
         }
+        app.reloads.1 += 1;
         let msg = format!(
             "reload of {} stopped: {why}; the old processes keep serving (see `herd logs {}`)",
             app.spec.name, app.spec.name

@@ -85,6 +85,8 @@ pub(super) struct Proc {
     pub(super) env_version: u32,
     /// It is the app's primary (`--primary`), not a worker.
     pub(super) primary: bool,
+    /// It offered its metrics (`{"herd":"metrics_offer"}`): scrapes ask it.
+    pub(super) metrics: bool,
     /// How the app's primary sees it, when it is a worker of one.
     pub(super) seen: Box<super::primary::Seen>,
     /// Its stdout and stderr pumps.
@@ -667,6 +669,7 @@ mod tests {
             node_stop: NodeStop::Serving,
             env_version: 1,
             primary: false,
+            metrics: false,
             seen: Default::default(),
             out: None,
             err: None,

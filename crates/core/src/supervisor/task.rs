@@ -102,9 +102,15 @@ impl State {
                     ),
                 ),
                 Inbound::App(v) if self.is_primary(pid) => self.on_primary_message(pid, v),
+                Inbound::App(v) if herd_proto::worker::MetricsMsg::read(&v).is_some() => {
+                    if let Some(m) = herd_proto::worker::MetricsMsg::read(&v) {
+                        self.on_metrics_msg(pid, m);
+                    }
+                }
                 Inbound::App(v) => self.on_app_message(pid, v),
             },
             Event::PrimaryCall { pid, msg } => self.on_primary_call(pid, msg),
+            Event::Scrape { timeout, reply } => self.start_scrape(timeout, reply),
             Event::Remote(env) => self.on_remote(env),
             Event::FileChanged { app } => {
                 // Each change moves the deadline: the reload comes once the files are quiet.
@@ -141,6 +147,7 @@ impl State {
                 }
                 TimerKey::Memory { app } => self.on_memory_check(app),
                 TimerKey::Claims { app } => self.on_claims_timer(app),
+                TimerKey::Scrape { id } => self.finish_scrape(id),
                 TimerKey::Watch { app } => {
                     let Some(a) = self.apps.get(&app) else {
                         continue;
@@ -390,4 +397,5 @@ pub(super) fn route(app: &mut App) {
         }
     }
     app.routed = Some(live);
+    app.routing_changes += 1;
 }

@@ -40,6 +40,11 @@ pub(super) enum TimerKey {
         /// App id.
         app: u32,
     },
+    /// A scrape of the metrics endpoint is answered with what it has.
+    Scrape {
+        /// The scrape's id.
+        id: u64,
+    },
     /// Workers nobody claimed are announced to the app's primary
     /// ([`super::primary::CLAIM_WINDOW`]).
     Claims {
@@ -56,7 +61,7 @@ impl TimerKey {
             | TimerKey::Memory { app }
             | TimerKey::Watch { app }
             | TimerKey::Claims { app } => Some(app),
-            TimerKey::Retire { .. } => None,
+            TimerKey::Retire { .. } | TimerKey::Scrape { .. } => None,
         }
     }
 }

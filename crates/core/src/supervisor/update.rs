@@ -598,6 +598,7 @@ impl State {
             node_stop: super::cluster::NodeStop::Serving,
             env_version: p.env_version,
             primary: false,
+            metrics: false,
             seen: Default::default(),
             out,
             err,
