@@ -33,7 +33,7 @@ fn cluster(msg: &Value) {
         assert_eq!(node::act(msg), "queryServer");
         let _ = q.display_addr();
         let _ = q.key();
-        let reply = node::handle_reply(&q, 1);
+        let reply = node::handle_reply(&q, &q.data, 1);
         assert_eq!(reply["msg"]["ack"].as_u64(), Some(q.seq));
         one_line(&reply);
         let err = node::error_reply(&q, 98, 2);

@@ -49,6 +49,9 @@ pub enum Cmd {
     Request(RequestArgs),
     /// Publish a JSON message on a topic (to subscribed instances, on every host).
     Publish(PublishArgs),
+    /// Run an action the app declared with PM2's @pm2/io (io.action) and print each
+    /// instance's reply (PM2's trigger).
+    Trigger(TriggerArgs),
     /// Show messages passing through the bus, as they pass (all, or of some topics).
     Bus(BusArgs),
     /// Save the app list to HERD_HOME/dump.json, for `herd resurrect`.
@@ -184,6 +187,22 @@ pub struct RequestArgs {
     /// How long to wait for the reply (ms, or 5s).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// Which app (every instance that has the action), or app:INSTANCE.
+    pub target: String,
+    /// The action's name.
+    pub action: String,
+    /// An argument for the action, as JSON (a bare word is sent as a string).
+    pub arg: Option<String>,
+    /// How long to wait for the replies (ms, or 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the replies as one JSON array.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -59,6 +59,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Send(a) => messages::send(&home, a),
         Cmd::Request(a) => messages::request(&home, a),
         Cmd::Publish(a) => messages::publish(&home, a),
+        Cmd::Trigger(a) => messages::trigger(&home, a),
         Cmd::Bus(a) => messages::watch(&home, a),
         Cmd::Save(s) => dump::save(&home, s.force),
         Cmd::Resurrect(j) => dump::resurrect(&home, j.json),

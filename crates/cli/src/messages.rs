@@ -8,7 +8,7 @@ use anyhow::Result;
 use herd_daemon::Home;
 use herd_proto::{Command, Reply};
 
-use crate::args::{self, BusArgs, PublishArgs, RequestArgs, SendArgs};
+use crate::args::{self, BusArgs, PublishArgs, RequestArgs, SendArgs, TriggerArgs};
 use crate::client::Client;
 use crate::{output, reply};
 
@@ -30,6 +30,41 @@ pub fn request(home: &Home, a: RequestArgs) -> Result<ExitCode> {
         timeout_ms: a.timeout.as_millis() as u64,
     })?;
     reply::print_reply(reply)
+}
+
+/// `herd trigger`: an `@pm2/io` action on the app's instances, and their replies, printed as
+/// PM2 prints them (`[app:i]=<reply>`).
+pub fn trigger(home: &Home, a: TriggerArgs) -> Result<ExitCode> {
+    let reply = Client::connect(home)?.call(Command::Trigger {
+        target: a.target.clone(),
+        action: a.action,
+        arg: a.arg.as_deref().map(args::message_data),
+        timeout_ms: a.timeout.as_millis() as u64,
+    })?;
+    let Reply::Message { data, .. } = reply else {
+        return reply::print_reply(reply);
+    };
+    if a.json {
+        println!("{data}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let app = a.target.split(':').next().unwrap_or(&a.target);
+    let mut failed = false;
+    for r in data.as_array().into_iter().flatten() {
+        let i = &r["instance"];
+        match r.get("error") {
+            Some(e) => {
+                failed = true;
+                println!("[{app}:{i}] error: {}", e.as_str().unwrap_or(""));
+            }
+            None => println!("[{app}:{i}]={}", r["return"]),
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `herd publish`: a message on a topic.

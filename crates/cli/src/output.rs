@@ -196,6 +196,30 @@ pub fn describe(app: &AppInfo) -> String {
                 p.subscriptions, p.bus_refused, p.messages_dropped
             ));
         }
+        if !p.pm2_metrics.is_empty() {
+            let shown: Vec<String> = p
+                .pm2_metrics
+                .iter()
+                .map(|(name, m)| {
+                    let value = match &m["value"] {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    match m["unit"].as_str().filter(|u| !u.is_empty()) {
+                        Some(unit) => format!("{name} = {value} {unit}"),
+                        None => format!("{name} = {value}"),
+                    }
+                })
+                .collect();
+            out.push_str(&format!("{who} metrics: {}\n", shown.join(", ")));
+        }
+        if !p.actions.is_empty() {
+            out.push_str(&format!(
+                "{who} actions: {} (herd trigger {} ACTION)\n",
+                p.actions.join(", "),
+                app.name
+            ));
+        }
         if let Some(e) = &p.last_exit {
             if p.status != ProcessStatus::Online {
                 let how = match (&e.code, &e.signal) {

@@ -56,6 +56,7 @@ mod control;
 mod error;
 mod metrics;
 mod os;
+mod pm2io;
 mod primary;
 mod process;
 mod reload;
@@ -691,6 +692,10 @@ struct State {
     scrape_id: u64,
     /// What the endpoint counts across scrapes.
     scrape_stats: metrics::ScrapeStats,
+    /// `herd trigger`s waiting for replies, by id.
+    triggers: HashMap<u64, pm2io::Trigger>,
+    /// The last trigger id given.
+    trigger_id: u64,
     /// The Node shims, written into `cfg.node_dir`.
     node_shims: Option<crate::node_shims::Installed>,
 }
@@ -734,6 +739,8 @@ impl State {
             scrapes: HashMap::new(),
             scrape_id: 0,
             scrape_stats: metrics::ScrapeStats::default(),
+            triggers: HashMap::new(),
+            trigger_id: 0,
             node_shims: None,
         }
     }

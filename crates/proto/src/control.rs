@@ -173,6 +173,25 @@ pub enum Command {
     /// Open every log file again at its path (PM2's `reloadLogs`), after logrotate moved
     /// them away; the daemon does the same on SIGHUP.
     ReloadLogs,
+    /// Run an action the app's instances declared with PM2's `@pm2/io` (`io.action`) on every
+    /// instance that has it, and answer their replies (PM2's `trigger`): a [`Reply::Message`]
+    /// whose `data` is `[{"instance": i, "return": …}, …]`.
+    Trigger {
+        /// Which app (or `app:i`).
+        target: String,
+        /// The action's name.
+        action: String,
+        /// The argument, given to an action that takes two parameters.
+        #[serde(default)]
+        arg: Option<serde_json::Value>,
+        /// How long to wait for the replies, in ms.
+        #[serde(default = "default_trigger_timeout")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_trigger_timeout() -> u64 {
+    5000
 }
 
 impl Command {
@@ -502,6 +521,13 @@ pub struct ProcessInfo {
     /// The cgroup directory of the running process, when it has its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Its metrics from PM2's `@pm2/io` (`io.metric`, `io.counter`…), as it last sent them:
+    /// name → `{"value", "unit", "type", …}`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub pm2_metrics: serde_json::Map<String, serde_json::Value>,
+    /// The actions it declared with `@pm2/io` (`io.action`), for `herd trigger`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
 }
 
 /// One app, as listed.
@@ -607,6 +633,12 @@ mod tests {
             Command::Kill,
             Command::Flush { target: target() },
             Command::ReloadLogs,
+            Command::Trigger {
+                target: target(),
+                action: "a".into(),
+                arg: None,
+                timeout_ms: 5000,
+            },
         ];
         // A command added to the enum but not here fails to compile: keep the list whole.
         for c in &all {
@@ -629,7 +661,8 @@ mod tests {
                 | Command::Bus { .. }
                 | Command::Kill
                 | Command::Flush { .. }
-                | Command::ReloadLogs => {}
+                | Command::ReloadLogs
+                | Command::Trigger { .. } => {}
             }
         }
         all

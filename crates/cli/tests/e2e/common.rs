@@ -356,6 +356,7 @@ pub fn node_fixture() -> Option<PathBuf> {
     let packages = [
         "express@4.21.2",
         "prom-client@15.1.3",
+        "@pm2/io@6.1.0",
         "next@14.2.35",
         "react@18.3.1",
         "react-dom@18.3.1",
@@ -743,7 +744,7 @@ impl Drop for Broker {
 /// `herd bus --json TOPIC`, its lines collected.
 pub struct BusWatch {
     child: std::process::Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
 impl BusWatch {

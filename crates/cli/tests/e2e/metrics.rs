@@ -217,3 +217,80 @@ fn an_instance_that_does_not_answer_is_skipped_and_counted_and_bad_requests_get_
     assert_eq!(scrape(&metrics).0, "HTTP/1.1 200 OK");
     h.finish();
 }
+
+#[test]
+fn pm2_io_metrics_and_actions_work_unchanged() {
+    let Some(base) = node_fixture() else { return };
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let h = Herd::with_env(&[("HERD_METRICS", &metrics)]);
+    let watch = BusWatch::start(&h, "primary");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    h.ok(&[
+        "start",
+        base.join("apps/pm2io.js").to_str().unwrap(),
+        "--name",
+        "io",
+        "-i",
+        "2",
+        "--listen",
+        &listen,
+    ]);
+    for _ in 0..10 {
+        get(loopback(port), "/", Duration::from_secs(5)).unwrap();
+    }
+    // @pm2/io reports its metrics about once a second: describe shows them per instance.
+    let procs = wait_until(Duration::from_secs(20), || {
+        let d: Value = serde_json::from_str(&h.ok(&["describe", "io", "--json"])).unwrap();
+        let procs = d[0]["processes"].as_array().cloned().unwrap_or_default();
+        let total: f64 = procs
+            .iter()
+            .filter_map(|p| p["pm2_metrics"]["Requests"]["value"].as_f64())
+            .sum();
+        let declared = |p: &Value| {
+            let a = p["actions"].as_array().cloned().unwrap_or_default();
+            a.contains(&"hello".into()) && a.contains(&"echo".into())
+        };
+        (total == 10.0 && procs.iter().all(declared))
+            .then_some(procs.clone())
+            .ok_or(d.to_string())
+    })
+    .unwrap();
+    assert!(procs
+        .iter()
+        .all(|p| p["pm2_metrics"]["Queue length"]["value"] == 7));
+    let text = h.ok(&["describe", "io"]);
+    assert!(text.contains("Queue length = 7 jobs"), "{text}");
+    assert!(
+        text.contains("hello, echo (herd trigger io ACTION)"),
+        "{text}"
+    );
+    // The same values in the Prometheus endpoint.
+    let (_, _, body) = scrape(&metrics);
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("herd_pm2_metric{") && l.contains("metric=\"Queue length\""))
+            .count(),
+        2,
+        "{body}"
+    );
+    // herd trigger: every instance runs the action and its reply is printed, as by PM2.
+    let pids = h.pids("io");
+    let out = h.ok(&["trigger", "io", "hello"]);
+    for pid in &pids {
+        assert!(out.contains(&format!("\"pid\":{pid}")), "{out}");
+    }
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let out = h.ok(&["trigger", "io:1", "echo", r#"{"x":1}"#]);
+    assert_eq!(out.trim(), r#"[io:1]={"got":{"x":1}}"#);
+    let err = h.fails(&["trigger", "io", "nope"]);
+    assert!(
+        err.contains("its actions: ") && err.contains("echo, hello"),
+        "{err}"
+    );
+    // None of @pm2/io's messages is published on the bus.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(watch.lines.lock().unwrap().is_empty());
+    drop(watch);
+    h.finish();
+}

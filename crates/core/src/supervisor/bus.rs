@@ -890,6 +890,10 @@ impl State {
             self.route_out(env);
             return;
         }
+        if other && super::pm2io::is_axm(&v) {
+            // PM2's `@pm2/io` metrics and actions: kept by herd, not published.
+            return self.on_axm(pid, v);
+        }
         if other {
             // Node's `process.send(msg)` to "the primary": the app's own primary gets it as
             // Node's `message`; without one it is published on the topic `primary`, never lost.

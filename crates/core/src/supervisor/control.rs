@@ -61,6 +61,18 @@ impl State {
                     "logs, bus and update are served by the control server, not the supervisor",
                 )),
                 Command::Kill => Ok(self.kill()),
+                Command::Trigger {
+                    target,
+                    action,
+                    arg,
+                    timeout_ms,
+                } => {
+                    let timeout = Duration::from_millis(timeout_ms.min(600_000));
+                    if let Err((e, reply)) = self.trigger(&target, &action, arg, timeout, reply) {
+                        let _ = reply.send(e.into());
+                    }
+                    return;
+                }
             }
         };
         match answer {
@@ -334,6 +346,8 @@ fn process_info(
         bus_refused: 0,
         env_version: 0,
         cgroup: None,
+        pm2_metrics: serde_json::Map::new(),
+        actions: Vec::new(),
     };
     if let Some(p) = slot.state.proc_mut() {
         info.pid = Some(p.pid);
@@ -358,6 +372,10 @@ fn process_info(
             info.memory_bytes = Some(m);
         }
         info.cgroup = cg.map(|cg| cg.display().to_string());
+        if let Some(io) = &p.pm2 {
+            info.pm2_metrics = io.metrics.clone();
+            info.actions = io.actions.clone();
+        }
     }
     info
 }

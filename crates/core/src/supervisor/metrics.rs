@@ -132,6 +132,7 @@ impl State {
         let uptime = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let exit = Family::<Labels, Gauge>::default();
         let reloads = Family::<Labels, Counter>::default();
+        let pm2 = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let routing = Family::<Labels, Counter>::default();
         let ticks = procfs::ticks_per_second() as f64;
         for app in self.apps.values() {
@@ -159,6 +160,19 @@ impl State {
                     uptime
                         .get_or_create(&l)
                         .set(p.since.elapsed().as_secs_f64());
+                    // PM2's `@pm2/io` metrics, where their value is a number.
+                    for (metric, m) in p.pm2.iter().flat_map(|io| io.metrics.iter()) {
+                        let value = match m.get("value") {
+                            Some(Value::Number(n)) => n.as_f64(),
+                            Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+                            _ => None,
+                        };
+                        if let Some(v) = value {
+                            let mut ml = l.clone();
+                            ml.push(("metric".into(), metric.clone()));
+                            pm2.get_or_create(&ml).set(v);
+                        }
+                    }
                 }
             }
             for (result, n) in [("ok", app.reloads.0), ("failed", app.reloads.1)] {
@@ -203,6 +217,11 @@ impl State {
             "app_reloads",
             "Rolling reloads of the app, by result",
             reloads,
+        );
+        reg.register(
+            "pm2_metric",
+            "Numeric metrics instances report with PM2's @pm2/io (io.metric, io.counter, ...)",
+            pm2,
         );
         reg.register(
             "app_routing_changes",
@@ -269,7 +288,7 @@ impl State {
     }
 
     /// The process `pid`, wherever it is in its app.
-    fn proc_mut(&mut self, pid: u32) -> Option<&mut super::Proc> {
+    pub(super) fn proc_mut(&mut self, pid: u32) -> Option<&mut super::Proc> {
         let &(id, i, role) = self.pids.get(&pid)?;
         let app = self.apps.get_mut(&id)?;
         match role {

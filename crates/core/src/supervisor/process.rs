@@ -330,6 +330,7 @@ impl State {
             env_version: app_env_version,
             primary: is_primary,
             metrics: false,
+            pm2: None,
             seen: Box::new(primary::Seen {
                 id: worker_id,
                 ..Default::default()

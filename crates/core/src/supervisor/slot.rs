@@ -87,6 +87,8 @@ pub(super) struct Proc {
     pub(super) primary: bool,
     /// It offered its metrics (`{"herd":"metrics_offer"}`): scrapes ask it.
     pub(super) metrics: bool,
+    /// What it told of itself through PM2's `@pm2/io` (metrics, actions).
+    pub(super) pm2: Option<Box<super::pm2io::Pm2Io>>,
     /// How the app's primary sees it, when it is a worker of one.
     pub(super) seen: Box<super::primary::Seen>,
     /// Its stdout and stderr pumps.
@@ -670,6 +672,7 @@ mod tests {
             env_version: 1,
             primary: false,
             metrics: false,
+            pm2: None,
             seen: Default::default(),
             out: None,
             err: None,

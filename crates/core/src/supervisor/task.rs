@@ -148,6 +148,7 @@ impl State {
                 TimerKey::Memory { app } => self.on_memory_check(app),
                 TimerKey::Claims { app } => self.on_claims_timer(app),
                 TimerKey::Scrape { id } => self.finish_scrape(id),
+                TimerKey::Trigger { id } => self.finish_trigger(id),
                 TimerKey::Watch { app } => {
                     let Some(a) = self.apps.get(&app) else {
                         continue;

@@ -40,6 +40,11 @@ pub(super) enum TimerKey {
         /// App id.
         app: u32,
     },
+    /// A `herd trigger` is answered with the replies it has.
+    Trigger {
+        /// The trigger's id.
+        id: u64,
+    },
     /// A scrape of the metrics endpoint is answered with what it has.
     Scrape {
         /// The scrape's id.
@@ -61,7 +66,7 @@ impl TimerKey {
             | TimerKey::Memory { app }
             | TimerKey::Watch { app }
             | TimerKey::Claims { app } => Some(app),
-            TimerKey::Retire { .. } | TimerKey::Scrape { .. } => None,
+            TimerKey::Retire { .. } | TimerKey::Scrape { .. } | TimerKey::Trigger { .. } => None,
         }
     }
 }

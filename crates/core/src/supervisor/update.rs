@@ -599,6 +599,7 @@ impl State {
             env_version: p.env_version,
             primary: false,
             metrics: false,
+            pm2: None,
             seen: Default::default(),
             out,
             err,
