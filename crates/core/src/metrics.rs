@@ -36,6 +36,14 @@ impl Exposition {
     pub fn add(&mut self, labels: &[(&str, &str)], text: &str) {
         // The families this text declared (by `# TYPE`), to attribute `_total`, `_bucket`…
         let mut declared: HashMap<String, String> = HashMap::new();
+        // herd's labels, written once for every sample of this instance.
+        let mut prefix = String::new();
+        for (k, v) in labels {
+            if !prefix.is_empty() {
+                prefix.push(',');
+            }
+            let _ = write!(prefix, "{k}=\"{}\"", escape(v));
+        }
         for line in text.lines() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() {
@@ -45,7 +53,7 @@ impl Exposition {
                 self.comment(rest, &mut declared);
                 continue;
             }
-            match relabel(line, labels) {
+            match relabel(line, labels, &prefix) {
                 Some((name, sample)) => {
                     let family = family_of(&name, &declared);
                     self.family(family).samples.push(sample);
@@ -145,7 +153,7 @@ fn valid_name(name: &str) -> bool {
 
 /// A sample line with `labels` put first (a label the sample has too is renamed
 /// `exported_<name>`); `None` if the line is not a sample.
-fn relabel(line: &str, labels: &[(&str, &str)]) -> Option<(String, String)> {
+fn relabel(line: &str, labels: &[(&str, &str)], prefix: &str) -> Option<(String, String)> {
     let line = line.trim_start();
     let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
     let (name, rest) = line.split_at(end);
@@ -168,17 +176,11 @@ fn relabel(line: &str, labels: &[(&str, &str)]) -> Option<(String, String)> {
     if parts.next().is_some() {
         return None;
     }
-    let mut out = String::with_capacity(line.len() + 32);
+    let mut out = String::with_capacity(line.len() + prefix.len() + 4);
     out.push_str(name);
     out.push('{');
-    let mut first = true;
-    for (k, val) in labels {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        let _ = write!(out, "{k}=\"{}\"", escape(val));
-    }
+    out.push_str(prefix);
+    let mut first = prefix.is_empty();
     for (k, val) in &theirs {
         if !first {
             out.push(',');
