@@ -17,6 +17,7 @@ mod lifecycle;
 mod listen;
 mod listen_flood;
 mod logs;
+mod monit;
 mod node;
 mod primary;
 mod races;
