@@ -143,6 +143,53 @@ fn quoted(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
+/// `herd monit` of `h` in a `width`×`height` tmux pane; `None` when tmux is missing.
+///
+/// After monit the shell prints whether it exited and the terminal's line mode (`icanon` when
+/// raw mode was turned off, `-icanon` when it was left on), then waits for Enter, so that the
+/// cursor can be looked at before the pane dies (a dead pane hides it).
+fn open_monit(h: &Herd, width: u16, height: u16) -> Option<Tmux> {
+    let command = format!(
+        "HERD_HOME={} {} monit; echo MONIT-EXITED $?; stty -a | grep -o 'icanon\\|-icanon'; read _",
+        quoted(h.home()),
+        quoted(&herd_bin())
+    );
+    Tmux::start(&command, width, height)
+}
+
+/// Checks, after a key that quits, that monit exited with 0 and left the terminal as it was:
+/// raw mode off, the alternate screen left, the cursor shown; then lets the pane's shell end.
+fn assert_exited_and_restored(t: &Tmux, h: &Herd) {
+    let after = t.wait_for_in(
+        Tmux::screen_and_history,
+        "monit's exit and the shell's report",
+        |s| s.contains("MONIT-EXITED") && s.lines().any(|l| l.trim().ends_with("icanon")),
+    );
+    assert!(after.contains("MONIT-EXITED 0"), "{after}");
+    assert!(
+        after.lines().any(|l| l.trim() == "icanon"),
+        "raw mode was left on:\n{after}"
+    );
+    assert_eq!(
+        t.format("#{alternate_on} #{cursor_flag}"),
+        "0 1",
+        "alternate screen left and cursor shown"
+    );
+    let monits: Vec<i32> = h
+        .leftovers()
+        .into_iter()
+        .filter(|&pid| args(pid).get(1).is_some_and(|a| a == "monit"))
+        .collect();
+    assert!(monits.is_empty(), "herd monit is still running: {monits:?}");
+    let out = t.run(&["send-keys", "-t", "monit", "Enter"]);
+    assert!(out.status.success());
+    wait_until(Duration::from_secs(5), || {
+        let dead = t.format("#{pane_dead}");
+        (dead == "1").then_some(()).ok_or(dead)
+    })
+    .expect("the pane's shell exited");
+}
+
 #[test]
 fn monit_shows_instances_and_live_logs_scales_restarts_resizes_and_quits_leaving_the_terminal_as_it_was(
 ) {
@@ -163,15 +210,7 @@ fn monit_shows_instances_and_live_logs_scales_restarts_resizes_and_quits_leaving
         (p.len() == 2).then_some(p.clone()).ok_or(p)
     })
     .unwrap();
-    // After monit: whether it exited, and the terminal's line mode (`icanon` when raw mode
-    // was turned off, `-icanon` when it was left on); then the shell waits for Enter, so that
-    // the cursor can be looked at before the pane dies (a dead pane hides it).
-    let command = format!(
-        "HERD_HOME={} {} monit; echo MONIT-EXITED $?; stty -a | grep -o 'icanon\\|-icanon'; read _",
-        quoted(h.home()),
-        quoted(&herd_bin())
-    );
-    let Some(t) = Tmux::start(&command, 120, 40) else {
+    let Some(t) = open_monit(&h, 120, 40) else {
         return;
     };
 
@@ -239,34 +278,35 @@ fn monit_shows_instances_and_live_logs_scales_restarts_resizes_and_quits_leaving
 
     // q quits: monit's process is gone and the terminal is as it was.
     t.keys("q");
-    let after = t.wait_for_in(
-        Tmux::screen_and_history,
-        "monit's exit and the shell's report",
-        |s| s.contains("MONIT-EXITED") && s.lines().any(|l| l.trim().ends_with("icanon")),
-    );
-    assert!(after.contains("MONIT-EXITED 0"), "{after}");
-    assert!(
-        after.lines().any(|l| l.trim() == "icanon"),
-        "raw mode was left on:\n{after}"
-    );
-    assert_eq!(
-        t.format("#{alternate_on} #{cursor_flag}"),
-        "0 1",
-        "alternate screen left and cursor shown"
-    );
-    let monits: Vec<i32> = h
-        .leftovers()
-        .into_iter()
-        .filter(|&pid| args(pid).get(1).is_some_and(|a| a == "monit"))
-        .collect();
-    assert!(monits.is_empty(), "herd monit is still running: {monits:?}");
-    let out = t.run(&["send-keys", "-t", "monit", "Enter"]);
+    assert_exited_and_restored(&t, &h);
+    drop(t);
+    h.finish();
+}
+
+#[test]
+fn ctrl_c_quits_monit_as_q_does() {
+    let h = Herd::new();
+    h.ok(&[
+        "start",
+        hello_bin().to_str().unwrap(),
+        "--name",
+        "web",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    let Some(t) = open_monit(&h, 100, 30) else {
+        return;
+    };
+    t.wait_for("the first frame", |s| {
+        s.contains("web") && s.contains("q quit")
+    });
+    // Asked a question first: Ctrl-C still quits.
+    t.keys("s");
+    t.wait_for("the stop question", |s| s.contains("Stop web"));
+    let out = t.run(&["send-keys", "-t", "monit", "C-c"]);
     assert!(out.status.success());
-    wait_until(Duration::from_secs(5), || {
-        let dead = t.format("#{pane_dead}");
-        (dead == "1").then_some(()).ok_or(dead)
-    })
-    .expect("the pane's shell exited");
+    assert_exited_and_restored(&t, &h);
+    assert_eq!(h.statuses("web"), ["online"], "nothing was stopped");
     drop(t);
     h.finish();
 }
