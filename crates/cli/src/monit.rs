@@ -19,6 +19,7 @@ use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModif
 use crossterm::{cursor, execute, terminal};
 use herd_daemon::Home;
 use herd_proto::{AppInfo, Command, LogStream, Reply};
+use nix::sys::signal::{SigSet, Signal};
 use ratatui::backend::CrosstermBackend;
 use ratatui::widgets::TableState;
 use ratatui::Terminal;
@@ -50,6 +51,8 @@ enum Event {
         line: String,
     },
     LogsEnded(String),
+    LogsResumed,
+    Terminated,
     Done(Action, Result<Reply, String>),
 }
 
@@ -65,11 +68,18 @@ pub fn run(home: &Home) -> Result<ExitCode> {
     let mut monit = Monit::new();
     monit.on_apps(&first.0, first.1);
 
+    // SIGTERM, SIGHUP and SIGINT are taken by a thread of their own (every thread started
+    // from here on inherits the mask), which quits as `q` does: the terminal is put back.
+    let signals = quit_signals();
+    signals
+        .thread_block()
+        .context("blocking SIGTERM, SIGHUP and SIGINT")?;
     let screen = Screen::enter()?;
     let (tx, rx) = sync_channel(QUEUE);
     let (poke, poked) = sync_channel(1);
+    spawn("monit-signals", wait_signal(signals, tx.clone()))?;
     spawn("monit-keys", keys(tx.clone()))?;
-    spawn("monit-list", poll(client, tx.clone(), poked))?;
+    spawn("monit-list", poll(home.clone(), client, tx.clone(), poked))?;
     spawn("monit-logs", follow_logs(home.clone(), tx.clone()))?;
     let result = event_loop(&mut monit, &rx, &tx, &poke, home);
     // The terminal is put back before an error is printed.
@@ -123,6 +133,8 @@ fn event_loop(
                     line,
                 } => monit.on_log(&app, instance, stream, &line),
                 Event::LogsEnded(why) => monit.on_logs_ended(&why),
+                Event::LogsResumed => monit.on_logs_resumed(),
+                Event::Terminated => return Ok(()),
                 Event::Done(action, reply) => {
                     monit.on_done(&action, reply);
                     // Show what it did without waiting for the next tick.
@@ -161,6 +173,7 @@ fn list(client: &mut Client) -> Result<(Vec<AppInfo>, Vec<String>)> {
 
 /// Asks `list` every [`EVERY`] (at once when poked), until the screen is gone.
 fn poll(
+    home: Home,
     mut client: Client,
     tx: SyncSender<Event>,
     poked: Receiver<()>,
@@ -175,7 +188,18 @@ fn poll(
             next = Instant::now() + EVERY;
             let ev = match list(&mut client) {
                 Ok((apps, warnings)) => Event::Apps(apps, warnings),
-                Err(e) => Event::ListFailed(format!("{e:#}")),
+                // Never start a daemon from here: one that was stopped (`herd kill`) stays so
+                // until someone starts it.
+                Err(e) => match Client::connect_existing(&home) {
+                    Ok(None) => Event::ListFailed(
+                        "the herd daemon is not running (stopped by `herd kill`?); the next herd command starts it, e.g. herd start or herd resurrect".into(),
+                    ),
+                    Ok(Some(again)) => {
+                        client = again;
+                        Event::ListFailed(format!("{e:#}"))
+                    }
+                    Err(_) => Event::ListFailed(format!("{e:#}")),
+                },
             };
             if tx.send(ev).is_err() {
                 return;
@@ -184,7 +208,8 @@ fn poll(
     }
 }
 
-/// Follows every app's log lines (apps started later too), across `herd update`.
+/// Follows every app's log lines (apps started later too), across `herd update`, and again
+/// when a daemon comes back after going away.
 fn follow_logs(home: Home, tx: SyncSender<Event>) -> impl FnOnce() + Send + 'static {
     move || {
         let ask = |lines| Command::Logs {
@@ -194,27 +219,41 @@ fn follow_logs(home: Home, tx: SyncSender<Event>) -> impl FnOnce() + Send + 'sta
             stream: None,
         };
         let mut lines = PAST_LINES;
+        let mut stopped = false;
         loop {
-            let why = match Client::connect_existing(&home) {
+            let failed = match Client::connect_existing(&home) {
                 Ok(Some(mut client)) => match client.send(ask(lines)) {
-                    Ok(()) => match forward_logs(&mut client, &tx) {
-                        Ok(Some(why)) => why,
-                        // The stream ended: the daemon was replaced (`herd update`) or went
-                        // away; look again, without the past lines this time.
-                        Ok(None) => {
-                            lines = 0;
-                            std::thread::sleep(Duration::from_millis(100));
-                            continue;
+                    Ok(()) => {
+                        if std::mem::take(&mut stopped) && tx.send(Event::LogsResumed).is_err() {
+                            return;
                         }
-                        Err(()) => return,
-                    },
-                    Err(e) => format!("{e:#}"),
+                        match forward_logs(&mut client, &tx) {
+                            // The stream ended: the daemon was replaced (`herd update`) or
+                            // went away; look again.
+                            Ok(None) => None,
+                            Ok(Some(why)) => Some(why),
+                            Err(()) => return,
+                        }
+                    }
+                    Err(e) => Some(format!("{e:#}")),
                 },
-                Ok(None) => "the herd daemon is not running".into(),
-                Err(e) => format!("{e:#}"),
+                Ok(None) => Some("the herd daemon is not running".into()),
+                Err(e) => Some(format!("{e:#}")),
             };
-            let _ = tx.send(Event::LogsEnded(why));
-            return;
+            // After a stream that ended (`herd update`) the past lines were shown; after a
+            // daemon that went away, the next one's apps are new.
+            lines = if failed.is_some() { PAST_LINES } else { 0 };
+            match failed {
+                None => std::thread::sleep(Duration::from_millis(100)),
+                Some(why) => {
+                    if !std::mem::replace(&mut stopped, true)
+                        && tx.send(Event::LogsEnded(why)).is_err()
+                    {
+                        return;
+                    }
+                    std::thread::sleep(EVERY);
+                }
+            }
         }
     }
 }
@@ -242,6 +281,23 @@ fn forward_logs(client: &mut Client, tx: &SyncSender<Event>) -> Result<Option<St
             Err(e) => return Ok(Some(format!("{e:#}"))),
         };
         tx.send(ev).map_err(|_| ())?;
+    }
+}
+
+fn quit_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT] {
+        set.add(s);
+    }
+    set
+}
+
+/// Waits for one of `set` (blocked in every thread) and asks the screen to quit.
+fn wait_signal(set: SigSet, tx: SyncSender<Event>) -> impl FnOnce() + Send + 'static {
+    move || {
+        if set.wait().is_ok() {
+            let _ = tx.send(Event::Terminated);
+        }
     }
 }
 

@@ -275,8 +275,10 @@ impl Monit {
         }
     }
 
-    /// `list` failed (the daemon went away, …).
+    /// `list` failed (the daemon went away, …): what was listed is not shown as if it still
+    /// ran.
     pub fn on_list_failed(&mut self, why: &str) {
+        self.on_apps(&[], Vec::new());
         self.notice = Some(Notice::Error(format!("{LIST_FAILED}{why}")));
     }
 
@@ -302,9 +304,16 @@ impl Monit {
         );
     }
 
-    /// The log stream ended for good.
+    /// The log stream stopped (it is asked again every second).
     pub fn on_logs_ended(&mut self, why: &str) {
-        self.notice = Some(Notice::Error(format!("log lines stopped: {why}")));
+        self.notice = Some(Notice::Error(format!("{LOGS_STOPPED}{why}")));
+    }
+
+    /// The log stream is back.
+    pub fn on_logs_resumed(&mut self) {
+        if matches!(&self.notice, Some(Notice::Error(e)) if e.starts_with(LOGS_STOPPED)) {
+            self.notice = None;
+        }
     }
 
     /// The daemon answered an action.
@@ -385,6 +394,7 @@ impl Monit {
 }
 
 const LIST_FAILED: &str = "cannot list the apps: ";
+const LOGS_STOPPED: &str = "log lines stopped: ";
 
 /// The table's rows: per app its primary, then its instances; an app with neither gets one
 /// row of its own.
@@ -776,8 +786,21 @@ mod tests {
         let mut m = monit(&[app(0, "web", 1)]);
         m.on_list_failed("the daemon is not running");
         assert!(m.notice().is_some());
+        assert!(m.rows().is_empty(), "nothing shown as running");
         m.on_apps(&[app(0, "web", 1)], Vec::new());
         assert!(m.notice().is_none());
+    }
+
+    #[test]
+    fn log_lines_that_come_back_clear_their_failure_and_only_theirs() {
+        let mut m = monit(&[app(0, "web", 1)]);
+        m.on_logs_ended("the herd daemon is not running");
+        assert!(m.notice().is_some());
+        m.on_logs_resumed();
+        assert!(m.notice().is_none());
+        m.on_list_failed("gone");
+        m.on_logs_resumed();
+        assert!(m.notice().is_some());
     }
 
     #[test]

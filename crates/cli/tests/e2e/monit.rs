@@ -131,6 +131,14 @@ impl Drop for Tmux {
     }
 }
 
+/// The `herd monit` processes of `h`.
+fn monit_pids(h: &Herd) -> Vec<i32> {
+    h.leftovers()
+        .into_iter()
+        .filter(|&pid| args(pid).get(1).is_some_and(|a| a == "monit"))
+        .collect()
+}
+
 fn args(pid: i32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap_or_default()
@@ -175,11 +183,7 @@ fn assert_exited_and_restored(t: &Tmux, h: &Herd) {
         "0 1",
         "alternate screen left and cursor shown"
     );
-    let monits: Vec<i32> = h
-        .leftovers()
-        .into_iter()
-        .filter(|&pid| args(pid).get(1).is_some_and(|a| a == "monit"))
-        .collect();
+    let monits = monit_pids(h);
     assert!(monits.is_empty(), "herd monit is still running: {monits:?}");
     let out = t.run(&["send-keys", "-t", "monit", "Enter"]);
     assert!(out.status.success());
@@ -307,6 +311,35 @@ fn ctrl_c_quits_monit_as_q_does() {
     assert!(out.status.success());
     assert_exited_and_restored(&t, &h);
     assert_eq!(h.statuses("web"), ["online"], "nothing was stopped");
+    drop(t);
+    h.finish();
+}
+
+#[test]
+fn sigterm_to_monit_puts_the_terminal_back() {
+    let h = Herd::new();
+    h.ok(&[
+        "start",
+        hello_bin().to_str().unwrap(),
+        "--name",
+        "web",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    let Some(t) = open_monit(&h, 100, 30) else {
+        return;
+    };
+    t.wait_for("the first frame", |s| {
+        s.contains("web") && s.contains("q quit")
+    });
+    let monit = monit_pids(&h);
+    assert_eq!(monit.len(), 1, "one herd monit: {monit:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monit[0]),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_exited_and_restored(&t, &h);
     drop(t);
     h.finish();
 }
