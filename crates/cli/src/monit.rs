@@ -64,9 +64,9 @@ pub fn run(home: &Home) -> Result<ExitCode> {
     // The first list before the screen changes: a daemon that cannot be reached is reported
     // as any command reports it, and the first frame is a full one.
     let mut client = Client::connect(home)?;
-    let first = list(&mut client)?;
+    let (apps, warnings) = list(&mut client)?;
     let mut monit = Monit::new();
-    monit.on_apps(&first.0, first.1);
+    monit.on_apps(&apps, warnings);
 
     // SIGTERM, SIGHUP and SIGINT are taken by a thread of their own (every thread started
     // from here on inherits the mask), which quits as `q` does: the terminal is put back.
@@ -135,11 +135,7 @@ fn event_loop(
                 Event::LogsEnded(why) => monit.on_logs_ended(&why),
                 Event::LogsResumed => monit.on_logs_resumed(),
                 Event::Terminated => return Ok(()),
-                Event::Done(action, reply) => {
-                    monit.on_done(&action, reply);
-                    // Show what it did without waiting for the next tick.
-                    let _ = poke.try_send(());
-                }
+                Event::Done(action, reply) => monit.on_done(&action, reply),
             }
             handled += 1;
             if handled < BATCH {
@@ -159,6 +155,7 @@ fn act(action: Action, home: &Home, tx: SyncSender<Event>, poke: SyncSender<()>)
             .and_then(|mut c| c.call(action.command()))
             .map_err(|e| format!("{e:#}"));
         let _ = tx.send(Event::Done(action, reply));
+        // Show what it did without waiting for the next tick.
         let _ = poke.try_send(());
     })
 }
