@@ -53,6 +53,9 @@ class Tmux:
         self.conf = os.path.join(base, "tmux.conf")
         with open(self.conf, "w") as f:
             f.write("set -g status off\n")
+        # A session that stays, so that the server does not exit (and race the next
+        # new-session) each time a measured pane ends.
+        self.run("new-session", "-d", "-s", "keep", "sleep 3600")
 
     def run(self, *args, check=True):
         return subprocess.run(
