@@ -43,6 +43,9 @@ pub enum Cmd {
     Logs(LogsArgs),
     /// Change the number of instances: N, +N or -N.
     Scale(ScaleArgs),
+    /// Watch every app and instance live in the terminal (CPU, memory, logs), and restart,
+    /// reload, scale or stop them with a key.
+    Monit,
     /// Send a JSON message to instances: app:i, app, or all.
     Send(SendArgs),
     /// Send a JSON message to one instance and print its reply.

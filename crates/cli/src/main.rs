@@ -1,7 +1,7 @@
 //! `herd`: the command line and, as `herd daemon`, the daemon itself.
 //!
 //! This file is the table of commands: each is one function of the module of its family
-//! (apps, logs, messages, the daemon, saved apps, `herd run`), as mini-redis's `cmd/`.
+//! (apps, logs, messages, monit, the daemon, saved apps, `herd run`), as mini-redis's `cmd/`.
 
 mod appfile;
 mod apps;
@@ -11,6 +11,7 @@ mod daemon;
 mod dump;
 mod logs;
 mod messages;
+mod monit;
 mod output;
 mod reply;
 mod run;
@@ -55,6 +56,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Scale(s) => apps::scale(&home, s),
         Cmd::Logs(l) => logs::show(&home, l),
         Cmd::Flush(f) => logs::flush(&home, f),
+        Cmd::Monit => monit::run(&home),
         Cmd::ReloadLogs => logs::reopen(&home),
         Cmd::Send(a) => messages::send(&home, a),
         Cmd::Request(a) => messages::request(&home, a),

@@ -2,7 +2,8 @@
 
 use herd_proto::{AppInfo, AppSpec, AppStatus, Containment, LogStream, ProcessStatus};
 
-fn human_bytes(b: u64) -> String {
+/// Bytes as people read them: `2.1mb`.
+pub fn human_bytes(b: u64) -> String {
     const K: f64 = 1024.0;
     let b = b as f64;
     if b >= K * K * K {
@@ -16,7 +17,8 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn human_ms(ms: u64) -> String {
+/// A duration in its largest whole unit: `2m`.
+pub fn human_ms(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..=59 => format!("{s}s"),

@@ -18,6 +18,7 @@ mod listen;
 mod listen_flood;
 mod logs;
 mod metrics;
+mod monit;
 mod node;
 mod primary;
 mod races;
