@@ -60,7 +60,7 @@ if (cluster.isPrimary) {
   process.on('SIGUSR2', async () => {
     if (busy) return;
     busy = true;
-    const warm = Number(process.env.RTT_WARM) || 200;
+    const warm = Number(process.env.RTT_WARM) || 3000;
     const count = Number(process.env.RTT_COUNT) || 2000;
     try {
       const us = [];
