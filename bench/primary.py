@@ -148,6 +148,7 @@ def throughput(name, s):
     for mode in ("ka", "close"):
         pids = sorted(s.workers())
         for attempt in range(1, compare.RETRIES + 2):
+            c0 = compare.counts(s.port, pids)
             settle()
             with Background() as bg:
                 t0 = tree_ticks(s.roots())
@@ -165,6 +166,7 @@ def throughput(name, s):
         put(f"{mode}.p99", name, w["p99"])
         put(f"{mode}.cpu", name, cpu / max(w["requests"], 1) * 1e6)
         put(f"{mode}.err", name, w["errors"])
+        put(f"{mode}.bal", name, compare.balance(c0, compare.counts(s.port, pids)))
         if w["errors"]:
             NOTES.append(f"{s.label}, {'keep-alive' if mode == 'ka' else 'Connection: close'}: wrk reported {w['detail']}")
         if sorted(s.workers()) != pids:
@@ -430,9 +432,11 @@ def print_table(vers, took, setup, load0, load1):
     row("ka.rps", f"keep-alive req/s (wrk -t2 -c64 -d{d}s)", k, True)
     row("ka.p99", "keep-alive p99 latency", ms, False)
     row("ka.cpu", "keep-alive CPU per request, all processes", lambda x: f"{x:.1f} µs")
+    row("ka.bal", "keep-alive balance: requests per worker, max/min", lambda x: f"{x:.2f}")
     row("close.rps", f"Connection: close req/s (wrk -t2 -c64 -d{d}s -H 'Connection: close')", k, True)
     row("close.p99", "Connection: close p99 latency", ms, False)
     row("close.cpu", "Connection: close CPU per request, all processes", lambda x: f"{x:.1f} µs")
+    row("close.bal", "Connection: close balance: requests per worker, max/min", lambda x: f"{x:.2f}")
     errs = {s: int(sum(vals("ka.err", s))) + int(sum(vals("close.err", s))) for s in ("node", "herd")}
     rows.append(["wrk socket errors + non-2xx (sum of runs)", str(errs["node"]), str(errs["herd"]), "—",
                  "yes" if errs["herd"] <= errs["node"] else f"NO: herd {errs['herd']} > {errs['node']}"])
