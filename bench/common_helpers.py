@@ -56,25 +56,31 @@ def ensure_wrk(log):
     return shutil.which("wrk") or sys.exit("wrk still missing after apt-get install")
 
 
-def install_pm2(log, timeout=None):
-    """PM2's bin from bench/.cache/npm, installed there from the npm registry (pinned
-    PM2_VERSION, never globally) when missing; raises when `npm install` fails."""
-    prefix = os.path.join(CACHE, "npm")
-    pkg = os.path.join(prefix, "node_modules", "pm2", "package.json")
+def npm_install(log, name, version, prefix, timeout=None):
+    """Installs `name@version` from the npm registry into `prefix` (never globally) unless that
+    version is there; returns `prefix/node_modules`. Raises when `npm install` fails."""
+    pkg = os.path.join(prefix, "node_modules", name, "package.json")
     try:
         have = json.load(open(pkg))["version"]
     except (OSError, ValueError, KeyError):
         have = None
-    if have != PM2_VERSION:
-        log(f"installing pm2@{PM2_VERSION} from the npm registry into {os.path.relpath(prefix, ROOT)}")
+    if have != version:
+        log(f"installing {name}@{version} from the npm registry into {os.path.relpath(prefix, ROOT)}")
         os.makedirs(prefix, exist_ok=True)
         subprocess.run(
-            ["npm", "install", "--prefix", prefix, f"pm2@{PM2_VERSION}", "--no-audit", "--no-fund", "--silent"],
+            ["npm", "install", "--prefix", prefix, f"{name}@{version}", "--no-audit", "--no-fund", "--silent"],
             check=True,
             stdout=subprocess.DEVNULL,
             timeout=timeout,
         )
-    return os.path.join(prefix, "node_modules", "pm2", "bin", "pm2")
+    return os.path.join(prefix, "node_modules")
+
+
+def install_pm2(log, timeout=None):
+    """PM2's bin from bench/.cache/npm, installed there from the npm registry (pinned
+    PM2_VERSION, never globally) when missing; raises when `npm install` fails."""
+    modules = npm_install(log, "pm2", PM2_VERSION, os.path.join(CACHE, "npm"), timeout)
+    return os.path.join(modules, "pm2", "bin", "pm2")
 
 
 def first_line(argv):

@@ -93,21 +93,7 @@ def loadavg(what):
 
 
 def install_prom_client():
-    pkg = os.path.join(PROM_PREFIX, "node_modules", "prom-client", "package.json")
-    try:
-        have = json.load(open(pkg))["version"]
-    except (OSError, ValueError, KeyError):
-        have = None
-    if have != PROM_CLIENT_VERSION:
-        log(f"installing prom-client@{PROM_CLIENT_VERSION} from the npm registry into {os.path.relpath(PROM_PREFIX, ROOT)}")
-        os.makedirs(PROM_PREFIX, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--prefix", PROM_PREFIX, f"prom-client@{PROM_CLIENT_VERSION}", "--no-audit", "--no-fund", "--silent"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=600,
-        )
-    return os.path.join(PROM_PREFIX, "node_modules")
+    return common.npm_install(log, "prom-client", PROM_CLIENT_VERSION, PROM_PREFIX, timeout=600)
 
 
 def build():

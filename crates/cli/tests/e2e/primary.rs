@@ -94,6 +94,21 @@ fn serving(port: u16, n: usize) -> HashSet<u32> {
     .unwrap()
 }
 
+/// `herd start SCRIPT --primary --name NAME --listen LISTEN --env WORKERS=2`.
+fn start_primary(h: &Herd, script: &std::path::Path, name: &str, listen: &str) {
+    h.ok(&[
+        "start",
+        script.to_str().unwrap(),
+        "--primary",
+        "--name",
+        name,
+        "--listen",
+        listen,
+        "--env",
+        "WORKERS=2",
+    ]);
+}
+
 /// How long a worker herd started waits for a fork to claim it (CLAIM_WINDOW), and a margin.
 const PAST_CLAIM_WINDOW: Duration = Duration::from_secs(6);
 
@@ -104,17 +119,7 @@ fn the_seed_cluster_script_runs_its_primary_logs_deaths_reloads_and_stops_clean(
     let port = free_port();
     let script = example(&base, "cluster.js");
     let listen = format!("127.0.0.1:{port}");
-    h.ok(&[
-        "start",
-        script.to_str().unwrap(),
-        "--primary",
-        "--name",
-        "seed",
-        "--listen",
-        &listen,
-        "--env",
-        "WORKERS=2",
-    ]);
+    start_primary(&h, &script, "seed", &listen);
     let primary = wait_until(Duration::from_secs(10), || {
         primary_pid(&h, "seed").ok_or("no primary")
     })
@@ -177,17 +182,7 @@ fn a_primary_that_reforks_in_its_exit_handler_gets_exactly_one_replacement() {
     let port = free_port();
     let script = example(&base, "express-cluster.js");
     let listen = format!("127.0.0.1:{port}");
-    h.ok(&[
-        "start",
-        script.to_str().unwrap(),
-        "--primary",
-        "--name",
-        "ex",
-        "--listen",
-        &listen,
-        "--env",
-        "WORKERS=2",
-    ]);
+    start_primary(&h, &script, "ex", &listen);
     let workers = online_workers(&h, "ex", 2);
     assert!(get(loopback(port), "/", Duration::from_secs(5))
         .unwrap()
@@ -308,17 +303,7 @@ fn the_primary_sends_kills_disconnects_and_a_restarted_primary_takes_its_workers
     let port = free_port();
     let script = example(&base, "primary-api.js");
     let listen = format!("127.0.0.1:{port}");
-    h.ok(&[
-        "start",
-        script.to_str().unwrap(),
-        "--primary",
-        "--name",
-        "api",
-        "--listen",
-        &listen,
-        "--env",
-        "WORKERS=2",
-    ]);
+    start_primary(&h, &script, "api", &listen);
     let workers = online_workers(&h, "api", 2);
     let primary = primary_pid(&h, "api").unwrap();
     // Events on `cluster`, with Node's worker ids and the pids herd runs.
