@@ -294,3 +294,54 @@ fn pm2_io_metrics_and_actions_work_unchanged() {
     drop(watch);
     h.finish();
 }
+
+#[test]
+fn a_python_prometheus_client_app_is_scraped_whole_with_one_line() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let Some(py) = python_with_prometheus() else {
+        let msg = "python3's prometheus_client is needed (Debian: apt-get install python3-prometheus-client)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    };
+    let h = Herd::with_env(&[("HERD_METRICS", &metrics)]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    h.ok(&[
+        "start",
+        repo_root().join("tests/python/prom.py").to_str().unwrap(),
+        "--interpreter",
+        py,
+        "--name",
+        "py",
+        "-i",
+        "3",
+        "--listen",
+        &listen,
+    ]);
+    wait_until(Duration::from_secs(20), || {
+        (h.statuses("py") == ["online", "online", "online"])
+            .then_some(())
+            .ok_or("")
+    })
+    .unwrap();
+    let n = 120u64;
+    for _ in 0..n {
+        get(loopback(port), "/", Duration::from_secs(5)).unwrap();
+    }
+    let samples = wait_until(Duration::from_secs(10), || {
+        let samples = parse(&scrape(&metrics).2).unwrap_or_default();
+        let per: Vec<Value> = samples
+            .into_iter()
+            .filter(|s| s["name"] == "py_requests_total" && s["labels"]["route"] == "/")
+            .collect();
+        (per.len() >= 2)
+            .then_some(per.clone())
+            .ok_or(format!("{per:?}"))
+    })
+    .unwrap();
+    let total: f64 = samples.iter().map(|s| s["value"].as_f64().unwrap()).sum();
+    assert_eq!(total as u64, n, "{samples:?}");
+    assert!(samples.iter().all(|s| s["labels"]["app"] == "py"));
+    h.finish();
+}
