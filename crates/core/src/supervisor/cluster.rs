@@ -139,7 +139,7 @@ fn signal_group(os: &mut dyn Os, spec: &AppSpec, pid: u32) {
 }
 
 /// The process `pid` of slot `i` in `role`, if it is still there.
-fn find_proc(app: &mut App, i: u32, role: Role, pid: u32) -> Option<&mut Proc> {
+pub(super) fn find_proc(app: &mut App, i: u32, role: Role, pid: u32) -> Option<&mut Proc> {
     find_proc_in(&mut app.slots, &mut app.retiring, i, role, pid)
 }
 

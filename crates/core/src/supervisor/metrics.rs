@@ -290,16 +290,6 @@ impl State {
     /// The process `pid`, wherever it is in its app.
     pub(super) fn proc_mut(&mut self, pid: u32) -> Option<&mut super::Proc> {
         let &(id, i, role) = self.pids.get(&pid)?;
-        let app = self.apps.get_mut(&id)?;
-        match role {
-            super::Role::Current => slot_mut!(app, i)?.state.proc_mut(),
-            super::Role::Next => slot_mut!(app, i)?.state.next_mut(),
-            super::Role::Retiring => app
-                .retiring
-                .iter_mut()
-                .find(|(_, p)| p.pid == pid)
-                .map(|(_, p)| p),
-        }
-        .filter(|p| p.pid == pid)
+        super::cluster::find_proc(self.apps.get_mut(&id)?, i, role, pid)
     }
 }

@@ -102,12 +102,10 @@ impl State {
                     ),
                 ),
                 Inbound::App(v) if self.is_primary(pid) => self.on_primary_message(pid, v),
-                Inbound::App(v) if herd_proto::worker::MetricsMsg::read(&v).is_some() => {
-                    if let Some(m) = herd_proto::worker::MetricsMsg::read(&v) {
-                        self.on_metrics_msg(pid, m);
-                    }
-                }
-                Inbound::App(v) => self.on_app_message(pid, v),
+                Inbound::App(v) => match herd_proto::worker::MetricsMsg::read(&v) {
+                    Some(m) => self.on_metrics_msg(pid, m),
+                    None => self.on_app_message(pid, v),
+                },
             },
             Event::PrimaryCall { pid, msg } => self.on_primary_call(pid, msg),
             Event::Scrape { timeout, reply } => self.start_scrape(timeout, reply),
