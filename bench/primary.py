@@ -13,7 +13,8 @@ bench/apps/hello.js, reforks on exit, and measures the message round trip on SIG
       it to a worker (round robin, the default scheduling on Linux), and
   (b) as `herd start primary.js --primary --listen 127.0.0.1:PORT`: the same primary, whose
       cluster.fork() starts herd instances (one SO_REUSEPORT socket per worker, no proxy);
-      worker.send() and the worker's process.send() go through the herd daemon.
+      worker.send() and the worker's process.send() take herd's direct link (a Unix socket
+      between the primary and each worker; the daemon is not on the way).
 For each, in one start: wrk with keep-alive and with `Connection: close`; the message round
 trip (the primary prints it); then a worker SIGKILLed 10 times under a paced prober of fresh
 connections. Systems alternate within each round (the order flips every round); the table

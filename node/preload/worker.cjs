@@ -20,6 +20,22 @@
 //   worker → herd  {cmd:'NODE_HERD', act:'hello', version:1}    at load: it understands drain
 //   herd → worker  {cmd:'NODE_HERD', act:'drain', grace_ms:N}
 //   worker → herd  {cmd:'NODE_HERD', act:'drained'}
+//   both ways      {cmd:'NODE_HERD', act:'fence', n:N[, primary:PID]}   (see below)
+//   worker → herd  {cmd:'NODE_HERD', act:'barrier', n:N}                (see below)
+//
+// And in a worker of an app with its own primary (`herd start app.js --primary`), whose
+// messages to and from the primary would otherwise go through the daemon: a direct link to
+// the primary, a Unix socket (HERD_PRIMARY_LINK) the daemon binds and the primary accepts on.
+// One JSON object per line: the worker's {hello: <worker id>, pid}, the primary's {welcome:
+// <its pid>}, then messages {f: <fence>, m: <the message>} both ways. The app's own messages
+// to the primary (not Node's, not herd's bus) take the link once it is up; everything else
+// still goes through herd. Node keeps a worker's messages in order on its one channel: here a
+// message on the link waits until the last fence its sender sent through herd has arrived,
+// so what went through herd before it (Node's `online` and `listening`, messages from before
+// the link was up) comes first. The other way round, a worker that sends through herd after
+// sending on the link first writes a barrier {b: N} on the link and sends {act:'barrier', n:N}
+// through herd: the primary takes nothing more of the worker's from herd until it has read
+// the link up to that barrier. (A worker's `disconnect` and `exit` wait for its link to close.)
 //
 // It does nothing in a process that is not a herd cluster worker, and takes itself out of
 // NODE_OPTIONS at once so that node processes the app starts do not load it. No dependencies;
@@ -193,6 +209,210 @@
   });
 
   send('hello', { version: VERSION });
+
+  // ----- the direct link to the app's own primary -----------------------------------------
+
+  const linkPath = process.env.HERD_PRIMARY_LINK;
+  delete process.env.HERD_PRIMARY_LINK;
+  if (linkPath && cluster.worker) primaryLink(linkPath, cluster.worker.id);
+
+  function primaryLink(path, id) {
+    const nodeSend = process.send;
+    let link = null; // the connected socket
+    let connecting = false;
+    let viaHerd = true; // something went through herd since the last fence
+    let onLink = false; // something went on the link since the last barrier
+    let fenceOut = 0;
+    let barrierOut = 0;
+    let retry = 50;
+    let dropping = false;
+    const LINK_BUFFER_MAX = 8 << 20;
+    const early = []; // [message, callback]: sent while the link was being made
+    const fenceIn = new Map(); // primary pid → the last fence it sent through herd
+    const waiting = []; // {p, f, m}: messages from the link waiting for their fence
+    const gone = new Set(); // primaries whose link closed a while ago: nothing waits for them
+
+    // Node's own `process.send` (and its internal messages) but for the app's messages to
+    // the primary, which take the link.
+    process.send = {
+      send(message, handle, options, callback) {
+        const mine = process.connected && forPrimary(message, handle);
+        if (mine && (link !== null || connecting)) {
+          if (typeof handle === 'function') callback = handle;
+          else if (typeof options === 'function') callback = options;
+          if (link !== null && early.length === 0) return onTheLink(message, callback);
+          // The link is being made (a millisecond): kept, in order, until it is.
+          JSON.stringify(message); // throws now for what JSON cannot write, as Node's does
+          early.push([message, callback]);
+          return true;
+        }
+        // Through herd. What was kept for the link goes first, and for what the primary will
+        // see (Node's own messages, the app's when there is no link), a barrier tells it to
+        // read the link up to here first: Node's one channel keeps a worker's messages (and
+        // `listening`) in the order they were sent. herd's bus needs none.
+        flushEarly(false);
+        const seen = mine || (message !== null && typeof message === 'object' && message.cmd === 'NODE_CLUSTER');
+        if (seen && onLink && link !== null && process.connected) {
+          barrierOut++;
+          link.write(`{"b":${barrierOut}}\n`);
+          nodeSend.call(process, { cmd: CMD, act: 'barrier', n: barrierOut });
+        }
+        if (seen) onLink = false;
+        viaHerd = true;
+        return nodeSend.apply(process, arguments);
+      },
+    }.send;
+
+    function onTheLink(message, callback) {
+      if (link.writableLength > LINK_BUFFER_MAX) {
+        // The primary does not read (it is gone, and no new one accepted yet): as herd's
+        // channel does, messages beyond a bound are dropped rather than kept without end.
+        if (!dropping) process.emitWarning('herd: the primary does not read its messages; dropping them', 'HerdWarning');
+        dropping = true;
+        return false;
+      }
+      dropping = false;
+      const n = viaHerd ? fenceOut + 1 : fenceOut;
+      // Throws as Node's own send does for what JSON cannot write (a BigInt, a cycle).
+      const line = JSON.stringify({ f: n, m: message }) + '\n';
+      if (viaHerd) {
+        fenceOut = n;
+        nodeSend.call(process, { cmd: CMD, act: 'fence', n });
+        viaHerd = false;
+      }
+      link.write(line);
+      onLink = true;
+      if (typeof callback === 'function') process.nextTick(callback, null);
+      return true;
+    }
+
+    // What was sent while the link was being made: on the link once it is up, through herd
+    // if it failed or something had to go through herd meanwhile.
+    function flushEarly(up) {
+      while (early.length > 0) {
+        const [message, callback] = early.shift();
+        if (up && link !== null) {
+          onTheLink(message, callback);
+        } else {
+          viaHerd = true;
+          try {
+            nodeSend.call(process, message, callback);
+          } catch (_) {
+            // The channel closed meanwhile: as with Node's send, the message is lost.
+          }
+        }
+      }
+    }
+
+    // The app's own message for the primary: not one of Node's, herd's bus, PM2's.
+    function forPrimary(msg, handle) {
+      if (handle != null && typeof handle !== 'function') return false;
+      switch (typeof msg) {
+        case 'number':
+        case 'boolean':
+          return true;
+        case 'string':
+          return msg !== 'ready';
+        case 'object': {
+          if (msg === null || Array.isArray(msg)) return true;
+          if (typeof msg.cmd === 'string' && msg.cmd.startsWith('NODE_')) return false;
+          if ('herd' in msg || 'reply_to' in msg) return false;
+          const t = msg.type;
+          return !(typeof t === 'string' && (t === 'process:msg' || t.startsWith('axm:')));
+        }
+        default:
+          return false;
+      }
+    }
+
+    function connect() {
+      if (link !== null || connecting || !process.connected) return;
+      connecting = true;
+      const sock = net.connect({ path });
+      sock.unref();
+      sock.setEncoding('utf8');
+      let primary = 0;
+      let buffered = '';
+      sock.on('connect', () => {
+        connecting = false;
+        retry = 50;
+        sock.write(JSON.stringify({ hello: id, pid: process.pid }) + '\n');
+        link = sock;
+        viaHerd = true; // a new link: its first message fences what went before
+        onLink = false;
+        flushEarly(true);
+      });
+      sock.on('data', (chunk) => {
+        buffered += chunk;
+        let nl;
+        while ((nl = buffered.indexOf('\n')) >= 0) {
+          const line = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 1);
+          let msg;
+          try {
+            msg = JSON.parse(line);
+          } catch (_) {
+            continue;
+          }
+          if (msg === null || typeof msg !== 'object') continue;
+          if (primary === 0) {
+            if (Number.isInteger(msg.welcome)) primary = msg.welcome;
+            continue;
+          }
+          if (!('m' in msg)) continue;
+          if (waiting.length === 0 && (msg.f | 0) <= (fenceIn.get(primary) || 0)) {
+            process.nextTick(deliver, msg.m);
+          } else {
+            waiting.push({ p: primary, f: msg.f | 0, m: msg.m });
+          }
+        }
+      });
+      sock.on('error', () => {});
+      sock.on('close', () => {
+        connecting = false;
+        if (link === sock) link = null;
+        viaHerd = true;
+        onLink = false;
+        flushEarly(false);
+        if (primary !== 0 && waiting.length > 0) {
+          // Its fences are on their way through herd; past a second, nothing more is waited for.
+          const p = primary;
+          setTimeout(() => {
+            gone.add(p);
+            pump();
+          }, 1000).unref();
+        }
+        if (!process.connected) return;
+        // The daemon's socket outlives the primary: a new link waits for the next one.
+        setTimeout(connect, retry).unref();
+        retry = Math.min(retry * 2, 5000);
+      });
+    }
+
+    function deliver(message) {
+      process.emit('message', message, undefined);
+    }
+
+    function pump() {
+      while (waiting.length > 0) {
+        const h = waiting[0];
+        if (h.f > (fenceIn.get(h.p) || 0) && !gone.has(h.p)) return;
+        waiting.shift();
+        process.nextTick(deliver, h.m);
+      }
+    }
+
+    process.on('internalMessage', (msg) => {
+      if (!msg || msg.cmd !== CMD || msg.act !== 'fence') return;
+      const p = msg.primary | 0;
+      if ((fenceIn.get(p) || 0) < msg.n) fenceIn.set(p, msg.n);
+      pump();
+    });
+    process.on('disconnect', () => {
+      if (link !== null) link.end();
+    });
+    connect();
+  }
 })();
 
 // Takes `--require "<this file>"` (as herd writes it, first) out of NODE_OPTIONS, keeping the

@@ -175,6 +175,28 @@ pub enum PreloadMsg {
     },
     /// Worker → herd: its servers are closed and their connections gone.
     Drained,
+    /// A fence between the two ways a message travels between a worker and its app's own
+    /// primary (`--primary`): through herd (this channel), or on the direct link (a Unix
+    /// socket the primary accepts on, `HERD_PRIMARY_LINK`). A message on the link carries
+    /// the number of the last fence its sender sent through herd, and is delivered only once
+    /// that fence has arrived: whatever went through herd before it (Node's `online` and
+    /// `listening`, messages sent before the link was up) comes first, as on Node's one
+    /// channel. Worker → herd → primary (`primary` absent), or primary → herd → worker
+    /// (`primary`: the primary's pid, as the link's first line names it).
+    Fence {
+        /// The fence's number, counted up by its sender.
+        n: u64,
+        /// The primary that sent it (herd → worker only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        primary: Option<u32>,
+    },
+    /// Worker → herd → primary: the worker wrote barrier `n` on its direct link, and what it
+    /// sends through herd from now on comes after it; the primary takes nothing more of the
+    /// worker's from herd until it has read the link up to the barrier.
+    Barrier {
+        /// The barrier's number, counted up by the worker.
+        n: u64,
+    },
 }
 
 /// [`PreloadMsg`] as it travels: with its `cmd`.
@@ -305,6 +327,26 @@ mod tests {
             None
         );
         assert_eq!(PreloadMsg::parse(&json!("drained")), None);
+        // A fence: from a worker without `primary`, to one with the primary's pid.
+        assert_eq!(
+            PreloadMsg::parse(&json!({"cmd":"NODE_HERD","act":"fence","n":3})),
+            Some(PreloadMsg::Fence {
+                n: 3,
+                primary: None
+            })
+        );
+        assert_eq!(
+            PreloadMsg::Fence {
+                n: 4,
+                primary: Some(77)
+            }
+            .to_value(),
+            json!({"cmd":"NODE_HERD","act":"fence","n":4,"primary":77})
+        );
+        assert_eq!(
+            PreloadMsg::parse(&json!({"cmd":"NODE_HERD","act":"fence","n":-1})),
+            None
+        );
     }
 
     #[test]

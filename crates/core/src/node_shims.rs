@@ -49,6 +49,11 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// The directory (0700, the daemon's user's).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where `shim` is.
     pub fn path(&self, shim: &Shim) -> PathBuf {
         self.dir.join(shim.name)

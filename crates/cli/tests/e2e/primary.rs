@@ -555,3 +555,93 @@ fn deno_runs_the_cluster_script_as_workers_and_reloads_without_a_failure() {
     drop(std::net::TcpListener::bind(loopback(port)).expect("port still held after stop"));
     h.finish();
 }
+
+/// Sends SIGCONT to a stopped process when dropped (a failed assertion included).
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// The primary makes 20 round trips with each worker, twice: the daemon running, then
+/// stopped (SIGSTOP), when only the direct link can carry them. (The first round also makes
+/// sure no fence is still to pass through the daemon: a message that follows one that went
+/// through herd waits for it.) Waits for `OUT/rtt-1` and `OUT/rtt-2`.
+fn round_trips_without_the_daemon(h: &Herd, primary: u32, out: &std::path::Path) {
+    use nix::sys::signal::Signal;
+    let daemon = u32::try_from(h.daemon_pid().unwrap()).unwrap();
+    for n in 1..=2 {
+        let done = out.join(format!("rtt-{n}"));
+        let _ = std::fs::remove_file(&done);
+    }
+    signal(primary, Signal::SIGUSR2);
+    wait_until(Duration::from_secs(10), || {
+        out.join("rtt-1").exists().then_some(()).ok_or(())
+    })
+    .expect("the round trips did not finish");
+    signal(daemon, Signal::SIGSTOP);
+    let resume = Resume(daemon);
+    signal(primary, Signal::SIGUSR2);
+    let got = wait_until(Duration::from_secs(10), || {
+        out.join("rtt-2").exists().then_some(()).ok_or(())
+    });
+    drop(resume);
+    assert!(
+        got.is_ok(),
+        "the round trips did not finish while the daemon was stopped: they went through it"
+    );
+}
+
+#[test]
+fn messages_keep_nodes_order_and_take_the_direct_link_even_across_a_primary_restart() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    let out = tempfile::tempdir().unwrap();
+    let script = base.join("apps/primary-link.js");
+    let port = free_port();
+    h.ok(&[
+        "start",
+        script.to_str().unwrap(),
+        "--primary",
+        "--name",
+        "link",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--env",
+        "WORKERS=2",
+        "--env",
+        &format!("OUT={}", out.path().display()),
+    ]);
+    // Bursts of 2000 each way that start before the link is up and end on it: in order, and
+    // after the worker's `online` and `listening` (both of which go through herd).
+    let ordered = |want: usize| {
+        wait_until(Duration::from_secs(30), || {
+            let all = logs(&h, "link");
+            let lines: Vec<&str> = all.lines().filter(|l| l.contains("ORDER")).collect();
+            assert!(
+                !lines.iter().any(|l| l.contains("BROKEN")),
+                "Node's message order broken:\n{all}"
+            );
+            (lines.len() >= want).then_some(()).ok_or(all.clone())
+        })
+        .unwrap_or_else(|all| panic!("no order report from every worker both ways:\n{all}"));
+    };
+    ordered(4);
+    let first = primary_pid(&h, "link").unwrap();
+    round_trips_without_the_daemon(&h, first, out.path());
+    // A new primary takes the workers back: their links reconnect to it.
+    let workers = online_workers(&h, "link", 2);
+    kill9(first);
+    let second = wait_until(Duration::from_secs(20), || {
+        primary_pid(&h, "link").filter(|&p| p != first).ok_or(())
+    })
+    .unwrap();
+    // Its own bursts to the workers (it forks again and hears `online` again).
+    ordered(6);
+    assert_eq!(online_workers(&h, "link", 2), workers);
+    round_trips_without_the_daemon(&h, second, out.path());
+    assert_eq!(h.pids("link"), workers);
+    h.finish();
+}

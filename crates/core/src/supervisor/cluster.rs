@@ -228,6 +228,16 @@ impl State {
 
     /// A message of herd's preload in a Node worker.
     pub(super) fn on_preload(&mut self, pid: u32, msg: node::PreloadMsg) {
+        // For the app's own primary, in order with the worker's other messages.
+        match msg {
+            node::PreloadMsg::Fence { n, .. } => {
+                return self.worker_event(pid, super::primary::WorkerEvent::Fence(n))
+            }
+            node::PreloadMsg::Barrier { n } => {
+                return self.worker_event(pid, super::primary::WorkerEvent::Barrier(n))
+            }
+            _ => {}
+        }
         let Some(&(id, i, role)) = self.pids.get(&pid) else {
             return;
         };
@@ -244,8 +254,10 @@ impl State {
                 tracing::debug!(app = %spec.name, instance = i, pid, "drained; sending disconnect");
                 advance_stop(&mut *self.os, spec, p, StopEvent::Drained);
             }
-            // Only herd sends it.
-            node::PreloadMsg::Drain { .. } => {}
+            // Only herd sends it; a fence is taken above.
+            node::PreloadMsg::Drain { .. }
+            | node::PreloadMsg::Fence { .. }
+            | node::PreloadMsg::Barrier { .. } => {}
         }
     }
 

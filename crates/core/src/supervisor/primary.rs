@@ -41,7 +41,8 @@ pub(super) const PRIMARY: u32 = AppSpec::PRIMARY;
 /// fork: the worker's start, an `exit` the primary was told of, the primary's own start.
 pub(super) const CLAIM_WINDOW: Duration = Duration::from_secs(5);
 
-/// Messages of a worker the primary does not know yet, held for it (beyond: dropped).
+/// Messages (and fences) of a worker the primary does not know yet, held for it (beyond:
+/// dropped).
 const HELD_MAX: usize = 64;
 
 /// How the app's primary sees one worker process.
@@ -49,6 +50,9 @@ const HELD_MAX: usize = 64;
 pub(super) struct Seen {
     /// Node's `worker.id` (the process's `NODE_UNIQUE_ID`).
     pub(super) id: u32,
+    /// It was given the direct link (its preload connects to it): the primary keeps its
+    /// messages for it until the link is up rather than send them through herd.
+    pub(super) link: bool,
     /// The primary knows it (forked it, claimed it, or was told of it).
     pub(super) known: bool,
     /// Started by herd on its own: waiting to be claimed since then.
@@ -62,7 +66,8 @@ pub(super) struct Seen {
     /// It was asked to go (`worker.kill()`, `disconnect()`, a stop, a reload, a scale-down):
     /// Node's `exitedAfterDisconnect`.
     pub(super) after_disconnect: bool,
-    /// Messages it sent before the primary knew it.
+    /// The events for the primary (its messages and fences) from before the primary knew
+    /// it, in order.
     pub(super) held: Vec<Value>,
 }
 
@@ -86,11 +91,62 @@ pub(super) struct ForkSpec {
 pub(super) struct Link {
     /// The running primary's call channel (`fork()`), with its pid.
     pub(super) call: Option<(u32, Channel)>,
+    /// The socket the primary accepts its workers' direct links on, once made.
+    pub(super) socket: Option<LinkSocket>,
+    /// It could not be made (the daemon's log says why): messages go through herd.
+    pub(super) no_socket: bool,
     /// Node worker ids handed out so far (ids are never reused, as under Node).
     pub(super) last_id: u32,
     /// A slot waiting to restart (or errored) that a `fork()` claimed: its next process is
     /// the primary's worker with this id.
     pub(super) pending: BTreeMap<u32, u32>,
+}
+
+/// The direct link between a primary and its workers: a Unix socket in herd's Node directory
+/// (`<HERD_HOME>/node/link-<app id>.sock`, a 0700 directory of the daemon's user), bound by
+/// the daemon and handed to each primary it starts (`HERD_PRIMARY_LINK_FD`); its workers
+/// connect to the path (`HERD_PRIMARY_LINK`). Made by the daemon, not the primary, so that it
+/// outlives a primary: a worker whose link closed reconnects at once, and waits in the
+/// backlog until the next primary accepts. The file goes with the app.
+///
+/// A message then goes straight from one process to the other, as on Node's own channel,
+/// instead of through the daemon; what needs herd (forks, signals, events about workers)
+/// still goes through it, and [`node::PreloadMsg::Fence`](crate::node::PreloadMsg::Fence)
+/// keeps the two ways in order.
+pub(super) struct LinkSocket {
+    path: std::path::PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl LinkSocket {
+    /// Binds the link of app `id` in `dir`, replacing what a daemon before this one left.
+    fn bind(dir: &std::path::Path, id: u32) -> std::io::Result<Self> {
+        let path = dir.join(format!("link-{id}.sock"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        Ok(Self { path, listener })
+    }
+
+    /// The path workers connect to.
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The listening socket, for the primary to accept on.
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd()
+    }
+}
+
+impl Drop for LinkSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl Link {
@@ -109,8 +165,11 @@ enum FromPrimary {
         #[serde(default)]
         spec: ForkSpec,
     },
-    /// `worker.send(msg)`.
+    /// `worker.send(msg)`, before the worker's direct link is up.
     Send { id: u32, msg: Value },
+    /// A fence for worker `id`: what the primary sent it through herd comes before the
+    /// messages on the link that name this fence.
+    Fence { id: u32, n: u64 },
     /// `worker.disconnect()` / `worker.kill()`: stop it gracefully, for good.
     Disconnect { id: u32 },
     /// `worker.process.kill(signal)`: a signal, nothing more (herd restarts what dies).
@@ -118,6 +177,28 @@ enum FromPrimary {
 }
 
 impl State {
+    /// The direct link of app `id` (a primary app), made the first time a process of the
+    /// app starts; `None` when herd has no Node directory or cannot bind in it (then the
+    /// messages go through the daemon, as they always can).
+    pub(super) fn link_socket(&mut self, id: u32) -> Option<&LinkSocket> {
+        let dir = self.node_shims.as_ref().map(|s| s.dir().to_path_buf());
+        let app = self.apps.get_mut(&id).filter(|a| a.spec.primary)?;
+        if app.link.socket.is_none() && !app.link.no_socket {
+            match dir.map(|d| LinkSocket::bind(&d, id)) {
+                Some(Ok(s)) => app.link.socket = Some(s),
+                Some(Err(e)) => {
+                    app.link.no_socket = true;
+                    tracing::warn!(
+                        app = %app.spec.name,
+                        "cannot make the direct link between the primary and its workers ({e}); their messages go through the daemon (a shorter HERD_HOME path helps if it is too long for a Unix socket)"
+                    );
+                }
+                None => app.link.no_socket = true,
+            }
+        }
+        app.link.socket.as_ref()
+    }
+
     /// Whether `pid` is an app's primary.
     pub(super) fn is_primary(&self, pid: u32) -> bool {
         matches!(self.pids.get(&pid), Some(&(_, PRIMARY, _)))
@@ -168,7 +249,7 @@ impl State {
                 p.seen.id = wid;
                 p.seen.known = true;
                 p.seen.pooled = None;
-                let ev = json!({"herd": "worker", "event": "spawn", "id": wid, "pid": pid});
+                let ev = json!({"herd": "worker", "event": "spawn", "id": wid, "pid": pid, "link": p.seen.link});
                 self.to_primary(id, ev);
             }
             None => {
@@ -235,17 +316,25 @@ impl State {
                 return;
             }
             WorkerEvent::Message(msg) => {
-                if !p.seen.known {
-                    if p.seen.held.len() < HELD_MAX {
-                        p.seen.held.push(msg);
-                    } else {
-                        tracing::debug!(pid, "a message of an unclaimed worker was dropped");
-                    }
-                    return;
-                }
                 json!({"herd": "worker", "event": "message", "id": wid, "msg": msg})
             }
+            WorkerEvent::Fence(n) => json!({"herd": "worker", "event": "fence", "id": wid, "n": n}),
+            WorkerEvent::Barrier(n) => {
+                json!({"herd": "worker", "event": "barrier", "id": wid, "n": n})
+            }
         };
+        let sent = matches!(
+            ev.get("event").and_then(Value::as_str),
+            Some("message" | "fence" | "barrier")
+        );
+        if !p.seen.known && sent {
+            if p.seen.held.len() < HELD_MAX {
+                p.seen.held.push(ev);
+            } else {
+                tracing::debug!(pid, "a message of an unclaimed worker was dropped");
+            }
+            return;
+        }
         if p.seen.known {
             self.to_primary(id, ev);
         }
@@ -335,8 +424,25 @@ impl State {
                 if !sent {
                     self.to_primary(
                         id,
-                        json!({"herd": "error", "id": wid, "error": format!("worker {wid} is not connected; the message was not sent")}),
+                        json!({"herd": "error", "id": wid, "error": format!("worker {wid} is not connected or does not read its messages; the message was dropped")}),
                     );
+                }
+            }
+            FromPrimary::Fence { id: wid, n } => {
+                // Only a worker with herd's preload opened a link; an old preload ignores it.
+                let Some(app) = self.apps.get(&id) else {
+                    return;
+                };
+                let fence = crate::node::PreloadMsg::Fence {
+                    n,
+                    primary: Some(pid),
+                }
+                .to_value();
+                if let Some(ch) = procs(app)
+                    .find(|p| p.seen.id == wid)
+                    .and_then(|p| p.channel.as_ref())
+                {
+                    ch.send(&fence, None);
                 }
             }
             FromPrimary::Disconnect { id: wid } => self.retire_worker(id, wid),
@@ -392,12 +498,8 @@ impl State {
             p.seen.pooled = None;
             let held = std::mem::take(&mut p.seen.held);
             let answer = forked(i, p);
-            let wid = p.seen.id;
-            for msg in held {
-                self.to_primary(
-                    id,
-                    json!({"herd": "worker", "event": "message", "id": wid, "msg": msg}),
-                );
+            for ev in held {
+                self.to_primary(id, ev);
             }
             return Ok(answer);
         }
@@ -435,14 +537,14 @@ impl State {
                 slot.set(SlotState::Stopped);
             }
             self.launch(id, i);
-            let pid = self
+            let (pid, link) = self
                 .apps
                 .get(&id)
                 .and_then(|a| a.slot(i))
                 .and_then(|s| s.state.proc())
                 .filter(|p| p.seen.id == wid)
-                .map(|p| p.pid);
-            return Ok(json!({"herd": "forked", "id": wid, "pid": pid, "slot": i}));
+                .map_or((None, false), |p| (Some(p.pid), p.seen.link));
+            return Ok(json!({"herd": "forked", "id": wid, "pid": pid, "slot": i, "link": link}));
         }
         // 3. A new worker, in a slot left by one that went, or a new slot.
         let hole = app
@@ -489,12 +591,12 @@ impl State {
             return Err("the app is gone".into());
         };
         // Started (the usual case), or waiting to retry a start that failed.
-        let pid = app
+        let (pid, link) = app
             .slot(i)
             .and_then(|s| s.state.proc())
             .filter(|p| p.seen.id == wid)
-            .map(|p| p.pid);
-        Ok(json!({"herd": "forked", "id": wid, "pid": pid, "slot": i}))
+            .map_or((None, false), |p| (Some(p.pid), p.seen.link));
+        Ok(json!({"herd": "forked", "id": wid, "pid": pid, "slot": i, "link": link}))
     }
 
     /// `worker.disconnect()` or `worker.kill()`: the worker stops gracefully and its slot
@@ -545,12 +647,7 @@ impl State {
                         o.insert("event".into(), "announce".into());
                     }
                     out.push(ev);
-                    let wid = p.seen.id;
-                    for msg in std::mem::take(&mut p.seen.held) {
-                        out.push(
-                            json!({"herd": "worker", "event": "message", "id": wid, "msg": msg}),
-                        );
-                    }
+                    out.append(&mut p.seen.held);
                 }
             }
         }
@@ -629,6 +726,10 @@ pub(super) enum WorkerEvent {
     /// The worker said it disconnects on purpose (`cluster.worker.disconnect()` in it).
     AfterDisconnect,
     Message(Value),
+    /// A fence (see [`LinkSocket`]).
+    Fence(u64),
+    /// A barrier (see [`crate::node::PreloadMsg::Barrier`]).
+    Barrier(u64),
 }
 
 /// The answer to a `fork()` that claimed a running worker.
@@ -641,6 +742,7 @@ fn forked(i: u32, p: &Proc) -> Value {
         "online": p.seen.online,
         "listening": p.seen.listening,
         "disconnected": p.seen.disconnected,
+        "link": p.seen.link,
     })
 }
 

@@ -77,6 +77,13 @@ impl State {
             Some(a) if a.spec.primary && i != PRIMARY => self.worker_id_for(id, i),
             _ => 0,
         };
+        // The primary accepts on the direct link its workers connect to (through its preload).
+        let link = self.link_socket(id).and_then(|l| {
+            Some((
+                l.path().to_str()?.to_owned(),
+                l.fd().try_clone_to_owned().ok()?,
+            ))
+        });
         let app = self
             .apps
             .get(&id)
@@ -162,6 +169,8 @@ impl State {
         }
         let primary_app = spec.primary;
         let node = spec.node;
+        // A worker given the direct link to the primary (its preload connects to it).
+        let mut linked = false;
         if is_primary {
             // The primary runs as a plain Node process, with herd's `cluster` preloaded and
             // its two sockets; its own NODE_OPTIONS stay after the preload.
@@ -178,6 +187,9 @@ impl State {
                 ("HERD_PRIMARY_FD".into(), ipc_fd.to_string()),
                 ("HERD_PRIMARY_CALL_FD".into(), (ipc_fd + 1).to_string()),
             ]);
+            if link.is_some() {
+                env.push(("HERD_PRIMARY_LINK_FD".into(), (ipc_fd + 2).to_string()));
+            }
         } else if node {
             let unique = if primary_app { worker_id } else { i + 1 };
             env.extend([
@@ -199,6 +211,10 @@ impl State {
                 let options = node_shims::node_options(&shims.path(&node_shims::WORKER), theirs);
                 env.retain(|(k, _)| k != "NODE_OPTIONS");
                 env.push(("NODE_OPTIONS".into(), options));
+                if let Some((path, _)) = &link {
+                    env.push(("HERD_PRIMARY_LINK".into(), path.clone()));
+                    linked = true;
+                }
             }
         } else {
             env.push(("HERD_IPC_FD".into(), ipc_fd.to_string()));
@@ -224,6 +240,9 @@ impl State {
         let mut extra_fds = vec![theirs.as_fd()];
         if let Some((_, b)) = &call {
             extra_fds.push(b.as_fd());
+            if let Some((_, fd)) = &link {
+                extra_fds.push(fd.as_fd());
+            }
         }
         let (out_r, out_w) = spawn::pipe_cloexec().map_err(StartError::io("pipe"))?;
         let (err_r, err_w) = spawn::pipe_cloexec().map_err(StartError::io("pipe"))?;
@@ -333,6 +352,7 @@ impl State {
             pm2: None,
             seen: Box::new(primary::Seen {
                 id: worker_id,
+                link: linked,
                 ..Default::default()
             }),
             out,

@@ -762,6 +762,45 @@ async fn a_restarted_primary_takes_the_running_workers_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_unclaimed_workers_messages_fences_and_barriers_wait_in_order_for_the_primary() {
+    use super::primary::WorkerEvent;
+    let mut sim = Sim::primary_app();
+    let w = sim.fork().unwrap() as u32;
+    sim.advance(Duration::from_secs(2)).await;
+    let old = sim.primary_pid().unwrap();
+    sim.killed(old);
+    // The new primary does not know the worker yet: what it sends waits, in order.
+    sim.st
+        .worker_event(w, WorkerEvent::Message(serde_json::json!({"a": 1})));
+    sim.st.worker_event(w, WorkerEvent::Fence(1));
+    sim.st.worker_event(w, WorkerEvent::Barrier(1));
+    sim.st
+        .worker_event(w, WorkerEvent::Message(serde_json::json!({"a": 2})));
+    let held = |sim: &Sim| -> Vec<String> {
+        let p = sim.app().slots[0].state.proc().unwrap();
+        p.seen
+            .held
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["event"].as_str().unwrap(),
+                    e["n"].as_u64().or(e["msg"]["a"].as_u64()).unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        held(&sim),
+        ["message:1", "fence:1", "barrier:1", "message:2"]
+    );
+    // Its fork takes the worker: they are passed on (and no longer held).
+    assert_eq!(sim.fork(), Some(u64::from(w)));
+    assert!(held(&sim).is_empty());
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_fork_starts_a_backing_off_slot_at_once_and_kill_removes_the_slot() {
     let mut sim = Sim::primary_app();
     let a = sim.fork().unwrap() as u32;
