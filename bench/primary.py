@@ -174,10 +174,11 @@ def throughput(name, s):
             NOTES.append(f"{s.label}: worker pids changed during a throughput run ({pids} → {sorted(s.workers())})")
 
 
-def round_trip(name, s):
+def round_trip(name, s, fig="rtt"):
     """SIGUSR2 to the primary, then its next BENCH_RTT line (µs); measured again (at most
     compare.RETRIES times) when other programs used > compare.BUSY_LIMIT core meanwhile. CPU of
-    the whole tree and of the manager (herd daemon; for plain node, the primary) per trip."""
+    the whole tree and of the manager (herd daemon; for plain node, the primary) per trip.
+    Figures go under `fig` (rtt: the first set after the wrk runs; rtt3: the third)."""
     m = s.manager()
     for attempt in range(1, compare.RETRIES + 2):
         settle()
@@ -196,14 +197,14 @@ def round_trip(name, s):
     if "error" in r:
         NOTES.append(f"{s.label}: message round trip failed: {r['error']}")
         return
-    put("rtt.p50", name, r["p50"])
-    put("rtt.p99", name, r["p99"])
-    put("rtt.mean", name, r["mean"])
+    put(f"{fig}.p50", name, r["p50"])
+    put(f"{fig}.p99", name, r["p99"])
+    put(f"{fig}.mean", name, r["mean"])
     # Counted over warm-up and measured round trips (the process ticks cannot tell them apart).
     trips = r["n"] + r["warm"]
-    put("rtt.cpu", name, o.cpu / trips * 1e6)
+    put(f"{fig}.cpu", name, o.cpu / trips * 1e6)
     if m in o.t0 and m in o.t1:
-        put("rtt.mcpu", name, cpu_seconds({m: o.t0[m]}, {m: o.t1[m]}) / trips * 1e6)
+        put(f"{fig}.mcpu", name, cpu_seconds({m: o.t0[m]}, {m: o.t1[m]}) / trips * 1e6)
     if r["workers"] != N:
         NOTES.append(f"{s.label}: the round trip ran with {r['workers']} workers")
 
@@ -330,6 +331,10 @@ def one(name, make):
             throughput(name, s)
             log(f"  {s.label}: message round trip ({RTT_WARM} + {RTT_COUNT})")
             round_trip(name, s)
+            # Two more sets: the figures of the third, once the message path is warm (the first
+            # set follows the wrk runs, whose HTTP load leaves the processes' JIT and heap elsewhere).
+            round_trip(name, s, "rtt.skip")
+            round_trip(name, s, "rtt3")
             log(f"  {s.label}: {KILLS} SIGKILLs of a worker, {KILL_EVERY} s apart, under fresh connections")
             crash(name, s)
     finally:
@@ -482,6 +487,9 @@ def print_table(vers, took, setup, load0, load1):
     row("rtt.p99", "message round trip, p99", us, False)
     row("rtt.cpu", "message round trip: CPU per round trip, all processes", lambda x: f"{x:.0f} µs")
     rows.append(["… of which the herd daemon", "—", cell("rtt.mcpu", "herd", lambda x: f"{x:.0f} µs"), "—", "(informative)"])
+    row("rtt3.p50", f"… the third set of {RTT_WARM} + {RTT_COUNT} round trips in the same start, median", us, False)
+    row("rtt3.p99", "… the third set, p99", us, False)
+    row("rtt3.cpu", "… the third set: CPU per round trip, all processes", lambda x: f"{x:.0f} µs")
 
     mode = ("QUICK smoke run: 1 round, short loads — do not read these numbers as results"
             if QUICK else f"full run: median (min–max) of {RUNS} rounds, systems alternating within each round")
