@@ -52,23 +52,27 @@
     if (!on && kept) sock.unref();
     kept = on;
   }
-  let buffered = '';
-  sock.on('data', (chunk) => {
-    buffered += chunk;
-    let nl;
-    while ((nl = buffered.indexOf('\n')) >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      if (!line) continue;
-      let msg;
-      try {
-        msg = JSON.parse(line);
-      } catch (e) {
-        continue;
+  // Calls onObject with each JSON object that arrives on `socket`, one per line (a line that is
+  // not an object is skipped).
+  function readLines(socket, onObject) {
+    let buffered = '';
+    socket.on('data', (chunk) => {
+      buffered += chunk;
+      let nl;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        let msg;
+        try {
+          msg = JSON.parse(line);
+        } catch (e) {
+          continue;
+        }
+        if (msg !== null && typeof msg === 'object') onObject(msg);
       }
-      onEvent(msg);
-    }
-  });
+    });
+  }
+  readLines(sock, onEvent);
   sock.on('error', () => {});
 
   function post(msg) {
@@ -122,22 +126,7 @@
     sock.unref();
     sock.setEncoding('utf8');
     const st = { sock, id: 0, queue: [], barrier: 0, closed: false, warned: false };
-    let buffered = '';
-    sock.on('data', (chunk) => {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        let msg;
-        try {
-          msg = JSON.parse(line);
-        } catch (e) {
-          continue;
-        }
-        if (msg !== null && typeof msg === 'object') onLinkLine(st, msg);
-      }
-    });
+    readLines(sock, (msg) => onLinkLine(st, msg));
     sock.on('error', () => {});
     sock.on('close', () => {
       st.closed = true;
