@@ -95,6 +95,8 @@ pub(super) struct Link {
     pub(super) socket: Option<LinkSocket>,
     /// It could not be made (the daemon's log says why): messages go through herd.
     pub(super) no_socket: bool,
+    /// Events for the primary its channel's bound dropped (it did not read them in time).
+    pub(super) dropped: u64,
     /// Node worker ids handed out so far (ids are never reused, as under Node).
     pub(super) last_id: u32,
     /// A slot waiting to restart (or errored) that a `fork()` claimed: its next process is
@@ -250,7 +252,7 @@ impl State {
                 p.seen.known = true;
                 p.seen.pooled = None;
                 let ev = json!({"herd": "worker", "event": "spawn", "id": wid, "pid": pid, "link": p.seen.link});
-                self.to_primary(id, ev);
+                self.tell_primary(id, ev);
             }
             None => {
                 p.seen.pooled = Some(Instant::now());
@@ -277,13 +279,27 @@ impl State {
     }
 
     /// Sends an event to the app's primary, if one runs.
-    fn to_primary(&self, id: u32, ev: Value) {
-        let Some(app) = self.apps.get(&id) else {
+    fn tell_primary(&mut self, id: u32, ev: Value) {
+        let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        if let Some(p) = app.primary.as_ref().and_then(|s| s.state.proc()) {
-            if let Some(ch) = &p.channel {
-                ch.send(&ev, None);
+        let sent = app
+            .primary
+            .as_ref()
+            .and_then(|s| s.state.proc())
+            .and_then(|p| p.channel.as_ref())
+            .map(|ch| ch.send(&ev, None));
+        if sent == Some(false) {
+            // The primary does not read as fast as its workers write (through the daemon: they
+            // have no direct link): the channel's bound drops the rest. Said, never silently;
+            // once, then at every power of two.
+            app.link.dropped = app.link.dropped.saturating_add(1);
+            if app.link.dropped.is_power_of_two() {
+                tracing::warn!(
+                    app = %app.spec.name,
+                    dropped = app.link.dropped,
+                    "the primary does not read its events as fast as they come; events and messages for it were dropped (workers without the direct link, see docs/node-primary.md)"
+                );
             }
         }
     }
@@ -336,7 +352,7 @@ impl State {
             return;
         }
         if p.seen.known {
-            self.to_primary(id, ev);
+            self.tell_primary(id, ev);
         }
     }
 
@@ -369,7 +385,7 @@ impl State {
             "exitedAfterDisconnect": after,
             "disconnected": disconnected,
         });
-        self.to_primary(id, ev);
+        self.tell_primary(id, ev);
         self.arm_claims(id);
     }
 
@@ -422,7 +438,7 @@ impl State {
                     .and_then(|p| p.channel.as_ref())
                     .is_some_and(|ch| ch.send(&msg, None));
                 if !sent {
-                    self.to_primary(
+                    self.tell_primary(
                         id,
                         json!({"herd": "error", "id": wid, "error": format!("worker {wid} is not connected or does not read its messages; the message was dropped")}),
                     );
@@ -451,7 +467,7 @@ impl State {
                     return;
                 };
                 let Some(sig) = super::parse_signal(&signal) else {
-                    return self.to_primary(
+                    return self.tell_primary(
                         id,
                         json!({"herd": "error", "id": wid, "error": format!("unknown signal {signal:?}")}),
                     );
@@ -461,7 +477,7 @@ impl State {
                     self.os.signal_group(pid, sig);
                 }
             }
-            FromPrimary::Fork { .. } => self.to_primary(
+            FromPrimary::Fork { .. } => self.tell_primary(
                 id,
                 json!({"herd": "error", "error": "fork is asked on the call socket"}),
             ),
@@ -499,7 +515,7 @@ impl State {
             let held = std::mem::take(&mut p.seen.held);
             let answer = forked(i, p);
             for ev in held {
-                self.to_primary(id, ev);
+                self.tell_primary(id, ev);
             }
             return Ok(answer);
         }
@@ -652,7 +668,7 @@ impl State {
             }
         }
         for ev in out {
-            self.to_primary(id, ev);
+            self.tell_primary(id, ev);
         }
         self.arm_claims(id);
     }
