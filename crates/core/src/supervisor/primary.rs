@@ -314,6 +314,11 @@ impl State {
             return;
         };
         let wid = p.seen.id;
+        // What the worker sent (held for a primary that does not know it yet), not its state.
+        let sent = matches!(
+            what,
+            WorkerEvent::Message(_) | WorkerEvent::Fence(_) | WorkerEvent::Barrier(_)
+        );
         let ev = match what {
             WorkerEvent::Online => {
                 p.seen.online = true;
@@ -339,10 +344,6 @@ impl State {
                 json!({"herd": "worker", "event": "barrier", "id": wid, "n": n})
             }
         };
-        let sent = matches!(
-            ev.get("event").and_then(Value::as_str),
-            Some("message" | "fence" | "barrier")
-        );
         if !p.seen.known && sent {
             if p.seen.held.len() < HELD_MAX {
                 p.seen.held.push(ev);
