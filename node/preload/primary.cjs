@@ -41,8 +41,8 @@
 
   // ----- the daemon's sockets -------------------------------------------------------------
 
+  const { lines } = require('./lines.cjs');
   const sock = new net.Socket({ fd: evFd, readable: true, writable: true });
-  sock.setEncoding('utf8');
   sock.unref();
   let kept = false;
   function keepAlive(on) {
@@ -52,31 +52,11 @@
     if (!on && kept) sock.unref();
     kept = on;
   }
-  // Calls onObject with each JSON object that arrives on `socket`, one per line (a line that is
-  // not an object is skipped).
-  function readLines(socket, onObject) {
-    let buffered = '';
-    socket.on('data', (chunk) => {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        let msg;
-        try {
-          msg = JSON.parse(line);
-        } catch (e) {
-          continue;
-        }
-        if (msg !== null && typeof msg === 'object') onObject(msg);
-      }
-    });
-  }
-  readLines(sock, onEvent);
+  const daemon = lines(sock, onEvent);
   sock.on('error', () => {});
 
   function post(msg) {
-    if (!sock.destroyed) sock.write(JSON.stringify(msg) + '\n');
+    daemon.write(JSON.stringify(msg) + '\n');
   }
 
   const readBuf = Buffer.alloc(64 * 1024);
@@ -124,9 +104,8 @@
 
   function onLink(sock) {
     sock.unref();
-    sock.setEncoding('utf8');
-    const st = { sock, id: 0, queue: [], barrier: 0, closed: false, warned: false };
-    readLines(sock, (msg) => onLinkLine(st, msg));
+    const st = { sock, out: null, id: 0, queue: [], barrier: 0, closed: false, warned: false };
+    st.out = lines(sock, (msg) => onLinkLine(st, msg));
     sock.on('error', () => {});
     sock.on('close', () => {
       st.closed = true;
@@ -146,7 +125,7 @@
       }
       st.id = msg.hello;
       links.set(st.id, st);
-      st.sock.write(JSON.stringify({ welcome: process.pid }) + '\n');
+      st.out.write(JSON.stringify({ welcome: process.pid }) + '\n');
       const w = byId.get(st.id);
       if (w) attach(w, st);
       return;
@@ -246,7 +225,7 @@
   }
 
   function linkSend(w, message) {
-    if (w.herdLink.sock.writableLength > LINK_BUFFER_MAX) {
+    if (w.herdLink.out.queued() > LINK_BUFFER_MAX) {
       // The worker does not read: as herd's channel does, messages beyond a bound are dropped.
       const err = new Error(`herd: worker ${w.id} does not read its messages; the message was dropped`);
       if (w.listenerCount('error') > 0) w.emit('error', err);
@@ -263,7 +242,7 @@
       w.herdFence = n;
       w.herdViaHerd = false;
     }
-    w.herdLink.sock.write(line);
+    w.herdLink.out.write(line);
   }
 
   function herdSend(w, message) {

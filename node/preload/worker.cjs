@@ -48,6 +48,7 @@
 
   const net = require('net');
   const http = require('http');
+  const { lines } = require('./lines.cjs');
 
   const CMD = 'NODE_HERD';
   const VERSION = 1;
@@ -218,7 +219,7 @@
 
   function primaryLink(path, id) {
     const nodeSend = process.send;
-    let link = null; // the connected socket
+    let link = null; // the connected socket and its writer: {sock, out}
     let connecting = false;
     let viaHerd = true; // something went through herd since the last fence
     let onLink = false; // something went on the link since the last barrier
@@ -254,7 +255,7 @@
         const seen = mine || (message !== null && typeof message === 'object' && message.cmd === 'NODE_CLUSTER');
         if (seen && onLink && link !== null && process.connected) {
           barrierOut++;
-          link.write(`{"b":${barrierOut}}\n`);
+          link.out.write(`{"b":${barrierOut}}\n`);
           nodeSend.call(process, { cmd: CMD, act: 'barrier', n: barrierOut });
         }
         if (seen) onLink = false;
@@ -264,7 +265,7 @@
     }.send;
 
     function onTheLink(message, callback) {
-      if (link.writableLength > LINK_BUFFER_MAX) {
+      if (link.out.queued() > LINK_BUFFER_MAX) {
         // The primary does not read (it is gone, and no new one accepted yet): as herd's
         // channel does, messages beyond a bound are dropped rather than kept without end.
         if (!dropping) process.emitWarning('herd: the primary does not read its messages; dropping them', 'HerdWarning');
@@ -280,7 +281,7 @@
         nodeSend.call(process, { cmd: CMD, act: 'fence', n });
         viaHerd = false;
       }
-      link.write(line);
+      link.out.write(line);
       onLink = true;
       if (typeof callback === 'function') process.nextTick(callback, null);
       return true;
@@ -330,47 +331,32 @@
       connecting = true;
       const sock = net.connect({ path });
       sock.unref();
-      sock.setEncoding('utf8');
       let primary = 0;
-      let buffered = '';
       sock.on('connect', () => {
         connecting = false;
         retry = 50;
-        sock.write(JSON.stringify({ hello: id, pid: process.pid }) + '\n');
-        link = sock;
-        viaHerd = true; // a new link: its first message fences what went before
-        onLink = false;
-        flushEarly(true);
-      });
-      sock.on('data', (chunk) => {
-        buffered += chunk;
-        let nl;
-        while ((nl = buffered.indexOf('\n')) >= 0) {
-          const line = buffered.slice(0, nl);
-          buffered = buffered.slice(nl + 1);
-          let msg;
-          try {
-            msg = JSON.parse(line);
-          } catch (_) {
-            continue;
-          }
-          if (msg === null || typeof msg !== 'object') continue;
+        const out = lines(sock, (msg) => {
           if (primary === 0) {
             if (Number.isInteger(msg.welcome)) primary = msg.welcome;
-            continue;
+            return;
           }
-          if (!('m' in msg)) continue;
+          if (!('m' in msg)) return;
           if (waiting.length === 0 && (msg.f | 0) <= (fenceIn.get(primary) || 0)) {
             process.nextTick(deliver, msg.m);
           } else {
             waiting.push({ p: primary, f: msg.f | 0, m: msg.m });
           }
-        }
+        });
+        out.write(JSON.stringify({ hello: id, pid: process.pid }) + '\n');
+        link = { sock, out };
+        viaHerd = true; // a new link: its first message fences what went before
+        onLink = false;
+        flushEarly(true);
       });
       sock.on('error', () => {});
       sock.on('close', () => {
         connecting = false;
-        if (link === sock) link = null;
+        if (link !== null && link.sock === sock) link = null;
         viaHerd = true;
         onLink = false;
         flushEarly(false);
@@ -409,7 +395,7 @@
       pump();
     });
     process.on('disconnect', () => {
-      if (link !== null) link.end();
+      if (link !== null) link.sock.end();
     });
     connect();
   }

@@ -4,6 +4,9 @@
 // the direct link is up and on the link after, so a burst that spans the switch is the test.
 //
 //   WORKERS  workers to fork (default 2)     COUNT  messages in each burst (default 2000)
+//   BATCH    messages sent per turn of the event loop (default 50; COUNT: all at once)
+//   BUSY_MS  on the first message of a burst, the receiver blocks this long (default 0):
+//            the rest of the burst piles up on the way
 //   OUT      a directory: on SIGUSR2 the primary makes 20 round trips with every worker and
 //            writes OUT/rtt-<n> when they are done (the test stops the daemon meanwhile: only
 //            the direct link can carry them).
@@ -18,12 +21,19 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const COUNT = Number(process.env.COUNT) || 2000;
+const BATCH = Number(process.env.BATCH) || 50;
+const BUSY_MS = Number(process.env.BUSY_MS) || 0;
 
-// Sends `count` messages 50 per turn of the event loop, so the burst spans the link's start.
+function busy() {
+  const until = Date.now() + BUSY_MS;
+  while (Date.now() < until);
+}
+
+// Sends `count` messages BATCH per turn of the event loop, so the burst spans the link's start.
 function burst(send, count, done) {
   let i = 0;
   (function next() {
-    for (let k = 0; k < 50 && i < count; k++) send({ seq: i++ });
+    for (let k = 0; k < BATCH && i < count; k++) send({ seq: i++ });
     if (i < count) setImmediate(next);
     else if (done) done();
   })();
@@ -43,6 +53,7 @@ if (cluster.isPrimary) {
     w.on('listening', () => st.events.push('listening'));
     w.on('message', (msg) => {
       if (msg && msg.seq !== undefined) {
+        if (msg.seq === 0) busy();
         if (st.broken) return;
         if (msg.seq !== st.next) st.broken = `expected ${st.next}, got ${msg.seq}`;
         else if (!st.events.includes('online')) st.broken = `message ${msg.seq} before online`;
@@ -99,6 +110,7 @@ if (cluster.isPrimary) {
     if (!msg || msg.seq === undefined) return;
     if (msg.seq === 0) {
       // A new burst (a restarted primary's).
+      busy();
       next = 0;
       broken = null;
     }

@@ -35,6 +35,11 @@ const REPLY_RESERVE: usize = 16 * 1024;
 /// taken into an empty queue, whatever its size): without it, an instance that never reads
 /// could make the daemon hold `QUEUE` messages of the largest size, a gigabyte.
 const QUEUE_BYTES: usize = 8 << 20;
+/// [`QUEUE`] for a channel that carries many small messages in bursts and whose reader is
+/// expected to keep up on average (a Node primary's, which gets every message of its workers
+/// that have no direct link: Node's own channel buffers a burst of them without loss). The
+/// byte bound still holds.
+pub const QUEUE_WIDE: usize = 64 * 1024;
 
 /// What arrived on an instance's channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,7 +156,6 @@ struct Outgoing {
 }
 
 /// Messages waiting to be written; the front one may be partly written already.
-#[derive(Default)]
 struct Queue {
     msgs: VecDeque<Outgoing>,
     /// Bytes of the messages in `msgs`.
@@ -159,6 +163,8 @@ struct Queue {
     /// Bytes of the front message already written.
     sent: usize,
     closed: bool,
+    /// The bound on `msgs.len()`: [`QUEUE`], or what [`Channel::widen`] set.
+    max: usize,
 }
 
 /// What the reader holds between reads: unparsed bytes, and whether a parsed message is on
@@ -238,10 +244,10 @@ impl Channel {
     fn queue_up(&self, msg: &Value, fd: Option<OwnedFd>, reply: bool) -> bool {
         let refuse = |q: &Queue, len: usize| {
             if reply {
-                return q.closed || q.msgs.len() >= QUEUE + REPLY_RESERVE;
+                return q.closed || q.msgs.len() >= q.max + REPLY_RESERVE;
             }
             q.closed
-                || q.msgs.len() >= QUEUE
+                || q.msgs.len() >= q.max
                 || (!q.msgs.is_empty() && q.bytes.saturating_add(len) > QUEUE_BYTES)
         };
         // A full queue costs no serialisation: a consumer that never reads makes every
@@ -281,13 +287,21 @@ impl Channel {
     pub fn send_with(&self, msg: impl FnOnce() -> Value) -> bool {
         let full = {
             let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            q.closed || q.msgs.len() >= QUEUE || q.bytes >= QUEUE_BYTES
+            q.closed || q.msgs.len() >= q.max || q.bytes >= QUEUE_BYTES
         };
         if full {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         self.send(&msg(), None)
+    }
+
+    /// Lets up to `max` messages wait (instead of [`QUEUE`]); the byte bound is unchanged.
+    pub fn widen(&self, max: usize) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .max = max.max(QUEUE);
     }
 
     /// Messages dropped because the instance did not read fast enough (or had gone).
@@ -391,6 +405,7 @@ pub fn resume<T: Send + 'static>(
         msgs,
         sent: 0,
         closed: false,
+        max: QUEUE,
     }));
     let wake = Arc::new(Notify::new());
     let read = Arc::new(ReadState {
@@ -654,6 +669,27 @@ mod tests {
         }
         assert!(!ch.send_reply(&m, None));
         assert_eq!(ch.dropped(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_widened_queue_takes_more_messages_but_the_same_bytes() {
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel::<Inbound>(16);
+        let ch = start(ours, MAX_IPC_MESSAGE, tx, |m| m).unwrap();
+        ch.widen(QUEUE_WIDE);
+        let m = serde_json::json!({"x": 1});
+        for _ in 0..QUEUE_WIDE {
+            assert!(ch.send(&m, None));
+        }
+        assert!(!ch.send(&m, None));
+        assert_eq!(ch.dropped(), 1);
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel::<Inbound>(16);
+        let ch = start(ours, MAX_IPC_MESSAGE, tx, |m| m).unwrap();
+        ch.widen(QUEUE_WIDE);
+        let big = serde_json::json!("x".repeat(QUEUE_BYTES / 2 + 1));
+        assert!(ch.send(&big, None));
+        assert!(!ch.send(&big, None), "the byte bound is the same");
     }
 
     #[tokio::test]

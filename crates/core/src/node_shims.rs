@@ -35,8 +35,15 @@ pub const PRIMARY: Shim = Shim {
     text: include_str!("../../../node/preload/primary.cjs"),
 };
 
+/// JSON lines on a socket the way Node's IPC channel writes and reads them, for the two
+/// preloads above (they `require('./lines.cjs')`).
+pub const LINES: Shim = Shim {
+    name: "lines.cjs",
+    text: include_str!("../../../node/preload/lines.cjs"),
+};
+
 /// Every embedded file, written by [`install`].
-pub const SHIMS: &[Shim] = &[WORKER, PRIMARY];
+pub const SHIMS: &[Shim] = &[WORKER, PRIMARY, LINES];
 
 /// The switch, read from an app's environment: `HERD_NODE_PRELOAD=off` (or `0`) starts its
 /// workers without the preload (Node's own disconnect alone on stop).

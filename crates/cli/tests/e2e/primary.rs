@@ -594,6 +594,72 @@ fn round_trips_without_the_daemon(h: &Herd, primary: u32, out: &std::path::Path)
     );
 }
 
+/// The JSON lines of herd's preloads (`node/preload/lines.cjs`, the direct link's and the
+/// primary's socket to the daemon) carry every message both ways, cut anywhere by the kernel,
+/// on the pipe handle's own path and on the stream API's (its fallback).
+#[test]
+fn the_preloads_lines_carry_every_message_on_both_paths() {
+    let Some(base) = node_fixture() else { return };
+    let lines = repo_root().join("node/preload/lines.cjs");
+    for (pending, want) in [("0", "LINES ok fast 20000"), ("1", "LINES ok stream 20000")] {
+        let out = std::process::Command::new("node")
+            .arg(base.join("apps/lines.js"))
+            .arg(&lines)
+            .env("NODE_PENDING_DEPRECATION", pending)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(want),
+            "want {want}, got: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Workers without herd's preload (so without the direct link) and a primary send each other
+/// bursts of 20000 messages at once, all through the daemon, to a receiver that blocks for a
+/// while on the first: as on Node's own channel, every one arrives, in order.
+#[test]
+fn bursts_through_the_daemon_wait_rather_than_drop() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    let script = base.join("apps/primary-link.js");
+    let port = free_port();
+    h.ok(&[
+        "start",
+        script.to_str().unwrap(),
+        "--primary",
+        "--name",
+        "burst",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--env",
+        "WORKERS=2",
+        "--env",
+        "COUNT=20000",
+        "--env",
+        "BATCH=20000",
+        "--env",
+        "BUSY_MS=300",
+        "--env",
+        "HERD_NODE_PRELOAD=off",
+    ]);
+    let all = wait_until(Duration::from_secs(40), || {
+        let all = logs(&h, "burst");
+        let done = all.lines().filter(|l| l.contains("ORDER")).count();
+        (all.contains("BROKEN") || done >= 4)
+            .then_some(all.clone())
+            .ok_or(all)
+    })
+    .unwrap_or_else(|all| panic!("no order report from every worker both ways:\n{all}"));
+    assert!(
+        !all.contains("BROKEN") && all.matches("ok 20000").count() == 4,
+        "messages lost or out of order:\n{all}"
+    );
+    h.finish();
+}
+
 #[test]
 fn messages_keep_nodes_order_and_take_the_direct_link_even_across_a_primary_restart() {
     let Some(base) = node_fixture() else { return };

@@ -307,6 +307,14 @@ impl State {
         )
         .map_err(|e| tracing::warn!("IPC channel of pid {pid}: {e}"))
         .ok();
+        // A primary's channel carries the messages of its workers that have no direct link,
+        // and such a worker's channel the primary's: bursts of them wait (as on Node's own
+        // channel), within the byte bound, rather than being dropped.
+        if self.apps.get(&id).is_some_and(|a| a.spec.primary) {
+            if let Some(ch) = &channel {
+                ch.widen(ipc::QUEUE_WIDE);
+            }
+        }
         if let Some(call) = call {
             let call = ipc::start(
                 call,
