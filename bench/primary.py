@@ -16,8 +16,9 @@ bench/apps/hello.js, reforks on exit, and measures the message round trip on SIG
       worker.send() and the worker's process.send() take herd's direct link (a Unix socket
       between the primary and each worker; the daemon is not on the way).
 For each, in one start: wrk with keep-alive and with `Connection: close`; the message round
-trip (the primary prints it); then a worker SIGKILLed 10 times under a paced prober of fresh
-connections. Systems alternate within each round (the order flips every round); the table
+trip (the primary prints it: three sets placed by the kernel, then one with every process pinned
+on one core and one with the primary and the workers on two); then a worker SIGKILLed 10 times
+under a paced prober of fresh connections. Systems alternate within each round (the order flips every round); the table
 gives the median (min–max) over the rounds and a verdict: herd not worse than plain node on
 any row, and no hung connection.
 
@@ -56,6 +57,7 @@ KILL_EVERY = 1.5  # s between two SIGKILLs: past herd's min_uptime (1 s), so res
 # 3000 round trips of warm-up: with 200, V8 had not yet optimised the message path and the
 # figures (p99 above all) mostly measured that (p99 1.7–2.9 ms against 0.35–0.7 ms after 5000).
 RTT_WARM, RTT_COUNT = (1000, 500) if QUICK else (3000, 2000)
+PIN_SETS = 2 if QUICK else 5  # sets of round trips per pinned placement and round
 NODE = shutil.which("node") or "node"
 RUN_TAG = compare.RUN_TAG  # compare's System tags every process with RUN_TAG-<n>
 CLK = os.sysconf("SC_CLK_TCK")
@@ -212,6 +214,45 @@ def round_trip(name, s, fig="rtt"):
 OTHER = {"rtt": [], "crash": []}  # CPU of other programs (cores) during these phases
 
 
+def pin(pids, cpus):
+    """Every thread of each process in `pids` may run only on `cpus` (a set of CPU numbers)."""
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass  # a thread that ended meanwhile
+
+
+def pinned_round_trips(name, s):
+    """The round trip with the processes placed by hand, so that the kernel's choice (which
+    swings a round trip between ~25 and ~80 µs on this VM, for either system, from one start to
+    the next) is out of the figure: `same` — the primary and the workers on CPU 0, each wake-up a
+    switch on one core; `two` — the primary on CPU 0, the workers on CPU 1, each wake-up
+    crossing cores. PIN_SETS sets of warm-up and measured trips each (a set's p99 is its 20
+    slowest trips, which one garbage collection more or less moves: the table gives the median
+    over every set of every round); all CPUs again after."""
+    every = set(os.sched_getaffinity(0))
+    if len(every) < 2 or 0 not in every or 1 not in every:
+        NOTES.append("pinned round trips skipped: CPUs 0 and 1 are not both available")
+        return
+    procs = [s.primary()] + s.workers()
+    try:
+        pin(procs, {0})
+        for _ in range(PIN_SETS):
+            round_trip(name, s, "rtt.same")
+        pin([s.primary()], {0})
+        pin(s.workers(), {1})
+        for _ in range(PIN_SETS):
+            round_trip(name, s, "rtt.two")
+    finally:
+        pin([s.primary()] + s.workers(), every)
+
+
 class Others:
     """CPU used by other programs while the block runs (machine busy time from /proc/stat minus
     the server tree and this script, wrk included as our child): .other in cores, .cpu the
@@ -335,6 +376,8 @@ def one(name, make):
             # set follows the wrk runs, whose HTTP load leaves the processes' JIT and heap elsewhere).
             round_trip(name, s, "rtt.skip")
             round_trip(name, s, "rtt3")
+            log(f"  {s.label}: message round trip, pinned on one core, then across two")
+            pinned_round_trips(name, s)
             log(f"  {s.label}: {KILLS} SIGKILLs of a worker, {KILL_EVERY} s apart, under fresh connections")
             crash(name, s)
     finally:
@@ -483,13 +526,19 @@ def print_table(vers, took, setup, load0, load1):
     rows.append(["SIGKILL → replacement worker serving its first request, median (min–max) over all kills",
                  serve_cell("node"), serve_cell("herd"), f"{sr:.2f}×" if sr else "—",
                  "?" if sr is None else ("yes" if sr <= 1.0 else f"NO: herd {sr:.2f}× plain node")])
-    row("rtt.p50", f"message round trip primary → worker → primary, median ({RTT_COUNT} sequential)", us, False)
-    row("rtt.p99", "message round trip, p99", us, False)
-    row("rtt.cpu", "message round trip: CPU per round trip, all processes", lambda x: f"{x:.0f} µs")
+    row("rtt.same.p50", f"message round trip primary → worker → primary, all on one core, median ({RTT_COUNT} sequential; {PIN_SETS} sets a round)", us, False)
+    row("rtt.same.p99", "… on one core, p99", us, False)
+    row("rtt.same.cpu", "… on one core: CPU per round trip, all processes", lambda x: f"{x:.0f} µs")
+    row("rtt.two.p50", "message round trip, primary on one core and workers on the other, median", us, False)
+    row("rtt.two.p99", "… across two cores, p99", us, False)
+    row("rtt.two.cpu", "… across two cores: CPU per round trip, all processes", lambda x: f"{x:.0f} µs")
+    row("rtt.p50", f"message round trip, placed by the kernel: the first set after wrk, median", us)
+    row("rtt.p99", "… placed by the kernel, first set, p99", us)
+    row("rtt.cpu", "… placed by the kernel, first set: CPU per round trip, all processes", lambda x: f"{x:.0f} µs")
     rows.append(["… of which the herd daemon", "—", cell("rtt.mcpu", "herd", lambda x: f"{x:.0f} µs"), "—", "(informative)"])
-    row("rtt3.p50", f"… the third set of {RTT_WARM} + {RTT_COUNT} round trips in the same start, median", us, False)
-    row("rtt3.p99", "… the third set, p99", us, False)
-    row("rtt3.cpu", "… the third set: CPU per round trip, all processes", lambda x: f"{x:.0f} µs")
+    row("rtt3.p50", f"… placed by the kernel, the third set of {RTT_WARM} + {RTT_COUNT} in the same start, median", us)
+    row("rtt3.p99", "… placed by the kernel, third set, p99", us)
+    row("rtt3.cpu", "… placed by the kernel, third set: CPU per round trip, all processes", lambda x: f"{x:.0f} µs")
 
     mode = ("QUICK smoke run: 1 round, short loads — do not read these numbers as results"
             if QUICK else f"full run: median (min–max) of {RUNS} rounds, systems alternating within each round")
@@ -506,6 +555,13 @@ def print_table(vers, took, setup, load0, load1):
     print("- Both columns run bench/apps/primary.js unchanged; one start per system and round serves the wrk runs, "
           "then the round trip, then the kills. CPU = utime+stime of the whole tree (primary and workers; for herd "
           "the daemon too) from /proc. The round-trip CPU counts warm-up and measured trips.")
+    print("- Round trips: three sets placed by the kernel (after wrk; the third is the figure once warm), then one set "
+          "with every process of the system on CPU 0 and one with the primary on CPU 0 and the workers on CPU 1 "
+          f"(sched_setaffinity on every thread), {PIN_SETS} sets each, their cells the median (min–max) over every set of "
+          "every round. Placed by the kernel, a round trip is ~25 µs when it keeps the two "
+          "processes on one core and ~70–80 µs when it spreads them, whichever the system: which one a start gets "
+          "decides those rows (see their min–max). The pinned rows compare the two systems on the same placement; "
+          "they carry the verdict.")
     print(f"- load average: {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at the start, "
           f"{load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f} at the end.")
     if OTHERS:
