@@ -46,6 +46,10 @@ pub enum Cmd {
     /// Watch every app and instance live in the terminal (CPU, memory, logs), and restart,
     /// reload, scale or stop them with a key.
     Monit,
+    /// Serve a dashboard in the browser: every app and instance live, CPU and memory charts,
+    /// logs, and restart, reload, scale and stop buttons (127.0.0.1 only by default; it prints
+    /// the address with a token to open)
+    Web(WebArgs),
     /// Send a JSON message to instances: app:i, app, or all.
     Send(SendArgs),
     /// Send a JSON message to one instance and print its reply.
@@ -153,6 +157,13 @@ pub struct LogsArgs {
     /// Print one JSON object per line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// Address to listen on (port 0: any free port, printed)
+    #[arg(long, default_value = "127.0.0.1:9210")]
+    pub listen: String,
 }
 
 #[derive(Debug, Args)]

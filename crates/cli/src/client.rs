@@ -119,6 +119,15 @@ impl Client {
         Ok(())
     }
 
+    /// A second handle on the connection, whose `shutdown` ends a `recv` waiting in another
+    /// thread (a followed log stream whose reader went away).
+    ///
+    /// # Errors
+    /// When the socket cannot be duplicated.
+    pub fn closer(&self) -> std::io::Result<UnixStream> {
+        self.writer.try_clone()
+    }
+
     /// Sends one request.
     ///
     /// # Errors

@@ -1,7 +1,7 @@
 //! `herd`: the command line and, as `herd daemon`, the daemon itself.
 //!
 //! This file is the table of commands: each is one function of the module of its family
-//! (apps, logs, messages, monit, the daemon, saved apps, `herd run`), as mini-redis's `cmd/`.
+//! (apps, logs, messages, monit, the web dashboard, the daemon, saved apps, `herd run`), as mini-redis's `cmd/`.
 
 mod appfile;
 mod apps;
@@ -15,6 +15,7 @@ mod monit;
 mod output;
 mod reply;
 mod run;
+mod web;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -57,6 +58,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Logs(l) => logs::show(&home, l),
         Cmd::Flush(f) => logs::flush(&home, f),
         Cmd::Monit => monit::run(&home),
+        Cmd::Web(w) => web::run(&home, &w),
         Cmd::ReloadLogs => logs::reopen(&home),
         Cmd::Send(a) => messages::send(&home, a),
         Cmd::Request(a) => messages::request(&home, a),

@@ -372,6 +372,7 @@ pub fn node_fixture() -> Option<PathBuf> {
         "next@14.2.35",
         "react@18.3.1",
         "react-dom@18.3.1",
+        "puppeteer-core@25.16.0",
     ];
     let stamp = base.join(".installed");
     let want = packages.join(" ");

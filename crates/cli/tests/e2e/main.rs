@@ -23,4 +23,5 @@ mod node;
 mod primary;
 mod races;
 mod update;
+mod web;
 mod worker_threads;
