@@ -20,6 +20,19 @@ struct Family {
     help: Option<String>,
     kind: Option<String>,
     samples: Vec<String>,
+    /// With sums: each series without the `instance` label (`name{app=…,…}`), in first-seen
+    /// order, and the sum of its instances' values.
+    sums: Vec<(String, f64)>,
+    sum_index: HashMap<String, usize>,
+}
+
+impl Family {
+    /// Whether its samples can be added up across instances: a counter's, or a histogram's
+    /// buckets, sum and count. (A summary's quantiles cannot; a gauge's sum rarely means
+    /// anything. Both stay per instance.)
+    fn summable(&self) -> bool {
+        matches!(self.kind.as_deref(), Some("counter" | "histogram"))
+    }
 }
 
 /// What the instances sent, merged.
@@ -27,22 +40,41 @@ struct Family {
 pub struct Exposition {
     order: Vec<String>,
     families: HashMap<String, Family>,
+    /// Counters and histograms summed per app (the `instance` label left out) instead of one
+    /// series per instance: `GET /metrics?sum=app`.
+    sum: bool,
     /// Lines of the instances' texts that were not valid and were dropped.
     pub dropped_lines: u64,
 }
 
 impl Exposition {
+    /// An empty exposition; with `sum`, counters and histograms are summed per app.
+    pub fn new(sum: bool) -> Self {
+        Self {
+            sum,
+            ..Self::default()
+        }
+    }
+
     /// Adds an instance's exposition text, every sample labelled with `labels` (first).
     pub fn add(&mut self, labels: &[(&str, &str)], text: &str) {
         // The families this text declared (by `# TYPE`), to attribute `_total`, `_bucket`…
         let mut declared: HashMap<String, String> = HashMap::new();
-        // herd's labels, written once for every sample of this instance.
+        // herd's labels, written once for every sample of this instance (and, for sums,
+        // without `instance`).
         let mut prefix = String::new();
+        let mut sum_prefix = String::new();
         for (k, v) in labels {
             if !prefix.is_empty() {
                 prefix.push(',');
             }
             let _ = write!(prefix, "{k}=\"{}\"", escape(v));
+            if *k != "instance" {
+                if !sum_prefix.is_empty() {
+                    sum_prefix.push(',');
+                }
+                let _ = write!(sum_prefix, "{k}=\"{}\"", escape(v));
+            }
         }
         for line in text.lines() {
             let line = line.trim_end_matches('\r');
@@ -56,7 +88,17 @@ impl Exposition {
             match relabel(line, labels, &prefix) {
                 Some((name, sample)) => {
                     let family = family_of(&name, &declared);
-                    self.family(family).samples.push(sample);
+                    let sum = self.sum;
+                    let f = self.family(family);
+                    if sum && f.summable() {
+                        if let Some((series, value)) =
+                            relabel(line, labels, &sum_prefix).and_then(|(_, s)| split_value(&s))
+                        {
+                            f.add_to_sum(series, value);
+                        }
+                    } else {
+                        f.samples.push(sample);
+                    }
                 }
                 None => self.dropped_lines += 1,
             }
@@ -109,7 +151,7 @@ impl Exposition {
             let Some(f) = self.families.get(name) else {
                 continue;
             };
-            if f.samples.is_empty() {
+            if f.samples.is_empty() && f.sums.is_empty() {
                 continue;
             }
             if let Some(help) = &f.help {
@@ -122,7 +164,52 @@ impl Exposition {
                 out.push_str(s);
                 out.push('\n');
             }
+            for (series, v) in &f.sums {
+                let _ = writeln!(out, "{series} {}", format_value(*v));
+            }
         }
+    }
+}
+
+impl Family {
+    fn add_to_sum(&mut self, series: String, value: f64) {
+        match self.sum_index.get(&series) {
+            Some(&i) => {
+                if let Some((_, total)) = self.sums.get_mut(i) {
+                    *total += value;
+                }
+            }
+            None => {
+                self.sum_index.insert(series.clone(), self.sums.len());
+                self.sums.push((series, value));
+            }
+        }
+    }
+}
+
+/// A relabelled sample split into its series (`name{…}`) and value (a timestamp is dropped:
+/// a sum is of now).
+fn split_value(sample: &str) -> Option<(String, f64)> {
+    let end = sample.rfind('}')?;
+    let series = sample.get(..=end)?;
+    let value = sample.get(end + 1..)?.split_whitespace().next()?;
+    let v = match value {
+        "+Inf" | "Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().ok()?,
+    };
+    Some((series.to_string(), v))
+}
+
+/// A value as Prometheus' text format writes it.
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
     }
 }
 
@@ -288,6 +375,59 @@ mod tests {
             "ok{app=\"a\",instance=\"0\",exported_instance=\"theirs\",b=\"q\\\"uote\"} 2 1700000000000\n"
         );
         assert_eq!(e.dropped_lines, 6);
+    }
+
+    #[test]
+    fn on_request_counters_and_histograms_are_summed_per_app_and_gauges_stay() {
+        let text = format!(
+            "{PROM_CLIENT}# TYPE mem gauge\nmem 10\n# TYPE lat summary\nlat{{quantile=\"0.5\"}} 1\nlat_sum 2\nlat_count 2\n"
+        );
+        let mut e = Exposition::new(true);
+        e.add(&[("app", "api"), ("instance", "0")], &text);
+        e.add(
+            &[("app", "api"), ("instance", "1")],
+            &text.replace(" 7\n", " 5 1700000000000\n"),
+        );
+        e.add(&[("app", "web"), ("instance", "0")], &text);
+        let mut out = String::new();
+        e.write(&mut out);
+        assert!(
+            out.contains("http_requests_total{app=\"api\",route=\"/\",code=\"200\"} 12\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("http_requests_total{app=\"web\",route=\"/\",code=\"200\"} 7\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("rt_bucket{app=\"api\",le=\"+Inf\"} 8\n"),
+            "{out}"
+        );
+        assert!(out.contains("rt_sum{app=\"api\"} 0.5\n"), "{out}");
+        assert!(
+            out.contains("mem{app=\"api\",instance=\"1\"} 10\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lat{app=\"api\",instance=\"0\",quantile=\"0.5\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("http_requests_total{app=\"api\",instance"),
+            "{out}"
+        );
+        assert_eq!(out.matches("# TYPE http_requests_total counter").count(), 1);
+        // Without the request, one series per instance as before.
+        let mut e = Exposition::default();
+        e.add(&[("app", "api"), ("instance", "0")], &text);
+        let mut out = String::new();
+        e.write(&mut out);
+        assert!(
+            out.contains(
+                "http_requests_total{app=\"api\",instance=\"0\",route=\"/\",code=\"200\"} 7\n"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

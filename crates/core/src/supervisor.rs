@@ -249,6 +249,8 @@ enum Event {
     /// A scrape of the metrics endpoint.
     Scrape {
         timeout: Duration,
+        /// Instances' counters and histograms summed per app ([`crate::metrics::Exposition`]).
+        sum: bool,
         reply: oneshot::Sender<String>,
     },
     /// A line on an app primary's call socket (`cluster.fork()`).
@@ -462,10 +464,17 @@ impl Supervisor {
 
     /// One scrape of the metrics endpoint: herd's own series and every instance's that offered
     /// them, merged (Prometheus' text format, [`crate::metrics::CONTENT_TYPE`]). Instances that
-    /// do not answer within `timeout` are left out.
-    pub async fn scrape(&self, timeout: Duration) -> Option<String> {
+    /// do not answer within `timeout` are left out. With `sum`, the instances' counters and
+    /// histograms come summed per app (without the `instance` label) instead.
+    pub async fn scrape(&self, timeout: Duration, sum: bool) -> Option<String> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Event::Scrape { timeout, reply }).ok()?;
+        self.tx
+            .send(Event::Scrape {
+                timeout,
+                sum,
+                reply,
+            })
+            .ok()?;
         rx.await.ok()
     }
 

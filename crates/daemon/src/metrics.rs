@@ -74,10 +74,26 @@ async fn answer(mut stream: TcpStream, sup: &Supervisor) -> std::io::Result<()> 
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut sum = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair {
+            "sum=app" => sum = true,
+            "sum=" | "sum=instance" | "sum=none" => sum = false,
+            _ => {
+                return respond(
+                    &mut stream,
+                    "400 Bad Request",
+                    "text/plain",
+                    "unknown query: /metrics takes only ?sum=app (instances' counters and histograms summed per app)\n",
+                )
+                .await
+            }
+        }
+    }
     match (method, path) {
         ("GET" | "HEAD", "/metrics" | "/") => {
-            let body = sup.scrape(SCRAPE_TIMEOUT).await.unwrap_or_default();
+            let body = sup.scrape(SCRAPE_TIMEOUT, sum).await.unwrap_or_default();
             let body = if method == "HEAD" {
                 String::new()
             } else {

@@ -23,7 +23,15 @@ fn http(addr: &str, request: &[u8]) -> String {
 
 /// GET /metrics: (status line, content type, body).
 fn scrape(addr: &str) -> (String, String, String) {
-    let raw = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    scrape_path(addr, "/metrics")
+}
+
+/// GET `path`: (status line, content type, body).
+fn scrape_path(addr: &str, path: &str) -> (String, String, String) {
+    let raw = http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let status = head.lines().next().unwrap().to_string();
     let ctype = head
@@ -139,6 +147,25 @@ fn one_scrape_counts_every_request_of_every_instance() {
         .filter(|s| s["name"] == "process_resident_memory_bytes")
         .count();
     assert_eq!(rss, 4);
+    // On request, one series for the app: the counter summed over its instances; gauges
+    // stay per instance.
+    let summed = parse(&scrape_path(&metrics, "/metrics?sum=app").2).unwrap();
+    let requests: Vec<&Value> = summed
+        .iter()
+        .filter(|s| s["name"] == "app_requests_total" && s["labels"]["route"] == "/")
+        .collect();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["value"].as_f64().unwrap() as u64, n);
+    assert!(requests[0]["labels"].get("instance").is_none());
+    assert_eq!(
+        summed
+            .iter()
+            .filter(|s| s["name"] == "process_resident_memory_bytes")
+            .count(),
+        4
+    );
+    let (status, _, _) = scrape_path(&metrics, "/metrics?sum=bogus");
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
     // herd's own series.
     let up: Vec<&Value> = samples
         .iter()

@@ -73,7 +73,12 @@ impl State {
     }
 
     /// Starts a scrape: herd's series now, the instances' as they answer, all within `timeout`.
-    pub(super) fn start_scrape(&mut self, timeout: Duration, reply: oneshot::Sender<String>) {
+    pub(super) fn start_scrape(
+        &mut self,
+        timeout: Duration,
+        sum: bool,
+        reply: oneshot::Sender<String>,
+    ) {
         self.scrape_id = self.scrape_id.wrapping_add(1);
         let id = self.scrape_id;
         let own = self.own_series();
@@ -95,7 +100,7 @@ impl State {
             id,
             Scrape {
                 own,
-                merged: Exposition::default(),
+                merged: Exposition::new(sum),
                 waiting,
                 reply,
             },

@@ -108,7 +108,11 @@ impl State {
                 },
             },
             Event::PrimaryCall { pid, msg } => self.on_primary_call(pid, msg),
-            Event::Scrape { timeout, reply } => self.start_scrape(timeout, reply),
+            Event::Scrape {
+                timeout,
+                sum,
+                reply,
+            } => self.start_scrape(timeout, sum, reply),
             Event::Remote(env) => self.on_remote(env),
             Event::FileChanged { app } => {
                 // Each change moves the deadline: the reload comes once the files are quiet.
