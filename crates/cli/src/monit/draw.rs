@@ -255,12 +255,39 @@ fn draw_details(f: &mut Frame, m: &Monit, area: Rect) {
 
 fn draw_logs(f: &mut Frame, m: &Monit, area: Rect) {
     let row = m.selected_row();
+    // An instance with `@pm2/io` metrics: they get a box beside its logs, as in `pm2 monit`
+    // (on a narrow screen, the logs' bottom line).
+    let metrics = row
+        .and_then(|r| r.process.as_ref())
+        .map(pm2_metric_lines)
+        .unwrap_or_default();
+    let area = if !metrics.is_empty() && area.width >= 80 {
+        let [logs, side] =
+            Layout::horizontal([Constraint::Fill(1), Constraint::Length(44)]).areas(area);
+        let lines: Vec<Line> = metrics
+            .iter()
+            .map(|(name, value)| {
+                Line::from(vec![name.clone().dim(), " ".into(), value.clone().cyan()])
+            })
+            .collect();
+        f.render_widget(
+            Paragraph::new(lines).block(Block::bordered().title(" @pm2/io metrics ")),
+            side,
+        );
+        logs
+    } else {
+        area
+    };
     let title = match row.map(|r| (&r.key.app, r.key.instance)) {
         Some((app, Some(i))) => format!(" logs {app}:{} ", instance_name(i)),
         Some((app, None)) => format!(" logs {app} "),
         None => " logs ".into(),
     };
-    let block = Block::bordered().title(title);
+    let mut block = Block::bordered().title(title);
+    if !metrics.is_empty() && area.width < 80 {
+        let all: Vec<String> = metrics.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        block = block.title_bottom(Line::from(format!(" @pm2/io: {} ", all.join(" · "))).cyan());
+    }
     let inner = block.inner(area);
     let shown = usize::from(inner.height);
     let lines: Vec<Line> = match row.and_then(|r| m.logs(&r.key)) {
@@ -276,6 +303,58 @@ fn draw_logs(f: &mut Frame, m: &Monit, area: Rect) {
     };
     f.render_widget(Paragraph::new(lines).block(block), area);
 }
+
+/// The instance's `@pm2/io` metrics (`io.metric`, `io.counter`, …) as it last sent them:
+/// (name, value with its unit), the app's own first and @pm2/io's default ones (event loop,
+/// heap, handles) after.
+pub fn pm2_metric_lines(p: &herd_proto::ProcessInfo) -> Vec<(String, String)> {
+    let mut out: Vec<(bool, String, String)> = p
+        .pm2_metrics
+        .iter()
+        .map(|(name, m)| {
+            let value = match m.get("value") {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => match n.as_f64() {
+                    Some(f) if f.fract() != 0.0 => format!("{f:.2}"),
+                    _ => n.to_string(),
+                },
+                Some(serde_json::Value::Null) | None => "–".into(),
+                Some(other) => other.to_string(),
+            };
+            let value = match m
+                .get("unit")
+                .and_then(|u| u.as_str())
+                .filter(|u| !u.is_empty())
+            {
+                Some(unit) => format!("{value} {unit}"),
+                None => value,
+            };
+            (
+                PM2_DEFAULT_METRICS.contains(&name.as_str()),
+                name.clone(),
+                value,
+            )
+        })
+        .collect();
+    out.sort_by_key(|(default, _, _)| *default);
+    out.into_iter().map(|(_, n, v)| (n, v)).collect()
+}
+
+/// The metrics `@pm2/io` adds by itself (its `metrics` defaults, v6).
+const PM2_DEFAULT_METRICS: &[&str] = &[
+    "Active handles",
+    "Active requests",
+    "Event Loop Latency",
+    "Event Loop Latency p95",
+    "Heap Size",
+    "Heap Usage",
+    "Used Heap Size",
+    "HTTP",
+    "HTTP Mean Latency",
+    "HTTP P95 Latency",
+    "GC Heap Size",
+    "GC Heap Usage",
+];
 
 fn notice_line(m: &Monit) -> Paragraph<'_> {
     let line = match m.notice() {
@@ -372,6 +451,26 @@ mod tests {
         );
         assert!(screen[39].contains("q quit"), "{}", screen[39]);
         assert!(text.contains("mem history"));
+    }
+
+    #[test]
+    fn an_instances_pm2_io_metrics_show_under_its_logs() {
+        let mut a = app("web", 2);
+        a.processes[0].pm2_metrics = serde_json::json!({
+            "Realtime users": {"value": 12, "type": "metric"},
+            "req/min": {"value": 3.25, "unit": "req/min", "type": "meter"},
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        let mut m = Monit::new();
+        m.on_apps(&[a], Vec::new());
+        let text = render(&m, 120, 40).join("\n");
+        assert!(text.contains("@pm2/io metrics"), "{text}");
+        assert!(text.contains("Realtime users 12"), "{text}");
+        assert!(text.contains("req/min 3.25 req/min"), "{text}");
+        let narrow = render(&m, 70, 30).join("\n");
+        assert!(narrow.contains("@pm2/io: Realtime users 12"), "{narrow}");
     }
 
     #[test]

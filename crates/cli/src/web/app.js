@@ -44,6 +44,21 @@ function lastExit(p) {
   return e.signal ? `killed by ${e.signal}` : `exit ${e.code}`;
 }
 
+// The app's own @pm2/io metrics (io.metric, io.counter…), not @pm2/io's defaults.
+const PM2_DEFAULTS = new Set(['Active handles', 'Active requests', 'Event Loop Latency', 'Event Loop Latency p95',
+  'Heap Size', 'Heap Usage', 'Used Heap Size', 'HTTP', 'HTTP Mean Latency', 'HTTP P95 Latency', 'GC Heap Size', 'GC Heap Usage']);
+function pm2Metrics(p) {
+  const m = p.pm2_metrics || {};
+  return Object.keys(m)
+    .filter((k) => !PM2_DEFAULTS.has(k))
+    .map((k) => {
+      const v = m[k] && m[k].value;
+      const shown = typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(2) : String(v ?? '–');
+      return `${k} ${shown}${m[k] && m[k].unit ? ` ${m[k].unit}` : ''}`;
+    })
+    .join(' · ');
+}
+
 // ----- charts ----------------------------------------------------------------------------
 
 const history = new Map(); // "app:instance" → {cpu: [], mem: []}
@@ -111,7 +126,7 @@ function card(app) {
   }
   const body = el('tbody');
   const table = el('table', {},
-    el('thead', {}, el('tr', {}, ...['#', 'pid', 'status', 'CPU', '', 'memory', '', 'restarts', 'uptime', 'last exit']
+    el('thead', {}, el('tr', {}, ...['#', 'pid', 'status', 'CPU', '', 'memory', '', 'restarts', 'uptime', 'last exit', '@pm2/io']
       .map((t) => el('th', { textContent: t })))),
     body);
   c.card = el('article', { class: 'app', 'data-app': app.name },
@@ -128,7 +143,7 @@ function row(c, app, p) {
   let r = c.rows.get(key);
   if (!r) {
     const cells = {};
-    for (const k of ['n', 'pid', 'status', 'cpu', 'cpuChart', 'mem', 'memChart', 'restarts', 'uptime', 'exit']) {
+    for (const k of ['n', 'pid', 'status', 'cpu', 'cpuChart', 'mem', 'memChart', 'restarts', 'uptime', 'exit', 'pm2']) {
       cells[k] = el('td');
     }
     cells.cpu.className = cells.mem.className = cells.restarts.className = 'num';
@@ -137,7 +152,7 @@ function row(c, app, p) {
     cells.cpuCanvas.style.width = cells.memCanvas.style.width = '120px';
     cells.cpuCanvas.style.height = cells.memCanvas.style.height = '26px';
     const tr = el('tr', { 'data-instance': String(key) },
-      cells.n, cells.pid, cells.status, cells.cpu, cells.cpuChart, cells.mem, cells.memChart, cells.restarts, cells.uptime, cells.exit);
+      cells.n, cells.pid, cells.status, cells.cpu, cells.cpuChart, cells.mem, cells.memChart, cells.restarts, cells.uptime, cells.exit, cells.pm2);
     r = { tr, cells };
     c.rows.set(key, r);
   }
@@ -151,6 +166,7 @@ function row(c, app, p) {
   x.restarts.textContent = String(p.restarts);
   x.uptime.textContent = uptime(p.uptime_ms);
   x.exit.textContent = lastExit(p);
+  x.pm2.textContent = pm2Metrics(p);
   const h = remember(`${app.name}:${p.instance}`, p);
   spark(x.cpuCanvas, h.cpu, '#6aa8ff', 5);
   spark(x.memCanvas, h.mem, '#c28cff', 1 << 20);

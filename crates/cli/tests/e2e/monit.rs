@@ -287,6 +287,32 @@ fn monit_shows_instances_and_live_logs_scales_restarts_resizes_and_quits_leaving
     h.finish();
 }
 
+/// An app using PM2's `@pm2/io` (the real package): its metrics show beside the selected
+/// instance's logs, as `pm2 monit` shows them.
+#[test]
+fn monit_shows_an_instances_pm2_io_metrics() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    h.ok(&[
+        "start",
+        base.join("apps/pm2io.js").to_str().unwrap(),
+        "--name",
+        "io",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    let Some(t) = open_monit(&h, 120, 32) else {
+        return;
+    };
+    t.wait_for("the instance's @pm2/io metrics", |s| {
+        s.contains("@pm2/io metrics") && s.contains("Queue length 7 jobs")
+    });
+    t.keys("q");
+    assert_exited_and_restored(&t, &h);
+    drop(t);
+    h.finish();
+}
+
 #[test]
 fn ctrl_c_quits_monit_as_q_does() {
     let h = Herd::new();
