@@ -669,6 +669,8 @@ impl StartArgs {
             } else {
                 self.ignore_watch.clone()
             },
+            readiness: None,
+            liveness: None,
         };
         spec.validate().map_err(|e| anyhow::anyhow!(e))?;
         Ok(spec)

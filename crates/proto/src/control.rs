@@ -528,6 +528,37 @@ pub struct ProcessInfo {
     /// The actions it declared with `@pm2/io` (`io.action`), for `herd trigger`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<String>,
+    /// Its health, when the app has a readiness or liveness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// An instance's health as its probes last saw it (docs/health.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Ready for new connections: `None` until its readiness probe first decides (or without
+    /// one).
+    #[serde(default)]
+    pub ready: Option<bool>,
+    /// Alive: `None` until its liveness probe first decides (or without one).
+    #[serde(default)]
+    pub live: Option<bool>,
+    /// The last probe's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<ProbeResult>,
+}
+
+/// One probe's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// `readiness` or `liveness`.
+    pub probe: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was seen: `HTTP 200`, `connected`, `exit 1`, `timed out after 1 s`…
+    pub detail: String,
+    /// How long ago, in milliseconds (when listed).
+    pub ago_ms: u64,
 }
 
 /// One app, as listed.
@@ -561,6 +592,10 @@ pub struct AppInfo {
     /// How stop and kill reach the instances' process trees (in `describe` replies only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containment: Option<Containment>,
+    /// Every serving instance fails its readiness probe, so new connections go to all of them
+    /// rather than to none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub routing_fallback: bool,
 }
 
 #[cfg(test)]

@@ -25,9 +25,10 @@ pub mod worker;
 
 pub use codec::{encode_line, EncodeError, LineBuffer, LineError, MAX_CONTROL_LINE};
 pub use control::{
-    AppInfo, AppStatus, BusStats, Command, Containment, ErrorBody, ErrorCode, ExitInfo, LogStream,
-    ProcessInfo, ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,
+    AppInfo, AppStatus, BusStats, Command, Containment, ErrorBody, ErrorCode, ExitInfo, Health,
+    LogStream, ProbeResult, ProcessInfo, ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,
 };
 pub use spec::{
-    is_secret_key, is_valid_name, masked_value, AppSpec, Balance, ListenSpec, LogSpec, SpecError,
+    is_secret_key, is_valid_name, masked_value, AppSpec, Balance, ListenSpec, LogSpec, Probe,
+    ProbeCheck, SpecError,
 };

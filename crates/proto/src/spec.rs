@@ -129,6 +129,134 @@ pub struct AppSpec {
     pub watch: Vec<String>,
     /// Path components whose changes do not count (`node_modules`, `.git`…).
     pub watch_ignore: Vec<String>,
+    /// Whether an instance should get new connections (docs/health.md): while it fails, the
+    /// reuseport selector leaves it out (unless every instance fails); a reload waits for the
+    /// next process to pass it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Whether an instance is alive: once it fails `failure_threshold` times in a row, the
+    /// instance is restarted (counted by the crash-loop guard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Probe>,
+}
+
+/// A health probe of an app's instances (Kubernetes' probes, docs/health.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Probe {
+    /// What is checked.
+    pub check: ProbeCheck,
+    /// Time between two probes of an instance (Kubernetes' `periodSeconds`).
+    pub interval_ms: u64,
+    /// A probe that has not succeeded within this fails (`timeoutSeconds`).
+    pub timeout_ms: u64,
+    /// Failures in a row that make an instance not ready / not alive (`failureThreshold`).
+    pub failure_threshold: u32,
+    /// Successes in a row that make it ready again (`successThreshold`).
+    pub success_threshold: u32,
+    /// Time after the process started before its first probe (`initialDelaySeconds`).
+    pub initial_delay_ms: u64,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            check: ProbeCheck::Tcp,
+            interval_ms: 1_000,
+            timeout_ms: 1_000,
+            failure_threshold: 3,
+            success_threshold: 1,
+            initial_delay_ms: 0,
+        }
+    }
+}
+
+/// What a probe checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProbeCheck {
+    /// `GET path` on the instance's own socket (the app's first TCP address, steered to this
+    /// instance): a status in `status_min..=status_max` passes.
+    Http {
+        /// The path asked for, starting with `/`.
+        path: String,
+        /// Lowest status that passes (200).
+        #[serde(default = "http_ok_min")]
+        status_min: u16,
+        /// Highest status that passes (399).
+        #[serde(default = "http_ok_max")]
+        status_max: u16,
+    },
+    /// A TCP connection to the instance's own socket is accepted.
+    Tcp,
+    /// A command run with `sh -c`, in the app's directory, with the instance's environment
+    /// (`HERD_INSTANCE`, `PORT`…): exit status 0 passes.
+    Exec {
+        /// The command line.
+        command: String,
+    },
+    /// The instance's own heartbeat on its channel (`{"herd":"health"}`, or sd_notify's
+    /// `WATCHDOG=1`): it passes while one came within the last `interval_ms`; a heartbeat
+    /// `{"herd":"health","ok":false}` (or `WATCHDOG=trigger`) fails at once.
+    Channel,
+}
+
+fn http_ok_min() -> u16 {
+    200
+}
+
+fn http_ok_max() -> u16 {
+    399
+}
+
+impl ProbeCheck {
+    /// How it is written on the command line: `http:/path`, `tcp`, `exec:COMMAND`, `channel`.
+    pub fn shown(&self) -> String {
+        match self {
+            ProbeCheck::Http { path, .. } => format!("http:{path}"),
+            ProbeCheck::Tcp => "tcp".into(),
+            ProbeCheck::Exec { command } => format!("exec:{command}"),
+            ProbeCheck::Channel => "channel".into(),
+        }
+    }
+
+    /// Reads `http:/path`, `tcp`, `exec:COMMAND` or `channel` (also `watchdog`).
+    ///
+    /// # Errors
+    /// When it is none of these, with what to write instead.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("http:") {
+            let path = if path.is_empty() { "/" } else { path };
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "probe {s:?}: the HTTP path must start with / and have no spaces, e.g. http:/healthz"
+                ));
+            }
+            return Ok(ProbeCheck::Http {
+                path: path.to_string(),
+                status_min: http_ok_min(),
+                status_max: http_ok_max(),
+            });
+        }
+        if let Some(command) = s.strip_prefix("exec:") {
+            if command.trim().is_empty() {
+                return Err(format!(
+                    "probe {s:?}: give the command after exec:, e.g. exec:./check.sh"
+                ));
+            }
+            return Ok(ProbeCheck::Exec {
+                command: command.to_string(),
+            });
+        }
+        match s {
+            "tcp" => Ok(ProbeCheck::Tcp),
+            "channel" | "watchdog" => Ok(ProbeCheck::Channel),
+            _ => Err(format!(
+                "probe {s:?} is not one herd knows: use http:/PATH, tcp, exec:COMMAND or channel"
+            )),
+        }
+    }
 }
 
 impl Default for AppSpec {
@@ -162,6 +290,8 @@ impl Default for AppSpec {
             shutdown_with_message: false,
             watch: Vec::new(),
             watch_ignore: vec!["node_modules".into(), ".git".into()],
+            readiness: None,
+            liveness: None,
         }
     }
 }

@@ -415,12 +415,14 @@ mod tests {
                     cgroup: None,
                     pm2_metrics: Default::default(),
                     actions: Vec::new(),
+                    health: None,
                 })
                 .collect(),
             primary: None,
             spec: None,
             env_version: 1,
             containment: None,
+            routing_fallback: false,
         }
     }
 

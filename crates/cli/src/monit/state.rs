@@ -506,6 +506,7 @@ mod tests {
             cgroup: None,
             pm2_metrics: Default::default(),
             actions: Vec::new(),
+            health: None,
         }
     }
 
@@ -522,6 +523,7 @@ mod tests {
             spec: None,
             env_version: 1,
             containment: None,
+            routing_fallback: false,
         }
     }
 

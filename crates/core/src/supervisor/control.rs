@@ -274,6 +274,7 @@ impl State {
                 spec: with_spec.then(|| Box::new(app.spec.clone())),
                 env_version: app.env_version,
                 containment: with_spec.then(|| self.containment.info()),
+                routing_fallback: false,
             });
         }
         out
@@ -348,6 +349,7 @@ fn process_info(
         cgroup: None,
         pm2_metrics: serde_json::Map::new(),
         actions: Vec::new(),
+        health: None,
     };
     if let Some(p) = slot.state.proc_mut() {
         info.pid = Some(p.pid);
