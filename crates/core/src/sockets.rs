@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use herd_proto::Balance;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Backlog of every listening socket the daemon creates.
 const BACKLOG: i32 = 1024;
@@ -351,6 +351,33 @@ impl Listener {
     ///
     /// # Errors
     /// When the kernel refuses the program (it should not; logged by the caller).
+    /// Where a health probe connects to reach slot `slot`'s own socket, and the loopback
+    /// address it connects from: the selector sends a connection from `127.87.H.L` to the
+    /// socket at group index `H·256+L`, whatever the routing set (docs/health.md). `None`
+    /// for a shared listener, a Unix socket, an IPv6-only address, or a slot without socket.
+    pub fn probe_target(&self, slot: u32) -> Option<(SocketAddr, std::net::Ipv4Addr)> {
+        let Kind::PerSlot { by_slot, group } = &self.kind else {
+            return None;
+        };
+        let idx = group.iter().position(|&s| s == slot)?;
+        let idx = u16::try_from(idx).ok()?;
+        let fd = by_slot.get(slot as usize)?.as_ref()?;
+        let bound = SockRef::from(fd).local_addr().ok()?.as_socket()?;
+        let dest = match bound {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port()))
+            }
+            SocketAddr::V4(a) => SocketAddr::V4(a),
+            // An IPv6 socket takes IPv4 connections too (mapped) unless it is IPv6-only.
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port()))
+            }
+            SocketAddr::V6(a) => SocketAddr::from((a.ip().to_ipv4_mapped()?, a.port())),
+        };
+        let [h, l] = idx.to_be_bytes();
+        Some((dest, std::net::Ipv4Addr::new(127, PROBE_NET_OCTET, h, l)))
+    }
+
     pub fn steer(&self, balance: Balance, live: &[u32]) -> io::Result<()> {
         let Kind::PerSlot { by_slot, group } = &self.kind else {
             return Ok(());
@@ -478,6 +505,10 @@ const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     }
 }
 
+/// The second octet of the loopback block health probes connect from (`127.87.0.0/16`).
+pub const PROBE_NET_OCTET: u8 = 87;
+const PROBE_NET: u32 = 0x7f57_0000;
+
 /// Builds the classic-BPF reuseport selector.
 ///
 /// The key is computed from the packet's headers (not `skb->hash`, which is 0 on NICs without
@@ -490,10 +521,32 @@ fn selector_program(balance: Balance, is_v6: bool, table: &[u32]) -> Vec<libc::s
     let net = SKF_NET_OFF as u32;
     let ld = |off: u32| stmt(BPF_LD | BPF_W | BPF_ABS, net.wrapping_add(off));
     let with_ports = balance != Balance::Sticky;
+    // A health probe's connection (from 127.87.H.L, never a client's address) goes to the
+    // socket at group index H·256+L, routed or not.
+    let probe = [
+        ld(12),
+        stmt(BPF_MISC | BPF_TAX, 0),
+        stmt(BPF_ALU | BPF_AND | BPF_K, 0xffff_0000),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, PROBE_NET, 0, 3),
+        stmt(BPF_MISC | BPF_TXA, 0),
+        stmt(BPF_ALU | BPF_AND | BPF_K, 0xffff),
+        stmt(BPF_RET | BPF_A, 0),
+    ];
     let Some((last, rest)) = table.split_last() else {
-        return vec![stmt(BPF_RET | BPF_K, u32::MAX)];
+        let mut prog = Vec::new();
+        if is_v6 {
+            prog.push(stmt(BPF_LD | BPF_B | BPF_ABS, net));
+            prog.push(stmt(BPF_ALU | BPF_RSH | BPF_K, 4));
+            prog.push(jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, probe.len() as u8));
+        }
+        prog.extend(probe);
+        prog.push(stmt(BPF_RET | BPF_K, u32::MAX));
+        return prog;
     };
-    let mut v4 = vec![ld(12)];
+    // After the probe check, A = the IPv4 source address, as the hash below starts from.
+    let mut v4 = probe.to_vec();
+    // (The probe check's last jump lands here with A masked: load the address again.)
+    v4.push(ld(12));
     if with_ports {
         v4.extend([
             stmt(BPF_MISC | BPF_TAX, 0),
@@ -670,6 +723,47 @@ mod tests {
         let c = spread(&l, 4, 300);
         assert_eq!(c.get(&1), None, "a steered-out slot got connections: {c:?}");
         assert_eq!(c.values().sum::<usize>(), 300);
+    }
+
+    /// A probe's connection lands on the slot it names, routed or not, whatever the balance
+    /// and whether the socket is IPv4 or dual-stack IPv6; clients still spread as before.
+    #[test]
+    fn a_probe_reaches_the_slot_it_names_even_out_of_the_routing_set() {
+        let v6: ListenAddr = "[::]:0".parse().unwrap();
+        for (addr, balance) in [
+            (loopback(), Balance::Hash),
+            (loopback(), Balance::Sticky),
+            (v6, Balance::Hash),
+        ] {
+            let l = Listener::bind(&addr, balance, 3).unwrap();
+            for live in [vec![0, 1, 2], vec![0, 2], vec![]] {
+                l.steer(balance, &live).unwrap();
+                for slot in 0..3u32 {
+                    let (dest, src) = l.probe_target(slot).unwrap();
+                    for _ in 0..5 {
+                        let s = socket2::Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                        s.bind(&SocketAddr::from((src, 0)).into()).unwrap();
+                        s.connect(&dest.into()).unwrap();
+                        drop(s);
+                    }
+                    let fd = l.fd_for_slot(slot).unwrap().try_clone_to_owned().unwrap();
+                    let tl = TcpListener::from(fd);
+                    tl.set_nonblocking(true).unwrap();
+                    let mut got = 0;
+                    while tl.accept().is_ok() {
+                        got += 1;
+                    }
+                    assert_eq!(got, 5, "{addr:?} {balance:?} live {live:?}: slot {slot}");
+                    for other in (0..3u32).filter(|&o| o != slot) {
+                        let fd = l.fd_for_slot(other).unwrap().try_clone_to_owned().unwrap();
+                        let tl = TcpListener::from(fd);
+                        tl.set_nonblocking(true).unwrap();
+                        assert!(tl.accept().is_err(), "slot {other} got slot {slot}'s probe");
+                    }
+                }
+            }
+            l.steer(balance, &[0, 1, 2]).unwrap();
+        }
     }
 
     #[test]
