@@ -21,6 +21,8 @@ pub struct Notice {
     pub ready: bool,
     /// `STATUS=…`, if any.
     pub status: Option<String>,
+    /// `WATCHDOG=1` (`Some(true)`: alive) or `WATCHDOG=trigger` (`Some(false)`).
+    pub watchdog: Option<bool>,
 }
 
 /// Binds the notify socket at `path` (replacing a stale one).
@@ -92,11 +94,14 @@ fn parse(pid: u32, data: &[u8]) -> Option<Notice> {
         pid,
         ready: false,
         status: None,
+        watchdog: None,
     };
     for line in text.lines() {
         match line.split_once('=') {
             Some(("READY", "1")) => notice.ready = true,
             Some(("STATUS", s)) => notice.status = Some(s.to_string()),
+            Some(("WATCHDOG", "1")) => notice.watchdog = Some(true),
+            Some(("WATCHDOG", "trigger")) => notice.watchdog = Some(false),
             _ => {}
         }
     }

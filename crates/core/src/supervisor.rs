@@ -58,6 +58,7 @@ mod metrics;
 mod os;
 mod pm2io;
 mod primary;
+mod probes;
 mod process;
 mod reload;
 mod slot;
@@ -274,6 +275,13 @@ enum Event {
     /// A killed instance's cgroup is empty and removed (or given up on).
     CgroupEmptied {
         app: u32,
+    },
+    /// A health probe of process `pid` came back.
+    Probe {
+        pid: u32,
+        kind: probes::ProbeKind,
+        ok: bool,
+        detail: String,
     },
 }
 
@@ -566,6 +574,8 @@ struct App {
     reloads: (u64, u64),
     /// Times the set of slots routed to changed.
     routing_changes: u64,
+    /// Every serving process fails the readiness probe: all of them are routed to.
+    routing_fallback: bool,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -602,6 +612,7 @@ impl App {
             link: primary::Link::default(),
             reloads: (0, 0),
             routing_changes: 0,
+            routing_fallback: false,
         }
     }
 
@@ -707,6 +718,8 @@ struct State {
     trigger_id: u64,
     /// The Node shims, written into `cfg.node_dir`.
     node_shims: Option<crate::node_shims::Installed>,
+    /// Exec probes running: their pid → (the process they probe, which probe).
+    probe_execs: HashMap<u32, (u32, probes::ProbeKind)>,
 }
 
 impl State {
@@ -751,6 +764,7 @@ impl State {
             triggers: HashMap::new(),
             trigger_id: 0,
             node_shims: None,
+            probe_execs: HashMap::new(),
         }
     }
 }

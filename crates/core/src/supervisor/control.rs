@@ -248,6 +248,7 @@ impl State {
                 continue;
             };
             let port = app.port();
+            let probed = app.spec.readiness.is_some() || app.spec.liveness.is_some();
             let listen = if app.listeners.is_empty() {
                 app.spec.listen.iter().map(|l| l.addr.clone()).collect()
             } else {
@@ -256,12 +257,12 @@ impl State {
             let processes = app
                 .slots
                 .iter_mut()
-                .map(|slot| process_info(slot, bus, &self.cgroups, &mut *self.os))
+                .map(|slot| process_info(slot, bus, &self.cgroups, &mut *self.os, probed))
                 .collect();
             let primary = app
                 .primary
                 .as_mut()
-                .map(|slot| process_info(slot, bus, &self.cgroups, &mut *self.os));
+                .map(|slot| process_info(slot, bus, &self.cgroups, &mut *self.os, false));
             out.push(AppInfo {
                 primary,
                 id: app.id,
@@ -274,7 +275,7 @@ impl State {
                 spec: with_spec.then(|| Box::new(app.spec.clone())),
                 env_version: app.env_version,
                 containment: with_spec.then(|| self.containment.info()),
-                routing_fallback: false,
+                routing_fallback: app.routing_fallback,
             });
         }
         out
@@ -331,6 +332,7 @@ fn process_info(
     bus: &super::bus::Bus,
     cgroups: &std::collections::HashMap<u32, std::path::PathBuf>,
     os: &mut dyn super::Os,
+    probed: bool,
 ) -> ProcessInfo {
     let status = slot.state.status();
     let mut info = ProcessInfo {
@@ -374,6 +376,9 @@ fn process_info(
             info.memory_bytes = Some(m);
         }
         info.cgroup = cg.map(|cg| cg.display().to_string());
+        if probed {
+            info.health = Some(p.health.info());
+        }
         if let Some(io) = &p.pm2 {
             info.pm2_metrics = io.metrics.clone();
             info.actions = io.actions.clone();

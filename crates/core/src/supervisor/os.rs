@@ -25,6 +25,20 @@ pub(super) trait Os: Send {
     fn kill_tree(&mut self, pid: u32, cgroup: Option<&Path>);
     /// CPU time and resident memory of `pid`.
     fn sample(&mut self, pid: u32) -> Option<Sample>;
+    /// Starts an exec health probe: `sh -c command` in its own process group, reaped as any
+    /// child (its exit comes as an `Exited` event). Its pid; `None` if it cannot start.
+    fn spawn_probe(&mut self, command: &str, env: &[(String, String)], cwd: &str) -> Option<u32> {
+        let _ = (command, env, cwd);
+        None
+    }
+    /// Starts a network health probe; its result comes back on `tx` as an `Event::Probe`.
+    fn probe_net(
+        &mut self,
+        probe: super::probes::NetProbe,
+        tx: tokio::sync::mpsc::UnboundedSender<super::Event>,
+    ) {
+        let _ = (probe, tx);
+    }
 }
 
 /// The operating system itself.
@@ -50,5 +64,44 @@ impl Os for System {
 
     fn sample(&mut self, pid: u32) -> Option<Sample> {
         stats::sample(pid)
+    }
+
+    fn spawn_probe(&mut self, command: &str, env: &[(String, String)], cwd: &str) -> Option<u32> {
+        use std::os::unix::process::CommandExt;
+        let mut c = std::process::Command::new("/bin/sh");
+        c.arg("-c")
+            .arg(command)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        if !cwd.is_empty() {
+            c.current_dir(cwd);
+        }
+        match c.spawn() {
+            // Reaped by the supervisor's SIGCHLD reaper, like every child.
+            Ok(child) => Some(child.id()),
+            Err(e) => {
+                tracing::warn!("cannot start the exec probe {command:?}: {e}");
+                None
+            }
+        }
+    }
+
+    fn probe_net(
+        &mut self,
+        probe: super::probes::NetProbe,
+        tx: tokio::sync::mpsc::UnboundedSender<super::Event>,
+    ) {
+        tokio::spawn(async move {
+            let (ok, detail) = super::probes::run_net_probe(&probe).await;
+            let _ = tx.send(super::Event::Probe {
+                pid: probe.pid,
+                kind: probe.kind,
+                ok,
+                detail,
+            });
+        });
     }
 }

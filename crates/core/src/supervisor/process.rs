@@ -365,6 +365,7 @@ impl State {
             }),
             out,
             err,
+            health: Default::default(),
         })
     }
 
@@ -488,7 +489,7 @@ impl State {
             _ => match then {
                 Then::Stay => slot.set(SlotState::Stopped),
                 Then::Remove => slot.set(SlotState::Gone),
-                Then::Restart => {
+                Then::Restart | Then::Unlive => {
                     slot.set(SlotState::Stopped);
                     self.launch(id, i);
                 }

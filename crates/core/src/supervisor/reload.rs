@@ -166,8 +166,11 @@ impl State {
             }
             other => slot.set(other),
         }
+        // With a readiness probe the reload waits on the slot for the new process's first
+        // verdict (probes::on_probe_result moves it on).
+        let wait_ready = app.spec.readiness.is_some();
         if let Some(job) = app.reload.as_mut() {
-            if job.active == Some(i) {
+            if job.active == Some(i) && !wait_ready {
                 job.active = None;
             }
         }

@@ -53,6 +53,8 @@ pub(super) enum Then {
     Restart,
     /// Go away (scale-down).
     Remove,
+    /// Start again through the restart policy, as after a crash: its liveness probe failed.
+    Unlive,
 }
 
 /// Which process of a slot a pid is.
@@ -94,6 +96,8 @@ pub(super) struct Proc {
     /// Its stdout and stderr pumps.
     pub(super) out: Option<Arc<logs::PumpState>>,
     pub(super) err: Option<Arc<logs::PumpState>>,
+    /// What its health probes saw (apps with probes).
+    pub(super) health: Box<super::probes::ProcHealth>,
 }
 
 impl Proc {
@@ -380,6 +384,14 @@ impl State {
                     slot.restarts += 1;
                     slot.set(SlotState::Stopped);
                     self.launch(id, i);
+                }
+                // Counted by the crash-loop guard as a crash of no uptime.
+                Then::Unlive => {
+                    slot.set(SlotState::Stopped);
+                    let decision =
+                        policy::on_exit(&app.spec, &mut slot.history, Duration::ZERO, None);
+                    tracing::info!(app = %name, instance = i, pid, ?decision, "instance stopped by its liveness probe");
+                    self.apply_decision(id, i, decision, false);
                 }
             },
             SlotState::Draining { .. } => slot.set(SlotState::Gone),
@@ -676,6 +688,7 @@ mod tests {
             seen: Default::default(),
             out: None,
             err: None,
+            health: Default::default(),
         }
     }
 

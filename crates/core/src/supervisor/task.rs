@@ -74,8 +74,21 @@ impl State {
             } => {
                 let _ = reply.send(self.log_files(&target, stream));
             }
-            Event::Exited { pid, status } => self.on_exit(pid, status),
+            Event::Exited { pid, status } => {
+                if !self.on_probe_exit(pid, &status) {
+                    self.on_exit(pid, status);
+                }
+            }
+            Event::Probe {
+                pid,
+                kind,
+                ok,
+                detail,
+            } => self.on_probe_result(pid, kind, ok, detail),
             Event::Notice(n) => {
+                if let Some(ok) = n.watchdog {
+                    self.on_heartbeat(n.pid, ok);
+                }
                 if n.ready {
                     self.on_ready(n.pid, ReadyKind::Explicit);
                 }
@@ -102,6 +115,15 @@ impl State {
                     ),
                 ),
                 Inbound::App(v) if self.is_primary(pid) => self.on_primary_message(pid, v),
+                Inbound::App(v)
+                    if v.get("herd").and_then(serde_json::Value::as_str) == Some("health") =>
+                {
+                    let ok = v
+                        .get("ok")
+                        .and_then(serde_json::Value::as_bool)
+                        .unwrap_or(true);
+                    self.on_heartbeat(pid, ok);
+                }
                 Inbound::App(v) => match herd_proto::worker::MetricsMsg::read(&v) {
                     Some(m) => self.on_metrics_msg(pid, m),
                     None => self.on_app_message(pid, v),
@@ -137,6 +159,7 @@ impl State {
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Slot { app, slot } => self.on_timer(app, slot),
+                TimerKey::Probe { pid, kind } => self.on_probe_timer(pid, kind),
                 TimerKey::Retire { pid } => {
                     if let Some((_, _, Role::Retiring)) = self.pids.get(&pid) {
                         tracing::info!(
@@ -176,11 +199,13 @@ impl State {
             .values()
             .filter(|a| {
                 a.reload.as_ref().and_then(|r| r.active).is_some_and(|i| {
-                    !a.slot(i).is_some_and(|s| {
-                        matches!(
-                            s.state,
-                            SlotState::Reloading { .. } | SlotState::Starting { .. }
-                        )
+                    !a.slot(i).is_some_and(|s| match &s.state {
+                        SlotState::Reloading { .. } | SlotState::Starting { .. } => true,
+                        // Promoted, and waiting for its readiness probe's first verdict.
+                        SlotState::Online { proc } => {
+                            a.spec.readiness.is_some() && proc.health.ready.is_none()
+                        }
+                        _ => false,
                     })
                 })
             })
@@ -214,6 +239,7 @@ impl State {
         for (id, i, pid) in online {
             self.lifecycle_event(id, i, pid, "online", serde_json::Value::Null);
         }
+        self.start_probes();
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
             // A slot's timer is its state's deadline: armed while the state waits, moved
@@ -385,12 +411,21 @@ pub(super) fn route(app: &mut App) {
     if !app.listeners.iter().any(Listener::is_per_slot) {
         return;
     }
-    let live: Vec<u32> = app
-        .slots
+    let serving: Vec<&super::Slot> = app.slots.iter().filter(|s| s.state.routed()).collect();
+    // With a readiness probe, only the processes that pass it; if none does, all of them
+    // (connections queue on a sick instance rather than being refused by none).
+    let mut live: Vec<u32> = serving
         .iter()
-        .filter(|s| s.state.routed())
+        .filter(|s| {
+            app.spec.readiness.is_none()
+                || s.state.proc().is_some_and(|p| p.health.passes_readiness())
+        })
         .map(|s| s.index)
         .collect();
+    app.routing_fallback = live.is_empty() && !serving.is_empty() && app.spec.readiness.is_some();
+    if app.routing_fallback {
+        live = serving.iter().map(|s| s.index).collect();
+    }
     if app.routed.as_ref() == Some(&live) {
         return;
     }

@@ -25,6 +25,13 @@ pub(super) enum TimerKey {
         /// Slot index.
         slot: u32,
     },
+    /// A health probe of a process is due.
+    Probe {
+        /// Its pid.
+        pid: u32,
+        /// Which probe.
+        kind: super::probes::ProbeKind,
+    },
     /// A reloaded-away process gets SIGKILL then if it is still running.
     Retire {
         /// Its pid.
@@ -66,7 +73,10 @@ impl TimerKey {
             | TimerKey::Memory { app }
             | TimerKey::Watch { app }
             | TimerKey::Claims { app } => Some(app),
-            TimerKey::Retire { .. } | TimerKey::Scrape { .. } | TimerKey::Trigger { .. } => None,
+            TimerKey::Retire { .. }
+            | TimerKey::Probe { .. }
+            | TimerKey::Scrape { .. }
+            | TimerKey::Trigger { .. } => None,
         }
     }
 }

@@ -603,6 +603,7 @@ impl State {
             seen: Default::default(),
             out,
             err,
+            health: Default::default(),
         }
     }
 }
