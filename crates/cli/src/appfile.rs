@@ -331,7 +331,7 @@ fn probe(v: &Value, field: &str) -> Result<Probe> {
             "timeoutSeconds" | "timeout_seconds" => {
                 once(&mut t.timeout_ms, field, k, seconds(v, &at)?)?
             }
-            "initial_delay" | "initialDelay" => {
+            "initial_delay" => {
                 once(&mut t.initial_delay_ms, field, k, millis(v, &at)?)?
             }
             "initialDelaySeconds" | "initial_delay_seconds" => {
