@@ -12,11 +12,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use herd_proto::{AppSpec, Balance};
+use herd_proto::{AppSpec, Balance, Probe, ProbeCheck};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::args::{parse_duration, parse_size, StartArgs};
+use crate::args::{check_probes, parse_duration, parse_size, StartArgs};
 
 /// Whether `path` names an app file rather than a program.
 pub fn is_app_file(path: &Path) -> bool {
@@ -91,6 +91,11 @@ struct Entry {
     watch: Option<Value>,
     #[serde(default)]
     ignore_watch: Words,
+    /// A readiness probe: `"http:/healthz"`, or a table in Kubernetes' words (`httpGet`,
+    /// `periodSeconds`…) or herd's (`check`, `interval`…).
+    readiness: Option<Value>,
+    /// A liveness probe, written as `readiness`.
+    liveness: Option<Value>,
     /// Everything else: `env_<name>` blocks, PM2 fields herd does not have, typos.
     #[serde(flatten)]
     rest: BTreeMap<String, Value>,
@@ -240,6 +245,241 @@ fn size(v: &Value, field: &str) -> Result<u64> {
     }
 }
 
+/// Kubernetes' `periodSeconds` and the like: a number of seconds.
+fn seconds(v: &Value, field: &str) -> Result<u64> {
+    match v.as_f64() {
+        Some(s) if s >= 0.0 && s.is_finite() => Ok((s * 1000.0).round() as u64),
+        _ => bail!(
+            "{field} must be a number of seconds, e.g. 5 (for \"500ms\" and the like, use interval, timeout or initial_delay)"
+        ),
+    }
+}
+
+/// A probe's `failureThreshold` or `successThreshold`.
+fn threshold(v: &Value, field: &str) -> Result<u32> {
+    match v.as_u64().map(u32::try_from) {
+        Some(Ok(n)) if n >= 1 => Ok(n),
+        _ => bail!("{field} must be a whole number of at least 1"),
+    }
+}
+
+/// What a probe table says besides its check, by the name given (for errors).
+#[derive(Default)]
+struct ProbeTiming {
+    interval_ms: Option<(String, u64)>,
+    timeout_ms: Option<(String, u64)>,
+    initial_delay_ms: Option<(String, u64)>,
+    failure_threshold: Option<(String, u32)>,
+    success_threshold: Option<(String, u32)>,
+}
+
+/// Sets `slot` from `key`, unless another spelling of the same field did already.
+fn once<T>(slot: &mut Option<(String, T)>, field: &str, key: &str, value: T) -> Result<()> {
+    if let Some((first, _)) = slot {
+        bail!("{field}.{first} and {field}.{key} are the same setting; give one of them");
+    }
+    *slot = Some((key.to_string(), value));
+    Ok(())
+}
+
+/// A probe as an app file writes it (docs/health.md): a string read as `--readiness` reads it
+/// (`"http:/healthz"`, `"tcp"`, `"exec:./check.sh"`, `"channel"`), or a table with exactly one
+/// check (Kubernetes' `httpGet`, `tcpSocket`, `exec`, herd's `channel`, or herd's `check` with
+/// a string) and its timing in Kubernetes' words (`periodSeconds`, `timeoutSeconds`,
+/// `initialDelaySeconds`, `failureThreshold`, `successThreshold`; camelCase or snake_case) or
+/// herd's (`interval`, `timeout`, `initial_delay` as ms or durations).
+fn probe(v: &Value, field: &str) -> Result<Probe> {
+    let map = match v {
+        Value::String(s) => {
+            let check = ProbeCheck::parse(s).map_err(|e| anyhow!("{field}: {e}"))?;
+            return Ok(Probe {
+                check,
+                ..Probe::default()
+            });
+        }
+        Value::Object(map) => map,
+        _ => bail!(
+            "{field} must be a probe such as \"http:/healthz\", or a table with one of httpGet, tcpSocket, exec, channel or check"
+        ),
+    };
+    let mut checks: Vec<(&str, ProbeCheck)> = Vec::new();
+    let mut t = ProbeTiming::default();
+    for (k, v) in map {
+        let at = format!("{field}.{k}");
+        match k.as_str() {
+            "httpGet" | "http_get" => checks.push((k, http_get(v, &at)?)),
+            "tcpSocket" | "tcp_socket" => {
+                only_keys(v, &at, &["port"], "{}")?;
+                checks.push((k, ProbeCheck::Tcp));
+            }
+            "exec" => checks.push((k, exec(v, &at)?)),
+            "channel" => {
+                only_keys(v, &at, &[], "{}")?;
+                checks.push((k, ProbeCheck::Channel));
+            }
+            "check" => {
+                let Value::String(s) = v else {
+                    bail!("{at} must be a string such as \"http:/healthz\", \"tcp\", \"exec:./check.sh\" or \"channel\"");
+                };
+                checks.push((k, ProbeCheck::parse(s).map_err(|e| anyhow!("{at}: {e}"))?));
+            }
+            "interval" => once(&mut t.interval_ms, field, k, millis(v, &at)?)?,
+            "periodSeconds" | "period_seconds" => {
+                once(&mut t.interval_ms, field, k, seconds(v, &at)?)?
+            }
+            "timeout" => once(&mut t.timeout_ms, field, k, millis(v, &at)?)?,
+            "timeoutSeconds" | "timeout_seconds" => {
+                once(&mut t.timeout_ms, field, k, seconds(v, &at)?)?
+            }
+            "initial_delay" => {
+                once(&mut t.initial_delay_ms, field, k, millis(v, &at)?)?
+            }
+            "initialDelaySeconds" | "initial_delay_seconds" => {
+                once(&mut t.initial_delay_ms, field, k, seconds(v, &at)?)?
+            }
+            "failureThreshold" | "failure_threshold" => {
+                once(&mut t.failure_threshold, field, k, threshold(v, &at)?)?
+            }
+            "successThreshold" | "success_threshold" => {
+                once(&mut t.success_threshold, field, k, threshold(v, &at)?)?
+            }
+            _ => bail!(
+                "unknown field {at:?}; a probe has one check (httpGet, tcpSocket, exec, channel or check) and may set interval (periodSeconds), timeout (timeoutSeconds), initial_delay (initialDelaySeconds), failureThreshold and successThreshold; see docs/health.md"
+            ),
+        }
+    }
+    let check = match checks.as_slice() {
+        [] => bail!(
+            "{field} has no check; give one of httpGet, tcpSocket, exec, channel or check (e.g. check = \"http:/healthz\")"
+        ),
+        [(_, check)] => check.clone(),
+        [(a, _), (b, _), ..] => bail!(
+            "{field} has both {a} and {b}; a probe has exactly one check, so keep one of them"
+        ),
+    };
+    for (slot, what) in [
+        (&t.interval_ms, "the time between probes"),
+        (&t.timeout_ms, "a timeout"),
+    ] {
+        if let Some((k, 0)) = slot {
+            bail!("{field}.{k} is 0, which cannot work as {what}; give at least 1 ms");
+        }
+    }
+    let defaults = Probe::default();
+    Ok(Probe {
+        check,
+        interval_ms: t.interval_ms.map_or(defaults.interval_ms, |(_, v)| v),
+        timeout_ms: t.timeout_ms.map_or(defaults.timeout_ms, |(_, v)| v),
+        failure_threshold: t
+            .failure_threshold
+            .map_or(defaults.failure_threshold, |(_, v)| v),
+        success_threshold: t
+            .success_threshold
+            .map_or(defaults.success_threshold, |(_, v)| v),
+        initial_delay_ms: t
+            .initial_delay_ms
+            .map_or(defaults.initial_delay_ms, |(_, v)| v),
+    })
+}
+
+/// A duration field of a probe, in milliseconds.
+fn millis(v: &Value, field: &str) -> Result<u64> {
+    Ok(u64::try_from(ms(v, field)?.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A check's table, with no keys but `allowed`.
+fn only_keys(v: &Value, field: &str, allowed: &[&str], example: &str) -> Result<()> {
+    match v {
+        Value::Object(map) => match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) if allowed.is_empty() => {
+                bail!("unknown field \"{field}.{k}\"; {field} takes no settings")
+            }
+            Some(k) => bail!(
+                "unknown field \"{field}.{k}\"; {field} takes {} (herd probes each instance's own socket)",
+                allowed.join(", ")
+            ),
+        },
+        _ => bail!("{field} must be a table such as {example}"),
+    }
+}
+
+/// Kubernetes' `httpGet: {path, port}`; the port is accepted and ignored, since herd asks
+/// each instance on its own socket (the app's first TCP address).
+fn http_get(v: &Value, field: &str) -> Result<ProbeCheck> {
+    only_keys(
+        v,
+        field,
+        &["path", "port", "scheme"],
+        "{ path = \"/healthz\" }",
+    )?;
+    if let Some(scheme) = v.get("scheme") {
+        if !scheme
+            .as_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("http"))
+        {
+            bail!(
+                "{field}.scheme: herd probes with plain HTTP only; leave scheme out or give HTTP"
+            );
+        }
+    }
+    let path = match v.get("path") {
+        Some(Value::String(p)) => p,
+        Some(_) => bail!("{field}.path must be a string such as \"/healthz\""),
+        None => bail!("{field}.path is missing; give the path to ask for, e.g. \"/healthz\""),
+    };
+    ProbeCheck::parse(&format!("http:{path}")).map_err(|e| anyhow!("{field}.path: {e}"))
+}
+
+/// Kubernetes' `exec: {command}`: a string is a command line for `sh -c`; a list is a program
+/// and its arguments, each quoted for `sh` so that none is split or expanded.
+fn exec(v: &Value, field: &str) -> Result<ProbeCheck> {
+    only_keys(v, field, &["command"], "{ command = [\"./check.sh\"] }")?;
+    let command = match v.get("command") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::Array(words)) if !words.is_empty() => {
+            let words: Vec<&str> = words
+                .iter()
+                .map(|w| {
+                    w.as_str()
+                        .ok_or_else(|| anyhow!("{field}.command must be a list of strings"))
+                })
+                .collect::<Result<_>>()?;
+            shell_command(&words)
+        }
+        Some(_) => bail!("{field}.command is empty; give a command line or a list of words"),
+        None => bail!(
+            "{field}.command is missing; give a command line or a list of words, e.g. [\"./check.sh\", \"--quick\"]"
+        ),
+    };
+    Ok(ProbeCheck::Exec { command })
+}
+
+/// The `sh -c` command line that runs `words` as a program and its arguments.
+/// `["sh", "-c", LINE]` is LINE itself (Kubernetes' usual way to ask for a shell).
+fn shell_command(words: &[&str]) -> String {
+    if let [sh, "-c", line] = words {
+        if matches!(*sh, "sh" | "/bin/sh") {
+            return (*line).to_string();
+        }
+    }
+    words
+        .iter()
+        .map(|w| shell_quoted(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `w` as one word for `sh`: as it is when nothing in it is special, else in single quotes.
+fn shell_quoted(w: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    if !w.is_empty() && w.chars().all(plain) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
 fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -260,6 +500,16 @@ impl Entry {
         let script = self
             .script
             .ok_or_else(|| anyhow!("script is missing; give the program or script to run"))?;
+        let readiness = self
+            .readiness
+            .as_ref()
+            .map(|v| probe(v, "readiness"))
+            .transpose()?;
+        let liveness = self
+            .liveness
+            .as_ref()
+            .map(|v| probe(v, "liveness"))
+            .transpose()?;
         let mut env: Vec<String> = self
             .env
             .iter()
@@ -387,7 +637,11 @@ impl Entry {
             Some(_) => bail!("watch must be true, a path or a list of paths"),
         };
         a.ignore_watch = self.ignore_watch.into_vec();
-        a.to_spec()
+        let mut spec = a.to_spec()?;
+        spec.readiness = readiness;
+        spec.liveness = liveness;
+        check_probes(&spec)?;
+        Ok(spec)
     }
 }
 
@@ -466,6 +720,8 @@ mod tests {
             "node_cluster",
             "watch",
             "ignore_watch",
+            "readiness",
+            "liveness",
         ];
         for f in fields {
             assert!(props.contains_key(f), "the schema lacks {f}");
@@ -473,5 +729,284 @@ mod tests {
                 serde_json::from_value(serde_json::json!({ f: Value::Null })).unwrap_or_default();
             assert!(!probe.rest.contains_key(f), "{f} is not read by the loader");
         }
+    }
+
+    fn load_one(name: &str, text: &str) -> Result<AppSpec> {
+        let mut specs = load_text(&Path::new("/tmp").join(name), text, None, &[])?;
+        assert_eq!(specs.len(), 1);
+        Ok(specs.remove(0))
+    }
+
+    fn probe_error(name: &str, text: &str) -> String {
+        match load_one(name, text) {
+            Ok(spec) => panic!("{text} loaded: {:?}", spec.readiness),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_probe_as_a_string_reads_as_the_flag() {
+        let spec = load_one(
+            "herd.toml",
+            "[[apps]]\nname = \"api\"\nscript = \"/bin/sh\"\nport = 8000\nreadiness = \"http:/healthz\"\nliveness = \"exec:test -f /tmp/ok\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.readiness,
+            Some(Probe {
+                check: ProbeCheck::parse("http:/healthz").unwrap(),
+                ..Probe::default()
+            })
+        );
+        assert_eq!(
+            spec.liveness.map(|p| p.check),
+            Some(ProbeCheck::Exec {
+                command: "test -f /tmp/ok".into()
+            })
+        );
+        let spec = load_one("herd.toml", "[[apps]]\nscript = \"/bin/sh\"\nport = 8000\n").unwrap();
+        assert_eq!((spec.readiness, spec.liveness), (None, None));
+    }
+
+    #[test]
+    fn a_probe_in_kubernetes_words_camel_case_in_toml() {
+        let spec = load_one(
+            "herd.toml",
+            r#"
+[[apps]]
+name = "api"
+script = "/bin/sh"
+port = 8000
+
+[apps.readiness]
+httpGet = { path = "/healthz", port = 8000, scheme = "HTTP" }
+periodSeconds = 5
+timeoutSeconds = 2
+failureThreshold = 4
+successThreshold = 2
+initialDelaySeconds = 0.5
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.readiness,
+            Some(Probe {
+                check: ProbeCheck::parse("http:/healthz").unwrap(),
+                interval_ms: 5_000,
+                timeout_ms: 2_000,
+                failure_threshold: 4,
+                success_threshold: 2,
+                initial_delay_ms: 500,
+            })
+        );
+    }
+
+    #[test]
+    fn a_probe_in_kubernetes_words_snake_case_in_yaml() {
+        let spec = load_one(
+            "herd.yaml",
+            "apps:\n  - name: api\n    script: /bin/sh\n    port: 8000\n    liveness:\n      tcp_socket: { port: http }\n      period_seconds: 10\n      timeout_seconds: 3\n      failure_threshold: 6\n      initial_delay_seconds: 30\n    readiness:\n      exec:\n        command: [sh, -c, \"curl -fs localhost:$PORT/ready\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.liveness,
+            Some(Probe {
+                check: ProbeCheck::Tcp,
+                interval_ms: 10_000,
+                timeout_ms: 3_000,
+                failure_threshold: 6,
+                success_threshold: 1,
+                initial_delay_ms: 30_000,
+            })
+        );
+        assert_eq!(
+            spec.readiness.map(|p| p.check),
+            Some(ProbeCheck::Exec {
+                command: "curl -fs localhost:$PORT/ready".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_probe_in_herds_words_in_json() {
+        let spec = load_one(
+            "herd.json",
+            r#"{"apps": [{"name": "api", "script": "/bin/sh",
+                "readiness": {"check": "channel", "interval": "500ms", "timeout": 250,
+                              "initial_delay": "2s", "failure_threshold": 2},
+                "liveness": {"channel": {}, "successThreshold": 1}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.readiness,
+            Some(Probe {
+                check: ProbeCheck::Channel,
+                interval_ms: 500,
+                timeout_ms: 250,
+                failure_threshold: 2,
+                success_threshold: 1,
+                initial_delay_ms: 2_000,
+            })
+        );
+        assert_eq!(
+            spec.liveness,
+            Some(Probe {
+                check: ProbeCheck::Channel,
+                ..Probe::default()
+            })
+        );
+    }
+
+    #[test]
+    fn an_exec_probe_list_is_quoted_for_sh() {
+        let spec = load_one(
+            "herd.json",
+            r#"{"apps": [{"name": "api", "script": "/bin/sh",
+                "readiness": {"exec": {"command": ["./check", "it's", "a b", "$HOME", ""]}},
+                "liveness": {"exec": {"command": "./check --live"}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.readiness.map(|p| p.check),
+            Some(ProbeCheck::Exec {
+                command: r#"./check 'it'\''s' 'a b' '$HOME' ''"#.into()
+            })
+        );
+        assert_eq!(
+            spec.liveness.map(|p| p.check),
+            Some(ProbeCheck::Exec {
+                command: "./check --live".into()
+            })
+        );
+    }
+
+    /// What sh makes of a quoted list is the list itself: no word split, nothing expanded.
+    #[test]
+    fn sh_reads_a_quoted_list_back_word_for_word() {
+        let words = [
+            "printf", "%s|", "a b", "it's", "$HOME", "", "*", "`id`", "x\ny", "é",
+        ];
+        let out = std::process::Command::new("sh")
+            .args(["-c", &shell_command(&words)])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "a b|it's|$HOME||*|`id`|x\ny|é|"
+        );
+        assert_eq!(shell_command(&["/bin/sh", "-c", "exit 3"]), "exit 3");
+        assert_eq!(shell_command(&["bash", "-c", "exit 3"]), "bash -c 'exit 3'");
+    }
+
+    #[test]
+    fn probe_errors_name_the_file_the_app_and_the_field() {
+        let app = |probe: &str| {
+            format!("[[apps]]\nname = \"api\"\nscript = \"/bin/sh\"\nport = 8000\n[apps.readiness]\n{probe}\n")
+        };
+        for (probe, says) in [
+            (
+                "httpGet = { path = \"/a\" }\ntcpSocket = {}",
+                "readiness has both httpGet and tcpSocket; a probe has exactly one check",
+            ),
+            (
+                "periodSeconds = 5",
+                "readiness has no check; give one of httpGet",
+            ),
+            ("grpc = { port = 9000 }", "unknown field \"readiness.grpc\""),
+            (
+                "httpGet = { port = 8000 }",
+                "readiness.httpGet.path is missing",
+            ),
+            (
+                "httpGet = { path = \"healthz\" }",
+                "readiness.httpGet.path: probe",
+            ),
+            (
+                "httpGet = { path = \"/\", host = \"db\" }",
+                "unknown field \"readiness.httpGet.host\"",
+            ),
+            (
+                "httpGet = { path = \"/\", scheme = \"HTTPS\" }",
+                "readiness.httpGet.scheme: herd probes with plain HTTP only",
+            ),
+            ("exec = { command = [] }", "readiness.exec.command is empty"),
+            ("exec = {}", "readiness.exec.command is missing"),
+            (
+                "exec = { command = [1] }",
+                "readiness.exec.command must be a list of strings",
+            ),
+            (
+                "channel = { every = 1 }",
+                "unknown field \"readiness.channel.every\"",
+            ),
+            (
+                "check = \"htp:/x\"",
+                "readiness.check: probe \"htp:/x\" is not one herd knows",
+            ),
+            (
+                "check = \"tcp\"\ninterval = \"2s\"\nperiodSeconds = 2",
+                "readiness.interval and readiness.periodSeconds are the same setting",
+            ),
+            (
+                "check = \"tcp\"\nperiodSeconds = \"5s\"",
+                "readiness.periodSeconds must be a number of seconds",
+            ),
+            (
+                "check = \"tcp\"\nfailureThreshold = 0",
+                "readiness.failureThreshold must be a whole number of at least 1",
+            ),
+            (
+                "check = \"tcp\"\ntimeoutSeconds = 0",
+                "readiness.timeoutSeconds is 0",
+            ),
+            (
+                "check = \"tcp\"\ninterval = \"soon\"",
+                "readiness.interval: cannot read duration",
+            ),
+        ] {
+            let e = probe_error("herd.toml", &app(probe));
+            assert!(e.starts_with("/tmp/herd.toml, app api: "), "{e}");
+            assert!(e.contains(says), "{probe}: {e}");
+        }
+        let e = probe_error(
+            "herd.toml",
+            "[[apps]]\nname = \"api\"\nscript = \"/bin/sh\"\nliveness = \"http:healthz\"\n",
+        );
+        assert!(
+            e.starts_with("/tmp/herd.toml, app api: liveness: probe"),
+            "{e}"
+        );
+        let e = probe_error(
+            "herd.json",
+            r#"{"apps": [{"name": "api", "script": "/bin/sh", "liveness": 3}]}"#,
+        );
+        assert!(
+            e.contains("app api: liveness must be a probe such as"),
+            "{e}"
+        );
+        let e = probe_error(
+            "herd.json",
+            r#"{"apps": [{"name": "api", "script": "/bin/sh", "liveness": "tcp"}]}"#,
+        );
+        assert!(
+            e.contains("app api: the liveness probe tcp connects to"),
+            "{e}"
+        );
+    }
+
+    /// herd-only fields such as `port` are read in PM2's files too; so are probes.
+    #[test]
+    fn an_ecosystem_file_reads_probes_as_herds_own_fields() {
+        let spec = load_one(
+            "ecosystem.config.json",
+            r#"{"apps": [{"name": "api", "script": "/bin/sh", "env": {"PORT": "8000"},
+                "readiness": {"httpGet": {"path": "/ready", "port": 8000}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.readiness.map(|p| p.check),
+            Some(ProbeCheck::parse("http:/ready").unwrap())
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use herd_proto::{AppSpec, Balance, ListenSpec, LogSpec};
+use herd_proto::{AppSpec, Balance, ListenSpec, LogSpec, Probe, ProbeCheck};
 
 /// herd — run any server as a cluster of instances sharing one port.
 #[derive(Debug, Parser)]
@@ -382,6 +382,29 @@ pub struct StartArgs {
     /// Rotated log files to keep (default 3).
     #[arg(long)]
     pub log_keep: Option<u32>,
+    /// Route new connections only to instances that pass this probe: http:/PATH, tcp,
+    /// exec:COMMAND or channel (docs/health.md).
+    #[arg(long, value_name = "PROBE", value_parser = parse_probe)]
+    pub readiness: Option<ProbeCheck>,
+    /// Restart instances that keep failing this probe: http:/PATH, tcp, exec:COMMAND or
+    /// channel (docs/health.md).
+    #[arg(long, value_name = "PROBE", value_parser = parse_probe)]
+    pub liveness: Option<ProbeCheck>,
+    /// Time between two probes of an instance (default 1s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub probe_interval: Option<Duration>,
+    /// A probe that has not passed within this fails (default 1s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub probe_timeout: Option<Duration>,
+    /// Failures in a row that make an instance not ready / not alive (default 3).
+    #[arg(long, value_name = "N")]
+    pub probe_failures: Option<u32>,
+    /// Successes in a row that make an instance ready again (default 1).
+    #[arg(long, value_name = "N")]
+    pub probe_successes: Option<u32>,
+    /// Time after an instance starts before its first probe (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub probe_initial_delay: Option<Duration>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -394,6 +417,11 @@ fn parse_balance(s: &str) -> Result<Balance, String> {
         "shared" => Ok(Balance::Shared),
         _ => Err(format!("unknown balance {s:?}; use hash, sticky or shared")),
     }
+}
+
+/// A probe as `--readiness` and `--liveness` take it.
+fn parse_probe(s: &str) -> Result<ProbeCheck, String> {
+    ProbeCheck::parse(s)
 }
 
 /// A duration given as milliseconds (PM2's habit) or with a unit (`5s`, `1m`).
@@ -617,6 +645,7 @@ impl StartArgs {
                 self.kill_signal
             );
         }
+        let (readiness, liveness) = self.probes()?;
         let ms = |d: Option<Duration>, default: u64| d.map_or(default, |d| d.as_millis() as u64);
         let spec = AppSpec {
             name,
@@ -669,12 +698,115 @@ impl StartArgs {
             } else {
                 self.ignore_watch.clone()
             },
-            readiness: None,
-            liveness: None,
+            readiness,
+            liveness,
         };
         spec.validate().map_err(|e| anyhow::anyhow!(e))?;
+        check_probes(&spec)?;
         Ok(spec)
     }
+
+    /// The readiness and liveness probes of `--readiness` / `--liveness`, with the timing of
+    /// the `--probe-*` flags (which apply to both).
+    ///
+    /// # Errors
+    /// A `--probe-*` flag without a probe, or a count or time of 0 where that cannot work.
+    pub fn probes(&self) -> Result<(Option<Probe>, Option<Probe>)> {
+        if self.readiness.is_none() && self.liveness.is_none() {
+            let given = [
+                ("--probe-interval", self.probe_interval.is_some()),
+                ("--probe-timeout", self.probe_timeout.is_some()),
+                ("--probe-failures", self.probe_failures.is_some()),
+                ("--probe-successes", self.probe_successes.is_some()),
+                ("--probe-initial-delay", self.probe_initial_delay.is_some()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                bail!(
+                    "{flag} sets the timing of a health probe, and no probe is given; add --readiness PROBE or --liveness PROBE (e.g. --readiness http:/healthz)"
+                );
+            }
+            return Ok((None, None));
+        }
+        let defaults = Probe::default();
+        let positive = |d: Option<Duration>, flag: &str, default: u64| -> Result<u64> {
+            match d {
+                None => Ok(default),
+                Some(d) if d.as_millis() == 0 => {
+                    bail!("{flag} must be at least 1 ms, e.g. {flag} 1s")
+                }
+                Some(d) => Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            }
+        };
+        let count = |n: Option<u32>, flag: &str, default: u32| -> Result<u32> {
+            match n {
+                None => Ok(default),
+                Some(0) => bail!("{flag} 0 would never decide; give at least 1"),
+                Some(n) => Ok(n),
+            }
+        };
+        let timing = Probe {
+            check: defaults.check.clone(),
+            interval_ms: positive(
+                self.probe_interval,
+                "--probe-interval",
+                defaults.interval_ms,
+            )?,
+            timeout_ms: positive(self.probe_timeout, "--probe-timeout", defaults.timeout_ms)?,
+            failure_threshold: count(
+                self.probe_failures,
+                "--probe-failures",
+                defaults.failure_threshold,
+            )?,
+            success_threshold: count(
+                self.probe_successes,
+                "--probe-successes",
+                defaults.success_threshold,
+            )?,
+            initial_delay_ms: self
+                .probe_initial_delay
+                .map_or(defaults.initial_delay_ms, |d| {
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+                }),
+        };
+        let with = |check: &Option<ProbeCheck>| {
+            check.clone().map(|check| Probe {
+                check,
+                ..timing.clone()
+            })
+        };
+        Ok((with(&self.readiness), with(&self.liveness)))
+    }
+}
+
+/// Checks what the flags and app files share about an app's probes: an `http` or `tcp` probe
+/// connects to the app's first TCP address, so the app needs one (a Node app may get one when
+/// it calls `listen()`).
+///
+/// # Errors
+/// An `http` or `tcp` probe of an app that listens on no TCP address.
+pub fn check_probes(spec: &AppSpec) -> Result<()> {
+    if spec.node {
+        return Ok(());
+    }
+    let has_tcp = spec.listen.iter().any(|l| {
+        matches!(
+            l.addr.parse::<herd_core::sockets::ListenAddr>(),
+            Ok(herd_core::sockets::ListenAddr::Tcp(_))
+        )
+    });
+    for (which, probe) in [("readiness", &spec.readiness), ("liveness", &spec.liveness)] {
+        let Some(probe) = probe else { continue };
+        if has_tcp {
+            continue;
+        }
+        if let ProbeCheck::Http { .. } | ProbeCheck::Tcp = probe.check {
+            bail!(
+                "the {which} probe {} connects to the app's first TCP address, and the app listens on none; give it one (--port 8000, or port in an app file) or probe with exec:COMMAND or channel",
+                probe.check.shown()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A program name looked up on PATH, then in ./node_modules/.bin (as `npm run` would).
@@ -736,6 +868,158 @@ mod tests {
         let e = parse_instances("0").unwrap_err().to_string();
         assert!(e.contains("at least 1"), "{e}");
         assert!(parse_instances("many").is_err());
+    }
+
+    fn start_args(flags: &[&str]) -> StartArgs {
+        let argv = ["herd", "start", "/bin/sh"].iter().chain(flags);
+        match Cli::try_parse_from(argv).unwrap().cmd {
+            Cmd::Start(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn probe_flags_set_both_probes() {
+        let spec = start_args(&[
+            "--port",
+            "8000",
+            "--readiness",
+            "http:/healthz",
+            "--liveness",
+            "channel",
+            "--probe-interval",
+            "2s",
+            "--probe-timeout",
+            "500",
+            "--probe-failures",
+            "5",
+            "--probe-successes",
+            "2",
+            "--probe-initial-delay",
+            "10s",
+        ])
+        .to_spec()
+        .unwrap();
+        let timing = Probe {
+            check: ProbeCheck::Tcp,
+            interval_ms: 2_000,
+            timeout_ms: 500,
+            failure_threshold: 5,
+            success_threshold: 2,
+            initial_delay_ms: 10_000,
+        };
+        assert_eq!(
+            spec.readiness,
+            Some(Probe {
+                check: ProbeCheck::parse("http:/healthz").unwrap(),
+                ..timing.clone()
+            })
+        );
+        assert_eq!(
+            spec.liveness,
+            Some(Probe {
+                check: ProbeCheck::Channel,
+                ..timing
+            })
+        );
+    }
+
+    #[test]
+    fn a_probe_alone_has_the_default_timing() {
+        let spec = start_args(&["-p", "8000", "--readiness", "tcp"])
+            .to_spec()
+            .unwrap();
+        assert_eq!(spec.readiness, Some(Probe::default()));
+        assert_eq!(spec.liveness, None);
+        let spec = start_args(&["--liveness", "exec:test -f /tmp/ok"])
+            .to_spec()
+            .unwrap();
+        assert_eq!(spec.readiness, None);
+        assert_eq!(
+            spec.liveness.map(|p| p.check),
+            Some(ProbeCheck::Exec {
+                command: "test -f /tmp/ok".into()
+            })
+        );
+        assert_eq!(start_args(&[]).to_spec().unwrap().readiness, None);
+    }
+
+    #[test]
+    fn a_probe_herd_does_not_know_is_refused_naming_the_flag() {
+        let e = Cli::try_parse_from(["herd", "start", "/bin/sh", "--readiness", "htp:/x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--readiness"), "{e}");
+        assert!(
+            e.contains("use http:/PATH, tcp, exec:COMMAND or channel"),
+            "{e}"
+        );
+        let e = Cli::try_parse_from(["herd", "run", "/bin/sh", "--liveness", "http:healthz"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--liveness"), "{e}");
+        assert!(e.contains("http:/healthz"), "{e}");
+    }
+
+    #[test]
+    fn probe_timing_without_a_probe_is_refused() {
+        for flags in [
+            ["--probe-interval", "2s"],
+            ["--probe-timeout", "2s"],
+            ["--probe-failures", "2"],
+            ["--probe-successes", "2"],
+            ["--probe-initial-delay", "2s"],
+        ] {
+            let e = start_args(&flags).to_spec().unwrap_err().to_string();
+            assert!(e.starts_with(flags[0]), "{e}");
+            assert!(
+                e.contains("add --readiness PROBE or --liveness PROBE"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn probe_counts_and_times_of_zero_are_refused() {
+        for (flag, value, says) in [
+            ("--probe-failures", "0", "at least 1"),
+            ("--probe-successes", "0", "at least 1"),
+            ("--probe-interval", "0", "at least 1 ms"),
+            ("--probe-timeout", "0s", "at least 1 ms"),
+        ] {
+            let e = start_args(&["-p", "8000", "--readiness", "tcp", flag, value])
+                .to_spec()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag) && e.contains(says), "{e}");
+        }
+        let spec = start_args(&["-p", "8000", "--readiness", "tcp"])
+            .to_spec()
+            .unwrap();
+        assert_eq!(spec.readiness.map(|p| p.initial_delay_ms), Some(0));
+    }
+
+    #[test]
+    fn http_and_tcp_probes_need_a_tcp_address() {
+        for probe in ["tcp", "http:/healthz"] {
+            let e = start_args(&["--readiness", probe])
+                .to_spec()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("listens on none"), "{e}");
+            assert!(e.contains("--port"), "{e}");
+            let e = start_args(&["--listen", "unix:/tmp/herd-probe.sock", "--liveness", probe])
+                .to_spec()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("liveness probe"), "{e}");
+            assert!(
+                start_args(&["--listen", "127.0.0.1:0", "--readiness", probe])
+                    .to_spec()
+                    .is_ok()
+            );
+        }
+        assert!(start_args(&["--readiness", "channel"]).to_spec().is_ok());
     }
 
     #[test]

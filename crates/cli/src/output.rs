@@ -1,6 +1,8 @@
 //! How replies are shown to people: tables, describe pages, log lines.
 
-use herd_proto::{AppInfo, AppSpec, AppStatus, Containment, LogStream, ProcessStatus};
+use herd_proto::{
+    AppInfo, AppSpec, AppStatus, Containment, Health, LogStream, Probe, ProcessStatus,
+};
 
 /// Bytes as people read them: `2.1mb`.
 pub fn human_bytes(b: u64) -> String {
@@ -28,12 +30,20 @@ pub fn human_ms(ms: u64) -> String {
     }
 }
 
-/// The `herd list` table: one row per instance.
+/// The `herd list` table: one row per instance. A `health` column comes after `status` when
+/// an instance has health (its app has a probe), so tables of apps without probes are as they
+/// were; an app whose instances all fail their readiness probe gets a warning under it.
 pub fn table(apps: &[AppInfo]) -> String {
-    let header = [
-        "id", "name", "inst", "pid", "status", "restarts", "uptime", "cpu", "memory", "port",
-    ];
-    let mut rows: Vec<[String; 10]> = Vec::new();
+    let with_health = apps
+        .iter()
+        .flat_map(|a| a.primary.iter().chain(&a.processes))
+        .any(|p| p.health.is_some());
+    let mut header = vec!["id", "name", "inst", "pid", "status"];
+    if with_health {
+        header.push("health");
+    }
+    header.extend(["restarts", "uptime", "cpu", "memory", "port"]);
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for app in apps {
         let port = app
             .port
@@ -41,7 +51,7 @@ pub fn table(apps: &[AppInfo]) -> String {
             .or_else(|| app.listen.first().cloned())
             .unwrap_or_else(|| "-".into());
         if app.processes.is_empty() && app.primary.is_none() {
-            rows.push([
+            let mut row = vec![
                 app.id.to_string(),
                 app.name.clone(),
                 "-".into(),
@@ -50,29 +60,36 @@ pub fn table(apps: &[AppInfo]) -> String {
                     AppStatus::Running => "running".into(),
                     AppStatus::Stopped => "stopped".into(),
                 },
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                port.clone(),
-            ]);
+            ];
+            if with_health {
+                row.push("-".into());
+            }
+            row.extend(["-", "-", "-", "-"].map(String::from));
+            row.push(port.clone());
+            rows.push(row);
         }
         for p in app.primary.iter().chain(&app.processes) {
-            rows.push([
+            let mut row = vec![
                 app.id.to_string(),
                 app.name.clone(),
                 instance_name(p.instance),
                 p.pid.map_or("-".into(), |p| p.to_string()),
                 p.status.as_str().into(),
+            ];
+            if with_health {
+                row.push(health_cell(p.health.as_ref()).into());
+            }
+            row.extend([
                 p.restarts.to_string(),
                 p.uptime_ms.map_or("-".into(), human_ms),
                 p.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
                 p.memory_bytes.map_or("-".into(), human_bytes),
                 port.clone(),
             ]);
+            rows.push(row);
         }
     }
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(c.len());
@@ -81,23 +98,103 @@ pub fn table(apps: &[AppInfo]) -> String {
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
         let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
             if i > 0 {
                 s.push_str("  ");
             }
-            s.push_str(&format!("{:<w$}", c, w = widths[i]));
+            s.push_str(&format!("{c:<w$}"));
         }
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    line(header.to_vec(), &mut out);
+    line(header, &mut out);
     for r in &rows {
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
     if apps.is_empty() {
         out.push_str("(no apps; start one with `herd start <program> -i 2 --port 8000`)\n");
     }
+    for app in apps.iter().filter(|a| a.routing_fallback) {
+        out.push_str(&format!(
+            "warning: every instance of {} fails its readiness probe, so new connections go to all of them\n",
+            app.name
+        ));
+    }
     out
+}
+
+/// An instance's health in one word or two, for the `herd list` table: a failing liveness
+/// probe first (the instance is about to be restarted), then readiness, then liveness; `?`
+/// while no probe has decided yet, `-` without health.
+fn health_cell(health: Option<&Health>) -> &'static str {
+    let Some(h) = health else { return "-" };
+    match (h.ready, h.live) {
+        (_, Some(false)) => "not live",
+        (Some(true), _) => "ready",
+        (Some(false), _) => "not ready",
+        (None, Some(true)) => "live",
+        (None, None) => "?",
+    }
+}
+
+/// A probe as `herd describe` shows it: `http:/healthz every 1s, timeout 1s, 3 failures,
+/// 1 success, initial delay 0s`.
+fn probe_line(p: &Probe) -> String {
+    let d = |ms: u64| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string();
+    let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{} every {}, timeout {}, {}, {}, initial delay {}",
+        p.check.shown(),
+        d(p.interval_ms),
+        d(p.timeout_ms),
+        plural(p.failure_threshold, "failure", "failures"),
+        plural(p.success_threshold, "success", "successes"),
+        d(p.initial_delay_ms)
+    )
+}
+
+/// An instance's health for `herd describe`: `ready, live; readiness ok: HTTP 200 (0.4 s
+/// ago)`. A probe the app has that has not decided yet says so.
+fn health_line(h: &Health, spec: Option<&AppSpec>) -> String {
+    let has_readiness = spec.is_some_and(|s| s.readiness.is_some());
+    let has_liveness = spec.is_some_and(|s| s.liveness.is_some());
+    let mut parts: Vec<&str> = Vec::new();
+    match h.ready {
+        Some(true) => parts.push("ready"),
+        Some(false) => parts.push("not ready"),
+        None if has_readiness => parts.push("readiness not decided yet"),
+        None => {}
+    }
+    match h.live {
+        Some(true) => parts.push("live"),
+        Some(false) => parts.push("not live"),
+        None if has_liveness => parts.push("liveness not decided yet"),
+        None => {}
+    }
+    let mut line = if parts.is_empty() {
+        "not decided yet".to_string()
+    } else {
+        parts.join(", ")
+    };
+    if let Some(last) = &h.last {
+        line.push_str(&format!(
+            "; {} {}: {} ({} ago)",
+            last.probe,
+            if last.ok { "ok" } else { "failed" },
+            last.detail,
+            human_ago(last.ago_ms)
+        ));
+    }
+    line
+}
+
+/// How long ago, to the tenth of a second under a minute: `0.4 s`, then `2m`.
+fn human_ago(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        human_ms(ms)
+    }
 }
 
 /// The `herd describe` page.
@@ -141,6 +238,12 @@ pub fn describe(app: &AppInfo) -> String {
                 "at once".into()
             },
         );
+        if let Some(p) = &spec.readiness {
+            kv("readiness", probe_line(p));
+        }
+        if let Some(p) = &spec.liveness {
+            kv("liveness", probe_line(p));
+        }
         kv(
             "restart",
             if spec.autorestart {
@@ -183,6 +286,12 @@ pub fn describe(app: &AppInfo) -> String {
             AppSpec::PRIMARY => "primary".to_string(),
             i => format!("instance {i}"),
         };
+        if let Some(h) = &p.health {
+            out.push_str(&format!(
+                "{who} health: {}\n",
+                health_line(h, app.spec.as_deref())
+            ));
+        }
         if let (Some(_), Some(cg)) = (p.pid, &p.cgroup) {
             out.push_str(&format!("{who} cgroup {cg}\n"));
         }
@@ -355,6 +464,172 @@ pub fn instance_name(instance: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use herd_proto::{Balance, ProbeCheck, ProbeResult, ProcessInfo};
+
+    fn app(health: &[Option<Health>]) -> AppInfo {
+        AppInfo {
+            id: 0,
+            name: "api".into(),
+            status: AppStatus::Running,
+            listen: vec!["0.0.0.0:8000".into()],
+            port: Some(8000),
+            balance: Balance::default(),
+            processes: health
+                .iter()
+                .enumerate()
+                .map(|(i, h)| ProcessInfo {
+                    instance: i as u32,
+                    pid: Some(4000 + i as u32),
+                    status: ProcessStatus::Online,
+                    restarts: 0,
+                    uptime_ms: Some(65_000),
+                    cpu_percent: Some(0.5),
+                    memory_bytes: Some(3 << 20),
+                    messages_dropped: 0,
+                    subscriptions: 0,
+                    bus_refused: 0,
+                    last_exit: None,
+                    env_version: 1,
+                    cgroup: None,
+                    pm2_metrics: Default::default(),
+                    actions: Vec::new(),
+                    health: h.clone(),
+                })
+                .collect(),
+            primary: None,
+            spec: None,
+            env_version: 1,
+            containment: None,
+            routing_fallback: false,
+        }
+    }
+
+    fn health(ready: Option<bool>, live: Option<bool>) -> Option<Health> {
+        Some(Health {
+            ready,
+            live,
+            last: None,
+        })
+    }
+
+    #[test]
+    fn a_table_without_probes_has_no_health_column() {
+        let t = table(&[app(&[None, None])]);
+        assert_eq!(
+            t,
+            "id  name  inst  pid   status  restarts  uptime  cpu   memory  port\n\
+             0   api   0     4000  online  0         1m      0.5%  3.0mb   8000\n\
+             0   api   1     4001  online  0         1m      0.5%  3.0mb   8000\n"
+        );
+    }
+
+    #[test]
+    fn a_table_with_probes_shows_each_instances_health() {
+        let mut apps = vec![app(&[
+            health(Some(true), Some(true)),
+            health(Some(false), None),
+            health(None, Some(false)),
+            health(None, None),
+            health(None, Some(true)),
+        ])];
+        let mut other = app(&[None]);
+        other.name = "web".into();
+        other.id = 1;
+        apps.push(other);
+        let t = table(&apps);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "id  name  inst  pid   status  health     restarts  uptime  cpu   memory  port"
+        );
+        let at = lines[0].find("health").unwrap();
+        let cells: Vec<&str> = lines[1..]
+            .iter()
+            .map(|l| l[at..at + "not ready".len()].trim_end())
+            .collect();
+        assert_eq!(
+            cells,
+            ["ready", "not ready", "not live", "?", "live", "-"],
+            "{t}"
+        );
+        assert!(!t.contains("warning"), "{t}");
+    }
+
+    #[test]
+    fn an_app_routed_by_fallback_gets_a_warning_under_the_table() {
+        let mut a = app(&[health(Some(false), None), health(Some(false), None)]);
+        a.routing_fallback = true;
+        let t = table(&[a]);
+        assert!(
+            t.ends_with(
+                "warning: every instance of api fails its readiness probe, so new connections go to all of them\n"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn describe_shows_the_probes_and_each_instances_health() {
+        let mut a = app(&[
+            Some(Health {
+                ready: Some(true),
+                live: Some(true),
+                last: Some(ProbeResult {
+                    probe: "readiness".into(),
+                    ok: true,
+                    detail: "HTTP 200".into(),
+                    ago_ms: 400,
+                }),
+            }),
+            Some(Health {
+                ready: None,
+                live: Some(false),
+                last: Some(ProbeResult {
+                    probe: "liveness".into(),
+                    ok: false,
+                    detail: "timed out after 1 s".into(),
+                    ago_ms: 12_345,
+                }),
+            }),
+        ]);
+        a.spec = Some(Box::new(AppSpec {
+            readiness: Some(Probe {
+                check: ProbeCheck::parse("http:/healthz").unwrap(),
+                ..Probe::default()
+            }),
+            liveness: Some(Probe {
+                check: ProbeCheck::parse("exec:./check.sh").unwrap(),
+                interval_ms: 1_500,
+                timeout_ms: 500,
+                failure_threshold: 1,
+                success_threshold: 2,
+                initial_delay_ms: 120_000,
+            }),
+            ..AppSpec::default()
+        }));
+        let d = describe(&a);
+        assert!(
+            d.contains("       readiness: http:/healthz every 1s, timeout 1s, 3 failures, 1 success, initial delay 0s\n"),
+            "{d}"
+        );
+        assert!(
+            d.contains("        liveness: exec:./check.sh every 1s 500ms, timeout 500ms, 1 failure, 2 successes, initial delay 2m\n"),
+            "{d}"
+        );
+        assert!(
+            d.contains("instance 0 health: ready, live; readiness ok: HTTP 200 (0.4 s ago)\n"),
+            "{d}"
+        );
+        assert!(
+            d.contains("instance 1 health: readiness not decided yet, not live; liveness failed: timed out after 1 s (12.3 s ago)\n"),
+            "{d}"
+        );
+        a.spec = None;
+        a.processes.truncate(1);
+        a.processes[0].health = health(None, None);
+        assert!(describe(&a).contains("instance 0 health: not decided yet\n"));
+    }
 
     #[test]
     fn humane_units() {
