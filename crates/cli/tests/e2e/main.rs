@@ -13,6 +13,7 @@ mod embedded;
 mod flood;
 mod foreground;
 mod hardening;
+mod health;
 mod lifecycle;
 mod listen;
 mod listen_flood;
