@@ -118,6 +118,9 @@ mod tests {
         assert!(n.ready);
         assert_eq!(n.status.as_deref(), Some("warming up"));
         assert!(!parse(7, b"WATCHDOG=1").unwrap().ready);
+        assert_eq!(parse(7, b"WATCHDOG=1").unwrap().watchdog, Some(true));
+        assert_eq!(parse(7, b"WATCHDOG=trigger").unwrap().watchdog, Some(false));
+        assert_eq!(parse(7, b"READY=1").unwrap().watchdog, None);
         assert!(parse(7, &[0xff, 0xfe]).is_none());
     }
 

@@ -214,6 +214,10 @@ impl State {
         let target = app.listeners.iter().find_map(|l| l.probe_target(i));
         let port = app.listeners.iter().find_map(|l| l.port());
         let slot = app.slots.iter_mut().find(|s| s.index == i)?;
+        // Probed while it serves; stopping, draining or gone, never again.
+        if !slot.state.routed() {
+            return None;
+        }
         let proc = slot.state.proc_mut().filter(|p| p.pid == pid)?;
         let interval = Duration::from_millis(probe.interval_ms.max(10));
         let timeout = Duration::from_millis(probe.timeout_ms.max(1));
@@ -343,6 +347,10 @@ impl State {
         let Some(slot) = app.slots.iter_mut().find(|s| s.index == i) else {
             return;
         };
+        // A verdict counts while the process serves (a stopping one's is of no use).
+        if !slot.state.routed() {
+            return;
+        }
         let Some(proc) = slot.state.proc_mut().filter(|p| p.pid == pid) else {
             return;
         };

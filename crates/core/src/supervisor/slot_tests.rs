@@ -286,7 +286,8 @@ impl Sim {
                     Some(&(app.id, *i, Role::Retiring))
                 );
             }
-            // The slots routed to are exactly those that serve.
+            // The slots routed to are exactly those that serve (and, with a readiness
+            // probe, pass it; all of them if none does).
             if app.status == AppStatus::Running && !app.listeners.is_empty() {
                 let serving: Vec<u32> = app
                     .slots
@@ -294,7 +295,18 @@ impl Sim {
                     .filter(|s| s.state.routed())
                     .map(|s| s.index)
                     .collect();
-                assert_eq!(app.routed.as_ref(), Some(&serving), "routing set");
+                let ready: Vec<u32> = app
+                    .slots
+                    .iter()
+                    .filter(|s| s.state.routed())
+                    .filter(|s| {
+                        app.spec.readiness.is_none()
+                            || s.state.proc().is_some_and(|p| p.health.ready == Some(true))
+                    })
+                    .map(|s| s.index)
+                    .collect();
+                let want = if ready.is_empty() { serving } else { ready };
+                assert_eq!(app.routed.as_ref(), Some(&want), "routing set");
             }
             // A slot's timer is armed exactly when its state waits for a deadline.
             for s in app.slots.iter().chain(app.primary.as_ref()) {
@@ -343,6 +355,37 @@ impl Sim {
             for pid in &starting {
                 self.ready(*pid);
             }
+            // Processes behave: each passes its probes.
+            let probed: Vec<(u32, bool, bool)> = self
+                .st
+                .apps
+                .values()
+                .flat_map(|a| {
+                    let (r, l) = (a.spec.readiness.is_some(), a.spec.liveness.is_some());
+                    a.slots.iter().filter_map(move |s| match &s.state {
+                        SlotState::Online { proc } => Some((proc.pid, r, l)),
+                        _ => None,
+                    })
+                })
+                .collect();
+            for (pid, r, l) in probed {
+                if r {
+                    self.event(Event::Probe {
+                        pid,
+                        kind: super::probes::ProbeKind::Readiness,
+                        ok: true,
+                        detail: "ok".into(),
+                    });
+                }
+                if l {
+                    self.event(Event::Probe {
+                        pid,
+                        kind: super::probes::ProbeKind::Liveness,
+                        ok: true,
+                        detail: "ok".into(),
+                    });
+                }
+            }
             self.advance(Duration::from_secs(20)).await;
             self.check_invariants();
             if asked.is_empty() && starting.is_empty() && self.st.apps.values().all(|a| a.settled())
@@ -356,6 +399,127 @@ impl Sim {
 
 fn answered(rx: &mut oneshot::Receiver<Reply>) -> Option<Reply> {
     rx.try_recv().ok()
+}
+
+/// A probe result for `pid`, as the OS side sends it back.
+fn probe(sim: &mut Sim, pid: u32, kind: super::probes::ProbeKind, ok: bool) {
+    sim.event(Event::Probe {
+        pid,
+        kind,
+        ok,
+        detail: if ok { "HTTP 200" } else { "HTTP 500" }.into(),
+    });
+    sim.check_invariants();
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_steers_routing_falls_back_to_all_and_a_reload_waits_for_it() {
+    use super::probes::ProbeKind::Readiness;
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        readiness: Some(herd_proto::Probe {
+            failure_threshold: 2,
+            ..herd_proto::Probe::default()
+        }),
+        ..sim.spec(3)
+    };
+    drop(sim.start(spec));
+    for i in 0..3 {
+        sim.ready(sim.current(i).unwrap());
+    }
+    sim.check_invariants();
+    // Nobody has passed yet: every serving instance is routed, and the app says why.
+    assert_eq!(sim.app().routed, Some(vec![0, 1, 2]));
+    assert!(sim.app().routing_fallback);
+    let pids: Vec<u32> = (0..3).map(|i| sim.current(i).unwrap()).collect();
+    probe(&mut sim, pids[0], Readiness, true);
+    assert_eq!(sim.app().routed, Some(vec![0]));
+    assert!(!sim.app().routing_fallback);
+    probe(&mut sim, pids[1], Readiness, true);
+    probe(&mut sim, pids[2], Readiness, true);
+    assert_eq!(sim.app().routed, Some(vec![0, 1, 2]));
+    // One failure is not enough; two in a row are.
+    probe(&mut sim, pids[1], Readiness, false);
+    assert_eq!(sim.app().routed, Some(vec![0, 1, 2]));
+    probe(&mut sim, pids[1], Readiness, false);
+    assert_eq!(sim.app().routed, Some(vec![0, 2]));
+    assert_eq!(sim.current(1), Some(pids[1]), "not ready is not restarted");
+    probe(&mut sim, pids[1], Readiness, true);
+    assert_eq!(sim.app().routed, Some(vec![0, 1, 2]));
+    // All failing: all routed.
+    for &p in &pids {
+        probe(&mut sim, p, Readiness, false);
+        probe(&mut sim, p, Readiness, false);
+    }
+    assert_eq!(sim.app().routed, Some(vec![0, 1, 2]));
+    assert!(sim.app().routing_fallback);
+    for &p in &pids {
+        probe(&mut sim, p, Readiness, true);
+    }
+    // A reload: slot 0's new process is promoted when ready, and the reload waits there for
+    // its readiness before it touches slot 1.
+    drop(sim.reload());
+    let next = sim.next(0).expect("slot 0 reloads first");
+    sim.ready(next);
+    sim.check_invariants();
+    assert_eq!(sim.current(0), Some(next));
+    assert_eq!(
+        sim.next(1),
+        None,
+        "the reload waits for the new process's readiness"
+    );
+    assert_eq!(
+        sim.app().routed,
+        Some(vec![1, 2]),
+        "not routed before it passes"
+    );
+    probe(&mut sim, next, Readiness, true);
+    assert!(sim.next(1).is_some(), "then it moves on");
+    assert_eq!(sim.app().routed, Some(vec![0, 1, 2]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn liveness_failures_restart_through_the_crash_loop_guard() {
+    use super::probes::ProbeKind::Liveness;
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        max_restarts: 2,
+        liveness: Some(herd_proto::Probe {
+            failure_threshold: 2,
+            ..herd_proto::Probe::default()
+        }),
+        ..sim.spec(1)
+    };
+    drop(sim.start(spec));
+    for round in 0..3 {
+        let pid = sim.current(0).unwrap();
+        sim.ready(pid);
+        probe(&mut sim, pid, Liveness, true);
+        probe(&mut sim, pid, Liveness, false);
+        assert_eq!(
+            sim.statuses(),
+            [ProcessStatus::Online],
+            "one failure is not enough"
+        );
+        probe(&mut sim, pid, Liveness, false);
+        assert_eq!(sim.statuses(), [ProcessStatus::Stopping], "round {round}");
+        assert!(sim.asked().contains(&pid), "asked to stop");
+        sim.exit(pid, 0);
+        sim.check_invariants();
+        if round < 2 {
+            // Restarted (after the policy's backoff).
+            sim.advance(Duration::from_secs(20)).await;
+            sim.check_invariants();
+            assert_ne!(sim.current(0), Some(pid), "round {round}");
+        }
+    }
+    assert_eq!(
+        sim.statuses(),
+        [ProcessStatus::Errored],
+        "counted as crashes"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -843,6 +1007,9 @@ mod properties {
         Restart,
         Reload,
         Scale(u32),
+        /// A probe of the `n`-th running process came back: readiness or liveness, passed or
+        /// not.
+        Probe(usize, bool, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -856,14 +1023,25 @@ mod properties {
             1 => Just(Op::Restart),
             2 => Just(Op::Reload),
             2 => (1u32..5).prop_map(Op::Scale),
+            3 => (0usize..8, any::<bool>(), any::<bool>()).prop_map(|(n, r, ok)| Op::Probe(n, r, ok)),
         ]
     }
 
     async fn run(wait_ready: bool, ops: Vec<Op>) {
+        run_with(wait_ready, false, ops).await;
+    }
+
+    async fn run_with(wait_ready: bool, probes: bool, ops: Vec<Op>) {
         let mut sim = Sim::new();
+        let probe = probes.then(|| herd_proto::Probe {
+            failure_threshold: 2,
+            ..herd_proto::Probe::default()
+        });
         let spec = AppSpec {
             wait_ready,
             max_restarts: 1000,
+            readiness: probe.clone(),
+            liveness: probe,
             ..sim.spec(2)
         };
         drop(sim.start(spec));
@@ -900,6 +1078,20 @@ mod properties {
                         target: target(),
                         to: ScaleTo::Exactly(n),
                     }))
+                }
+                Op::Probe(n, readiness, ok) => {
+                    if let Some(&pid) = live.get(n % live.len().max(1)) {
+                        sim.event(Event::Probe {
+                            pid,
+                            kind: if readiness {
+                                super::super::probes::ProbeKind::Readiness
+                            } else {
+                                super::super::probes::ProbeKind::Liveness
+                            },
+                            ok,
+                            detail: String::new(),
+                        });
+                    }
                 }
             }
             sim.check_invariants();
@@ -990,6 +1182,17 @@ mod properties {
                     }
                 }
                 PrimaryOp::Any(Op::Advance(ms)) => sim.advance(Duration::from_millis(ms)).await,
+                // The primary's app has no probes: a result for it is dropped.
+                PrimaryOp::Any(Op::Probe(n, _, ok)) => {
+                    if let Some(&pid) = live.get(n % live.len().max(1)) {
+                        sim.event(Event::Probe {
+                            pid,
+                            kind: super::super::probes::ProbeKind::Liveness,
+                            ok,
+                            detail: String::new(),
+                        });
+                    }
+                }
                 PrimaryOp::Any(Op::Stop) => drop(sim.cmd(Command::Stop { target: target() })),
                 PrimaryOp::Any(Op::Resume) => drop(sim.cmd(Command::Resume { target: target() })),
                 PrimaryOp::Any(Op::Restart) => drop(sim.cmd(Command::Restart {
@@ -1062,6 +1265,19 @@ mod properties {
                 .build()
                 .unwrap();
             rt.block_on(run_primary(ops));
+        }
+
+        #[test]
+        fn random_events_with_health_probes_keep_every_invariant_and_converge(
+            wait_ready in any::<bool>(),
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(run_with(wait_ready, true, ops));
         }
 
         #[test]
