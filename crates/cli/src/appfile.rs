@@ -96,6 +96,9 @@ struct Entry {
     readiness: Option<Value>,
     /// A liveness probe, written as `readiness`.
     liveness: Option<Value>,
+    /// Apps that must be ready before this one starts.
+    #[serde(default, alias = "after")]
+    depends_on: Words,
     /// Everything else: `env_<name>` blocks, PM2 fields herd does not have, typos.
     #[serde(flatten)]
     rest: BTreeMap<String, Value>,
@@ -183,7 +186,50 @@ fn specs(
         }
         specs.push(spec);
     }
-    Ok(specs)
+    in_start_order(specs, &shown)
+}
+
+/// The apps in an order that starts each after the apps of the file it depends on (else in
+/// the file's order); a cycle among them is an error naming them. Names not in the file are
+/// left to the daemon (an app already running, or an error that names it).
+fn in_start_order(mut specs: Vec<AppSpec>, shown: &str) -> Result<Vec<AppSpec>> {
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let mut out: Vec<AppSpec> = Vec::with_capacity(specs.len());
+    while !specs.is_empty() {
+        let started = |n: &String| out.iter().any(|s| s.name == *n) || !names.contains(n);
+        match specs.iter().position(|s| s.depends_on.iter().all(started)) {
+            Some(k) => out.push(specs.remove(k)),
+            None => {
+                // Every app left waits for another one left: follow the links to a cycle.
+                let mut path: Vec<String> = Vec::new();
+                let mut at = specs.first().map(|s| s.name.clone()).unwrap_or_default();
+                while !path.contains(&at) {
+                    path.push(at.clone());
+                    let next = specs
+                        .iter()
+                        .find(|s| s.name == at)
+                        .and_then(|s| {
+                            s.depends_on
+                                .iter()
+                                .find(|d| specs.iter().any(|o| o.name == **d))
+                        })
+                        .cloned()
+                        .unwrap_or_default();
+                    at = next;
+                }
+                let from = path.iter().position(|p| *p == at).unwrap_or(0);
+                let mut cycle: Vec<String> =
+                    path.get(from..).map(<[String]>::to_vec).unwrap_or_default();
+                cycle.push(at);
+                bail!(
+                    "{shown}, app {}: depends_on makes a cycle ({}); an app cannot wait for itself, so remove one of these links",
+                    cycle.first().cloned().unwrap_or_default(),
+                    cycle.join(" → ")
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn one_line(s: &str) -> String {
@@ -637,6 +683,7 @@ impl Entry {
             Some(_) => bail!("watch must be true, a path or a list of paths"),
         };
         a.ignore_watch = self.ignore_watch.into_vec();
+        a.after = self.depends_on.into_vec();
         let mut spec = a.to_spec()?;
         spec.readiness = readiness;
         spec.liveness = liveness;
@@ -722,6 +769,7 @@ mod tests {
             "ignore_watch",
             "readiness",
             "liveness",
+            "depends_on",
         ];
         for f in fields {
             assert!(props.contains_key(f), "the schema lacks {f}");
@@ -735,6 +783,40 @@ mod tests {
         let mut specs = load_text(&Path::new("/tmp").join(name), text, None, &[])?;
         assert_eq!(specs.len(), 1);
         Ok(specs.remove(0))
+    }
+
+    #[test]
+    fn apps_start_after_the_apps_they_depend_on_and_a_cycle_is_refused() {
+        let app = |name: &str, deps: &str| {
+            format!("[[apps]]\nname = \"{name}\"\nscript = \"/bin/sh\"\ndepends_on = {deps}\n")
+        };
+        let text = [
+            app("api", "[\"db\", \"cache\"]"),
+            app("cache", "\"db\""),
+            app("db", "[]"),
+            app("web", "[\"elsewhere\"]"),
+        ]
+        .concat();
+        let specs = load_text(Path::new("/tmp/herd.toml"), &text, None, &[]).unwrap();
+        let order: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(order, ["db", "cache", "api", "web"]);
+        assert_eq!(specs[2].depends_on, ["db", "cache"]);
+        // A name not in the file is for the daemon to check (it may run already).
+        assert_eq!(specs[3].depends_on, ["elsewhere"]);
+        let text = [
+            app("a", "\"b\""),
+            app("b", "\"c\""),
+            app("c", "\"a\""),
+            app("d", "[]"),
+        ]
+        .concat();
+        let e = load_text(Path::new("/tmp/herd.toml"), &text, None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/tmp/herd.toml, app a: depends_on makes a cycle (a → b → c → a)"),
+            "{e}"
+        );
     }
 
     fn probe_error(name: &str, text: &str) -> String {

@@ -390,6 +390,10 @@ pub struct StartArgs {
     /// channel (docs/health.md).
     #[arg(long, value_name = "PROBE", value_parser = parse_probe)]
     pub liveness: Option<ProbeCheck>,
+    /// Start only once this app is ready (every instance online, passing its readiness
+    /// probe if it has one); repeatable. `herd stop all` and `herd kill` stop this app first.
+    #[arg(long, value_name = "APP", alias = "depends-on")]
+    pub after: Vec<String>,
     /// Time between two probes of an instance (default 1s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub probe_interval: Option<Duration>,
@@ -700,6 +704,7 @@ impl StartArgs {
             },
             readiness,
             liveness,
+            depends_on: self.after.clone(),
         };
         spec.validate().map_err(|e| anyhow::anyhow!(e))?;
         check_probes(&spec)?;

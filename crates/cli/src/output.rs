@@ -114,6 +114,13 @@ pub fn table(apps: &[AppInfo]) -> String {
     if apps.is_empty() {
         out.push_str("(no apps; start one with `herd start <program> -i 2 --port 8000`)\n");
     }
+    for app in apps.iter().filter(|a| !a.waiting_for.is_empty()) {
+        out.push_str(&format!(
+            "{} waits for {} to be ready before it starts (depends_on)\n",
+            app.name,
+            app.waiting_for.join(", ")
+        ));
+    }
     for app in apps.iter().filter(|a| a.routing_fallback) {
         out.push_str(&format!(
             "warning: every instance of {} fails its readiness probe, so new connections go to all of them\n",
@@ -502,6 +509,7 @@ mod tests {
             env_version: 1,
             containment: None,
             routing_fallback: false,
+            waiting_for: Vec::new(),
         }
     }
 

@@ -55,6 +55,7 @@ mod cluster;
 mod control;
 mod error;
 mod metrics;
+mod order;
 mod os;
 mod pm2io;
 mod primary;
@@ -576,6 +577,11 @@ struct App {
     routing_changes: u64,
     /// Every serving process fails the readiness probe: all of them are routed to.
     routing_fallback: bool,
+    /// Started (or resumed) while an app it depends on was not ready: its slots are launched
+    /// once they all are.
+    waiting: bool,
+    /// Asked to stop with apps that depend on it: it stops once these have no process left.
+    stop_after: Vec<u32>,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -613,6 +619,8 @@ impl App {
             reloads: (0, 0),
             routing_changes: 0,
             routing_fallback: false,
+            waiting: false,
+            stop_after: Vec::new(),
         }
     }
 
@@ -631,7 +639,8 @@ impl App {
     }
 
     fn settled(&self) -> bool {
-        self.reload.is_none()
+        self.stop_after.is_empty()
+            && self.reload.is_none()
             && self.emptying == 0
             && self.retiring.is_empty()
             && self.all_slots().all(|s| s.state.settled())

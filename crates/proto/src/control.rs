@@ -596,6 +596,9 @@ pub struct AppInfo {
     /// rather than to none.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub routing_fallback: bool,
+    /// The apps it waits for before it starts (`depends_on`): those not ready yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 #[cfg(test)]

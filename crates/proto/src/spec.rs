@@ -138,6 +138,11 @@ pub struct AppSpec {
     /// instance is restarted (counted by the crash-loop guard).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub liveness: Option<Probe>,
+    /// Apps (by name) that must be ready before this one starts (`depends_on`, `--after`):
+    /// every instance online, and passing its readiness probe if it has one. Stopped after
+    /// them by `herd stop all` and `herd kill`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// A health probe of an app's instances (Kubernetes' probes, docs/health.md).
@@ -292,6 +297,7 @@ impl Default for AppSpec {
             watch_ignore: vec!["node_modules".into(), ".git".into()],
             readiness: None,
             liveness: None,
+            depends_on: Vec::new(),
         }
     }
 }

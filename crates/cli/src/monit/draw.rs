@@ -423,6 +423,7 @@ mod tests {
             env_version: 1,
             containment: None,
             routing_fallback: false,
+            waiting_for: Vec::new(),
         }
     }
 

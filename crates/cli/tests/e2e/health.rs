@@ -249,3 +249,58 @@ fn liveness_restarts_a_stopped_instance_and_a_channel_probe_follows_heartbeats()
     h2.finish();
     h.finish();
 }
+
+/// `depends_on`: an app waits for a slow-to-ready dependency (its readiness probe), and its
+/// first request to it, made as it starts, succeeds.
+#[test]
+fn an_app_starts_only_once_the_app_it_depends_on_is_ready() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sick = tempfile::tempdir().unwrap();
+    std::fs::write(sick.path().join("sick-0"), "").unwrap();
+    let (db_port, api_port) = (free_port(), free_port());
+    let api = script(
+        dir.path(),
+        "api.py",
+        &format!(
+            "#!/usr/bin/env python3\nimport socket, urllib.request\ntry:\n    code = urllib.request.urlopen('http://127.0.0.1:{db_port}/healthz', timeout=5).status\nexcept Exception as e:\n    code = repr(e)\nprint(f'db answered {{code}}', flush=True)\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept()\n    c.recv(1024)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\napi')\n    c.close()\n"
+        ),
+    );
+    let file = dir.path().join("herd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[apps]]\nname = \"api\"\nscript = \"{}\"\nport = {api_port}\ndepends_on = [\"db\"]\n\n[[apps]]\nname = \"db\"\nscript = \"{}\"\nport = {db_port}\nenv = {{ SICK_DIR = \"{}\" }}\nreadiness = {{ check = \"http:/healthz\", interval = 200, failureThreshold = 1 }}\n",
+            api.display(),
+            health_py().display(),
+            sick.path().display()
+        ),
+    )
+    .unwrap();
+    h.ok(&["start", file.to_str().unwrap()]);
+    // db runs but answers 500: api waits, and says so.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(h.statuses("api"), ["stopped"]);
+    assert_eq!(h.app("api")["waiting_for"], serde_json::json!(["db"]));
+    let list = h.ok(&["list"]);
+    assert!(list.contains("api waits for db to be ready"), "{list}");
+    std::fs::remove_file(sick.path().join("sick-0")).unwrap();
+    wait_until(Duration::from_secs(15), || {
+        (h.statuses("api") == ["online"]).then_some(()).ok_or(())
+    })
+    .expect("api did not start once db was ready");
+    let logs = wait_until(Duration::from_secs(10), || {
+        let l = h.ok(&["logs", "api", "--lines", "20"]);
+        l.contains("db answered").then_some(l.clone()).ok_or(l)
+    })
+    .unwrap();
+    assert!(logs.contains("db answered 200"), "{logs}");
+    assert!(get(loopback(api_port), "/", Duration::from_secs(2))
+        .unwrap()
+        .contains("api"));
+    // `herd stop all`: api first, then db.
+    h.ok(&["stop", "all"]);
+    assert_eq!(h.statuses("api"), ["stopped"]);
+    assert_eq!(h.statuses("db"), ["stopped"]);
+    h.finish();
+}

@@ -28,6 +28,7 @@ impl State {
             ));
         }
         check_program(&spec).map_err(|m| err(ErrorCode::InvalidSpec, m))?;
+        self.check_depends_on(&spec)?;
         if parse_signal(&spec.kill_signal).is_none() {
             return Err(err(
                 ErrorCode::InvalidSpec,
@@ -65,6 +66,14 @@ impl State {
         if let Err(e) = self.start_watching(id) {
             self.apps.remove(&id);
             return Err(err(ErrorCode::InvalidSpec, e));
+        }
+        // An app it depends on is not ready: it waits (`order::follow_order` starts it).
+        if !self.waiting_for(id).is_empty() {
+            if let Some(app) = self.apps.get_mut(&id) {
+                app.waiting = true;
+            }
+            self.arm_memory_check(id);
+            return Ok(id);
         }
         // The primary first: the workers herd starts now wait for its forks to claim them.
         if self.apps.get(&id).is_some_and(|a| a.primary.is_some()) {
@@ -169,12 +178,19 @@ impl State {
             .collect();
         if let Some(p) = self.apps.get_mut(&id).and_then(|a| a.primary.as_mut()) {
             p.history = History::default();
-            self.launch(id, PRIMARY);
         }
-        for (i, gone) in gone.into_iter().enumerate() {
-            if !gone {
-                self.launch(id, i as u32);
+        if self.waiting_for(id).is_empty() {
+            if self.apps.get(&id).is_some_and(|a| a.primary.is_some()) {
+                self.launch(id, PRIMARY);
             }
+            for (i, gone) in gone.into_iter().enumerate() {
+                if !gone {
+                    self.launch(id, i as u32);
+                }
+            }
+        } else if let Some(app) = self.apps.get_mut(&id) {
+            // An app it depends on is not ready: it waits (`order::follow_order`).
+            app.waiting = true;
         }
         self.arm_memory_check(id);
         if let Err(e) = self.start_watching(id) {
@@ -205,6 +221,8 @@ impl State {
         };
         app.status = AppStatus::Stopped;
         app.watcher = None;
+        app.waiting = false;
+        app.stop_after.clear();
         self.timers.cancel(TimerKey::Watch { app: id });
         if app.reload.take().is_some() {
             self.reload_errors.insert(

@@ -29,9 +29,9 @@ impl State {
                 Command::ReloadLogs => Ok(self.reload_logs()),
                 Command::Start { spec } => self.start_app(*spec).map(Answer::app),
                 Command::Resume { target } => self.each_app(&target, |s, id| s.resume(id)),
-                Command::Stop { target } => self.each_app(&target, |s, id| {
-                    s.stop_app(id);
-                    Ok(())
+                Command::Stop { target } => self.resolve(&target).map(|ids| {
+                    self.stop_apps(&ids);
+                    Answer::Later(ids, WaitKind::Apps)
                 }),
                 Command::Restart { target, env } => self.each_app(&target, |s, id| {
                     if let Some(env) = &env {
@@ -144,8 +144,8 @@ impl State {
             if let Some(a) = self.apps.get_mut(&id) {
                 a.deleting = true;
             }
-            self.stop_app(id);
         }
+        self.stop_apps(&ids);
         let msg = format!("deleted {}", names.join(", "));
         Ok(Answer::Later(ids, WaitKind::Deleted(msg)))
     }
@@ -153,9 +153,7 @@ impl State {
     fn kill(&mut self) -> Answer {
         self.shutting_down = true;
         let ids: Vec<u32> = self.apps.keys().copied().collect();
-        for &id in &ids {
-            self.stop_app(id);
-        }
+        self.stop_apps(&ids);
         Answer::Later(ids, WaitKind::Kill)
     }
 
@@ -244,6 +242,11 @@ impl State {
         let mut out = Vec::new();
         let bus = &self.bus;
         for id in ids {
+            let waiting_for = if self.apps.get(id).is_some_and(|a| a.waiting) {
+                self.waiting_for(*id)
+            } else {
+                Vec::new()
+            };
             let Some(app) = self.apps.get_mut(id) else {
                 continue;
             };
@@ -276,6 +279,7 @@ impl State {
                 env_version: app.env_version,
                 containment: with_spec.then(|| self.containment.info()),
                 routing_fallback: app.routing_fallback,
+                waiting_for,
             });
         }
         out

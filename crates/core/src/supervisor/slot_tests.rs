@@ -480,6 +480,78 @@ async fn readiness_steers_routing_falls_back_to_all_and_a_reload_waits_for_it() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_app_waits_for_the_apps_it_depends_on_and_stops_before_them() {
+    let mut sim = Sim::new();
+    let by_name = |sim: &Sim, name: &str| -> Vec<ProcessStatus> {
+        let app = sim.st.apps.values().find(|a| a.spec.name == name).unwrap();
+        app.slots.iter().map(|s| s.state.status()).collect()
+    };
+    let pid_of = |sim: &Sim, name: &str| -> Option<u32> {
+        let app = sim.st.apps.values().find(|a| a.spec.name == name).unwrap();
+        app.slots[0].state.proc().map(|p| p.pid)
+    };
+    // Unknown, and itself: refused.
+    let mut r = sim.start(AppSpec {
+        name: "api".into(),
+        depends_on: vec!["db".into()],
+        ..sim.spec(1)
+    });
+    assert!(matches!(r.try_recv(), Ok(Reply::Error { .. })));
+    let db = AppSpec {
+        name: "db".into(),
+        wait_ready: true,
+        listen: Vec::new(),
+        readiness: Some(herd_proto::Probe::default()),
+        ..sim.spec(1)
+    };
+    drop(sim.start(db));
+    drop(sim.start(AppSpec {
+        name: "api".into(),
+        depends_on: vec!["db".into()],
+        ..sim.spec(1)
+    }));
+    sim.check_invariants();
+    assert_eq!(by_name(&sim, "api"), [ProcessStatus::Stopped], "waits");
+    let api_id = sim
+        .st
+        .apps
+        .values()
+        .find(|a| a.spec.name == "api")
+        .unwrap()
+        .id;
+    assert_eq!(sim.st.waiting_for(api_id), ["db"]);
+    // db listens: not enough, its readiness probe has not passed.
+    let db_pid = pid_of(&sim, "db").unwrap();
+    sim.ready(db_pid);
+    assert_eq!(by_name(&sim, "api"), [ProcessStatus::Stopped]);
+    sim.event(Event::Probe {
+        pid: db_pid,
+        kind: super::probes::ProbeKind::Readiness,
+        ok: true,
+        detail: "HTTP 200".into(),
+    });
+    sim.check_invariants();
+    assert_ne!(
+        by_name(&sim, "api"),
+        [ProcessStatus::Stopped],
+        "started once db is ready"
+    );
+    let api_pid = pid_of(&sim, "api").unwrap();
+    // `stop all`: api first; db only once api has exited.
+    let mut stop = sim.cmd(Command::Stop {
+        target: "all".into(),
+    });
+    assert!(sim.asked().contains(&api_pid));
+    assert!(!sim.asked().contains(&db_pid), "db waits for api");
+    assert!(stop.try_recv().is_err(), "not answered yet");
+    sim.exit(api_pid, 0);
+    assert!(sim.asked().contains(&db_pid));
+    sim.exit(db_pid, 0);
+    sim.check_invariants();
+    assert!(matches!(stop.try_recv(), Ok(Reply::Apps { .. })));
+}
+
+#[tokio::test(start_paused = true)]
 async fn liveness_failures_restart_through_the_crash_loop_guard() {
     use super::probes::ProbeKind::Liveness;
     let mut sim = Sim::new();

@@ -239,6 +239,7 @@ impl State {
         for (id, i, pid) in online {
             self.lifecycle_event(id, i, pid, "online", serde_json::Value::Null);
         }
+        self.follow_order();
         self.start_probes();
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
