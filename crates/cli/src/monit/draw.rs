@@ -124,7 +124,22 @@ fn table_row<'a>(m: &Monit, r: &'a Row, wide: bool) -> TableRow<'a> {
         Some(p) => {
             cells.push(Cell::from(instance_name(p.instance)));
             cells.push(Cell::from(p.pid.map_or("-".into(), |p| p.to_string())));
-            cells.push(Cell::from(p.status.as_str()).style(status_style(p.status)));
+            // An online instance its probes find sick shows that instead (docs/health.md).
+            let sick = p.health.as_ref().and_then(|h| {
+                if h.live == Some(false) {
+                    Some(("unlive", Color::Red))
+                } else if h.ready == Some(false) {
+                    Some(("unready", Color::Yellow))
+                } else {
+                    None
+                }
+            });
+            match sick {
+                Some((word, color)) if p.status == ProcessStatus::Online => {
+                    cells.push(Cell::from(word).style(Style::new().fg(color)));
+                }
+                _ => cells.push(Cell::from(p.status.as_str()).style(status_style(p.status))),
+            }
             cells.push(Cell::from(
                 p.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
             ));
@@ -454,6 +469,21 @@ mod tests {
         );
         assert!(screen[39].contains("q quit"), "{}", screen[39]);
         assert!(text.contains("mem history"));
+    }
+
+    #[test]
+    fn an_instance_its_readiness_probe_fails_shows_unready() {
+        let mut a = app("web", 2);
+        a.processes[1].health = Some(herd_proto::Health {
+            ready: Some(false),
+            live: None,
+            last: None,
+        });
+        let mut m = Monit::new();
+        m.on_apps(&[a], Vec::new());
+        let text = render(&m, 120, 40).join("\n");
+        assert!(text.contains("unready"), "{text}");
+        assert_eq!(text.matches("online").count(), 1, "{text}");
     }
 
     #[test]

@@ -159,17 +159,20 @@ function row(c, app, p) {
   const x = r.cells;
   x.n.textContent = p.instance === 4294967295 ? 'primary' : String(p.instance);
   x.pid.textContent = p.pid ?? '–';
-  x.status.textContent = p.status;
-  x.status.className = `status-${p.status}`;
+  const h = p.health;
+  const sick = h && p.status === 'online' ? (h.live === false ? 'unlive' : h.ready === false ? 'unready' : null) : null;
+  x.status.textContent = sick || p.status;
+  x.status.className = sick ? 'status-errored' : `status-${p.status}`;
+  x.status.title = h && h.last ? `${h.last.probe} ${h.last.ok ? 'passed' : 'failed'}: ${h.last.detail}` : '';
   x.cpu.textContent = pct(p.cpu_percent);
   x.mem.textContent = bytes(p.memory_bytes);
   x.restarts.textContent = String(p.restarts);
   x.uptime.textContent = uptime(p.uptime_ms);
   x.exit.textContent = lastExit(p);
   x.pm2.textContent = pm2Metrics(p);
-  const h = remember(`${app.name}:${p.instance}`, p);
-  spark(x.cpuCanvas, h.cpu, '#6aa8ff', 5);
-  spark(x.memCanvas, h.mem, '#c28cff', 1 << 20);
+  const hist = remember(`${app.name}:${p.instance}`, p);
+  spark(x.cpuCanvas, hist.cpu, '#6aa8ff', 5);
+  spark(x.memCanvas, hist.mem, '#c28cff', 1 << 20);
   return r.tr;
 }
 
