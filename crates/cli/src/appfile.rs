@@ -16,7 +16,7 @@ use herd_proto::{AppSpec, Balance, Probe, ProbeCheck};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::args::{check_probes, parse_duration, parse_size, StartArgs};
+use crate::args::{check_probes, parse_cron, parse_duration, parse_size, StartArgs};
 
 /// Whether `path` names an app file rather than a program.
 pub fn is_app_file(path: &Path) -> bool {
@@ -77,8 +77,14 @@ struct Entry {
     kill_signal: Option<String>,
     max_restarts: Option<u32>,
     min_uptime: Option<Value>,
-    #[serde(alias = "exp_backoff_restart_delay")]
+    /// PM2's: a fixed delay before every restart.
     restart_delay: Option<Value>,
+    /// PM2's: the base of the backoff after quick crashes.
+    exp_backoff_restart_delay: Option<Value>,
+    /// The backoff's cap.
+    max_restart_delay: Option<Value>,
+    /// PM2's: reload the app at each time this cron expression matches.
+    cron_restart: Option<String>,
     autorestart: Option<bool>,
     stop_exit_codes: Option<Value>,
     max_memory_restart: Option<Value>,
@@ -647,6 +653,20 @@ impl Entry {
             .as_ref()
             .map(|v| ms(v, "restart_delay"))
             .transpose()?;
+        a.exp_backoff_restart_delay = self
+            .exp_backoff_restart_delay
+            .as_ref()
+            .map(|v| ms(v, "exp_backoff_restart_delay"))
+            .transpose()?;
+        a.max_restart_delay = self
+            .max_restart_delay
+            .as_ref()
+            .map(|v| ms(v, "max_restart_delay"))
+            .transpose()?;
+        a.cron_restart = self
+            .cron_restart
+            .map(|c| parse_cron(&c).map_err(|e| anyhow!("cron_restart {e}")))
+            .transpose()?;
         a.no_autorestart = self.autorestart == Some(false);
         a.stop_exit_codes = match self.stop_exit_codes {
             None => Vec::new(),
@@ -709,7 +729,7 @@ mod tests {
         let props = schema["definitions"]["app"]["properties"]
             .as_object()
             .unwrap();
-        let aliases = ["node_args", "exp_backoff_restart_delay"];
+        let aliases = ["node_args"];
         let mut all = serde_json::Map::new();
         for (k, p) in props {
             let example = p["examples"][0].clone();
@@ -757,6 +777,9 @@ mod tests {
             "max_restarts",
             "min_uptime",
             "restart_delay",
+            "exp_backoff_restart_delay",
+            "max_restart_delay",
+            "cron_restart",
             "autorestart",
             "stop_exit_codes",
             "max_memory_restart",
@@ -1075,6 +1098,49 @@ initialDelaySeconds = 0.5
             e.contains("app api: the liveness probe tcp connects to"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn restart_delays_and_cron_restart_have_pm2s_meaning_in_both_kinds_of_file() {
+        for (name, text) in [
+            (
+                "ecosystem.config.json",
+                r#"{"apps": [{"name": "api", "script": "/bin/sh", "restart_delay": 3000,
+                    "exp_backoff_restart_delay": 200, "cron_restart": "0 3 * * *"}]}"#,
+            ),
+            (
+                "herd.toml",
+                "[[apps]]\nname = \"api\"\nscript = \"/bin/sh\"\nrestart_delay = \"3s\"\nexp_backoff_restart_delay = \"200ms\"\ncron_restart = \"0 3 * * *\"\n",
+            ),
+        ] {
+            let spec = load_one(name, text).unwrap();
+            assert_eq!(spec.restart_delay_ms, 3_000, "{name}");
+            assert_eq!(spec.exp_backoff_restart_delay_ms, 200, "{name}");
+            assert_eq!(spec.max_restart_delay_ms, 15_000, "{name}");
+            assert_eq!(spec.cron_restart.as_deref(), Some("0 3 * * *"), "{name}");
+        }
+        let spec = load_one(
+            "herd.yaml",
+            "apps:\n  - name: api\n    script: /bin/sh\n    max_restart_delay: 1m\n",
+        )
+        .unwrap();
+        assert_eq!(spec.max_restart_delay_ms, 60_000);
+        assert_eq!((spec.restart_delay_ms, spec.cron_restart), (0, None));
+    }
+
+    #[test]
+    fn a_bad_cron_restart_names_the_file_the_app_and_the_field() {
+        let e = load_one(
+            "ecosystem.config.json",
+            r#"{"apps": [{"name": "api", "script": "/bin/sh", "cron_restart": "0 3 * *"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/tmp/ecosystem.config.json, app api: cron_restart \"0 3 * *\" is not a cron expression"),
+            "{e}"
+        );
+        assert!(e.contains("e.g. \"0 3 * * *\""), "{e}");
     }
 
     /// herd-only fields such as `port` are read in PM2's files too; so are probes.

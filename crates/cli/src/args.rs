@@ -345,10 +345,21 @@ pub struct StartArgs {
     /// A run shorter than this counts as a quick crash (ms, or 1s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_uptime: Option<Duration>,
-    /// Backoff after a quick crash (a run shorter than --min-uptime): the first restart is
-    /// immediate, then this delay, doubling up to 15 s (ms, or 100ms).
+    /// Fixed delay before every restart (PM2's --restart-delay; default 0), on top of the
+    /// backoff (ms, or 2s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub restart_delay: Option<Duration>,
+    /// Base of the backoff after quick crashes (runs shorter than --min-uptime): none at the
+    /// first restart, then this, doubling up to --max-restart-delay (default 100ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub exp_backoff_restart_delay: Option<Duration>,
+    /// Cap of the backoff (default 15s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_restart_delay: Option<Duration>,
+    /// Reload the app (rolling, as `herd reload`) at each time this cron expression matches,
+    /// in local time, e.g. "0 3 * * *" (PM2's --cron-restart).
+    #[arg(long, value_name = "CRON", value_parser = parse_cron)]
+    pub cron_restart: Option<String>,
     /// Do not restart instances that exit.
     #[arg(long)]
     pub no_autorestart: bool,
@@ -421,6 +432,13 @@ fn parse_balance(s: &str) -> Result<Balance, String> {
         "shared" => Ok(Balance::Shared),
         _ => Err(format!("unknown balance {s:?}; use hash, sticky or shared")),
     }
+}
+
+/// A cron expression as `--cron-restart` takes it, checked.
+pub fn parse_cron(s: &str) -> Result<String, String> {
+    herd_core::schedule::Schedule::parse(s)
+        .map(|_| s.trim().to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// A probe as `--readiness` and `--liveness` take it.
@@ -671,7 +689,11 @@ impl StartArgs {
             max_restarts: self.max_restarts.unwrap_or(defaults.max_restarts),
             min_uptime_ms: ms(self.min_uptime, defaults.min_uptime_ms),
             restart_delay_ms: ms(self.restart_delay, defaults.restart_delay_ms),
-            max_restart_delay_ms: defaults.max_restart_delay_ms,
+            exp_backoff_restart_delay_ms: ms(
+                self.exp_backoff_restart_delay,
+                defaults.exp_backoff_restart_delay_ms,
+            ),
+            max_restart_delay_ms: ms(self.max_restart_delay, defaults.max_restart_delay_ms),
             stop_exit_codes: self.stop_exit_codes.clone(),
             max_memory_bytes: self.max_memory_restart,
             log: LogSpec {
@@ -682,6 +704,7 @@ impl StartArgs {
             node,
             primary: self.primary,
             shutdown_with_message: self.shutdown_with_message,
+            cron_restart: self.cron_restart.clone(),
             watch: match &self.watch {
                 None => Vec::new(),
                 Some(paths) => {
@@ -1025,6 +1048,52 @@ mod tests {
             );
         }
         assert!(start_args(&["--readiness", "channel"]).to_spec().is_ok());
+    }
+
+    #[test]
+    fn restart_delays_have_pm2s_meaning() {
+        let spec = start_args(&[]).to_spec().unwrap();
+        assert_eq!(
+            (
+                spec.restart_delay_ms,
+                spec.exp_backoff_restart_delay_ms,
+                spec.max_restart_delay_ms
+            ),
+            (0, 100, 15_000)
+        );
+        let spec = start_args(&[
+            "--restart-delay",
+            "2s",
+            "--exp-backoff-restart-delay",
+            "250",
+            "--max-restart-delay",
+            "1m",
+        ])
+        .to_spec()
+        .unwrap();
+        assert_eq!(
+            (
+                spec.restart_delay_ms,
+                spec.exp_backoff_restart_delay_ms,
+                spec.max_restart_delay_ms
+            ),
+            (2_000, 250, 60_000)
+        );
+    }
+
+    #[test]
+    fn cron_restart_is_checked_and_kept() {
+        let spec = start_args(&["--cron-restart", "0 3 * * *"])
+            .to_spec()
+            .unwrap();
+        assert_eq!(spec.cron_restart.as_deref(), Some("0 3 * * *"));
+        assert_eq!(start_args(&[]).to_spec().unwrap().cron_restart, None);
+        let e = Cli::try_parse_from(["herd", "start", "/bin/sh", "--cron-restart", "0 25 * * *"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cron-restart"), "{e}");
+        assert!(e.contains("is not a cron expression"), "{e}");
+        assert!(e.contains("e.g. \"0 3 * * *\""), "{e}");
     }
 
     #[test]

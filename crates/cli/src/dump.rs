@@ -26,6 +26,8 @@ struct Dump {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     status: AppStatus,
+    /// As saved by this herd or an older one ([`AppSpec::from_saved`]).
+    #[serde(deserialize_with = "AppSpec::deserialize_saved")]
     spec: AppSpec,
 }
 

@@ -204,6 +204,20 @@ fn human_ago(ms: u64) -> String {
     }
 }
 
+/// `cron_restart`'s line: the schedule, and when it reloads the app next.
+fn cron_line(cron: &str, next_ms: Option<u64>) -> String {
+    match next_ms {
+        Some(ms) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            format!(
+                "{cron} (rolling reload; next {})",
+                herd_core::schedule::local_time(at)
+            )
+        }
+        None => format!("{cron} (rolling reload, while the app runs)"),
+    }
+}
+
 /// The `herd describe` page.
 pub fn describe(app: &AppInfo) -> String {
     let mut out = String::new();
@@ -255,8 +269,13 @@ pub fn describe(app: &AppInfo) -> String {
             "restart",
             if spec.autorestart {
                 format!(
-                    "backoff {}..{} ms; errored after {} runs shorter than {} ms",
-                    spec.restart_delay_ms,
+                    "{}backoff {}..{} ms; errored after {} runs shorter than {} ms",
+                    if spec.restart_delay_ms > 0 {
+                        format!("{} ms + ", spec.restart_delay_ms)
+                    } else {
+                        String::new()
+                    },
+                    spec.exp_backoff_restart_delay_ms,
                     spec.max_restart_delay_ms,
                     spec.max_restarts,
                     spec.min_uptime_ms
@@ -265,6 +284,9 @@ pub fn describe(app: &AppInfo) -> String {
                 "never".into()
             },
         );
+        if let Some(cron) = &spec.cron_restart {
+            kv("cron restart", cron_line(cron, app.next_cron_restart_ms));
+        }
         if !spec.stop_exit_codes.is_empty() {
             kv("stop exit codes", format!("{:?}", spec.stop_exit_codes));
         }
@@ -510,6 +532,7 @@ mod tests {
             containment: None,
             routing_fallback: false,
             waiting_for: Vec::new(),
+            next_cron_restart_ms: None,
         }
     }
 
@@ -637,6 +660,44 @@ mod tests {
         a.processes.truncate(1);
         a.processes[0].health = health(None, None);
         assert!(describe(&a).contains("instance 0 health: not decided yet\n"));
+    }
+
+    #[test]
+    fn describe_shows_the_restart_delays_and_the_cron_schedule() {
+        let mut a = app(&[None]);
+        a.spec = Some(Box::new(AppSpec {
+            restart_delay_ms: 2_000,
+            cron_restart: Some("0 3 * * *".into()),
+            ..AppSpec::default()
+        }));
+        let next = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        a.next_cron_restart_ms = Some(1_800_000_000_000);
+        let d = describe(&a);
+        assert!(
+            d.contains("         restart: 2000 ms + backoff 100..15000 ms; errored after 15 runs shorter than 1000 ms\n"),
+            "{d}"
+        );
+        assert!(
+            d.contains(&format!(
+                "    cron restart: 0 3 * * * (rolling reload; next {})\n",
+                herd_core::schedule::local_time(next)
+            )),
+            "{d}"
+        );
+        a.next_cron_restart_ms = None;
+        a.spec = Some(Box::new(AppSpec {
+            cron_restart: Some("@daily".into()),
+            ..AppSpec::default()
+        }));
+        let d = describe(&a);
+        assert!(
+            d.contains("         restart: backoff 100..15000 ms;"),
+            "{d}"
+        );
+        assert!(
+            d.contains("    cron restart: @daily (rolling reload, while the app runs)\n"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub struct SupervisorState {
 pub struct AppState {
     /// Its id.
     pub id: u32,
-    /// Its spec.
+    /// Its spec (from an older herd too: [`AppSpec::from_saved`]).
+    #[serde(deserialize_with = "AppSpec::deserialize_saved")]
     pub spec: AppSpec,
     /// Running or stopped.
     pub status: AppStatus,

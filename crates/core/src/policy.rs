@@ -42,8 +42,9 @@ pub fn on_exit(
     if !spec.autorestart {
         return Decision::Exit;
     }
-    // A stable run (at least min_uptime) is restarted at once and clears both counters; quick
-    // crashes back off exponentially and, past max_restarts in a row, give up.
+    // A stable run (at least min_uptime) clears both counters: it is restarted after the fixed
+    // restart_delay alone (at once by default); quick crashes back off exponentially on top of
+    // it and, past max_restarts in a row, give up.
     if uptime < Duration::from_millis(spec.min_uptime_ms) {
         history.unstable += 1;
     } else {
@@ -53,19 +54,26 @@ pub fn on_exit(
     if history.unstable > spec.max_restarts {
         return Decision::Errored;
     }
-    let delay = backoff(spec, history.backoff_step);
+    let wait = delay(spec, history.backoff_step);
     history.backoff_step = history.backoff_step.saturating_add(1);
-    Decision::Restart(delay)
+    Decision::Restart(wait)
 }
 
-/// Delay before the `step`-th consecutive restart: 0, base, 2·base, 4·base, … up to the cap.
+/// Delay before the `step`-th consecutive restart without a stable run: the fixed
+/// `restart_delay` (PM2's) plus the backoff's step.
+pub fn delay(spec: &AppSpec, step: u32) -> Duration {
+    Duration::from_millis(spec.restart_delay_ms).saturating_add(backoff(spec, step))
+}
+
+/// The backoff's `step`: 0, base, 2·base, 4·base, … up to `max_restart_delay`, where the base is
+/// `exp_backoff_restart_delay` (PM2's).
 pub fn backoff(spec: &AppSpec, step: u32) -> Duration {
     if step == 0 {
         return Duration::ZERO;
     }
     let factor = 1u64 << (step - 1).min(30);
     let ms = spec
-        .restart_delay_ms
+        .exp_backoff_restart_delay_ms
         .saturating_mul(factor)
         .min(spec.max_restart_delay_ms);
     Duration::from_millis(ms)
@@ -81,7 +89,7 @@ mod tests {
             script: "/bin/true".into(),
             max_restarts: 3,
             min_uptime_ms: 1000,
-            restart_delay_ms: 100,
+            exp_backoff_restart_delay_ms: 100,
             max_restart_delay_ms: 1000,
             ..AppSpec::default()
         }
@@ -92,6 +100,54 @@ mod tests {
         let s = spec();
         let ms: Vec<u64> = (0..7).map(|i| backoff(&s, i).as_millis() as u64).collect();
         assert_eq!(ms, vec![0, 100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn the_fixed_delay_comes_before_every_restart_on_top_of_the_backoff() {
+        let s = AppSpec {
+            restart_delay_ms: 3000,
+            ..spec()
+        };
+        let ms: Vec<u64> = (0..7).map(|i| delay(&s, i).as_millis() as u64).collect();
+        // The cap is the backoff's: the fixed delay comes on top.
+        assert_eq!(ms, vec![3000, 3100, 3200, 3400, 3800, 4000, 4000]);
+        let mut h = History::default();
+        let quick = Duration::from_millis(10);
+        assert_eq!(
+            on_exit(&s, &mut h, quick, Some(1)),
+            Decision::Restart(Duration::from_millis(3000))
+        );
+        assert_eq!(
+            on_exit(&s, &mut h, quick, Some(1)),
+            Decision::Restart(Duration::from_millis(3100))
+        );
+        // A stable run resets the backoff, not the fixed delay (PM2 waits restart_delay
+        // before every restart).
+        assert_eq!(
+            on_exit(&s, &mut h, Duration::from_secs(5), Some(1)),
+            Decision::Restart(Duration::from_millis(3000))
+        );
+    }
+
+    #[test]
+    fn pm2s_restart_delay_alone_is_a_fixed_delay() {
+        let s = AppSpec {
+            restart_delay_ms: 500,
+            exp_backoff_restart_delay_ms: 0,
+            ..spec()
+        };
+        let ms: Vec<u64> = (0..4).map(|i| delay(&s, i).as_millis() as u64).collect();
+        assert_eq!(ms, vec![500, 500, 500, 500]);
+    }
+
+    #[test]
+    fn the_defaults_keep_herds_backoff() {
+        let d = AppSpec::default();
+        let ms: Vec<u64> = (0..10).map(|i| delay(&d, i).as_millis() as u64).collect();
+        assert_eq!(
+            ms,
+            vec![0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!   drawn in `docs/slots.md`;
 //! - `process.rs` — starting a slot's process (fds, variables, pumps, channel) and stopping it;
 //! - `app.rs` — an app: start, stop, restart, scale, its environment, watch and memory limit;
-//! - `reload.rs` — the rolling reload;
+//! - `reload.rs` — the rolling reload; `cron.rs` — `cron_restart`'s timer, which starts one;
 //! - `timers.rs` — the one timer queue; `os.rs` — spawn, signal, kill, stats (faked in tests);
 //! - `bus.rs` — the message bus router; `cluster.rs` — Node's cluster protocol and graceful
 //!   stops; `update.rs` — `herd update`'s handover.
@@ -53,6 +53,7 @@ mod app;
 mod bus;
 mod cluster;
 mod control;
+mod cron;
 mod error;
 mod metrics;
 mod order;
@@ -563,6 +564,8 @@ struct App {
     reload: Option<Reload>,
     /// File watcher (`--watch`), while the app runs.
     watcher: Option<::notify::RecommendedWatcher>,
+    /// Its `cron_restart` schedule and next match.
+    cron: Option<cron::CronRestart>,
     /// Bumped each time `--update-env` changes the environment.
     env_version: u32,
     /// Cgroups of exited processes of this app, killed and not yet empty.
@@ -600,6 +603,7 @@ impl App {
     ) -> Self {
         Self {
             id,
+            cron: cron::CronRestart::of(&spec),
             spec,
             status,
             listeners,

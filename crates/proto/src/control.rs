@@ -599,6 +599,9 @@ pub struct AppInfo {
     /// The apps it waits for before it starts (`depends_on`): those not ready yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// When the app's `cron_restart` next reloads it (Unix time, ms), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cron_restart_ms: Option<u64>,
 }
 
 #[cfg(test)]

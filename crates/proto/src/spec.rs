@@ -104,9 +104,14 @@ pub struct AppSpec {
     pub max_restarts: u32,
     /// A run shorter than this (ms) counts as unstable.
     pub min_uptime_ms: u64,
-    /// First delay of the exponential restart backoff, in ms.
+    /// Fixed delay before every restart, in ms (PM2's `restart_delay`): the delay before a
+    /// restart is this plus the backoff's current step (docs/configuration.md, "Restart
+    /// policy").
     pub restart_delay_ms: u64,
-    /// Cap of the restart backoff, in ms.
+    /// Base of the exponential restart backoff, in ms (PM2's `exp_backoff_restart_delay`): the
+    /// first restart after a stable run has no backoff, the next ones this, 2×, 4×…
+    pub exp_backoff_restart_delay_ms: u64,
+    /// Cap of the backoff's step, in ms (the fixed delay comes on top).
     pub max_restart_delay_ms: u64,
     /// Exit codes that mean "stopped on purpose": no restart.
     pub stop_exit_codes: Vec<i32>,
@@ -125,6 +130,10 @@ pub struct AppSpec {
     /// Stop by sending the message `"shutdown"` on the instance's channel instead of a signal
     /// (PM2's `shutdown_with_message`); SIGKILL still follows after `kill_timeout_ms`.
     pub shutdown_with_message: bool,
+    /// Reload the app (rolling, as `herd reload`) at each time this cron expression matches,
+    /// in the machine's local time, while it runs (PM2's `cron_restart`): `"0 3 * * *"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron_restart: Option<String>,
     /// Reload the app when a file under these paths changes (absolute paths; empty: off).
     pub watch: Vec<String>,
     /// Path components whose changes do not count (`node_modules`, `.git`…).
@@ -285,7 +294,8 @@ impl Default for AppSpec {
             autorestart: true,
             max_restarts: 15,
             min_uptime_ms: 1_000,
-            restart_delay_ms: 100,
+            restart_delay_ms: 0,
+            exp_backoff_restart_delay_ms: 100,
             max_restart_delay_ms: 15_000,
             stop_exit_codes: Vec::new(),
             max_memory_bytes: None,
@@ -293,6 +303,7 @@ impl Default for AppSpec {
             node: false,
             primary: false,
             shutdown_with_message: false,
+            cron_restart: None,
             watch: Vec::new(),
             watch_ignore: vec!["node_modules".into(), ".git".into()],
             readiness: None,
@@ -349,6 +360,32 @@ impl AppSpec {
 }
 
 impl AppSpec {
+    /// Reads a spec that a herd saved (`dump.json`, a `herd update` handover), this one or an
+    /// older one. A spec saved before `exp_backoff_restart_delay_ms` existed had
+    /// `restart_delay_ms` as the backoff's base and no fixed delay: it keeps that meaning.
+    ///
+    /// # Errors
+    /// When `saved` is not a spec.
+    pub fn from_saved(mut saved: serde_json::Value) -> Result<Self, serde_json::Error> {
+        if let Some(fields) = saved.as_object_mut() {
+            if !fields.contains_key("exp_backoff_restart_delay_ms") {
+                if let Some(base) = fields.remove("restart_delay_ms") {
+                    fields.insert("exp_backoff_restart_delay_ms".into(), base);
+                }
+            }
+        }
+        serde_json::from_value(saved)
+    }
+
+    /// [`AppSpec::from_saved`] for serde's `deserialize_with`.
+    ///
+    /// # Errors
+    /// When the value is not a spec.
+    pub fn deserialize_saved<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let saved = serde_json::Value::deserialize(d)?;
+        Self::from_saved(saved).map_err(serde::de::Error::custom)
+    }
+
     /// The environment with `fresh` as the captured part: the app's declared keys keep their
     /// values (PM2's `--update-env`).
     pub fn updated_env(&self, fresh: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -441,6 +478,41 @@ mod tests {
         assert_eq!(spec.validate(), Ok(()));
         let again: AppSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(again, spec);
+    }
+
+    /// A dump saved before `exp_backoff_restart_delay_ms` existed keeps its backoff.
+    #[test]
+    fn a_spec_saved_before_the_backoff_base_keeps_its_backoff() {
+        let old =
+            serde_json::json!({"name": "api", "script": "/bin/true", "restart_delay_ms": 250});
+        let spec = AppSpec::from_saved(old).unwrap();
+        assert_eq!(spec.restart_delay_ms, 0);
+        assert_eq!(spec.exp_backoff_restart_delay_ms, 250);
+        // Without either: today's defaults, which are the old behaviour.
+        let spec = AppSpec::from_saved(serde_json::json!({"name": "api"})).unwrap();
+        assert_eq!(
+            (spec.restart_delay_ms, spec.exp_backoff_restart_delay_ms),
+            (0, 100)
+        );
+        // A spec saved by this herd reads as it was written.
+        let now = AppSpec {
+            name: "api".into(),
+            restart_delay_ms: 2_000,
+            exp_backoff_restart_delay_ms: 300,
+            cron_restart: Some("0 3 * * *".into()),
+            ..AppSpec::default()
+        };
+        let saved = serde_json::to_value(&now).unwrap();
+        assert_eq!(AppSpec::from_saved(saved).unwrap(), now);
+        // Through serde, as dump.json and the handover read it.
+        #[derive(serde::Deserialize)]
+        struct Saved {
+            #[serde(deserialize_with = "AppSpec::deserialize_saved")]
+            spec: AppSpec,
+        }
+        let s: Saved =
+            serde_json::from_str(r#"{"spec": {"name": "a", "restart_delay_ms": 7}}"#).unwrap();
+        assert_eq!(s.spec.exp_backoff_restart_delay_ms, 7);
     }
 
     #[test]

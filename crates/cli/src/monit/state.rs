@@ -525,6 +525,7 @@ mod tests {
             containment: None,
             routing_fallback: false,
             waiting_for: Vec::new(),
+            next_cron_restart_ms: None,
         }
     }
 

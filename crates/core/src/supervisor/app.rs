@@ -12,6 +12,7 @@ use super::{
 };
 use crate::logs::LogFile;
 use crate::policy::History;
+use crate::schedule::Schedule;
 use crate::sockets::{ListenAddr, Listener};
 
 impl State {
@@ -29,6 +30,10 @@ impl State {
         }
         check_program(&spec).map_err(|m| err(ErrorCode::InvalidSpec, m))?;
         self.check_depends_on(&spec)?;
+        if let Some(expr) = &spec.cron_restart {
+            Schedule::parse(expr)
+                .map_err(|e| err(ErrorCode::InvalidSpec, format!("cron_restart {e}")))?;
+        }
         if parse_signal(&spec.kill_signal).is_none() {
             return Err(err(
                 ErrorCode::InvalidSpec,

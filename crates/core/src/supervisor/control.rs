@@ -280,6 +280,12 @@ impl State {
                 containment: with_spec.then(|| self.containment.info()),
                 routing_fallback: app.routing_fallback,
                 waiting_for,
+                next_cron_restart_ms: app
+                    .cron
+                    .as_ref()
+                    .and_then(|c| c.next())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             });
         }
         out

@@ -1,5 +1,5 @@
 //! What the supervisor asks of the operating system: start a process, signal a process
-//! group, kill a whole tree, read a process's figures. The real [`System`] forks and signals;
+//! group, kill a whole tree, read a process's figures, read the wall clock. The real [`System`] forks and signals;
 //! the unit tests of the supervisor put a fake in its place, so every transition and race of
 //! the slot machine runs without a process, under tokio's paused time (the clock).
 //!
@@ -7,6 +7,7 @@
 //! the supervisor itself: those are harmless in tests, and a fake child simply never uses them.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -25,6 +26,10 @@ pub(super) trait Os: Send {
     fn kill_tree(&mut self, pid: u32, cgroup: Option<&Path>);
     /// CPU time and resident memory of `pid`.
     fn sample(&mut self, pid: u32) -> Option<Sample>;
+    /// The time of day, for cron schedules (every timer runs on tokio's monotonic clock).
+    fn wall_clock(&self) -> SystemTime {
+        SystemTime::now()
+    }
     /// Starts an exec health probe: `sh -c command` in its own process group, reaped as any
     /// child (its exit comes as an `Exited` event). Its pid; `None` if it cannot start.
     fn spawn_probe(&mut self, command: &str, env: &[(String, String)], cwd: &str) -> Option<u32> {

@@ -415,7 +415,8 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return;
         };
-        let restart_delay = Duration::from_millis(app.spec.restart_delay_ms);
+        // A program that cannot even be started waits at least one step of the backoff.
+        let failed_spawn_delay = policy::delay(&app.spec, 1);
         let max_restarts = app.spec.max_restarts;
         let min_uptime = app.spec.min_uptime_ms;
         let Some(slot) = slot_mut!(app, i) else {
@@ -426,7 +427,7 @@ impl State {
                 slot.restarts += 1;
                 // A program that cannot even be started is never retried at once.
                 let delay = if failed_spawn {
-                    delay.max(restart_delay)
+                    delay.max(failed_spawn_delay)
                 } else {
                     delay
                 };

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herd_proto::{
     AppSpec, AppStatus, Command, ErrorCode, ListenSpec, ProcessStatus, Reply, ScaleTo,
@@ -41,7 +41,12 @@ struct World {
     fail_spawns: bool,
 }
 
-struct FakeOs(Arc<Mutex<World>>);
+/// The wall clock of the tests at their start: 2030-01-01 00:01:00 UTC (a quarter-hour
+/// offset from UTC, as every time zone has, keeps `*/5` minutes where they are).
+const WALL_START: Duration = Duration::from_secs(1_893_456_060);
+
+/// The fake OS; its wall clock starts at [`WALL_START`] and moves with tokio's paused clock.
+struct FakeOs(Arc<Mutex<World>>, tokio::time::Instant);
 
 impl Os for FakeOs {
     fn spawn(&mut self, _req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
@@ -74,6 +79,10 @@ impl Os for FakeOs {
 
     fn sample(&mut self, _pid: u32) -> Option<Sample> {
         None
+    }
+
+    fn wall_clock(&self) -> SystemTime {
+        UNIX_EPOCH + WALL_START + self.1.elapsed()
     }
 }
 
@@ -109,7 +118,7 @@ impl Sim {
         let bus = super::bus::Bus::new(cfg.host.clone(), 1 << 20, cfg.limits, None);
         let mut st = State::new(
             cfg,
-            Box::new(FakeOs(world.clone())),
+            Box::new(FakeOs(world.clone(), tokio::time::Instant::now())),
             tx,
             ipc_tx,
             logs,
@@ -308,6 +317,18 @@ impl Sim {
                 let want = if ready.is_empty() { serving } else { ready };
                 assert_eq!(app.routed.as_ref(), Some(&want), "routing set");
             }
+            // The cron timer is armed exactly while the app runs with a schedule.
+            assert_eq!(
+                self.st
+                    .timers
+                    .deadline(TimerKey::Cron { app: app.id })
+                    .is_some(),
+                app.cron.is_some()
+                    && app.status == AppStatus::Running
+                    && !app.deleting
+                    && !app.waiting,
+                "cron timer"
+            );
             // A slot's timer is armed exactly when its state waits for a deadline.
             for s in app.slots.iter().chain(app.primary.as_ref()) {
                 let key = TimerKey::Slot {
@@ -645,6 +666,152 @@ async fn a_stable_run_resets_the_backoff() {
     sim.exit(sim.current(0).unwrap(), 1);
     assert_eq!(sim.spawned().len(), n + 1);
     assert_eq!(sim.statuses(), vec![ProcessStatus::Online]);
+}
+
+/// PM2's `restart_delay`: a fixed wait before every restart, the backoff on top of it.
+#[tokio::test(start_paused = true)]
+async fn a_fixed_restart_delay_comes_before_every_restart_with_the_backoff_on_top() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        restart_delay_ms: 1_000,
+        ..sim.spec(1)
+    };
+    drop(sim.start(spec));
+    // Quick crashes: 1000 ms (no backoff yet), then 1100 ms, then 1200 ms.
+    for delay in [1_000, 1_100, 1_200] {
+        sim.exit(sim.current(0).unwrap(), 1);
+        assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
+        let before = sim.spawned().len();
+        sim.advance(Duration::from_millis(delay - 1)).await;
+        assert_eq!(sim.spawned().len(), before, "restarted before {delay} ms");
+        sim.advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            sim.spawned().len(),
+            before + 1,
+            "not restarted at {delay} ms"
+        );
+        sim.check_invariants();
+    }
+    // A stable run resets the backoff, not the fixed delay: 1000 ms again.
+    sim.advance(Duration::from_secs(2)).await;
+    sim.exit(sim.current(0).unwrap(), 1);
+    assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
+    let before = sim.spawned().len();
+    sim.advance(Duration::from_millis(999)).await;
+    assert_eq!(sim.spawned().len(), before);
+    sim.advance(Duration::from_millis(1)).await;
+    assert_eq!(sim.spawned().len(), before + 1);
+    sim.check_invariants();
+}
+
+/// `cron_restart`: a rolling reload at each match, the timer armed again after each, and
+/// none while the app is stopped.
+#[tokio::test(start_paused = true)]
+async fn cron_restart_reloads_at_each_match_while_the_app_runs() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        wait_ready: true,
+        cron_restart: Some("*/5 * * * *".into()),
+        ..sim.spec(2)
+    };
+    drop(sim.start(spec));
+    for i in 0..2 {
+        sim.ready(sim.current(i).unwrap());
+    }
+    sim.check_invariants();
+    let id = sim.app().id;
+    let key = TimerKey::Cron { app: id };
+    let minute = Duration::from_secs(60);
+    let next = |sim: &Sim| sim.app().cron.as_ref().and_then(|c| c.next());
+    // Started at 00:01: the first match is 00:05.
+    assert_eq!(next(&sim), Some(UNIX_EPOCH + WALL_START + 4 * minute));
+    let before = sim.spawned().len();
+    let old = [sim.current(0).unwrap(), sim.current(1).unwrap()];
+    // Not a second early (the timer looks at the wall clock at least every minute).
+    sim.advance(4 * minute - Duration::from_secs(1)).await;
+    assert_eq!(sim.spawned().len(), before, "reloaded before 00:05");
+    assert!(sim.st.timers.deadline(key).is_some());
+    sim.advance(Duration::from_secs(1)).await;
+    // 00:05: the reload starts with slot 0's next process, beside the old one.
+    assert_eq!(sim.spawned().len(), before + 1, "no reload at 00:05");
+    assert_eq!(
+        sim.statuses(),
+        vec![ProcessStatus::Online, ProcessStatus::Online]
+    );
+    assert!(sim.next(0).is_some(), "slot 0 reloads");
+    // Re-armed for the match after it, 00:10.
+    assert_eq!(next(&sim), Some(UNIX_EPOCH + WALL_START + 9 * minute));
+    sim.check_invariants();
+    sim.ready(sim.next(0).unwrap());
+    sim.ready(sim.next(1).expect("then slot 1"));
+    sim.settle().await;
+    assert_eq!(sim.app().reloads, (1, 0));
+    for (i, pid) in old.iter().enumerate() {
+        assert_ne!(sim.current(i), Some(*pid), "instance {i} was not replaced");
+    }
+    // 00:10: the second reload.
+    let at = sim.spawned().len();
+    let left = (UNIX_EPOCH + WALL_START + 9 * minute)
+        .duration_since(sim.st.os.wall_clock())
+        .unwrap();
+    sim.advance(left).await;
+    assert_eq!(sim.spawned().len(), at + 1, "no reload at 00:10");
+    assert_eq!(next(&sim), Some(UNIX_EPOCH + WALL_START + 14 * minute));
+    sim.ready(sim.next(0).unwrap());
+    sim.ready(sim.next(1).unwrap());
+    sim.settle().await;
+    assert_eq!(sim.app().reloads, (2, 0));
+    // Stopped: no timer, and nothing at 00:15.
+    drop(sim.cmd(Command::Stop {
+        target: "web".into(),
+    }));
+    sim.settle().await;
+    assert_eq!(sim.st.timers.deadline(key), None);
+    assert_eq!(next(&sim), None);
+    let stopped = sim.spawned().len();
+    sim.advance(10 * minute).await;
+    assert_eq!(sim.spawned().len(), stopped);
+    // Started again: armed for the next match from now.
+    drop(sim.cmd(Command::Resume {
+        target: "web".into(),
+    }));
+    sim.settle().await;
+    let wall = sim.st.os.wall_clock();
+    let due = next(&sim).expect("armed again");
+    assert!(due > wall && due <= wall + 5 * minute, "{due:?}");
+    // Deleted: the timer goes with the app.
+    drop(sim.cmd(Command::Delete {
+        target: "web".into(),
+    }));
+    sim.settle().await;
+    assert!(sim.st.apps.is_empty());
+    assert_eq!(sim.st.timers.deadline(key), None);
+}
+
+/// A bad expression is refused by the daemon too (a spec sent by another client).
+#[tokio::test(start_paused = true)]
+async fn a_bad_cron_restart_is_refused_naming_the_field() {
+    let mut sim = Sim::new();
+    let spec = AppSpec {
+        cron_restart: Some("0 3 * *".into()),
+        ..sim.spec(1)
+    };
+    let mut r = sim.start(spec);
+    match answered(&mut r) {
+        Some(Reply::Error { error, .. }) => {
+            assert_eq!(error.code, ErrorCode::InvalidSpec);
+            assert!(
+                error
+                    .message
+                    .starts_with("cron_restart \"0 3 * *\" is not a cron expression"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.st.apps.is_empty());
+    assert!(sim.spawned().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -1114,6 +1281,8 @@ mod properties {
             max_restarts: 1000,
             readiness: probe.clone(),
             liveness: probe,
+            // A reload on a schedule too, a minute in (00:02 in UTC), among the other commands.
+            cron_restart: Some("2 0 * * *".into()),
             ..sim.spec(2)
         };
         drop(sim.start(spec));

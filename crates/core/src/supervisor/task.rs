@@ -171,6 +171,7 @@ impl State {
                     }
                 }
                 TimerKey::Memory { app } => self.on_memory_check(app),
+                TimerKey::Cron { app } => self.on_cron_timer(app),
                 TimerKey::Claims { app } => self.on_claims_timer(app),
                 TimerKey::Scrape { id } => self.finish_scrape(id),
                 TimerKey::Trigger { id } => self.finish_trigger(id),
@@ -241,8 +242,11 @@ impl State {
         }
         self.follow_order();
         self.start_probes();
+        let wall = self.os.wall_clock();
         let mut removed = Vec::new();
         for app in self.apps.values_mut() {
+            // The app's cron timer: armed while it runs, as its slots' are while they wait.
+            super::cron::sync(app, &mut self.timers, wall);
             // A slot's timer is its state's deadline: armed while the state waits, moved
             // when it changes, gone with it. The primary's too.
             for s in app.slots.iter().chain(app.primary.as_ref()) {

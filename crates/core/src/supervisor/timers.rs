@@ -47,6 +47,11 @@ pub(super) enum TimerKey {
         /// App id.
         app: u32,
     },
+    /// The app's `cron_restart` may be due: reload it if it is (`cron.rs`).
+    Cron {
+        /// App id.
+        app: u32,
+    },
     /// A `herd trigger` is answered with the replies it has.
     Trigger {
         /// The trigger's id.
@@ -72,6 +77,7 @@ impl TimerKey {
             TimerKey::Slot { app, .. }
             | TimerKey::Memory { app }
             | TimerKey::Watch { app }
+            | TimerKey::Cron { app }
             | TimerKey::Claims { app } => Some(app),
             TimerKey::Retire { .. }
             | TimerKey::Probe { .. }
@@ -211,6 +217,7 @@ mod tests {
         t.set(slot(1, 0), at);
         t.set(slot(1, 3), at);
         t.set(TimerKey::Watch { app: 1 }, at);
+        t.set(TimerKey::Cron { app: 1 }, at);
         t.set(slot(2, 0), at);
         t.set(TimerKey::Retire { pid: 4 }, at);
         t.cancel_app(1);
