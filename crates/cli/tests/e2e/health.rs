@@ -304,3 +304,50 @@ fn an_app_starts_only_once_the_app_it_depends_on_is_ready() {
     assert_eq!(h.statuses("db"), ["stopped"]);
     h.finish();
 }
+
+/// `--cron-restart` with seconds: a rolling reload at each match, under a load of fresh
+/// connections, fails no request (examples/hello.py says when it is ready and finishes what it
+/// started on SIGTERM, as `reload_of_a_non_node_app_fails_zero_requests` requires too).
+#[test]
+fn a_cron_restart_reloads_under_load_without_a_failed_request() {
+    let h = Herd::new();
+    let port = free_port();
+    h.ok(&[
+        "start",
+        "examples/hello.py",
+        "--name",
+        "cron",
+        "-i",
+        "2",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--cron-restart",
+        "*/2 * * * * *",
+    ]);
+    wait_until(Duration::from_secs(10), || {
+        (h.statuses("cron") == ["online", "online"])
+            .then_some(())
+            .ok_or(())
+    })
+    .expect("online");
+    let first = h.pids("cron");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let load = std::thread::scope(|s| {
+        let load = s.spawn(|| load_until(loopback(port), &stop, Duration::from_secs(20)));
+        let reloaded = wait_until(Duration::from_secs(10), || {
+            let now = h.pids("cron");
+            (now.len() == 2 && now.iter().all(|p| !first.contains(p)))
+                .then_some(())
+                .ok_or(now)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (load.join().unwrap(), reloaded)
+    });
+    let (load, reloaded) = load;
+    reloaded.unwrap_or_else(|now| panic!("no scheduled reload: {first:?} → {now:?}"));
+    assert_no_failures(&[load], "scheduled reloads");
+    let d = h.ok(&["describe", "cron"]);
+    assert!(d.contains("*/2 * * * * *"), "{d}");
+    h.finish();
+}
