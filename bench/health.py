@@ -7,7 +7,8 @@ what herd's health probes cost.
     python3 bench/health.py --herd PATH  # a herd binary built elsewhere
 
 Part 1. Two instances of bench/apps/hello.js (the Node app of compare.py) under a paced prober
-of fresh connections (4 threads, 50 requests/s each, each request given 1 s). One second in,
+of fresh connections (40 threads, 5 requests/s each: 200/s, each request given 1 s; enough
+threads that requests hanging for their whole second do not slow the rate down). One second in,
 one instance gets SIGSTOP: alive, useless (a deadlock looks the same from outside); five
 seconds later SIGCONT. Systems: `node cluster.js` (the primary accepts and hands connections
 out round robin), `pm2 start -i 2` (Node's cluster under PM2), herd without a probe, and herd
@@ -43,7 +44,7 @@ QUICK = "--quick" in sys.argv
 HERD_GIVEN = sys.argv[sys.argv.index("--herd") + 1] if "--herd" in sys.argv else None
 RUNS = 1 if QUICK else 3
 STOP_AT, STOP_FOR, AFTER = 1.0, 5.0, 1.0  # seconds
-THREADS, RATE, TIMEOUT = 4, 50, 1.0
+THREADS, RATE, TIMEOUT = 40, 5, 1.0  # 200 requests/s; enough threads that hung ones do not slow the rate
 PROBE_ARGS = ["--readiness", "http:/", "--probe-interval", "200ms", "--probe-timeout", "200ms", "--probe-failures", "2"]
 COST_INSTANCES, COST_INTERVAL_MS, COST_WINDOW = 20, 20, (3 if QUICK else 10)
 CLK = os.sysconf("SC_CLK_TCK")
