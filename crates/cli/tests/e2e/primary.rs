@@ -617,6 +617,27 @@ fn the_preloads_lines_carry_every_message_on_both_paths() {
     }
 }
 
+/// tests/node/primary-link.js as app `name` with its own primary and two workers, with `env`.
+fn start_link_app(h: &Herd, base: &std::path::Path, name: &str, env: &[&str]) {
+    let script = base.join("apps/primary-link.js");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "start",
+        script.to_str().unwrap(),
+        "--primary",
+        "--name",
+        name,
+        "--listen",
+        &listen,
+        "--env",
+        "WORKERS=2",
+    ];
+    for e in env {
+        args.extend(["--env", e]);
+    }
+    h.ok(&args);
+}
+
 /// Workers without herd's preload (so without the direct link) and a primary send each other
 /// bursts of 20000 messages at once, all through the daemon, to a receiver that blocks for a
 /// while on the first: as on Node's own channel, every one arrives, in order.
@@ -624,27 +645,17 @@ fn the_preloads_lines_carry_every_message_on_both_paths() {
 fn bursts_through_the_daemon_wait_rather_than_drop() {
     let Some(base) = node_fixture() else { return };
     let h = Herd::new();
-    let script = base.join("apps/primary-link.js");
-    let port = free_port();
-    h.ok(&[
-        "start",
-        script.to_str().unwrap(),
-        "--primary",
-        "--name",
+    start_link_app(
+        &h,
+        &base,
         "burst",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--env",
-        "WORKERS=2",
-        "--env",
-        "COUNT=20000",
-        "--env",
-        "BATCH=20000",
-        "--env",
-        "BUSY_MS=300",
-        "--env",
-        "HERD_NODE_PRELOAD=off",
-    ]);
+        &[
+            "COUNT=20000",
+            "BATCH=20000",
+            "BUSY_MS=300",
+            "HERD_NODE_PRELOAD=off",
+        ],
+    );
     let all = wait_until(Duration::from_secs(40), || {
         let all = logs(&h, "burst");
         let done = all.lines().filter(|l| l.contains("ORDER")).count();
@@ -665,21 +676,12 @@ fn messages_keep_nodes_order_and_take_the_direct_link_even_across_a_primary_rest
     let Some(base) = node_fixture() else { return };
     let h = Herd::new();
     let out = tempfile::tempdir().unwrap();
-    let script = base.join("apps/primary-link.js");
-    let port = free_port();
-    h.ok(&[
-        "start",
-        script.to_str().unwrap(),
-        "--primary",
-        "--name",
+    start_link_app(
+        &h,
+        &base,
         "link",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--env",
-        "WORKERS=2",
-        "--env",
-        &format!("OUT={}", out.path().display()),
-    ]);
+        &[&format!("OUT={}", out.path().display())],
+    );
     // Bursts of 2000 each way that start before the link is up and end on it: in order, and
     // after the worker's `online` and `listening` (both of which go through herd).
     let ordered = |want: usize| {

@@ -238,6 +238,22 @@ impl Sim {
         self.st.after_event();
     }
 
+    /// Slot 0's process crashes (a quick crash): restarted after exactly `delay` ms.
+    async fn crash_restarted_after(&mut self, delay: u64) {
+        self.exit(self.current(0).unwrap(), 1);
+        assert_eq!(self.statuses(), vec![ProcessStatus::WaitingRestart]);
+        let before = self.spawned().len();
+        self.advance(Duration::from_millis(delay - 1)).await;
+        assert_eq!(self.spawned().len(), before, "restarted before {delay} ms");
+        self.advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            self.spawned().len(),
+            before + 1,
+            "not restarted at {delay} ms"
+        );
+        self.check_invariants();
+    }
+
     fn spawned(&self) -> Vec<u32> {
         self.world.lock().unwrap().spawned.clone()
     }
@@ -631,18 +647,7 @@ async fn a_crash_is_restarted_at_once_then_with_growing_delays_then_errored() {
     sim.check_invariants();
     // Then 100 ms, 200 ms: not a millisecond earlier.
     for delay in [100, 200] {
-        sim.exit(sim.current(0).unwrap(), 1);
-        assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
-        let before = sim.spawned().len();
-        sim.advance(Duration::from_millis(delay - 1)).await;
-        assert_eq!(sim.spawned().len(), before, "restarted before {delay} ms");
-        sim.advance(Duration::from_millis(1)).await;
-        assert_eq!(
-            sim.spawned().len(),
-            before + 1,
-            "not restarted at {delay} ms"
-        );
-        sim.check_invariants();
+        sim.crash_restarted_after(delay).await;
     }
     // The fourth quick crash in a row passes max_restarts = 3.
     sim.exit(sim.current(0).unwrap(), 1);
@@ -679,18 +684,7 @@ async fn a_fixed_restart_delay_comes_before_every_restart_with_the_backoff_on_to
     drop(sim.start(spec));
     // Quick crashes: 1000 ms (no backoff yet), then 1100 ms, then 1200 ms.
     for delay in [1_000, 1_100, 1_200] {
-        sim.exit(sim.current(0).unwrap(), 1);
-        assert_eq!(sim.statuses(), vec![ProcessStatus::WaitingRestart]);
-        let before = sim.spawned().len();
-        sim.advance(Duration::from_millis(delay - 1)).await;
-        assert_eq!(sim.spawned().len(), before, "restarted before {delay} ms");
-        sim.advance(Duration::from_millis(1)).await;
-        assert_eq!(
-            sim.spawned().len(),
-            before + 1,
-            "not restarted at {delay} ms"
-        );
-        sim.check_invariants();
+        sim.crash_restarted_after(delay).await;
     }
     // A stable run resets the backoff, not the fixed delay: 1000 ms again.
     sim.advance(Duration::from_secs(2)).await;
