@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import socket
+import signal
 import socketserver
 import threading
 import time
@@ -39,7 +40,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+    # Requests in progress finish before the exit (server_close joins their threads).
+    daemon_threads = False
 
     def __init__(self, sock):
         http.server.HTTPServer.__init__(self, sock.getsockname(), Handler, bind_and_activate=False)
@@ -58,4 +60,8 @@ if __name__ == "__main__":
     every = int(os.environ.get("HEARTBEAT_MS", "0"))
     if every:
         threading.Thread(target=heartbeats, args=(every / 1000,), daemon=True).start()
-    Server(socket.socket(fileno=3)).serve_forever()
+    server = Server(socket.socket(fileno=3))
+    # On SIGTERM (a stop, a reload): stop accepting, finish what was accepted, exit.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+    server.server_close()

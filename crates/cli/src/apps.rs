@@ -108,6 +108,20 @@ pub fn restart(home: &Home, t: RestartArgs) -> Result<ExitCode> {
 
 /// `herd reload`.
 pub fn reload(home: &Home, t: RestartArgs) -> Result<ExitCode> {
+    // `herd reload FILE`: PM2's startOrReload, i.e. `herd apply FILE`.
+    if appfile::is_app_file(std::path::Path::new(&t.target)) {
+        return crate::apply::apply(
+            home,
+            &crate::args::ApplyArgs {
+                file: t.target.clone(),
+                only: Vec::new(),
+                env: Vec::new(),
+                dry_run: false,
+                prune: false,
+                update_env: t.update_env,
+            },
+        );
+    }
     let env = t.env();
     reply::apps(
         home,

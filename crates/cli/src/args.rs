@@ -33,6 +33,11 @@ pub enum Cmd {
     /// Stop apps and remove them from the list.
     #[command(alias = "del")]
     Delete(Target),
+    /// Make the daemon run what an app file says: start new apps, reload changed ones with
+    /// their new spec (rolling, no request dropped), scale; prints the plan first
+    Apply(ApplyArgs),
+    /// Go back to an app's previous spec (before the last `herd apply`), by a rolling reload
+    Rollback(Target),
     /// List apps and their instances.
     #[command(alias = "ls", alias = "status")]
     List(JsonFlag),
@@ -106,6 +111,28 @@ pub struct Target {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The app file (herd.toml, .json, .yaml, or PM2's ecosystem.config.js).
+    pub file: String,
+    /// Only these apps of the file (comma-separated, or repeated).
+    #[arg(long, value_delimiter = ',', value_name = "APP")]
+    pub only: Vec<String>,
+    /// An env block of the file (NAME selects `env_NAME`), or KEY=VALUE; repeatable.
+    #[arg(long, value_name = "NAME|KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete the running apps the file does not list.
+    #[arg(long)]
+    pub prune: bool,
+    /// Give changed apps this shell's whole environment (otherwise only the variables the
+    /// file declares change).
+    #[arg(long)]
+    pub update_env: bool,
 }
 
 #[derive(Debug, Args)]

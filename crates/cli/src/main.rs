@@ -4,6 +4,7 @@
 //! (apps, logs, messages, monit, the web dashboard, the daemon, saved apps, `herd run`), as mini-redis's `cmd/`.
 
 mod appfile;
+mod apply;
 mod apps;
 mod args;
 mod client;
@@ -52,6 +53,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Restart(t) => apps::restart(&home, t),
         Cmd::Reload(t) => apps::reload(&home, t),
         Cmd::Delete(t) => apps::delete(&home, t),
+        Cmd::Apply(a) => apply::apply(&home, &a),
+        Cmd::Rollback(t) => apply::rollback(&home, t),
         Cmd::List(j) => apps::list(&home, j),
         Cmd::Describe(d) => apps::describe(&home, d),
         Cmd::Scale(s) => apps::scale(&home, s),

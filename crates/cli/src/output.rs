@@ -532,6 +532,8 @@ mod tests {
             containment: None,
             routing_fallback: false,
             waiting_for: Vec::new(),
+            generation: 1,
+            previous: Vec::new(),
             next_cron_restart_ms: None,
         }
     }

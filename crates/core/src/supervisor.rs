@@ -50,6 +50,7 @@ macro_rules! slot_mut {
 }
 
 mod app;
+mod apply;
 mod bus;
 mod cluster;
 mod control;
@@ -585,6 +586,12 @@ struct App {
     waiting: bool,
     /// Asked to stop with apps that depend on it: it stops once these have no process left.
     stop_after: Vec<u32>,
+    /// Its spec's generation (1 at start, one more at each apply or rollback).
+    generation: u32,
+    /// Earlier specs, oldest first, for `rollback` (at most `apply::GENERATIONS`).
+    previous: Vec<AppSpec>,
+    /// During the reload of an applied spec: the spec it replaced, put back if it fails.
+    applying: Option<Box<AppSpec>>,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -625,6 +632,9 @@ impl App {
             routing_fallback: false,
             waiting: false,
             stop_after: Vec::new(),
+            generation: 1,
+            previous: Vec::new(),
+            applying: None,
         }
     }
 

@@ -101,6 +101,19 @@ pub enum Command {
     },
     /// Every app and its instances.
     List,
+    /// `herd apply`: run this spec under its name — start it if no app has the name, else
+    /// replace the app's spec by a rolling reload (and a scale when only the instance count
+    /// changed), keeping the previous spec for `rollback`. A reload that fails puts the
+    /// previous spec back (the old processes kept serving).
+    Apply {
+        /// The app's new spec.
+        spec: Box<AppSpec>,
+    },
+    /// `herd rollback`: apply the app's previous spec again.
+    Rollback {
+        /// Which app (not `all`).
+        target: String,
+    },
     /// Replace the daemon in place by `exe` (`herd update`), keeping every instance, socket
     /// and channel. Answered by the new daemon.
     Update {
@@ -599,6 +612,13 @@ pub struct AppInfo {
     /// The apps it waits for before it starts (`depends_on`): those not ready yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// Its spec's generation: 1 at start, one more at each `apply` or `rollback` that
+    /// changed it.
+    #[serde(default)]
+    pub generation: u32,
+    /// Earlier specs kept for `herd rollback` (the last is the one it goes back to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<AppSpec>,
     /// When the app's `cron_restart` next reloads it (Unix time, ms), while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cron_restart_ms: Option<u64>,
@@ -680,6 +700,10 @@ mod tests {
                 arg: None,
                 timeout_ms: 5000,
             },
+            Command::Apply {
+                spec: Box::default(),
+            },
+            Command::Rollback { target: target() },
         ];
         // A command added to the enum but not here fails to compile: keep the list whole.
         for c in &all {
@@ -703,7 +727,9 @@ mod tests {
                 | Command::Kill
                 | Command::Flush { .. }
                 | Command::ReloadLogs
-                | Command::Trigger { .. } => {}
+                | Command::Trigger { .. }
+                | Command::Apply { .. }
+                | Command::Rollback { .. } => {}
             }
         }
         all

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod apply;
 mod bad_input;
 mod bus;
 mod cluster;

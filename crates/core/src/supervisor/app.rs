@@ -7,12 +7,10 @@ use herd_proto::{AppSpec, AppStatus, ErrorCode, LogStream, ScaleTo};
 
 use super::primary::PRIMARY;
 use super::{
-    check_program, err, log_path, overlaps, parse_signal, App, CommandError, Event, Slot,
-    SlotState, State, Then, TimerKey,
+    err, log_path, overlaps, App, CommandError, Event, Slot, SlotState, State, Then, TimerKey,
 };
 use crate::logs::LogFile;
 use crate::policy::History;
-use crate::schedule::Schedule;
 use crate::sockets::{ListenAddr, Listener};
 
 impl State {
@@ -28,21 +26,7 @@ impl State {
                 ),
             ));
         }
-        check_program(&spec).map_err(|m| err(ErrorCode::InvalidSpec, m))?;
-        self.check_depends_on(&spec)?;
-        if let Some(expr) = &spec.cron_restart {
-            Schedule::parse(expr)
-                .map_err(|e| err(ErrorCode::InvalidSpec, format!("cron_restart {e}")))?;
-        }
-        if parse_signal(&spec.kill_signal).is_none() {
-            return Err(err(
-                ErrorCode::InvalidSpec,
-                format!(
-                    "unknown kill signal {:?}; use a name such as SIGTERM, SIGINT or SIGQUIT",
-                    spec.kill_signal
-                ),
-            ));
-        }
+        self.check_spec(&spec)?;
         let listeners = self.bind_listeners(&spec, None)?;
         // Record the real port when port 0 was asked, so restarts keep it.
         for (ls, l) in spec.listen.iter_mut().zip(&listeners) {

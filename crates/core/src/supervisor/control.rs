@@ -28,6 +28,8 @@ impl State {
                 Command::Flush { target } => self.flush(&target),
                 Command::ReloadLogs => Ok(self.reload_logs()),
                 Command::Start { spec } => self.start_app(*spec).map(Answer::app),
+                Command::Apply { spec } => self.apply(*spec),
+                Command::Rollback { target } => self.rollback(&target),
                 Command::Resume { target } => self.each_app(&target, |s, id| s.resume(id)),
                 Command::Stop { target } => self.resolve(&target).map(|ids| {
                     self.stop_apps(&ids);
@@ -280,6 +282,12 @@ impl State {
                 containment: with_spec.then(|| self.containment.info()),
                 routing_fallback: app.routing_fallback,
                 waiting_for,
+                generation: app.generation,
+                previous: if with_spec {
+                    app.previous.clone()
+                } else {
+                    Vec::new()
+                },
                 next_cron_restart_ms: app
                     .cron
                     .as_ref()
@@ -294,7 +302,7 @@ impl State {
 
 /// The answer to `flush` and `reloadLogs`.
 /// What a command answers.
-enum Answer {
+pub(super) enum Answer {
     /// This reply, now.
     Now(Reply),
     /// The apps' state once they have settled.
@@ -303,7 +311,7 @@ enum Answer {
 
 impl Answer {
     /// The state of app `id` once it has settled.
-    fn app(id: u32) -> Self {
+    pub(super) fn app(id: u32) -> Self {
         Answer::Later(vec![id], WaitKind::Apps)
     }
 }

@@ -58,6 +58,7 @@ impl State {
             }
             let Some(i) = job.pending.pop_front() else {
                 app.reload = None;
+                app.applying = None;
                 app.reloads.0 += 1;
                 return;
             };
@@ -244,6 +245,10 @@ impl State {
         );
         tracing::warn!("{msg}");
         write_note(&slot.err, &format!("[herd] {msg}"));
+        let msg = match self.apply_failed(id) {
+            Some(more) => format!("{msg}; {more}"),
+            None => msg,
+        };
         self.reload_errors.insert(id, msg);
     }
 }

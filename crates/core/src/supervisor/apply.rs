@@ -1,0 +1,209 @@
+//! `herd apply` and `herd rollback` (docs/apply.md): a running app takes a new spec by a
+//! rolling reload — script, arguments, directory, interpreter, environment, kill settings,
+//! probes, schedules — or by a scale when only the instance count changed. The spec it had is
+//! kept (a few generations) for `rollback`. A reload of the new spec that fails puts the old
+//! spec back: the slots not reached yet never left their old processes, and those already
+//! reloaded are reloaded back.
+
+use herd_proto::{AppSpec, ErrorCode, ListenSpec, ScaleTo};
+
+use super::control::{err, Answer};
+use super::error::CommandError;
+use super::State;
+use super::WaitKind;
+
+/// Earlier specs kept per app for `rollback`.
+pub(super) const GENERATIONS: usize = 3;
+
+/// Whether two listen lists name the same addresses (a port 0 asked matches the port it got).
+fn same_listen(running: &[ListenSpec], wanted: &[ListenSpec]) -> bool {
+    running.len() == wanted.len()
+        && running.iter().zip(wanted).all(|(r, w)| {
+            if r.addr == w.addr {
+                return true;
+            }
+            match (r.addr.rsplit_once(':'), w.addr.rsplit_once(':')) {
+                (Some((rh, _)), Some((wh, "0"))) => rh == wh,
+                _ => false,
+            }
+        })
+}
+
+impl State {
+    /// `herd apply` of one app's spec.
+    pub(super) fn apply(&mut self, mut spec: AppSpec) -> Result<Answer, CommandError> {
+        let Some(id) = self
+            .apps
+            .values()
+            .find(|a| a.spec.name == spec.name)
+            .map(|a| a.id)
+        else {
+            return self.start_app(spec).map(Answer::app);
+        };
+        self.check_spec(&spec)?;
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Err(err(ErrorCode::UnknownApp, "the app went away"));
+        };
+        if !same_listen(&app.spec.listen, &spec.listen) {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "app {:?}: apply does not change listen addresses yet ({} → {}); keep them, or `herd delete {}` and start it again",
+                    spec.name,
+                    app.spec.listen.iter().map(|l| l.addr.as_str()).collect::<Vec<_>>().join(", "),
+                    spec.listen.iter().map(|l| l.addr.as_str()).collect::<Vec<_>>().join(", "),
+                    spec.name
+                ),
+            ));
+        }
+        if spec.primary != app.spec.primary {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "app {:?}: apply does not turn --primary on or off; `herd delete {}` and start it again",
+                    spec.name, spec.name
+                ),
+            ));
+        }
+        // The addresses as bound (a port 0 keeps the port it got).
+        spec.listen = app.spec.listen.clone();
+        let target = spec.instances;
+        let now = app.slots.len() as u32;
+        let same_but_size = AppSpec {
+            instances: app.spec.instances,
+            ..spec.clone()
+        } == app.spec;
+        if same_but_size && target == app.spec.instances {
+            return Ok(Answer::app(id));
+        }
+        app.previous.push(app.spec.clone());
+        if app.previous.len() > GENERATIONS {
+            app.previous.remove(0);
+        }
+        app.generation += 1;
+        let name = spec.name.clone();
+        if same_but_size {
+            tracing::info!(app = %name, from = now, to = target, "apply: scale");
+            app.spec.instances = target;
+            return self.scale(&name, ScaleTo::Exactly(target)).map(Answer::app);
+        }
+        tracing::info!(app = %name, generation = app.generation, "apply: a rolling reload with the new spec");
+        let instances = app.spec.instances;
+        let old = std::mem::replace(&mut app.spec, AppSpec { instances, ..spec });
+        let watch_changed =
+            old.watch != app.spec.watch || old.watch_ignore != app.spec.watch_ignore;
+        app.applying = Some(Box::new(old));
+        app.env_version += 1;
+        app.cron = super::cron::CronRestart::of(&app.spec);
+        if watch_changed {
+            app.watcher = None;
+            if let Err(e) = self.start_watching(id) {
+                tracing::warn!("{e}");
+            }
+        }
+        self.reload_errors.remove(&id);
+        self.start_reload(id)?;
+        if target != now {
+            self.scale(&name, ScaleTo::Exactly(target))?;
+        }
+        Ok(Answer::Later(vec![id], WaitKind::Reload))
+    }
+
+    /// `herd rollback`: the app's previous spec, applied again (the current one becomes the
+    /// previous: a second rollback comes back).
+    pub(super) fn rollback(&mut self, target: &str) -> Result<Answer, CommandError> {
+        let ids = self.resolve(target)?;
+        let [id] = ids.as_slice() else {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "rollback takes one app, not all: herd rollback NAME",
+            ));
+        };
+        let Some(app) = self.apps.get_mut(id) else {
+            return Err(err(ErrorCode::UnknownApp, "the app went away"));
+        };
+        let Some(previous) = app.previous.pop() else {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "app {:?} has no earlier spec to go back to (it was never changed by herd apply)",
+                    app.spec.name
+                ),
+            ));
+        };
+        // Applying pushes the current spec: what we go back to is not kept twice.
+        let answer = self.apply(previous.clone());
+        if answer.is_err() {
+            if let Some(app) = self.apps.get_mut(id) {
+                app.previous.push(previous);
+            }
+        }
+        answer
+    }
+
+    /// A reload of an applied spec failed: the previous spec is back, and the slots already
+    /// running the failed one are reloaded back. `msg` is the failure, told to the caller.
+    pub(super) fn apply_failed(&mut self, id: u32) -> Option<String> {
+        let app = self.apps.get_mut(&id)?;
+        let old = app.applying.take()?;
+        let failed = app.env_version;
+        app.spec = *old;
+        app.previous.pop();
+        app.generation = app.generation.saturating_sub(1);
+        app.env_version += 1;
+        app.cron = super::cron::CronRestart::of(&app.spec);
+        let reloaded = app
+            .slots
+            .iter()
+            .filter_map(|s| s.state.proc())
+            .any(|p| p.env_version == failed);
+        if reloaded {
+            let _ = self.start_reload(id);
+            Some("the previous spec is back, and the instances already reloaded are being reloaded back to it".into())
+        } else {
+            Some("the previous spec is back".into())
+        }
+    }
+
+    /// The checks `start_app` makes of a spec that need no system change.
+    pub(super) fn check_spec(&self, spec: &AppSpec) -> Result<(), CommandError> {
+        spec.validate()
+            .map_err(|e| err(ErrorCode::InvalidSpec, e.to_string()))?;
+        super::check_program(spec).map_err(|m| err(ErrorCode::InvalidSpec, m))?;
+        self.check_depends_on(spec)?;
+        if let Some(expr) = &spec.cron_restart {
+            crate::schedule::Schedule::parse(expr)
+                .map_err(|e| err(ErrorCode::InvalidSpec, format!("cron_restart {e}")))?;
+        }
+        if super::parse_signal(&spec.kill_signal).is_none() {
+            return Err(err(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "unknown kill signal {:?}; use a name such as SIGTERM, SIGINT or SIGQUIT",
+                    spec.kill_signal
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(addr: &str) -> ListenSpec {
+        ListenSpec {
+            addr: addr.into(),
+            name: "http".into(),
+        }
+    }
+
+    #[test]
+    fn listen_lists_compare_with_port_zero_as_bound() {
+        assert!(same_listen(&[l("127.0.0.1:8000")], &[l("127.0.0.1:8000")]));
+        assert!(same_listen(&[l("127.0.0.1:41234")], &[l("127.0.0.1:0")]));
+        assert!(!same_listen(&[l("127.0.0.1:8000")], &[l("127.0.0.1:8001")]));
+        assert!(!same_listen(&[l("127.0.0.1:8000")], &[]));
+    }
+}
