@@ -19,6 +19,18 @@ pub fn start(home: &Home, a: &StartArgs) -> Result<ExitCode> {
     let mut client = Client::connect(home)?;
     if appfile::is_app_file(std::path::Path::new(&a.script)) {
         let specs = load_app_file(a)?;
+        // Some of its apps run already: PM2's startOrRestart, as `herd apply` does it (new
+        // apps start, changed ones are reloaded with their new spec, the rest untouched).
+        let running = match client.call(Command::List)? {
+            Reply::Apps { apps, .. } => apps,
+            _ => Vec::new(),
+        };
+        if specs
+            .iter()
+            .any(|s| running.iter().any(|r| r.name == s.name))
+        {
+            return crate::apply::apply(home, &file_apply(&a.script, a.env.clone(), false));
+        }
         let mut apps = Vec::new();
         for spec in specs {
             let name = spec.name.clone();
@@ -93,8 +105,39 @@ pub fn stop(home: &Home, t: Target) -> Result<ExitCode> {
     reply::apps(home, Command::Stop { target: t.target }, t.json)
 }
 
+/// `herd apply FILE` with these options and nothing else.
+fn file_apply(file: &str, env: Vec<String>, update_env: bool) -> crate::args::ApplyArgs {
+    crate::args::ApplyArgs {
+        file: file.to_string(),
+        only: Vec::new(),
+        env,
+        dry_run: false,
+        prune: false,
+        update_env,
+    }
+}
+
 /// `herd restart`.
 pub fn restart(home: &Home, t: RestartArgs) -> Result<ExitCode> {
+    // `herd restart FILE`: its apps as the file says (`herd apply`), then each restarted.
+    if appfile::is_app_file(std::path::Path::new(&t.target)) {
+        let code = crate::apply::apply(home, &file_apply(&t.target, Vec::new(), t.update_env))?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+        let specs = appfile::load(std::path::Path::new(&t.target), None, &[])?;
+        for s in specs {
+            reply::apps(
+                home,
+                Command::Restart {
+                    target: s.name,
+                    env: None,
+                },
+                t.json,
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let env = t.env();
     reply::apps(
         home,
@@ -110,17 +153,7 @@ pub fn restart(home: &Home, t: RestartArgs) -> Result<ExitCode> {
 pub fn reload(home: &Home, t: RestartArgs) -> Result<ExitCode> {
     // `herd reload FILE`: PM2's startOrReload, i.e. `herd apply FILE`.
     if appfile::is_app_file(std::path::Path::new(&t.target)) {
-        return crate::apply::apply(
-            home,
-            &crate::args::ApplyArgs {
-                file: t.target.clone(),
-                only: Vec::new(),
-                env: Vec::new(),
-                dry_run: false,
-                prune: false,
-                update_env: t.update_env,
-            },
-        );
+        return crate::apply::apply(home, &file_apply(&t.target, Vec::new(), t.update_env));
     }
     let env = t.env();
     reply::apps(

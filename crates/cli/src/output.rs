@@ -233,6 +233,16 @@ pub fn describe(app: &AppInfo) -> String {
     );
     kv("listen", app.listen.join(", "));
     kv("balance", app.balance.as_str().into());
+    kv(
+        "generation",
+        match app.previous.len() {
+            0 => app.generation.to_string(),
+            n => format!(
+                "{} ({n} earlier kept: `herd rollback {}` goes back)",
+                app.generation, app.name
+            ),
+        },
+    );
     if let Some(c) = &app.containment {
         kv("containment", containment_line(c));
     }

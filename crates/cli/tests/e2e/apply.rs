@@ -43,9 +43,11 @@ fn apply_reloads_a_changed_file_without_a_failed_request_and_rolls_back() {
     assert_eq!(first.len(), 2);
     assert_eq!(modes(port, 20), ["one".to_string()].into());
 
-    // Nothing changed: nothing done.
-    let out = h.ok(&["apply", f]);
-    assert!(out.contains("web: unchanged"), "{out}");
+    // Nothing changed: nothing done (`herd start FILE` and `herd reload FILE` apply too).
+    for cmd in ["apply", "start", "reload"] {
+        let out = h.ok(&[cmd, f]);
+        assert!(out.contains("web: unchanged"), "{cmd}: {out}");
+    }
     assert_eq!(h.pids("web"), first);
 
     // A new env value and a third instance: the plan says so, --dry-run does nothing.
@@ -69,6 +71,8 @@ fn apply_reloads_a_changed_file_without_a_failed_request_and_rolls_back() {
     );
     assert_eq!(modes(port, 30), ["two".to_string()].into());
     assert_eq!(h.app("web")["generation"], 2);
+    let d = h.ok(&["describe", "web"]);
+    assert!(d.contains("generation: 2 (1 earlier kept"), "{d}");
 
     // A script whose processes exit before they are ready: the old ones keep serving, the
     // failure is reported, and the spec stays the one that works.
