@@ -263,7 +263,7 @@ fn an_app_starts_only_once_the_app_it_depends_on_is_ready() {
         dir.path(),
         "api.py",
         &format!(
-            "#!/usr/bin/env python3\nimport socket, urllib.request\ntry:\n    code = urllib.request.urlopen('http://127.0.0.1:{db_port}/healthz', timeout=5).status\nexcept Exception as e:\n    code = repr(e)\nprint(f'db answered {{code}}', flush=True)\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept()\n    c.recv(1024)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\napi')\n    c.close()\n"
+            "#!/usr/bin/env python3\nimport socket, urllib.request\ntry:\n    code = urllib.request.urlopen('http://127.0.0.1:{db_port}/healthz', timeout=5).status\nexcept Exception as e:\n    code = repr(e)\nprint(f'db answered {{code}}', flush=True)\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept()\n    got = b''\n    while b'\\r\\n\\r\\n' not in got:\n        more = c.recv(1024)\n        if not more:\n            break\n        got += more\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\napi')\n    c.close()\n"
         ),
     );
     let file = dir.path().join("herd.toml");

@@ -1487,6 +1487,15 @@ mod properties {
         assert_eq!(live, want);
     }
 
+    /// A single-threaded runtime on paused time, as `#[tokio::test(start_paused = true)]`.
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
@@ -1494,11 +1503,7 @@ mod properties {
         fn an_app_with_a_primary_keeps_every_invariant_and_converges(
             ops in proptest::collection::vec(primary_op(), 1..60),
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap();
+            let rt = paused_runtime();
             rt.block_on(run_primary(ops));
         }
 
@@ -1507,11 +1512,7 @@ mod properties {
             wait_ready in any::<bool>(),
             ops in proptest::collection::vec(op(), 1..60),
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap();
+            let rt = paused_runtime();
             rt.block_on(run_with(wait_ready, true, ops));
         }
 
@@ -1520,11 +1521,7 @@ mod properties {
             wait_ready in any::<bool>(),
             ops in proptest::collection::vec(op(), 1..60),
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap();
+            let rt = paused_runtime();
             rt.block_on(run(wait_ready, ops));
         }
     }
