@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use herd_daemon::Home;
 use herd_proto::{AppSpec, Command, ErrorCode, Reply, ScaleTo};
 
-use crate::args::{self, DescribeArgs, JsonFlag, RestartArgs, ScaleArgs, StartArgs, Target};
+use crate::args::{self, DescribeArgs, ListArgs, RestartArgs, ScaleArgs, StartArgs, Target};
 use crate::client::Client;
 use crate::{appfile, output, reply};
 
@@ -172,8 +172,15 @@ pub fn delete(home: &Home, t: Target) -> Result<ExitCode> {
 }
 
 /// `herd list`.
-pub fn list(home: &Home, j: JsonFlag) -> Result<ExitCode> {
-    reply::apps(home, Command::List, j.json)
+pub fn list(home: &Home, l: ListArgs) -> Result<ExitCode> {
+    let Some(how) = l.sort else {
+        return reply::apps(home, Command::List, l.json);
+    };
+    let reply = Client::connect(home)?.call(Command::List)?;
+    reply::warn_user(&reply);
+    let mut apps = reply::expect_apps(reply)?;
+    crate::inspect::sort(&mut apps, &how)?;
+    reply::print_apps(Reply::apps(apps), l.json)
 }
 
 /// `herd describe`: every detail of apps, then the bus's state.

@@ -38,9 +38,20 @@ pub enum Cmd {
     Apply(ApplyArgs),
     /// Go back to an app's previous spec (before the last `herd apply`), by a rolling reload
     Rollback(Target),
+    /// Send a signal to instances: app:i, app, or all (PM2's sendSignal)
+    #[command(alias = "send-signal", alias = "sendSignal")]
+    Signal(SignalArgs),
+    /// Set apps' restart counts back to 0
+    Reset(Target),
+    /// Print the pids of an app's running instances (every app's without one)
+    Pid(PidArgs),
+    /// Print the environment an instance runs with (APP:INSTANCE), secrets masked
+    Env(EnvArgs),
+    /// Print what to paste into a bug report: versions, the daemon, the apps, its log's end
+    Report,
     /// List apps and their instances.
     #[command(alias = "ls", alias = "status")]
-    List(JsonFlag),
+    List(ListArgs),
     /// Show an app's settings and instances.
     #[command(alias = "show", alias = "info")]
     Describe(DescribeArgs),
@@ -111,6 +122,39 @@ pub struct Target {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Order the apps: name, id, cpu, memory, restarts or uptime; `:desc` reverses.
+    #[arg(long, value_name = "FIELD[:desc]")]
+    pub sort: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// The signal: a name (SIGUSR2, USR2) or a number.
+    pub signal: String,
+    /// app:i (one instance), app (each of its instances), or all.
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PidArgs {
+    /// App name or id (default: every app).
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// APP:INSTANCE (APP alone: instance 0).
+    pub target: String,
+    /// Print the values of secret-looking keys too.
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod args;
 mod client;
 mod daemon;
 mod dump;
+mod inspect;
 mod logs;
 mod messages;
 mod monit;
@@ -55,6 +56,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Delete(t) => apps::delete(&home, t),
         Cmd::Apply(a) => apply::apply(&home, &a),
         Cmd::Rollback(t) => apply::rollback(&home, t),
+        Cmd::Signal(s) => reply::apps(
+            &home,
+            herd_proto::Command::Signal {
+                target: s.target,
+                signal: s.signal,
+            },
+            false,
+        ),
+        Cmd::Reset(t) => reply::apps(
+            &home,
+            herd_proto::Command::Reset { target: t.target },
+            t.json,
+        ),
+        Cmd::Pid(p) => inspect::pid(&home, p.target),
+        Cmd::Env(e) => inspect::env(&home, &e.target, e.show_secrets),
+        Cmd::Report => inspect::report(&home),
         Cmd::List(j) => apps::list(&home, j),
         Cmd::Describe(d) => apps::describe(&home, d),
         Cmd::Scale(s) => apps::scale(&home, s),

@@ -114,6 +114,19 @@ pub enum Command {
         /// Which app (not `all`).
         target: String,
     },
+    /// `herd signal SIG TARGET` (PM2's sendSignal): send a signal to the instances' process
+    /// groups — `app:i` (one), `app` (each of it) or `all`.
+    Signal {
+        /// `app:i`, `app`, or `all`.
+        target: String,
+        /// A signal name (`SIGUSR2`, `USR2`) or number.
+        signal: String,
+    },
+    /// `herd reset`: set the apps' restart counts back to 0 (and their crash-loop history).
+    Reset {
+        /// Which apps.
+        target: String,
+    },
     /// Replace the daemon in place by `exe` (`herd update`), keeping every instance, socket
     /// and channel. Answered by the new daemon.
     Update {
@@ -704,6 +717,11 @@ mod tests {
                 spec: Box::default(),
             },
             Command::Rollback { target: target() },
+            Command::Signal {
+                target: target(),
+                signal: "SIGUSR2".into(),
+            },
+            Command::Reset { target: target() },
         ];
         // A command added to the enum but not here fails to compile: keep the list whole.
         for c in &all {
@@ -729,7 +747,9 @@ mod tests {
                 | Command::ReloadLogs
                 | Command::Trigger { .. }
                 | Command::Apply { .. }
-                | Command::Rollback { .. } => {}
+                | Command::Rollback { .. }
+                | Command::Signal { .. }
+                | Command::Reset { .. } => {}
             }
         }
         all

@@ -25,5 +25,6 @@ mod node;
 mod primary;
 mod races;
 mod update;
+mod vocabulary;
 mod web;
 mod worker_threads;

@@ -30,6 +30,16 @@ impl State {
                 Command::Start { spec } => self.start_app(*spec).map(Answer::app),
                 Command::Apply { spec } => self.apply(*spec),
                 Command::Rollback { target } => self.rollback(&target),
+                Command::Signal { target, signal } => self.send_signal(&target, &signal),
+                Command::Reset { target } => self.each_app(&target, |s, id| {
+                    if let Some(app) = s.apps.get_mut(&id) {
+                        for slot in app.slots.iter_mut().chain(app.primary.as_mut()) {
+                            slot.restarts = 0;
+                            slot.history = crate::policy::History::default();
+                        }
+                    }
+                    Ok(())
+                }),
                 Command::Resume { target } => self.each_app(&target, |s, id| s.resume(id)),
                 Command::Stop { target } => self.resolve(&target).map(|ids| {
                     self.stop_apps(&ids);
@@ -150,6 +160,61 @@ impl State {
         self.stop_apps(&ids);
         let msg = format!("deleted {}", names.join(", "));
         Ok(Answer::Later(ids, WaitKind::Deleted(msg)))
+    }
+
+    /// `herd signal`: the signal to each process named (their process groups).
+    fn send_signal(&mut self, target: &str, signal: &str) -> Result<Answer, CommandError> {
+        let name = if signal.starts_with("SIG") || signal.parse::<i32>().is_ok() {
+            signal.to_string()
+        } else {
+            format!("SIG{signal}")
+        };
+        let sig = signal
+            .parse::<i32>()
+            .ok()
+            .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+            .or_else(|| super::parse_signal(&name))
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::BadRequest,
+                    format!("unknown signal {signal:?}; use a name such as SIGUSR2, SIGHUP or USR1, or a number"),
+                )
+            })?;
+        let (app_part, only) = match target.rsplit_once(':') {
+            Some((a, i)) if i.parse::<u32>().is_ok() => (a, i.parse::<u32>().ok()),
+            _ => (target, None),
+        };
+        let ids = self.resolve(app_part)?;
+        let mut pids = Vec::new();
+        for id in &ids {
+            let Some(app) = self.apps.get(id) else {
+                continue;
+            };
+            for s in app
+                .slots
+                .iter()
+                .filter(|s| only.is_none_or(|i| s.index == i))
+            {
+                if let Some(p) = s.state.proc() {
+                    pids.push(p.pid);
+                }
+            }
+        }
+        if pids.is_empty() {
+            return Err(err(
+                ErrorCode::UnknownApp,
+                format!("no running instance matches {target:?}; `herd list` shows them"),
+            ));
+        }
+        for &pid in &pids {
+            self.os.signal_group(pid, sig);
+        }
+        Ok(Answer::Now(Reply::done(format!(
+            "sent {} to {} process{}",
+            sig.as_str(),
+            pids.len(),
+            if pids.len() == 1 { "" } else { "es" }
+        ))))
     }
 
     fn kill(&mut self) -> Answer {
