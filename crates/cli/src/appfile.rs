@@ -105,20 +105,21 @@ struct Entry {
     /// Apps that must be ready before this one starts.
     #[serde(default, alias = "after")]
     depends_on: Words,
+    /// PM2's: `false` registers the app stopped.
+    autostart: Option<bool>,
+    /// PM2's: one more variable holding the instance number.
+    instance_var: Option<String>,
+    /// PM2's: a numeric variable increased by the instance number.
+    increment_var: Option<String>,
+    /// PM2's: `true` (leave the shell's variables out), or prefixes of those to leave out.
+    filter_env: Option<Value>,
     /// Everything else: `env_<name>` blocks, PM2 fields herd does not have, typos.
     #[serde(flatten)]
     rest: BTreeMap<String, Value>,
 }
 
 /// PM2 fields that need no counterpart in herd (said once, not warned about).
-const PM2_HARMLESS: &[&str] = &[
-    "exec_mode",
-    "instance_var",
-    "merge_logs",
-    "vizion",
-    "pmx",
-    "automation",
-];
+const PM2_HARMLESS: &[&str] = &["exec_mode", "merge_logs", "vizion", "pmx", "automation"];
 
 /// Reads an app file into specs. `env_name` selects `env_<name>` blocks (PM2's `--env`);
 /// `overrides` are `--env K=V` from the command line. Warnings go to stderr.
@@ -704,6 +705,16 @@ impl Entry {
         };
         a.ignore_watch = self.ignore_watch.into_vec();
         a.after = self.depends_on.into_vec();
+        a.no_autostart = self.autostart == Some(false);
+        a.instance_var = self.instance_var;
+        a.increment_var = self.increment_var;
+        a.filter_env = match self.filter_env {
+            None | Some(Value::Bool(false)) | Some(Value::Null) => Vec::new(),
+            Some(Value::Bool(true)) => vec!["*".into()],
+            Some(Value::String(s)) => vec![s],
+            Some(Value::Array(v)) => v.iter().map(scalar).collect(),
+            Some(_) => bail!("filter_env must be true, a prefix or a list of prefixes"),
+        };
         let mut spec = a.to_spec()?;
         spec.readiness = readiness;
         spec.liveness = liveness;
@@ -793,6 +804,10 @@ mod tests {
             "readiness",
             "liveness",
             "depends_on",
+            "autostart",
+            "instance_var",
+            "increment_var",
+            "filter_env",
         ];
         for f in fields {
             assert!(props.contains_key(f), "the schema lacks {f}");

@@ -476,6 +476,21 @@ pub struct StartArgs {
     /// probe if it has one); repeatable. `herd stop all` and `herd kill` stop this app first.
     #[arg(long, value_name = "APP", alias = "depends-on")]
     pub after: Vec<String>,
+    /// Register the app stopped (PM2's `autostart: false`); `herd start NAME` starts it.
+    #[arg(long)]
+    pub no_autostart: bool,
+    /// One more variable holding the instance number (PM2's `instance_var`).
+    #[arg(long, value_name = "NAME")]
+    pub instance_var: Option<String>,
+    /// A numeric variable each instance gets increased by its number (PM2's
+    /// `increment_var`: PORT=3000 gives 3000, 3001, …).
+    #[arg(long, value_name = "NAME")]
+    pub increment_var: Option<String>,
+    /// Leave out of the captured environment the shell's variables starting with PREFIX
+    /// (repeatable; `*` leaves out all of them): PM2's `filter_env`. Variables the app
+    /// declares (--env, the file's env) stay.
+    #[arg(long, value_name = "PREFIX")]
+    pub filter_env: Vec<String>,
     /// Time between two probes of an instance (default 1s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub probe_interval: Option<Duration>,
@@ -718,7 +733,14 @@ impl StartArgs {
                 .map_err(|e| anyhow::anyhow!(e))?;
             listen.push(ListenSpec { name, addr });
         }
-        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        let mut env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| {
+                !self
+                    .filter_env
+                    .iter()
+                    .any(|p| p == "*" || (!p.is_empty() && k.starts_with(p.as_str())))
+            })
+            .collect();
         let mut declared_env = Vec::new();
         for kv in &self.env {
             let Some((k, v)) = kv.split_once('=') else {
@@ -799,6 +821,9 @@ impl StartArgs {
             readiness,
             liveness,
             depends_on: self.after.clone(),
+            autostart: !self.no_autostart,
+            instance_var: self.instance_var.clone(),
+            increment_var: self.increment_var.clone(),
         };
         spec.validate().map_err(|e| anyhow::anyhow!(e))?;
         check_probes(&spec)?;

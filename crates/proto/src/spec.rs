@@ -152,6 +152,16 @@ pub struct AppSpec {
     /// them by `herd stop all` and `herd kill`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// PM2's `autostart`: `false` registers the app stopped (`herd start NAME` starts it).
+    pub autostart: bool,
+    /// PM2's `instance_var`: one more variable holding the instance number (beside
+    /// `HERD_INSTANCE` and `NODE_APP_INSTANCE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_var: Option<String>,
+    /// PM2's `increment_var`: a numeric variable of the app's environment that each instance
+    /// gets increased by its number (`PORT=3000` → 3000, 3001, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub increment_var: Option<String>,
 }
 
 /// A health probe of an app's instances (Kubernetes' probes, docs/health.md).
@@ -309,6 +319,9 @@ impl Default for AppSpec {
             readiness: None,
             liveness: None,
             depends_on: Vec::new(),
+            autostart: true,
+            instance_var: None,
+            increment_var: None,
         }
     }
 }

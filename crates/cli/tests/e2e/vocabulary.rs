@@ -92,3 +92,39 @@ fn signal_reset_pid_env_sort_and_report() {
     assert!(out.contains("sig") && !out.contains("hunter2"), "{out}");
     h.finish();
 }
+
+/// PM2's `autostart`, `instance_var`, `increment_var` and `filter_env`, from an app file.
+#[test]
+fn autostart_instance_var_increment_var_and_filter_env() {
+    let h = Herd::with_env(&[("XTEST_FILTERED_X", "1"), ("XTEST_KEPT", "1")]);
+    let dir = tempfile::tempdir().unwrap();
+    let app = script(
+        dir.path(),
+        "idle.sh",
+        "#!/bin/sh\nwhile :; do sleep 1; done\n",
+    );
+    let file = dir.path().join("herd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[apps]]\nname = \"vars\"\nscript = \"{a}\"\ninstances = 2\ninstance_var = \"INST\"\nincrement_var = \"BASE\"\nfilter_env = [\"XTEST_FILTERED_\"]\nenv = {{ BASE = \"7000\" }}\n\n[[apps]]\nname = \"later\"\nscript = \"{a}\"\nautostart = false\n",
+            a = app.display()
+        ),
+    )
+    .unwrap();
+    h.ok(&["start", file.to_str().unwrap()]);
+    let env1 = h.ok(&["env", "vars:1"]);
+    assert!(
+        env1.contains("INST=1\n") && env1.contains("BASE=7001\n"),
+        "{env1}"
+    );
+    assert!(env1.contains("XTEST_KEPT=1"), "{env1}");
+    assert!(!env1.contains("XTEST_FILTERED_X"), "{env1}");
+    assert!(h.ok(&["env", "vars:0"]).contains("BASE=7000\n"));
+    // Registered, not started; `herd start NAME` starts it.
+    assert_eq!(h.statuses("later"), ["stopped"]);
+    assert_eq!(h.app("later")["status"], "stopped");
+    h.ok(&["start", "later"]);
+    assert_eq!(h.statuses("later"), ["online"]);
+    h.finish();
+}

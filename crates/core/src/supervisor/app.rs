@@ -56,6 +56,15 @@ impl State {
             self.apps.remove(&id);
             return Err(err(ErrorCode::InvalidSpec, e));
         }
+        // PM2's `autostart: false`: registered, stopped, its ports closed until started.
+        if self.apps.get(&id).is_some_and(|a| !a.spec.autostart) {
+            if let Some(app) = self.apps.get_mut(&id) {
+                app.status = AppStatus::Stopped;
+                app.listeners.clear();
+                app.watcher = None;
+            }
+            return Ok(id);
+        }
         // An app it depends on is not ready: it waits (`order::follow_order` starts it).
         if !self.waiting_for(id).is_empty() {
             if let Some(app) = self.apps.get_mut(&id) {

@@ -166,6 +166,21 @@ impl State {
                 ("HERD_INSTANCE".into(), i.to_string()),
                 ("NODE_APP_INSTANCE".into(), i.to_string()),
             ]);
+            // PM2's instance_var and increment_var.
+            if let Some(var) = spec.instance_var.as_ref().filter(|v| !is_herd_managed(v)) {
+                env.retain(|(k, _)| k != var);
+                env.push((var.clone(), i.to_string()));
+            }
+            if let Some(var) = &spec.increment_var {
+                let base = env
+                    .iter()
+                    .find(|(k, _)| k == var)
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+                if let Some(base) = base {
+                    env.retain(|(k, _)| k != var);
+                    env.push((var.clone(), (base + u64::from(i)).to_string()));
+                }
+            }
         }
         let primary_app = spec.primary;
         let node = spec.node;
