@@ -59,8 +59,12 @@ struct Entry {
     #[serde(default)]
     args: Words,
     interpreter: Option<String>,
-    #[serde(default, alias = "node_args")]
+    #[serde(default)]
     interpreter_args: Words,
+    /// PM2's older name of `interpreter_args`; a file may carry both (PM2's own example
+    /// does): their words are joined.
+    #[serde(default)]
+    node_args: Words,
     cwd: Option<String>,
     instances: Option<Value>,
     port: Option<u16>,
@@ -569,6 +573,7 @@ impl Entry {
             .map(|(k, v)| format!("{k}={}", scalar(v)))
             .collect();
         let mut blocks = Vec::new();
+        let mut ignored: Vec<&str> = Vec::new();
         for (k, v) in &self.rest {
             if let Some(block) = k.strip_prefix("env_") {
                 blocks.push(block.to_string());
@@ -580,11 +585,19 @@ impl Entry {
                 }
             } else if pm2 {
                 if !PM2_HARMLESS.contains(&k.as_str()) {
-                    eprintln!("warning: {file}, app {app}: PM2 field {k:?} has no herd counterpart and is ignored");
+                    ignored.push(k);
                 }
             } else {
                 bail!("unknown field {k:?}; see docs/configuration.md for the fields of an app");
             }
+        }
+        // One line names every PM2 field herd does not have (docs/coming-from-pm2.md says why).
+        if !ignored.is_empty() {
+            eprintln!(
+                "warning: {file}, app {app}: PM2 field{} herd does not have, ignored: {} (see docs/coming-from-pm2.md)",
+                if ignored.len() == 1 { "" } else { "s" },
+                ignored.join(", ")
+            );
         }
         if let Some(want) = env_name {
             if !blocks.iter().any(|b| b == want) {
@@ -624,6 +637,7 @@ impl Entry {
         a.env = env;
         a.interpreter = self.interpreter;
         a.interpreter_args = self.interpreter_args.into_vec();
+        a.interpreter_args.extend(self.node_args.into_vec());
         a.cwd = Some(match self.cwd {
             Some(c) => dir.join(c),
             None => dir.to_path_buf(),
@@ -774,6 +788,7 @@ mod tests {
             "args",
             "interpreter",
             "interpreter_args",
+            "node_args",
             "cwd",
             "instances",
             "port",
@@ -821,6 +836,16 @@ mod tests {
         let mut specs = load_text(&Path::new("/tmp").join(name), text, None, &[])?;
         assert_eq!(specs.len(), 1);
         Ok(specs.remove(0))
+    }
+
+    #[test]
+    fn interpreter_args_and_node_args_may_both_be_given() {
+        let spec = load_one(
+            "herd.json",
+            r#"{"apps":[{"name":"a","script":"/bin/sh","interpreter_args":["-e"],"node_args":"-x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.interpreter_args, ["-e", "-x"]);
     }
 
     #[test]

@@ -128,3 +128,52 @@ fn autostart_instance_var_increment_var_and_filter_env() {
     assert_eq!(h.statuses("later"), ["online"]);
     h.finish();
 }
+
+/// A PM2 ecosystem file with the options PM2 documents loads as it is; the ones herd does not
+/// have are named in one warning line.
+#[test]
+fn a_full_pm2_ecosystem_file_loads_with_one_warning_line() {
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let app = script(
+        dir.path(),
+        "idle.sh",
+        "#!/bin/sh\nwhile :; do sleep 1; done\n",
+    );
+    let file = dir.path().join("ecosystem.config.json");
+    let eco = format!(
+        r#"{{"apps": [{{
+        "name": "everything", "script": "{app}", "args": [], "cwd": "{cwd}", "instances": 2,
+        "exec_mode": "cluster", "watch": false, "ignore_watch": ["node_modules"],
+        "max_memory_restart": "200M", "env": {{"A": "1"}}, "env_production": {{"A": "2"}},
+        "log_date_format": "YYYY-MM-DD HH:mm Z", "error_file": "/tmp/e.log", "out_file": "/tmp/o.log",
+        "log_file": "/tmp/c.log", "merge_logs": true, "combine_logs": true, "pid_file": "/tmp/p.pid",
+        "min_uptime": 1000, "listen_timeout": 3000, "kill_timeout": 1600, "shutdown_with_message": false,
+        "wait_ready": false, "max_restarts": 10, "restart_delay": 100, "autorestart": true,
+        "cron_restart": "0 3 * * *", "vizion": false, "post_update": ["npm install"], "force": false,
+        "interpreter": "none", "interpreter_args": [], "node_args": [], "source_map_support": true,
+        "instance_var": "INSTANCE_ID", "filter_env": ["SECRET_"], "namespace": "ns", "time": true,
+        "disable_logs": false, "log_type": "json", "treekill": true, "increment_var": "BASE",
+        "exp_backoff_restart_delay": 100, "stop_exit_codes": [0], "uid": "nobody", "gid": "nogroup",
+        "append_env_to_name": false, "autostart": true, "kill_retry_time": 100, "pmx": true,
+        "automation": false
+    }}]}}"#,
+        app = app.display(),
+        cwd = dir.path().display()
+    );
+    std::fs::write(&file, eco).unwrap();
+    let out = h.run(&["start", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    for field in ["out_file", "uid", "namespace", "log_type"] {
+        assert!(warnings[0].contains(field), "{err}");
+    }
+    for handled in ["instance_var", "cron_restart", "node_args", "filter_env"] {
+        assert!(!warnings[0].contains(handled), "{handled}: {err}");
+    }
+    assert_eq!(h.statuses("everything"), ["online", "online"]);
+    assert!(h.ok(&["env", "everything:1"]).contains("INSTANCE_ID=1\n"));
+    h.finish();
+}
