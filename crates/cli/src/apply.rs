@@ -118,13 +118,7 @@ pub fn changed(cur: &AppSpec, new: &AppSpec) -> Vec<String> {
                 continue;
             }
             "listen" => {
-                let same = cur.listen.len() == new.listen.len()
-                    && cur.listen.iter().zip(&new.listen).all(|(r, w)| {
-                        r.addr == w.addr
-                            || matches!((r.addr.rsplit_once(':'), w.addr.rsplit_once(':')),
-                                (Some((rh, _)), Some((wh, "0"))) if rh == wh)
-                    });
-                if !same {
+                if !herd_proto::same_addresses(&cur.listen, &new.listen) {
                     out.push("listen".into());
                 }
                 continue;

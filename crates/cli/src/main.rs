@@ -17,6 +17,8 @@ mod monit;
 mod output;
 mod reply;
 mod run;
+#[cfg(test)]
+mod testing;
 mod web;
 
 use std::io::Write;

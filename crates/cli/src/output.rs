@@ -504,47 +504,20 @@ pub fn instance_name(instance: u32) -> String {
 mod tests {
     use super::*;
 
-    use herd_proto::{Balance, ProbeCheck, ProbeResult, ProcessInfo};
+    use herd_proto::{ProbeCheck, ProbeResult, ProcessInfo};
 
     fn app(health: &[Option<Health>]) -> AppInfo {
+        let processes = health
+            .iter()
+            .enumerate()
+            .map(|(i, h)| ProcessInfo {
+                health: h.clone(),
+                ..crate::testing::process(i as u32, 4000 + i as u32)
+            })
+            .collect();
         AppInfo {
-            id: 0,
-            name: "api".into(),
-            status: AppStatus::Running,
             listen: vec!["0.0.0.0:8000".into()],
-            port: Some(8000),
-            balance: Balance::default(),
-            processes: health
-                .iter()
-                .enumerate()
-                .map(|(i, h)| ProcessInfo {
-                    instance: i as u32,
-                    pid: Some(4000 + i as u32),
-                    status: ProcessStatus::Online,
-                    restarts: 0,
-                    uptime_ms: Some(65_000),
-                    cpu_percent: Some(0.5),
-                    memory_bytes: Some(3 << 20),
-                    messages_dropped: 0,
-                    subscriptions: 0,
-                    bus_refused: 0,
-                    last_exit: None,
-                    env_version: 1,
-                    cgroup: None,
-                    pm2_metrics: Default::default(),
-                    actions: Vec::new(),
-                    health: h.clone(),
-                })
-                .collect(),
-            primary: None,
-            spec: None,
-            env_version: 1,
-            containment: None,
-            routing_fallback: false,
-            waiting_for: Vec::new(),
-            generation: 1,
-            previous: Vec::new(),
-            next_cron_restart_ms: None,
+            ..crate::testing::app(0, "api", processes)
         }
     }
 

@@ -29,6 +29,6 @@ pub use control::{
     LogStream, ProbeResult, ProcessInfo, ProcessStatus, Reply, Request, ScaleTo, PROTOCOL_VERSION,
 };
 pub use spec::{
-    is_secret_key, is_valid_name, masked_value, AppSpec, Balance, ListenSpec, LogSpec, Probe,
-    ProbeCheck, SpecError,
+    is_secret_key, is_valid_name, masked_value, same_addresses, AppSpec, Balance, ListenSpec,
+    LogSpec, Probe, ProbeCheck, SpecError,
 };

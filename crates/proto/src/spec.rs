@@ -468,9 +468,41 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Whether two listen lists name the same addresses, in order: a port 0 asked for (`wanted`)
+/// matches the port an app got for it (`running`). `herd apply` keeps an app whose addresses
+/// are the same, and does not change them.
+pub fn same_addresses(running: &[ListenSpec], wanted: &[ListenSpec]) -> bool {
+    running.len() == wanted.len()
+        && running.iter().zip(wanted).all(|(r, w)| {
+            r.addr == w.addr
+                || matches!(
+                    (r.addr.rsplit_once(':'), w.addr.rsplit_once(':')),
+                    (Some((rh, _)), Some((wh, "0"))) if rh == wh
+                )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_lists_compare_with_port_zero_as_bound() {
+        let l = |addr: &str| ListenSpec {
+            addr: addr.into(),
+            name: "http".into(),
+        };
+        assert!(same_addresses(
+            &[l("127.0.0.1:8000")],
+            &[l("127.0.0.1:8000")]
+        ));
+        assert!(same_addresses(&[l("127.0.0.1:41234")], &[l("127.0.0.1:0")]));
+        assert!(!same_addresses(
+            &[l("127.0.0.1:8000")],
+            &[l("127.0.0.1:8001")]
+        ));
+        assert!(!same_addresses(&[l("127.0.0.1:8000")], &[]));
+    }
 
     #[test]
     fn names() {

@@ -401,48 +401,18 @@ fn help_line(m: &Monit) -> Paragraph<'_> {
 mod tests {
     use super::super::state::Key;
     use super::*;
-    use herd_proto::{AppInfo, Balance, ProcessInfo};
+    use herd_proto::AppInfo;
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
     fn app(name: &str, n: u32) -> AppInfo {
-        AppInfo {
-            id: 0,
-            name: name.into(),
-            status: AppStatus::Running,
-            listen: vec!["127.0.0.1:8000".into()],
-            port: Some(8000),
-            balance: Balance::default(),
-            processes: (0..n)
-                .map(|i| ProcessInfo {
-                    instance: i,
-                    pid: Some(4000 + i),
-                    status: ProcessStatus::Online,
-                    restarts: 0,
-                    uptime_ms: Some(65_000),
-                    cpu_percent: Some(0.5),
-                    memory_bytes: Some(3 << 20),
-                    messages_dropped: 0,
-                    subscriptions: 0,
-                    bus_refused: 0,
-                    last_exit: None,
-                    env_version: 1,
-                    cgroup: None,
-                    pm2_metrics: Default::default(),
-                    actions: Vec::new(),
-                    health: None,
-                })
+        crate::testing::app(
+            0,
+            name,
+            (0..n)
+                .map(|i| crate::testing::process(i, 4000 + i))
                 .collect(),
-            primary: None,
-            spec: None,
-            env_version: 1,
-            containment: None,
-            routing_fallback: false,
-            waiting_for: Vec::new(),
-            generation: 1,
-            previous: Vec::new(),
-            next_cron_restart_ms: None,
-        }
+        )
     }
 
     fn render(m: &Monit, w: u16, h: u16) -> Vec<String> {

@@ -487,48 +487,23 @@ pub fn printable(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herd_proto::{AppSpec, Balance, ProcessStatus};
+    use herd_proto::AppSpec;
 
     fn proc(instance: u32, pid: u32) -> ProcessInfo {
         ProcessInfo {
-            instance,
-            pid: Some(pid),
-            status: ProcessStatus::Online,
-            restarts: 0,
             uptime_ms: Some(1000),
             cpu_percent: Some(1.5),
             memory_bytes: Some(2 << 20),
-            messages_dropped: 0,
-            subscriptions: 0,
-            bus_refused: 0,
-            last_exit: None,
-            env_version: 1,
-            cgroup: None,
-            pm2_metrics: Default::default(),
-            actions: Vec::new(),
-            health: None,
+            ..crate::testing::process(instance, pid)
         }
     }
 
     fn app(id: u32, name: &str, n: u32) -> AppInfo {
-        AppInfo {
+        crate::testing::app(
             id,
-            name: name.into(),
-            status: AppStatus::Running,
-            listen: vec!["127.0.0.1:8000".into()],
-            port: Some(8000),
-            balance: Balance::default(),
-            processes: (0..n).map(|i| proc(i, 100 * (id + 1) + i)).collect(),
-            primary: None,
-            spec: None,
-            env_version: 1,
-            containment: None,
-            routing_fallback: false,
-            waiting_for: Vec::new(),
-            generation: 1,
-            previous: Vec::new(),
-            next_cron_restart_ms: None,
-        }
+            name,
+            (0..n).map(|i| proc(i, 100 * (id + 1) + i)).collect(),
+        )
     }
 
     fn monit(apps: &[AppInfo]) -> Monit {

@@ -11,6 +11,16 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// Probe timing of these tests: a sick instance is seen after 2 failures of 200 ms probes.
+const FAST: &[&str] = &[
+    "--probe-interval",
+    "200ms",
+    "--probe-timeout",
+    "300ms",
+    "--probe-failures",
+    "2",
+];
+
 fn health_py() -> std::path::PathBuf {
     repo_root().join("tests/python/health.py")
 }
@@ -86,16 +96,7 @@ fn readiness_takes_a_stopped_or_failing_instance_out_of_routing_and_back() {
         "web",
         port,
         sick.path(),
-        &[
-            "--readiness",
-            "http:/healthz",
-            "--probe-interval",
-            "200ms",
-            "--probe-timeout",
-            "300ms",
-            "--probe-failures",
-            "2",
-        ],
+        &[&["--readiness", "http:/healthz"], FAST].concat(),
     );
     wait_ready(&h, "web", 0, true);
     wait_ready(&h, "web", 1, true);
@@ -183,16 +184,7 @@ fn liveness_restarts_a_stopped_instance_and_a_channel_probe_follows_heartbeats()
         "live",
         port,
         sick.path(),
-        &[
-            "--liveness",
-            "http:/healthz",
-            "--probe-interval",
-            "200ms",
-            "--probe-timeout",
-            "300ms",
-            "--probe-failures",
-            "2",
-        ],
+        &[&["--liveness", "http:/healthz"], FAST].concat(),
     );
     wait_until(Duration::from_secs(15), || {
         (health(&h, "live", 0)["live"] == true)

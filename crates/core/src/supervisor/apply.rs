@@ -5,7 +5,7 @@
 //! spec back: the slots not reached yet never left their old processes, and those already
 //! reloaded are reloaded back.
 
-use herd_proto::{AppSpec, ErrorCode, ListenSpec, ScaleTo};
+use herd_proto::{same_addresses, AppSpec, ErrorCode, ScaleTo};
 
 use super::control::{err, Answer};
 use super::error::CommandError;
@@ -14,20 +14,6 @@ use super::WaitKind;
 
 /// Earlier specs kept per app for `rollback`.
 pub(super) const GENERATIONS: usize = 3;
-
-/// Whether two listen lists name the same addresses (a port 0 asked matches the port it got).
-fn same_listen(running: &[ListenSpec], wanted: &[ListenSpec]) -> bool {
-    running.len() == wanted.len()
-        && running.iter().zip(wanted).all(|(r, w)| {
-            if r.addr == w.addr {
-                return true;
-            }
-            match (r.addr.rsplit_once(':'), w.addr.rsplit_once(':')) {
-                (Some((rh, _)), Some((wh, "0"))) => rh == wh,
-                _ => false,
-            }
-        })
-}
 
 impl State {
     /// `herd apply` of one app's spec.
@@ -44,7 +30,7 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return Err(err(ErrorCode::UnknownApp, "the app went away"));
         };
-        if !same_listen(&app.spec.listen, &spec.listen) {
+        if !same_addresses(&app.spec.listen, &spec.listen) {
             return Err(err(
                 ErrorCode::InvalidSpec,
                 format!(
@@ -185,25 +171,5 @@ impl State {
             ));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn l(addr: &str) -> ListenSpec {
-        ListenSpec {
-            addr: addr.into(),
-            name: "http".into(),
-        }
-    }
-
-    #[test]
-    fn listen_lists_compare_with_port_zero_as_bound() {
-        assert!(same_listen(&[l("127.0.0.1:8000")], &[l("127.0.0.1:8000")]));
-        assert!(same_listen(&[l("127.0.0.1:41234")], &[l("127.0.0.1:0")]));
-        assert!(!same_listen(&[l("127.0.0.1:8000")], &[l("127.0.0.1:8001")]));
-        assert!(!same_listen(&[l("127.0.0.1:8000")], &[]));
     }
 }
