@@ -29,6 +29,16 @@ struct Saved {
     /// As saved by this herd or an older one ([`AppSpec::from_saved`]).
     #[serde(deserialize_with = "AppSpec::deserialize_saved")]
     spec: AppSpec,
+    /// Its spec's generation (`herd apply`, `rollback`); absent in older dumps.
+    #[serde(default = "first_generation")]
+    generation: u32,
+    /// Its earlier specs, oldest first, for `herd rollback` after a resurrect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    previous: Vec<AppSpec>,
+}
+
+fn first_generation() -> u32 {
+    1
 }
 
 pub fn save(home: &Home, force: bool) -> Result<ExitCode> {
@@ -59,6 +69,8 @@ pub fn save(home: &Home, force: bool) -> Result<ExitCode> {
                 a.spec.map(|spec| Saved {
                     status: a.status,
                     spec: *spec,
+                    generation: a.generation,
+                    previous: a.previous,
                 })
             })
             .collect(),
@@ -198,6 +210,18 @@ pub fn resurrect(home: &Home, json: bool) -> Result<ExitCode> {
             spec: Box::new(saved.spec),
         })? {
             Reply::Apps { apps, .. } => {
+                if saved.generation > 1 || !saved.previous.is_empty() {
+                    if let Reply::Error { error, .. } = client.call(Command::Restore {
+                        target: name.clone(),
+                        generation: saved.generation,
+                        previous: saved.previous,
+                    })? {
+                        eprintln!(
+                            "warning: {name}: its earlier specs are not restored (`herd rollback` has nothing to go back to): {}",
+                            error.message
+                        );
+                    }
+                }
                 if saved.status == AppStatus::Stopped {
                     client.call(Command::Stop {
                         target: name.clone(),

@@ -94,6 +94,16 @@ pub struct AppState {
     pub extra_holders: BTreeMap<String, BTreeMap<u32, Vec<String>>>,
     /// Its slots.
     pub slots: Vec<SlotState>,
+    /// Its spec's generation (absent from an older daemon: 1).
+    #[serde(default = "first_generation")]
+    pub generation: u32,
+    /// Its earlier specs, oldest first, for `herd rollback`.
+    #[serde(default)]
+    pub previous: Vec<AppSpec>,
+}
+
+fn first_generation() -> u32 {
+    1
 }
 
 /// One listening address.

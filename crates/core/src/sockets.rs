@@ -325,6 +325,14 @@ impl Listener {
         }
     }
 
+    /// The slots that have a socket here (none for a shared listener).
+    pub fn slots(&self) -> Vec<u32> {
+        match &self.kind {
+            Kind::PerSlot { group, .. } => group.clone(),
+            Kind::Shared(_) => Vec::new(),
+        }
+    }
+
     /// The socket an instance of `slot` inherits.
     pub fn fd_for_slot(&self, slot: u32) -> Option<BorrowedFd<'_>> {
         match &self.kind {

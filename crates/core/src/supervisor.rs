@@ -57,6 +57,7 @@ mod control;
 mod cron;
 mod error;
 mod metrics;
+mod moving;
 mod order;
 mod os;
 mod pm2io;
@@ -592,6 +593,17 @@ struct App {
     previous: Vec<AppSpec>,
     /// During the reload of an applied spec: the spec it replaced, put back if it fails.
     applying: Option<Box<AppSpec>>,
+    /// Listeners of addresses an applied spec left, kept while older processes hold them
+    /// (`moving.rs`).
+    retired: Vec<Listener>,
+    /// Its processes do not all hold the same addresses: each listener is routed to the slots
+    /// whose processes hold it.
+    moving: bool,
+    /// While moving: the slots each listener was last routed to.
+    routed_each: Vec<(String, Vec<u32>)>,
+    /// Reloaded-away processes (pid, slot, since) not yet asked to stop: they still serve
+    /// connections queued on the sockets of addresses the app left.
+    handoff: Vec<(u32, u32, Instant)>,
 }
 
 /// A rolling reload: slots still to do, and the slot being done.
@@ -635,6 +647,10 @@ impl App {
             generation: 1,
             previous: Vec::new(),
             applying: None,
+            retired: Vec::new(),
+            moving: false,
+            routed_each: Vec::new(),
+            handoff: Vec::new(),
         }
     }
 

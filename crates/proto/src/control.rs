@@ -114,6 +114,17 @@ pub enum Command {
         /// Which app (not `all`).
         target: String,
     },
+    /// `herd resurrect`: give a registered app the generation and earlier specs it was saved
+    /// with, so that `rollback` works after a restart of herd as before it.
+    Restore {
+        /// Which app (not `all`).
+        target: String,
+        /// Its spec's generation.
+        generation: u32,
+        /// Its earlier specs, oldest first (the daemon keeps the last few).
+        #[serde(default)]
+        previous: Vec<AppSpec>,
+    },
     /// `herd signal SIG TARGET` (PM2's sendSignal): send a signal to the instances' process
     /// groups — `app:i` (one), `app` (each of it) or `all`.
     Signal {
@@ -717,6 +728,11 @@ mod tests {
                 spec: Box::default(),
             },
             Command::Rollback { target: target() },
+            Command::Restore {
+                target: target(),
+                generation: 2,
+                previous: Vec::new(),
+            },
             Command::Signal {
                 target: target(),
                 signal: "SIGUSR2".into(),
@@ -748,6 +764,7 @@ mod tests {
                 | Command::Trigger { .. }
                 | Command::Apply { .. }
                 | Command::Rollback { .. }
+                | Command::Restore { .. }
                 | Command::Signal { .. }
                 | Command::Reset { .. } => {}
             }

@@ -461,9 +461,11 @@ pub fn assert_no_failures(loads: &[Load], during: &str) {
     let failed: Vec<&String> = loads.iter().flat_map(|l| &l.failed).collect();
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed during {during}: {failed:?}",
+        "{} of {} requests failed during {during}: {:?}{}",
         failed.len(),
-        ok + failed.len()
+        ok + failed.len(),
+        &failed[..failed.len().min(10)],
+        if failed.len() > 10 { " …" } else { "" }
     );
     assert!(ok > 20, "only {ok} requests made during {during}");
 }

@@ -30,18 +30,6 @@ impl State {
         let Some(app) = self.apps.get_mut(&id) else {
             return Err(err(ErrorCode::UnknownApp, "the app went away"));
         };
-        if !same_addresses(&app.spec.listen, &spec.listen) {
-            return Err(err(
-                ErrorCode::InvalidSpec,
-                format!(
-                    "app {:?}: apply does not change listen addresses yet ({} → {}); keep them, or `herd delete {}` and start it again",
-                    spec.name,
-                    app.spec.listen.iter().map(|l| l.addr.as_str()).collect::<Vec<_>>().join(", "),
-                    spec.listen.iter().map(|l| l.addr.as_str()).collect::<Vec<_>>().join(", "),
-                    spec.name
-                ),
-            ));
-        }
         if spec.primary != app.spec.primary {
             return Err(err(
                 ErrorCode::InvalidSpec,
@@ -51,8 +39,29 @@ impl State {
                 ),
             ));
         }
-        // The addresses as bound (a port 0 keeps the port it got).
-        spec.listen = app.spec.listen.clone();
+        let moved = !same_addresses(&app.spec.listen, &spec.listen);
+        if moved {
+            // The new addresses are bound now, before any process changes (moving.rs).
+            if app.reload.is_some() {
+                return Err(err(
+                    ErrorCode::Busy,
+                    format!(
+                        "app {:?} is reloading; apply the new addresses once it is done",
+                        spec.name
+                    ),
+                ));
+            }
+            let balance = spec.balance;
+            self.move_listeners(id, &mut spec.listen, balance)?;
+        } else {
+            // The addresses as bound (a port 0 keeps the port it got); names may change.
+            for (w, r) in spec.listen.iter_mut().zip(&app.spec.listen) {
+                w.addr = r.addr.clone();
+            }
+        }
+        let Some(app) = self.apps.get_mut(&id) else {
+            return Err(err(ErrorCode::UnknownApp, "the app went away"));
+        };
         let target = spec.instances;
         let now = app.slots.len() as u32;
         let same_but_size = AppSpec {
@@ -127,13 +136,55 @@ impl State {
         answer
     }
 
+    /// `herd resurrect`: the generation and earlier specs app `target` was saved with.
+    pub(super) fn restore_history(
+        &mut self,
+        target: &str,
+        generation: u32,
+        mut previous: Vec<AppSpec>,
+    ) -> Result<Answer, CommandError> {
+        let ids = self.resolve(target)?;
+        let [id] = ids.as_slice() else {
+            return Err(err(ErrorCode::BadRequest, "restore takes one app, not all"));
+        };
+        for spec in &previous {
+            spec.validate().map_err(|e| {
+                err(
+                    ErrorCode::InvalidSpec,
+                    format!("an earlier spec of {target:?}: {e}"),
+                )
+            })?;
+        }
+        let Some(app) = self.apps.get_mut(id) else {
+            return Err(err(ErrorCode::UnknownApp, "the app went away"));
+        };
+        let extra = previous.len().saturating_sub(GENERATIONS);
+        previous.drain(..extra);
+        app.previous = previous;
+        app.generation = generation.max(1);
+        Ok(Answer::app(*id))
+    }
+
     /// A reload of an applied spec failed: the previous spec is back, and the slots already
     /// running the failed one are reloaded back. `msg` is the failure, told to the caller.
     pub(super) fn apply_failed(&mut self, id: u32) -> Option<String> {
         let app = self.apps.get_mut(&id)?;
         let old = app.applying.take()?;
         let failed = app.env_version;
+        let moved = !same_addresses(&old.listen, &app.spec.listen);
         app.spec = *old;
+        if moved {
+            let (mut listen, balance) = (app.spec.listen.clone(), app.spec.balance);
+            match self.move_listeners(id, &mut listen, balance) {
+                Ok(()) => {
+                    if let Some(app) = self.apps.get_mut(&id) {
+                        app.spec.listen = listen;
+                    }
+                }
+                Err(e) => tracing::error!("cannot move back to the previous addresses: {e}"),
+            }
+        }
+        let app = self.apps.get_mut(&id)?;
         app.previous.pop();
         app.generation = app.generation.saturating_sub(1);
         app.env_version += 1;

@@ -30,6 +30,11 @@ impl State {
                 Command::Start { spec } => self.start_app(*spec).map(Answer::app),
                 Command::Apply { spec } => self.apply(*spec),
                 Command::Rollback { target } => self.rollback(&target),
+                Command::Restore {
+                    target,
+                    generation,
+                    previous,
+                } => self.restore_history(&target, generation, previous),
                 Command::Signal { target, signal } => self.send_signal(&target, &signal),
                 Command::Reset { target } => self.each_app(&target, |s, id| {
                     if let Some(app) = s.apps.get_mut(&id) {

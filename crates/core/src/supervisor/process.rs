@@ -90,6 +90,7 @@ impl State {
             .ok_or_else(|| StartError::Gone(format!("app {id}")))?;
         let spec = &app.spec;
         let app_env_version = app.env_version;
+        let addrs: Vec<String> = app.listeners.iter().map(|l| l.addr().to_string()).collect();
         let is_primary = i == PRIMARY;
         // A worker of the app's primary runs what the primary forked it with.
         let fork = app
@@ -381,6 +382,7 @@ impl State {
             out,
             err,
             health: Default::default(),
+            addrs,
         })
     }
 

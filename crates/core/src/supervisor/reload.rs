@@ -152,21 +152,32 @@ impl State {
         };
         match slot.state.take() {
             SlotState::Reloading {
-                current: mut old,
-                next,
-                ..
+                current: old, next, ..
             } => {
                 tracing::info!(app = %app.spec.name, instance = i, new = next.pid, old = old.pid, "reload: new process ready; stopping the old one");
                 self.pids.insert(next.pid, (id, i, Role::Current));
-                begin_stop(&mut *self.os, &app.spec, &mut old);
                 self.pids.insert(old.pid, (id, i, Role::Retiring));
-                arm_retire(&mut self.timers, old.pid, kill_timeout);
-                app.retiring.push((i, old));
                 slot.restarts += 1;
                 slot.set(SlotState::Online { proc: next });
+                // After a listen change the old process first hands off the old addresses'
+                // sockets (moving.rs); otherwise it is asked to stop now.
+                let (pid, addrs) = (old.pid, old.addrs.clone());
+                app.retiring.push((i, old));
+                if !self.hand_off(id, i, pid, &addrs) {
+                    let Some(app) = self.apps.get_mut(&id) else {
+                        return;
+                    };
+                    if let Some((_, old)) = app.retiring.iter_mut().find(|(_, p)| p.pid == pid) {
+                        begin_stop(&mut *self.os, &app.spec, old);
+                    }
+                    arm_retire(&mut self.timers, pid, kill_timeout);
+                }
             }
             other => slot.set(other),
         }
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
         // With a readiness probe the reload waits on the slot for the new process's first
         // verdict (probes::on_probe_result moves it on).
         let wait_ready = app.spec.readiness.is_some();

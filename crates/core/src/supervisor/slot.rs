@@ -98,6 +98,9 @@ pub(super) struct Proc {
     pub(super) err: Option<Arc<logs::PumpState>>,
     /// What its health probes saw (apps with probes).
     pub(super) health: Box<super::probes::ProcHealth>,
+    /// The app's addresses when it started: the listening sockets it holds (an applied listen
+    /// change leaves older processes on the old ones until they are replaced).
+    pub(super) addrs: Vec<String>,
 }
 
 impl Proc {
@@ -690,6 +693,7 @@ mod tests {
             out: None,
             err: None,
             health: Default::default(),
+            addrs: Vec::new(),
         }
     }
 

@@ -171,6 +171,7 @@ impl State {
                     }
                 }
                 TimerKey::Memory { app } => self.on_memory_check(app),
+                TimerKey::Handoff { app } => self.on_handoff_timer(app),
                 TimerKey::Cron { app } => self.on_cron_timer(app),
                 TimerKey::Claims { app } => self.on_claims_timer(app),
                 TimerKey::Scrape { id } => self.finish_scrape(id),
@@ -413,7 +414,13 @@ pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Re-attaches the selector when the set of serving slots changed.
 pub(super) fn route(app: &mut App) {
-    if !app.listeners.iter().any(Listener::is_per_slot) {
+    super::moving::prune(app);
+    if !app
+        .listeners
+        .iter()
+        .chain(&app.retired)
+        .any(Listener::is_per_slot)
+    {
         return;
     }
     let serving: Vec<&super::Slot> = app.slots.iter().filter(|s| s.state.routed()).collect();
@@ -430,6 +437,10 @@ pub(super) fn route(app: &mut App) {
     app.routing_fallback = live.is_empty() && !serving.is_empty() && app.spec.readiness.is_some();
     if app.routing_fallback {
         live = serving.iter().map(|s| s.index).collect();
+    }
+    if app.moving {
+        super::moving::route(app, &live);
+        return;
     }
     if app.routed.as_ref() == Some(&live) {
         return;

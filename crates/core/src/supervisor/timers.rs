@@ -37,6 +37,12 @@ pub(super) enum TimerKey {
         /// Its pid.
         pid: u32,
     },
+    /// Reloaded-away processes still holding sockets of addresses the app left are asked to
+    /// stop once those sockets' queues are empty (`moving.rs`).
+    Handoff {
+        /// App id.
+        app: u32,
+    },
     /// Time to compare the app's instances with its memory limit.
     Memory {
         /// App id.
@@ -76,6 +82,7 @@ impl TimerKey {
         match *self {
             TimerKey::Slot { app, .. }
             | TimerKey::Memory { app }
+            | TimerKey::Handoff { app }
             | TimerKey::Watch { app }
             | TimerKey::Cron { app }
             | TimerKey::Claims { app } => Some(app),

@@ -385,6 +385,8 @@ impl State {
                 extra,
                 extra_holders,
                 slots,
+                generation: app.generation,
+                previous: app.previous.clone(),
             });
         }
         // SAFETY: the notify socket is owned by its task, which never ends.
@@ -489,6 +491,8 @@ impl State {
             let mut app = App::new(id, a.spec, a.status, listeners, slots);
             app.extra = extra;
             app.env_version = a.env_version;
+            app.generation = a.generation;
+            app.previous = a.previous;
             self.apps.insert(id, app);
             for s in a.slots {
                 let i = s.index;
@@ -548,6 +552,12 @@ impl State {
     }
 
     fn adopt_proc(&mut self, id: u32, i: u32, p: handover::ProcState, now: Instant) -> Proc {
+        // An update waits for reloads to end: every process holds the app's listeners.
+        let addrs = self
+            .apps
+            .get(&id)
+            .map(|a| a.listeners.iter().map(|l| l.addr().to_string()).collect())
+            .unwrap_or_default();
         let pid = p.pid;
         let pump = |s: &mut Self, stream, pipe: Option<handover::PipeState>| {
             let pipe = pipe?;
@@ -604,6 +614,7 @@ impl State {
             out,
             err,
             health: Default::default(),
+            addrs,
         }
     }
 }
