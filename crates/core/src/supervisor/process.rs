@@ -80,7 +80,11 @@ impl State {
         };
         // The app's user (`--uid`), and the Node files that user can read.
         let run_as = self.run_as(id)?;
-        let shims = self.shims_for(run_as.as_ref());
+        let node = self
+            .apps
+            .get(&id)
+            .is_some_and(|a| a.spec.node || a.spec.primary);
+        let shims = self.shims_for(run_as.as_ref(), node);
         let owner = run_as::is_other_user(run_as.as_ref())
             .then(|| run_as.as_ref().map(|r| (r.uid, r.gid)))
             .flatten();

@@ -21,9 +21,10 @@ impl State {
 
     /// The Node files for a process that runs as `run_as`: the daemon's own (in its 0700
     /// `HERD_HOME`) for its own user, otherwise a copy that user can read, written the first
-    /// time it is needed. `None`: Node processes run without them (logged).
-    pub(super) fn shims_for(&mut self, run_as: Option<&RunAs>) -> Option<Installed> {
-        if !is_other_user(run_as) {
+    /// time a Node process (`node`) of another user needs it. `None`: Node processes run
+    /// without them (logged).
+    pub(super) fn shims_for(&mut self, run_as: Option<&RunAs>, node: bool) -> Option<Installed> {
+        if !is_other_user(run_as) || !node {
             return self.node_shims.clone();
         }
         if self.shared_shims.is_none() {
