@@ -115,6 +115,11 @@ struct Entry {
     instance_var: Option<String>,
     /// PM2's: a numeric variable increased by the instance number.
     increment_var: Option<String>,
+    /// PM2's: the user the instances run as, a name or a number (`user` is PM2's alias).
+    #[serde(alias = "user")]
+    uid: Option<Value>,
+    /// PM2's: their group, a name or a number.
+    gid: Option<Value>,
     /// PM2's: `true` (leave the shell's variables out), or prefixes of those to leave out.
     filter_env: Option<Value>,
     /// Everything else: `env_<name>` blocks, PM2 fields herd does not have, typos.
@@ -289,6 +294,17 @@ fn ms(v: &Value, field: &str) -> Result<Duration> {
         }
         Value::String(s) => parse_duration(s).map_err(|e| anyhow!("{field}: {e}")),
         _ => bail!("{field} must be milliseconds or a duration such as \"5s\""),
+    }
+}
+
+/// A user or group: a name, or a number (written as one or as a string).
+fn id_field(v: &Value, field: &str) -> Result<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Value::Number(n) if n.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => {
+            Ok(n.to_string())
+        }
+        _ => bail!("{field} must be a name or a number, e.g. \"www-data\" or 33"),
     }
 }
 
@@ -722,6 +738,8 @@ impl Entry {
         a.no_autostart = self.autostart == Some(false);
         a.instance_var = self.instance_var;
         a.increment_var = self.increment_var;
+        a.uid = self.uid.as_ref().map(|v| id_field(v, "uid")).transpose()?;
+        a.gid = self.gid.as_ref().map(|v| id_field(v, "gid")).transpose()?;
         a.filter_env = match self.filter_env {
             None | Some(Value::Bool(false)) | Some(Value::Null) => Vec::new(),
             Some(Value::Bool(true)) => vec!["*".into()],
@@ -754,7 +772,7 @@ mod tests {
         let props = schema["definitions"]["app"]["properties"]
             .as_object()
             .unwrap();
-        let aliases = ["node_args"];
+        let aliases = ["node_args", "user"];
         let mut all = serde_json::Map::new();
         for (k, p) in props {
             let example = p["examples"][0].clone();
@@ -823,6 +841,8 @@ mod tests {
             "instance_var",
             "increment_var",
             "filter_env",
+            "uid",
+            "gid",
         ];
         for f in fields {
             assert!(props.contains_key(f), "the schema lacks {f}");

@@ -486,6 +486,14 @@ pub struct StartArgs {
     /// `increment_var`: PORT=3000 gives 3000, 3001, …).
     #[arg(long, value_name = "NAME")]
     pub increment_var: Option<String>,
+    /// Run the instances as this user, a name or a number (PM2's `--uid`); the daemon must
+    /// run as root. Its primary group, supplementary groups, HOME, USER, LOGNAME and SHELL.
+    #[arg(long, value_name = "USER")]
+    pub uid: Option<String>,
+    /// Run the instances with this group, a name or a number (PM2's `--gid`); default: the
+    /// --uid user's primary group.
+    #[arg(long, value_name = "GROUP")]
+    pub gid: Option<String>,
     /// Leave out of the captured environment the shell's variables starting with PREFIX
     /// (repeatable; `*` leaves out all of them): PM2's `filter_env`. Variables the app
     /// declares (--env, the file's env) stay.
@@ -824,6 +832,8 @@ impl StartArgs {
             autostart: !self.no_autostart,
             instance_var: self.instance_var.clone(),
             increment_var: self.increment_var.clone(),
+            uid: self.uid.clone().filter(|u| !u.trim().is_empty()),
+            gid: self.gid.clone().filter(|g| !g.trim().is_empty()),
         };
         spec.validate().map_err(|e| anyhow::anyhow!(e))?;
         check_probes(&spec)?;

@@ -204,6 +204,55 @@ fn human_ago(ms: u64) -> String {
     }
 }
 
+/// The `--uid` / `--gid` line: `alice`, `alice:staff` or `:staff` as given, with the ids
+/// this machine resolves them to (`alice (uid 1001, gid 1001)`).
+fn user_line(spec: &herd_proto::AppSpec) -> Option<String> {
+    if spec.uid.is_none() && spec.gid.is_none() {
+        return None;
+    }
+    let given = format!(
+        "{}{}",
+        spec.uid.as_deref().unwrap_or(""),
+        spec.gid
+            .as_deref()
+            .map(|g| format!(":{g}"))
+            .unwrap_or_default()
+    );
+    let uid = match spec.uid.as_deref() {
+        Some(u) => u.parse().ok().map(nix::unistd::Uid::from_raw).or_else(|| {
+            nix::unistd::User::from_name(u)
+                .ok()
+                .flatten()
+                .map(|e| e.uid)
+        }),
+        None => None,
+    };
+    let gid = match spec.gid.as_deref() {
+        Some(g) => g.parse().ok().map(nix::unistd::Gid::from_raw).or_else(|| {
+            nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .map(|e| e.gid)
+        }),
+        None => uid
+            .and_then(|u| nix::unistd::User::from_uid(u).ok().flatten())
+            .map(|e| e.gid),
+    };
+    let ids = [
+        uid.map(|u| format!("uid {u}")),
+        gid.map(|g| format!("gid {g}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
+    Some(if ids.is_empty() {
+        given
+    } else {
+        format!("{given} ({ids})")
+    })
+}
+
 /// `cron_restart`'s line: the schedule, and when it reloads the app next.
 fn cron_line(cron: &str, next_ms: Option<u64>) -> String {
     match next_ms {
@@ -253,6 +302,9 @@ pub fn describe(app: &AppInfo) -> String {
         };
         kv("command", cmd.trim_end().to_string());
         kv("cwd", spec.cwd.clone());
+        if let Some(user) = user_line(spec) {
+            kv("user", user);
+        }
         kv("instances", spec.instances.to_string());
         kv(
             "kill",

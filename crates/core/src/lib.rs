@@ -34,6 +34,7 @@ pub mod sockets;
 pub mod spawn;
 pub mod stats;
 pub mod supervisor;
+pub mod user;
 pub mod watch;
 
 pub use limits::Limits;

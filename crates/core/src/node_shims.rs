@@ -75,11 +75,47 @@ impl Installed {
 /// # Errors
 /// When the directory is not usable or a file cannot be written.
 pub fn install(dir: &Path) -> io::Result<Installed> {
+    install_with(dir, 0o700, 0o600)
+}
+
+/// [`install`] into a directory that instances running as another user (`--uid`) can read,
+/// which no directory under the daemon's 0700 `HERD_HOME` is: the directory is 0755 and the
+/// files 0644, both the daemon's. They hold nothing secret (they are herd's own source); the
+/// control socket and everything else of `HERD_HOME` stay out of the app user's reach.
+///
+/// # Errors
+/// As [`install`].
+pub fn install_shared(dir: &Path) -> io::Result<Installed> {
+    install_with(dir, 0o755, 0o644)
+}
+
+/// Where [`install_shared`] puts the files of the daemon whose own copy is in `private`:
+/// `/run/herd-<hash of private's path>` (a runtime directory, as systemd's
+/// `RuntimeDirectory=`, emptied at boot), or the same name in the temporary directory where
+/// `/run` is not usable.
+pub fn shared_dir(private: &Path) -> PathBuf {
+    // FNV-1a: stable across builds, so a daemon replaced by `herd update` finds the same one.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in private.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let run = Path::new("/run");
+    let base = match std::fs::symlink_metadata(run) {
+        Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => run.to_path_buf(),
+        _ => std::env::temp_dir(),
+    };
+    base.join(format!("herd-{h:016x}"))
+}
+
+fn install_with(dir: &Path, dir_mode: u32, file_mode: u32) -> io::Result<Installed> {
     let dir = std::path::absolute(dir)?;
-    private_dir(&dir)?;
+    own_dir(&dir, dir_mode)?;
     for shim in SHIMS {
         let path = dir.join(shim.name);
-        if read_nofollow(&path).ok().as_deref() == Some(shim.text.as_bytes()) {
+        if read_nofollow(&path).ok().as_deref() == Some(shim.text.as_bytes())
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.mode() & 0o7777 == file_mode)
+        {
             continue;
         }
         let tmp = dir.join(format!(".{}.tmp", shim.name));
@@ -87,9 +123,11 @@ pub fn install(dir: &Path) -> io::Result<Installed> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(file_mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
+        // The mode asked for, whatever the umask.
+        f.set_permissions(std::fs::Permissions::from_mode(file_mode))?;
         f.write_all(shim.text.as_bytes())?;
         drop(f);
         std::fs::rename(&tmp, &path)?;
@@ -107,10 +145,14 @@ fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Creates `dir` (0700) or checks that it is a directory of the caller's, not a link.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
+/// Creates `dir` (with `mode`) or checks that it is a directory of the caller's, not a link,
+/// and gives it `mode`.
+fn own_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {
+            // The mode asked for, whatever the umask.
+            return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
@@ -121,8 +163,8 @@ fn private_dir(dir: &Path) -> io::Result<()> {
             dir.display()
         )));
     }
-    if m.mode() & 0o7777 != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if m.mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }
@@ -219,6 +261,26 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    #[test]
+    fn the_shared_copy_is_readable_by_others_and_its_place_stable() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join("shared");
+        let got = install_shared(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o755);
+        assert_eq!(mode(&got.path(&WORKER)), 0o644);
+        assert_eq!(mode(&got.path(&LINES)), 0o644);
+        let a = shared_dir(Path::new("/root/.herd/node"));
+        assert_eq!(a, shared_dir(Path::new("/root/.herd/node")));
+        assert_ne!(a, shared_dir(Path::new("/srv/herd/node")));
+        assert!(a
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("herd-"));
     }
 
     #[test]

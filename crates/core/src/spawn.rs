@@ -9,7 +9,11 @@
 //!   through an fd opened before `fork`), so everything it ever starts stays contained;
 //! - becomes a session and process-group leader (`setsid`), so a signal to the group reaches
 //!   everything it starts;
-//! - gets `SIGKILL` when the daemon dies (`PR_SET_PDEATHSIG`), so no instance outlives it;
+//! - takes the app's user, when it has one: supplementary groups, group, then user
+//!   (`setgroups`, `setgid`, `setuid`; the ids are resolved before `fork`, [`crate::user`]),
+//!   while it is still in the daemon's cgroup and before anything it opens as that user;
+//! - gets `SIGKILL` when the daemon dies (`PR_SET_PDEATHSIG`, set after the user switch,
+//!   which clears it), so no instance outlives it;
 //! - gets the listening sockets as fds `3..3+n`, then any extra fds, and `LISTEN_PID` set to
 //!   its own pid (written into a buffer prepared before `fork`), as socket activation asks;
 //! - has default signal dispositions and an empty signal mask, whatever the daemon had.
@@ -51,6 +55,19 @@ pub struct SpawnRequest<'a> {
     /// costs (~18 ms measured here: the kernel waits for an RCU grace period). Where the kernel
     /// refuses, the child joins through `cgroup_procs`.
     pub cgroup_dir: Option<BorrowedFd<'a>>,
+    /// The user the child switches to before it enters `cwd` and executes, if any.
+    pub credentials: Option<Credentials>,
+}
+
+/// The ids a child takes ([`crate::user::RunAs`], resolved before `fork`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User id (`setuid`).
+    pub uid: u32,
+    /// Primary group id (`setgid`).
+    pub gid: u32,
+    /// Supplementary groups (`setgroups`).
+    pub groups: Vec<u32>,
 }
 
 /// `struct clone_args` of `clone3(2)`.
@@ -108,10 +125,22 @@ pub enum SpawnError {
     #[error("cannot create a process: {0}")]
     Fork(io::Error),
     /// The working directory could not be entered.
-    #[error("cannot enter working directory {path}: {source}")]
+    #[error("cannot enter working directory {path}: {source}{hint}")]
     Cwd {
         /// The directory.
         path: String,
+        /// Why.
+        source: io::Error,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// The child could not take the app's user and group.
+    #[error("cannot switch to uid {uid}, gid {gid}: {source}; the daemon must run as root to start apps as another user")]
+    User {
+        /// The user id.
+        uid: u32,
+        /// The group id.
+        gid: u32,
         /// Why.
         source: io::Error,
     },
@@ -133,6 +162,7 @@ pub enum SpawnError {
 const STAGE_CWD: u32 = 1;
 const STAGE_EXEC: u32 = 2;
 const STAGE_SETUP: u32 = 3;
+const STAGE_USER: u32 = 4;
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 
@@ -170,6 +200,13 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
         env.len() - 1
     });
     let cwd = cstring(req.cwd.as_os_str())?;
+    // The groups as the kernel takes them, prepared here: the child must not allocate.
+    let groups: Vec<libc::gid_t> = req
+        .credentials
+        .as_ref()
+        .map(|c| c.groups.clone())
+        .unwrap_or_default();
+    let ids = req.credentials.as_ref().map(|c| (c.uid, c.gid));
 
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
@@ -232,6 +269,8 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
                 listen_pid_buf,
                 err_fd: err_write.as_raw_fd(),
                 cgroup_fd,
+                ids,
+                groups: &groups,
             })
         }
     }
@@ -251,11 +290,20 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
         return Err(match stage {
             STAGE_CWD => SpawnError::Cwd {
                 path: req.cwd.display().to_string(),
+                hint: match (errno, ids) {
+                    (libc::EACCES, Some(_)) => "; the app runs as another user (--uid), who may not enter it: give that user access (chmod, chown) or choose another --cwd",
+                    _ => "",
+                },
                 source,
             },
+            STAGE_USER => {
+                let (uid, gid) = ids.unwrap_or_default();
+                SpawnError::User { uid, gid, source }
+            }
             STAGE_EXEC => SpawnError::Exec {
                 path: req.program.display().to_string(),
                 hint: match errno {
+                    libc::EACCES if ids.is_some() => "; the app runs as another user (--uid), who may not read or run it: give that user access (chmod, chown) to it and its folders",
                     libc::ENOENT => "; check the path, or the interpreter named in its #! line",
                     libc::EACCES => "; make it executable (chmod +x) or give an interpreter",
                     libc::ENOEXEC => "; it is not a program: give an interpreter (--interpreter)",
@@ -281,6 +329,10 @@ struct ChildPlan<'a> {
     err_fd: RawFd,
     /// `cgroup.procs` of the child's cgroup, or -1.
     cgroup_fd: RawFd,
+    /// The user and group to switch to, if any.
+    ids: Option<(u32, u32)>,
+    /// The supplementary groups to take with them.
+    groups: &'a [libc::gid_t],
 }
 
 /// One fd the child gets: `source` (the daemon's) becomes `target`, by way of a copy above
@@ -304,12 +356,15 @@ impl FdMove {
 
 /// Runs in the forked child. Only async-signal-safe calls; never returns.
 unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
+    // Where failures are reported; moved above every fd target below, and kept out of the
+    // close_range (it closes at exec).
+    let err_fd = std::cell::Cell::new(p.err_fd);
     let fail = |stage: u32| -> ! {
         let errno = *libc::__errno_location();
         let [s0, s1, s2, s3] = stage.to_ne_bytes();
         let [e0, e1, e2, e3] = errno.to_ne_bytes();
         let msg = [s0, s1, s2, s3, e0, e1, e2, e3];
-        libc::write(p.err_fd, msg.as_ptr().cast(), msg.len());
+        libc::write(err_fd.get(), msg.as_ptr().cast(), msg.len());
         libc::_exit(127)
     };
 
@@ -334,6 +389,19 @@ unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
     if libc::setsid() < 0 {
         fail(STAGE_SETUP);
     }
+    // The app's user: groups first, then the group, then the user (after setuid the child
+    // may no longer change the other two). Still in the daemon's cgroup join above, which
+    // the user could not have written; before any file the app opens, the working directory
+    // included, so those are checked as the user.
+    if let Some((uid, gid)) = p.ids {
+        if libc::setgroups(p.groups.len(), p.groups.as_ptr()) < 0
+            || libc::setgid(gid) < 0
+            || libc::setuid(uid) < 0
+        {
+            fail(STAGE_USER);
+        }
+    }
+    // After the user switch: a change of credentials clears the parent-death signal.
     libc::prctl(
         libc::PR_SET_PDEATHSIG,
         libc::SIGKILL as libc::c_ulong,
@@ -346,7 +414,13 @@ unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
         libc::_exit(1);
     }
 
-    // Move every source above all targets first, so no dup2 overwrites a source still needed.
+    // Move every source above all targets first, so no dup2 overwrites a source still needed
+    // (the report pipe too, so that no dup2 closes it).
+    let moved = libc::fcntl(err_fd.get(), libc::F_DUPFD_CLOEXEC, p.high_water);
+    if moved < 0 {
+        fail(STAGE_SETUP);
+    }
+    err_fd.set(moved);
     for m in p.plan.iter_mut() {
         m.scratch = libc::fcntl(m.source, libc::F_DUPFD_CLOEXEC, p.high_water);
         if m.scratch < 0 {
@@ -362,10 +436,20 @@ unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
     }
 
     // Nothing else crosses exec: fds the daemon itself inherited without close-on-exec (from
-    // the shell that first ran herd) would otherwise leak into every instance.
+    // the shell that first ran herd) would otherwise leak into every instance. The report
+    // pipe stays open (close-on-exec) so that a failing chdir or exec is still reported:
+    // closing it here lost those reports (the child exited 127 without a word).
+    if moved > p.high_water {
+        libc::syscall(
+            libc::SYS_close_range,
+            p.high_water as libc::c_uint,
+            (moved - 1) as libc::c_uint,
+            0 as libc::c_uint,
+        );
+    }
     libc::syscall(
         libc::SYS_close_range,
-        p.high_water as libc::c_uint,
+        (moved + 1) as libc::c_uint,
         libc::c_uint::MAX,
         0 as libc::c_uint,
     );
@@ -480,6 +564,42 @@ mod tests {
         assert_eq!(&buf[..8], b"4194304\0");
         unsafe { write_decimal(buf.as_mut_ptr(), 0) };
         assert_eq!(&buf[..2], b"0\0");
+    }
+
+    fn null() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    fn request(cwd: &str) -> SpawnRequest<'static> {
+        SpawnRequest {
+            program: "/bin/true".into(),
+            argv: vec!["true".into()],
+            env: Vec::new(),
+            cwd: cwd.into(),
+            listen_fds: Vec::new(),
+            extra_fds: Vec::new(),
+            stdin: null(),
+            stdout: null(),
+            stderr: null(),
+            cgroup_procs: None,
+            cgroup_dir: None,
+            credentials: None,
+        }
+    }
+
+    /// Regression: the child closed its report pipe with every other fd before it entered
+    /// the working directory and executed, so those failures came back as a silent exit 127.
+    #[test]
+    fn a_failing_chdir_is_reported_not_a_silent_exit() {
+        let e = spawn(request("/nonexistent-herd-test")).unwrap_err();
+        assert!(matches!(e, SpawnError::Cwd { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent-herd-test"), "{e}");
+        let pid = spawn(request("/")).unwrap();
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid as i32), 0)
+        );
     }
 
     #[test]

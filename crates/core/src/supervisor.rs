@@ -65,6 +65,7 @@ mod primary;
 mod probes;
 mod process;
 mod reload;
+mod run_as;
 mod slot;
 #[cfg(test)]
 mod slot_tests;
@@ -757,6 +758,9 @@ struct State {
     trigger_id: u64,
     /// The Node shims, written into `cfg.node_dir`.
     node_shims: Option<crate::node_shims::Installed>,
+    /// The Node shims in a directory apps of another user can read (`--uid`), written the
+    /// first time such an app starts ([`crate::node_shims::install_shared`]).
+    shared_shims: Option<crate::node_shims::Installed>,
     /// Exec probes running: their pid → (the process they probe, which probe).
     probe_execs: HashMap<u32, (u32, probes::ProbeKind)>,
 }
@@ -803,6 +807,7 @@ impl State {
             triggers: HashMap::new(),
             trigger_id: 0,
             node_shims: None,
+            shared_shims: None,
             probe_execs: HashMap::new(),
         }
     }

@@ -162,6 +162,15 @@ pub struct AppSpec {
     /// gets increased by its number (`PORT=3000` → 3000, 3001, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub increment_var: Option<String>,
+    /// Run the instances as this user, a name or a number (PM2's `uid`, alias `user`); only
+    /// a daemon run as root can. Its primary group unless `gid` says otherwise, its
+    /// supplementary groups, and its `HOME`, `USER`, `LOGNAME` and `SHELL`
+    /// (docs/configuration.md#running-as-another-user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Run the instances with this primary group, a name or a number (PM2's `gid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
 }
 
 /// A health probe of an app's instances (Kubernetes' probes, docs/health.md).
@@ -322,6 +331,8 @@ impl Default for AppSpec {
             autostart: true,
             instance_var: None,
             increment_var: None,
+            uid: None,
+            gid: None,
         }
     }
 }

@@ -25,6 +25,7 @@ mod node;
 mod primary;
 mod races;
 mod update;
+mod users;
 mod vocabulary;
 mod web;
 mod worker_threads;

@@ -154,7 +154,7 @@ fn a_full_pm2_ecosystem_file_loads_with_one_warning_line() {
         "interpreter": "none", "interpreter_args": [], "node_args": [], "source_map_support": true,
         "instance_var": "INSTANCE_ID", "filter_env": ["SECRET_"], "namespace": "ns", "time": true,
         "disable_logs": false, "log_type": "json", "treekill": true, "increment_var": "BASE",
-        "exp_backoff_restart_delay": 100, "stop_exit_codes": [0], "uid": "nobody", "gid": "nogroup",
+        "exp_backoff_restart_delay": 100, "stop_exit_codes": [0],
         "append_env_to_name": false, "autostart": true, "kill_retry_time": 100, "pmx": true,
         "automation": false
     }}]}}"#,
@@ -167,7 +167,7 @@ fn a_full_pm2_ecosystem_file_loads_with_one_warning_line() {
     assert!(out.status.success(), "{err}");
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
-    for field in ["out_file", "uid", "namespace", "log_type"] {
+    for field in ["out_file", "pid_file", "namespace", "log_type"] {
         assert!(warnings[0].contains(field), "{err}");
     }
     for handled in ["instance_var", "cron_restart", "node_args", "filter_env"] {

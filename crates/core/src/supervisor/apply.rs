@@ -208,6 +208,8 @@ impl State {
             .map_err(|e| err(ErrorCode::InvalidSpec, e.to_string()))?;
         super::check_program(spec).map_err(|m| err(ErrorCode::InvalidSpec, m))?;
         self.check_depends_on(spec)?;
+        crate::user::resolve(spec.uid.as_deref(), spec.gid.as_deref())
+            .map_err(|e| err(ErrorCode::InvalidSpec, e.to_string()))?;
         if let Some(expr) = &spec.cron_restart {
             crate::schedule::Schedule::parse(expr)
                 .map_err(|e| err(ErrorCode::InvalidSpec, format!("cron_restart {e}")))?;

@@ -133,6 +133,14 @@ impl LinkSocket {
         Ok(Self { path, listener })
     }
 
+    /// Gives the socket file to the app's user (`--uid`), mode 0600: its workers connect to
+    /// it, and no other user can (it lies in a directory every user can enter).
+    fn give_to(&self, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::lchown(&self.path, Some(uid), Some(gid))?;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
+    }
+
     /// The path workers connect to.
     pub(super) fn path(&self) -> &std::path::Path {
         &self.path
@@ -180,11 +188,26 @@ enum FromPrimary {
 
 impl State {
     /// The direct link of app `id` (a primary app), made the first time a process of the
-    /// app starts; `None` when herd has no Node directory or cannot bind in it (then the
-    /// messages go through the daemon, as they always can).
-    pub(super) fn link_socket(&mut self, id: u32) -> Option<&LinkSocket> {
-        let dir = self.node_shims.as_ref().map(|s| s.dir().to_path_buf());
+    /// app starts, in the directory of `shims` (the one its user can read) and given to
+    /// `owner` (an app of another user); `None` when herd has no Node directory or cannot
+    /// bind in it (then the messages go through the daemon, as they always can).
+    pub(super) fn link_socket(
+        &mut self,
+        id: u32,
+        shims: Option<&crate::node_shims::Installed>,
+        owner: Option<(u32, u32)>,
+    ) -> Option<&LinkSocket> {
+        let dir = shims.map(|s| s.dir().to_path_buf());
         let app = self.apps.get_mut(&id).filter(|a| a.spec.primary)?;
+        // Another user than the link was made for (herd apply changed it): made again.
+        if app
+            .link
+            .socket
+            .as_ref()
+            .is_some_and(|s| Some(s.path.parent()) != dir.as_deref().map(Some))
+        {
+            app.link.socket = None;
+        }
         if app.link.socket.is_none() && !app.link.no_socket {
             match dir.map(|d| LinkSocket::bind(&d, id)) {
                 Some(Ok(s)) => app.link.socket = Some(s),
@@ -196,6 +219,11 @@ impl State {
                     );
                 }
                 None => app.link.no_socket = true,
+            }
+        }
+        if let (Some(s), Some(owner)) = (&app.link.socket, owner) {
+            if let Err(e) = s.give_to(owner) {
+                tracing::warn!(app = %app.spec.name, "cannot give the primary's link socket {} to the app's user ({e}); its workers' messages go through the daemon", s.path.display());
             }
         }
         app.link.socket.as_ref()

@@ -10,6 +10,7 @@ use herd_proto::{AppStatus, LogStream};
 use tokio::time::Instant;
 
 use super::primary::{self, PRIMARY};
+use super::run_as;
 use super::{
     arm_retire, begin_stop, grow_pipe, is_herd_managed, needs_ready, write_note, Containment,
     Event, Lifecycle, Proc, Role, SlotState, StartError, State, Then, TimerKey, CGROUP_EMPTY_MAX,
@@ -77,8 +78,18 @@ impl State {
             Some(a) if a.spec.primary && i != PRIMARY => self.worker_id_for(id, i),
             _ => 0,
         };
+        // The app's user (`--uid`), and the Node files that user can read.
+        let run_as = self.run_as(id)?;
+        let node = self
+            .apps
+            .get(&id)
+            .is_some_and(|a| a.spec.node || a.spec.primary);
+        let shims = self.shims_for(run_as.as_ref(), node);
+        let owner = run_as::is_other_user(run_as.as_ref())
+            .then(|| run_as.as_ref().map(|r| (r.uid, r.gid)))
+            .flatten();
         // The primary accepts on the direct link its workers connect to (through its preload).
-        let link = self.link_socket(id).and_then(|l| {
+        let link = self.link_socket(id, shims.as_ref(), owner).and_then(|l| {
             Some((
                 l.path().to_str()?.to_owned(),
                 l.fd().try_clone_to_owned().ok()?,
@@ -183,6 +194,7 @@ impl State {
                 }
             }
         }
+        run_as::login_env(&mut env, run_as.as_ref(), &spec.declared_env);
         let primary_app = spec.primary;
         let node = spec.node;
         // A worker given the direct link to the primary (its preload connects to it).
@@ -190,7 +202,7 @@ impl State {
         if is_primary {
             // The primary runs as a plain Node process, with herd's `cluster` preloaded and
             // its two sockets; its own NODE_OPTIONS stay after the preload.
-            let shims = self.node_shims.as_ref().ok_or_else(|| {
+            let shims = shims.as_ref().ok_or_else(|| {
                 StartError::Program(
                     "herd could not write its Node preload files (see the daemon's log); an app's own primary needs them".into(),
                 )
@@ -217,8 +229,7 @@ impl State {
             // own NODE_OPTIONS: a variable, so it reaches `node app.js`, a `#!/usr/bin/env
             // node` script such as `next` and an ES module entry point alike.
             // Deno's Node layer breaks under it (workers stop accepting): not for Deno.
-            if let Some(shims) = self
-                .node_shims
+            if let Some(shims) = shims
                 .as_ref()
                 .filter(|_| node_shims::enabled(&spec.env))
                 .filter(|_| !crate::node::is_deno(spec.interpreter.as_deref()))
@@ -291,6 +302,7 @@ impl State {
                 stderr: err_w,
                 cgroup_procs: leaf.as_ref().map(|(_, fd)| fd.as_fd()),
                 cgroup_dir: leaf_dir.as_ref().map(|d| d.as_fd()),
+                credentials: run_as::credentials(run_as.as_ref()),
             })
             .map_err(|e| {
                 // The child may not have exited yet; its leaf goes once it has.
