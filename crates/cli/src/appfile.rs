@@ -710,6 +710,7 @@ impl Entry {
         a.log_keep = self.log_keep;
         a.shutdown_with_message = self.shutdown_with_message.unwrap_or(false);
         a.no_node_cluster = self.node_cluster == Some(false);
+        a.node_cluster = self.node_cluster == Some(true);
         a.watch = match self.watch {
             None | Some(Value::Bool(false)) => None,
             Some(Value::Bool(true)) => Some(Vec::new()),

@@ -233,6 +233,14 @@ impl State {
             }
         } else {
             env.push(("HERD_IPC_FD".into(), ipc_fd.to_string()));
+            // Bun and Deno cannot listen on an inherited socket: herd's library makes their
+            // own bind to the port take it (crate::runtimes).
+            if !listen_fds.is_empty() {
+                if let Some(preload) = self.adopt_preload(spec) {
+                    env.retain(|(k, _)| k != "LD_PRELOAD");
+                    env.push(("LD_PRELOAD".into(), preload));
+                }
+            }
         }
         if !listen_fds.is_empty() {
             env.push(("LISTEN_FDS".into(), listen_fds.len().to_string()));
@@ -382,6 +390,35 @@ impl State {
             err,
             health: Default::default(),
         })
+    }
+
+    /// `LD_PRELOAD` for a Bun or Deno app (herd's port adoption, [`crate::runtimes`]), unless
+    /// its environment says `HERD_ADOPT=off`; `None` for other apps.
+    fn adopt_preload(&self, spec: &herd_proto::AppSpec) -> Option<String> {
+        // `--interpreter bun`, or a command line such as "bun server.ts".
+        crate::runtimes::Runtime::of(spec.interpreter.as_deref())
+            .or_else(|| crate::runtimes::Runtime::of(Some(&spec.script)))?;
+        if !crate::runtimes::enabled(&spec.env) {
+            return None;
+        }
+        let Some(shims) = self.node_shims.as_ref() else {
+            tracing::warn!(
+                "{}: herd could not write its port-adoption library (see above); the app binds its port itself",
+                spec.name
+            );
+            return None;
+        };
+        let lib = shims.path(&node_shims::ADOPT);
+        let preload =
+            crate::runtimes::ld_preload(&lib, spec.env.get("LD_PRELOAD").map(String::as_str));
+        if preload.is_none() {
+            tracing::warn!(
+                "{}: cannot preload {} (LD_PRELOAD splits at spaces and colons); use a HERD_HOME without them",
+                spec.name,
+                lib.display()
+            );
+        }
+        preload
     }
 
     /// Records the cgroup of a started process, once it is seen to be in it.
