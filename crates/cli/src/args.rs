@@ -1216,5 +1216,7 @@ mod tests {
         assert_eq!(default_name("/bin/my app"), "my-app");
         assert_eq!(default_name("/x/123"), "app-123");
         assert_eq!(interpreter_for(Path::new("a.mjs")), Some("node"));
+        assert_eq!(interpreter_for(Path::new("a.ts")), Some("bun"));
+        assert_eq!(interpreter_for(Path::new("a.tsx")), Some("bun"));
     }
 }
