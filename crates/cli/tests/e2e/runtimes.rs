@@ -58,8 +58,8 @@ enum Reload {
     /// Nothing.
     Lossless,
     /// Deno.serve: its `shutdown()` closes a connection it accepted but has not read a request
-    /// from yet (hyper takes it for idle), so a client now and then gets an empty answer; at
-    /// most one in a thousand, and nothing else.
+    /// from yet (hyper takes it for idle), so a client now and then gets no answer; at most one
+    /// in a thousand, and no other failure.
     EmptyAnswersAtMostPerMille,
 }
 
@@ -111,19 +111,23 @@ fn serves_restarts_and_reloads(h: &Herd, name: &str, start: &[&str], logged: &st
     let loads = under_load(loopback(port), "/", 4, || {
         h.ok(&["reload", name]);
     });
+    let made: usize = loads.iter().map(|l| l.ok + l.failed.len()).sum();
+    eprintln!("{name}: {made} requests during the reload");
     if reload == Reload::Lossless {
         assert_no_failures(&loads, &format!("reload of {name}"));
     } else {
         let ok: usize = loads.iter().map(|l| l.ok).sum();
         let failed: Vec<&String> = loads.iter().flat_map(|l| &l.failed).collect();
-        let other: Vec<&&String> = failed
-            .iter()
-            .filter(|f| f.as_str() != "bad response: \"\"")
-            .collect();
+        // A connection closed without an answer: seen as an empty answer, or as a broken
+        // pipe or a reset when the close came before the request was written.
+        let unanswered = |f: &str| {
+            f == "bad response: \"\"" || f.contains("Broken pipe") || f.contains("reset by peer")
+        };
+        let other: Vec<&&String> = failed.iter().filter(|f| !unanswered(f)).collect();
         assert!(other.is_empty(), "reload of {name}: {other:?}");
         assert!(
             failed.len() * 1000 <= ok,
-            "{} of {} requests came back empty during the reload of {name}",
+            "{} of {} requests got no answer during the reload of {name}",
             failed.len(),
             ok + failed.len()
         );
@@ -249,7 +253,7 @@ fn only_the_first_bind_to_herds_port_gets_its_socket() {
     })
     .unwrap();
     assert!(body.starts_with("pid="), "{body}");
-    let err = wait_until(Duration::from_secs(10), || {
+    let err = wait_until(Duration::from_secs(20), || {
         let l = h.ok(&["logs", "twice", "--lines", "20"]);
         l.contains("second bind: EADDRINUSE").then_some(()).ok_or(l)
     });
