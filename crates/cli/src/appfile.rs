@@ -726,6 +726,10 @@ impl Entry {
         a.log_keep = self.log_keep;
         a.shutdown_with_message = self.shutdown_with_message.unwrap_or(false);
         a.no_node_cluster = self.node_cluster == Some(false);
+        // `true` was the default before Deno could run otherwise: it asks for something only
+        // under deno (and is no error elsewhere, unlike --node-cluster).
+        a.node_cluster =
+            self.node_cluster == Some(true) && herd_core::node::is_deno(a.interpreter.as_deref());
         a.watch = match self.watch {
             None | Some(Value::Bool(false)) => None,
             Some(Value::Bool(true)) => Some(Vec::new()),

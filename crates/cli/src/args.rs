@@ -384,7 +384,8 @@ pub struct StartArgs {
     /// selects its env_NAME blocks (PM2's --env production).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Interpreter for the script (default: by extension, e.g. .py → python3, .js → node).
+    /// Interpreter for the script (default: by extension, e.g. .py → python3, .js → node,
+    /// .ts → bun).
     #[arg(long)]
     pub interpreter: Option<String>,
     /// Arguments for the interpreter, before the script (PM2's --node-args).
@@ -447,6 +448,10 @@ pub struct StartArgs {
     /// Run a Node.js script as a plain process with LISTEN_FDS instead of as a cluster worker.
     #[arg(long)]
     pub no_node_cluster: bool,
+    /// Run the script as a Node.js cluster worker even under an interpreter herd does not run
+    /// that way by default (Deno, for a script that uses node:cluster).
+    #[arg(long, conflicts_with = "no_node_cluster")]
+    pub node_cluster: bool,
     /// Reload the app when files change: under its folder, or under the paths given
     /// (`--watch=src,config`).
     #[arg(long, num_args = 0..=1, require_equals = true, value_delimiter = ',', default_missing_value = "", value_name = "PATHS")]
@@ -575,6 +580,8 @@ pub fn interpreter_for(path: &Path) -> Option<&'static str> {
     match path.extension()?.to_str()? {
         "py" => Some("python3"),
         "js" | "cjs" | "mjs" => Some("node"),
+        // PM2's choice for TypeScript; Bun runs it as it is.
+        "ts" | "tsx" | "mts" | "cts" => Some("bun"),
         "sh" => Some("bash"),
         "rb" => Some("ruby"),
         "pl" => Some("perl"),
@@ -694,8 +701,19 @@ impl StartArgs {
                 script = found.display().to_string();
             }
         }
-        let node = !self.no_node_cluster
-            && herd_core::node::is_node(interpreter.as_deref(), Path::new(&script));
+        let runs_node = herd_core::node::is_node(interpreter.as_deref(), Path::new(&script));
+        if self.node_cluster && !runs_node && !herd_core::node::is_deno(interpreter.as_deref()) {
+            bail!(
+                "--node-cluster (node_cluster: true) runs a script as a Node.js cluster worker; {script} runs under neither node nor deno (give --interpreter node or deno)"
+            );
+        }
+        let node = self.node_cluster || (!self.no_node_cluster && runs_node);
+        // Deno runs nothing without permissions.
+        if interpreter_args.is_empty() {
+            if let Some(rt) = herd_core::runtimes::Runtime::of(interpreter.as_deref()) {
+                interpreter_args = rt.default_args().iter().map(|a| a.to_string()).collect();
+            }
+        }
         let name = match &self.name {
             Some(n) => n.clone(),
             None => default_name(&script),
@@ -1208,5 +1226,7 @@ mod tests {
         assert_eq!(default_name("/bin/my app"), "my-app");
         assert_eq!(default_name("/x/123"), "app-123");
         assert_eq!(interpreter_for(Path::new("a.mjs")), Some("node"));
+        assert_eq!(interpreter_for(Path::new("a.ts")), Some("bun"));
+        assert_eq!(interpreter_for(Path::new("a.tsx")), Some("bun"));
     }
 }

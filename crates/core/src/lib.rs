@@ -29,6 +29,7 @@ pub mod node_shims;
 pub mod notify;
 pub mod policy;
 pub mod ratelimit;
+pub mod runtimes;
 pub mod schedule;
 pub mod sockets;
 pub mod spawn;

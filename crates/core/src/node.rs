@@ -257,8 +257,9 @@ pub fn is_node(interpreter: Option<&str>, script: &std::path::Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or(i);
-        // Deno runs Node's cluster workers too (`--interpreter deno --interpreter-args "run -A"`).
-        return base == "node" || base == "nodejs" || base == "deno";
+        // Deno runs Node's cluster workers too, but only when asked (`--node-cluster`): by
+        // default it runs as a plain program, where Deno.serve works as well (crate::runtimes).
+        return base == "node" || base == "nodejs";
     }
     shebang_is_node(script)
 }

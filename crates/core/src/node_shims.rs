@@ -1,4 +1,5 @@
 //! The JavaScript files herd puts into Node processes (from the repository's `node/preload/`),
+//! and the port-adoption library it puts into Bun and Deno apps (`crates/core/shim/`),
 //! embedded in the binary and written into a directory herd owns (`HERD_HOME/node/` for the
 //! daemon, a `herd run`'s own runtime directory), and how a worker is told to load one
 //! (`NODE_OPTIONS=--require "<path>"`).
@@ -18,32 +19,39 @@ pub struct Shim {
     /// Its file name in the directory.
     pub name: &'static str,
     /// Its content.
-    pub text: &'static str,
+    pub text: &'static [u8],
 }
 
 /// The preload of Node cluster workers: graceful drain of keep-alive connections on stop and
 /// reload (see the file's header).
 pub const WORKER: Shim = Shim {
     name: "worker.cjs",
-    text: include_str!("../../../node/preload/worker.cjs"),
+    text: include_bytes!("../../../node/preload/worker.cjs"),
 };
 
 /// The preload of an app's own cluster primary (`--primary`): Node's `cluster` API backed by
 /// herd (see the file's header and `supervisor/primary.rs`).
 pub const PRIMARY: Shim = Shim {
     name: "primary.cjs",
-    text: include_str!("../../../node/preload/primary.cjs"),
+    text: include_bytes!("../../../node/preload/primary.cjs"),
 };
 
 /// JSON lines on a socket the way Node's IPC channel writes and reads them, for the two
 /// preloads above (they `require('./lines.cjs')`).
 pub const LINES: Shim = Shim {
     name: "lines.cjs",
-    text: include_str!("../../../node/preload/lines.cjs"),
+    text: include_bytes!("../../../node/preload/lines.cjs"),
+};
+
+/// herd's port adoption for Bun and Deno apps (`crates/core/shim/adopt.c`, loaded with
+/// `LD_PRELOAD`; see [`crate::runtimes`]).
+pub const ADOPT: Shim = Shim {
+    name: "herd-adopt.so",
+    text: include_bytes!(concat!(env!("OUT_DIR"), "/herd-adopt.so")),
 };
 
 /// Every embedded file, written by [`install`].
-pub const SHIMS: &[Shim] = &[WORKER, PRIMARY, LINES];
+pub const SHIMS: &[Shim] = &[WORKER, PRIMARY, LINES, ADOPT];
 
 /// The switch, read from an app's environment: `HERD_NODE_PRELOAD=off` (or `0`) starts its
 /// workers without the preload (Node's own disconnect alone on stop).
@@ -113,7 +121,7 @@ fn install_with(dir: &Path, dir_mode: u32, file_mode: u32) -> io::Result<Install
     own_dir(&dir, dir_mode)?;
     for shim in SHIMS {
         let path = dir.join(shim.name);
-        if read_nofollow(&path).ok().as_deref() == Some(shim.text.as_bytes())
+        if read_nofollow(&path).ok().as_deref() == Some(shim.text)
             && std::fs::symlink_metadata(&path).is_ok_and(|m| m.mode() & 0o7777 == file_mode)
         {
             continue;
@@ -128,7 +136,7 @@ fn install_with(dir: &Path, dir_mode: u32, file_mode: u32) -> io::Result<Install
             .open(&tmp)?;
         // The mode asked for, whatever the umask.
         f.set_permissions(std::fs::Permissions::from_mode(file_mode))?;
-        f.write_all(shim.text.as_bytes())?;
+        f.write_all(shim.text)?;
         drop(f);
         std::fs::rename(&tmp, &path)?;
     }
@@ -238,7 +246,7 @@ mod tests {
         let dir = home.path().join("node");
         let got = install(&dir).unwrap();
         let path = got.path(&WORKER);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), WORKER.text);
+        assert_eq!(std::fs::read(&path).unwrap(), WORKER.text);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&path), 0o600);
@@ -249,7 +257,7 @@ mod tests {
         // Other content (an older herd's): replaced.
         std::fs::write(&path, "old").unwrap();
         install(&dir).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), WORKER.text);
+        assert_eq!(std::fs::read(&path).unwrap(), WORKER.text);
         // A link in place of the file is replaced, not written through.
         let target = home.path().join("elsewhere");
         std::fs::write(&target, "keep").unwrap();

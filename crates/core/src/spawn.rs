@@ -548,9 +548,9 @@ pub fn resolve_program(name: &str, path_var: Option<&str>, cwd: &Path) -> Result
             return Ok(p);
         }
     }
-    Err(format!(
-        "{name} was not found on PATH; install it or give its full path"
-    ))
+    Err(crate::runtimes::not_found(name).unwrap_or_else(|| {
+        format!("{name} was not found on PATH; install it or give its full path")
+    }))
 }
 
 #[cfg(test)]

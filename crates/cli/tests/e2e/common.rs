@@ -817,31 +817,43 @@ impl Drop for BusWatch {
 /// Deno, from the npm registry (`npm install deno`), in a cache folder of its own
 /// (`…/herd-test-deno`), once per machine. `None` (loudly; a failure with `CI=true`) without npm.
 pub fn deno_fixture() -> Option<PathBuf> {
-    let base = node_fixture()?.with_file_name("herd-test-deno");
+    npm_runtime("deno", "2.9.6")
+}
+
+/// Bun, from the npm registry (`npm install bun`: its binary comes in `@oven/bun-linux-x64`),
+/// in `…/herd-test-bun`, once per machine. `None` (loudly; a failure with `CI=true`) without npm.
+pub fn bun_fixture() -> Option<PathBuf> {
+    npm_runtime("bun", "1.4.5")
+}
+
+/// A runtime's binary installed from npm into a cache folder of its own, beside the Node
+/// fixture's (`…/herd-test-<name>/node_modules/.bin/<name>`).
+fn npm_runtime(name: &str, version: &str) -> Option<PathBuf> {
+    let base = node_fixture()?.with_file_name(format!("herd-test-{name}"));
     std::fs::create_dir_all(&base).unwrap();
     let lock = std::fs::File::create(base.join(".lock")).unwrap();
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .unwrap();
-    let version = "deno@2.9.6";
+    let package = format!("{name}@{version}");
     let stamp = base.join(".installed");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(version) {
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(package.as_str()) {
         std::fs::write(
             base.join("package.json"),
-            "{\"name\":\"herd-test-deno\",\"private\":true,\"version\":\"1.0.0\"}\n",
+            format!("{{\"name\":\"herd-test-{name}\",\"private\":true,\"version\":\"1.0.0\"}}\n"),
         )
         .unwrap();
         let out = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--no-save", version])
+            .args(["install", "--no-audit", "--no-fund", "--no-save", &package])
             .current_dir(&base)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "npm install deno failed (the npm registry must be reachable): {}",
+            "npm install {name} failed (the npm registry must be reachable): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        std::fs::write(&stamp, version).unwrap();
+        std::fs::write(&stamp, &package).unwrap();
     }
-    Some(base.join("node_modules/.bin/deno"))
+    Some(base.join("node_modules/.bin").join(name))
 }

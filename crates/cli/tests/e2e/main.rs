@@ -24,6 +24,7 @@ mod monit;
 mod node;
 mod primary;
 mod races;
+mod runtimes;
 mod update;
 mod users;
 mod vocabulary;

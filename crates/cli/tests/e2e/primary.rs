@@ -537,6 +537,7 @@ fn deno_runs_the_cluster_script_as_workers_and_reloads_without_a_failure() {
         deno.to_str().unwrap(),
         "--interpreter-args",
         "run -A",
+        "--node-cluster",
         "--name",
         "deno",
         "-i",

@@ -83,7 +83,7 @@ impl State {
         let node = self
             .apps
             .get(&id)
-            .is_some_and(|a| a.spec.node || a.spec.primary);
+            .is_some_and(|a| a.spec.node || a.spec.primary || runtime_of(&a.spec).is_some());
         let shims = self.shims_for(run_as.as_ref(), node);
         let owner = run_as::is_other_user(run_as.as_ref())
             .then(|| run_as.as_ref().map(|r| (r.uid, r.gid)))
@@ -245,6 +245,14 @@ impl State {
             }
         } else {
             env.push(("HERD_IPC_FD".into(), ipc_fd.to_string()));
+            // Bun and Deno cannot listen on an inherited socket: herd's library makes their
+            // own bind to the port take it (crate::runtimes).
+            if !listen_fds.is_empty() {
+                if let Some(preload) = adopt_preload(spec, shims.as_ref()) {
+                    env.retain(|(k, _)| k != "LD_PRELOAD");
+                    env.push(("LD_PRELOAD".into(), preload));
+                }
+            }
         }
         if !listen_fds.is_empty() {
             env.push(("LISTEN_FDS".into(), listen_fds.len().to_string()));
@@ -614,4 +622,39 @@ fn new_cgroup(
             None
         }
     }
+}
+
+/// Whether the app runs under Bun or Deno: `--interpreter bun`, or a command line such as
+/// "bun server.ts".
+fn runtime_of(spec: &herd_proto::AppSpec) -> Option<crate::runtimes::Runtime> {
+    crate::runtimes::Runtime::of(spec.interpreter.as_deref())
+        .or_else(|| crate::runtimes::Runtime::of(Some(&spec.script)))
+}
+
+/// `LD_PRELOAD` for a Bun or Deno app (herd's port adoption, [`crate::runtimes`]), from
+/// `shims` (a directory the process's user can read), unless its environment says
+/// `HERD_ADOPT=off`; `None` for other apps.
+fn adopt_preload(spec: &herd_proto::AppSpec, shims: Option<&node_shims::Installed>) -> Option<String> {
+    runtime_of(spec)?;
+    if !crate::runtimes::enabled(&spec.env) {
+        return None;
+    }
+    let Some(shims) = shims else {
+        tracing::warn!(
+            "{}: herd could not write its port-adoption library (see above); the app binds its port itself",
+            spec.name
+        );
+        return None;
+    };
+    let lib = shims.path(&node_shims::ADOPT);
+    let preload =
+        crate::runtimes::ld_preload(&lib, spec.env.get("LD_PRELOAD").map(String::as_str));
+    if preload.is_none() {
+        tracing::warn!(
+            "{}: cannot preload {} (LD_PRELOAD splits at spaces and colons); use a HERD_HOME without them",
+            spec.name,
+            lib.display()
+        );
+    }
+    preload
 }
