@@ -65,6 +65,7 @@ mod probes;
 mod process;
 mod reload;
 mod slot;
+mod slot_logs;
 #[cfg(test)]
 mod slot_tests;
 mod task;
@@ -743,6 +744,8 @@ struct State {
     node_shims: Option<crate::node_shims::Installed>,
     /// Exec probes running: their pid → (the process they probe, which probe).
     probe_execs: HashMap<u32, (u32, probes::ProbeKind)>,
+    /// Every instance log file open, by path.
+    open_logs: slot_logs::OpenLogs,
 }
 
 impl State {
@@ -788,6 +791,7 @@ impl State {
             trigger_id: 0,
             node_shims: None,
             probe_execs: HashMap::new(),
+            open_logs: Default::default(),
         }
     }
 }
