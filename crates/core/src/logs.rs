@@ -578,6 +578,31 @@ mod tests {
     }
 
     #[test]
+    fn a_named_file_gets_its_folder_made_rotates_and_reopens_after_a_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("made/by/herd/out.log");
+        let spec = LogSpec {
+            max_size: 1024,
+            keep: 1,
+            ..LogSpec::default()
+        };
+        let mut f = LogFile::open_named(path.clone(), &spec).unwrap();
+        for _ in 0..30 {
+            f.write(&[b'x'; 99]).unwrap();
+            f.write(b"\n").unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= 1024);
+        assert!(dir.path().join("made/by/herd/out.log.1").exists());
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        f.reopen().unwrap();
+        f.write(b"fresh\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "fresh\n");
+        f.truncate().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        assert!(!dir.path().join("made/by/herd/out.log.1").exists());
+    }
+
+    #[test]
     fn tail_reads_last_lines_across_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a-0.out");
