@@ -95,6 +95,25 @@ struct Entry {
     time: Option<bool>,
     log_max_size: Option<Value>,
     log_keep: Option<u32>,
+    /// PM2's: where stdout goes.
+    #[serde(alias = "out", alias = "output", alias = "out_log")]
+    out_file: Option<String>,
+    /// PM2's: where stderr goes.
+    #[serde(alias = "error", alias = "err", alias = "err_file", alias = "err_log")]
+    error_file: Option<String>,
+    /// PM2's: a file with both streams; `true` for `<app>.log` in herd's log folder.
+    #[serde(alias = "log")]
+    log_file: Option<Value>,
+    /// PM2's: one file for all instances.
+    merge_logs: Option<bool>,
+    /// PM2's other name of `merge_logs`; a file may carry both (either true merges).
+    combine_logs: Option<bool>,
+    /// PM2's: a dayjs format for a time before each line.
+    log_date_format: Option<String>,
+    /// PM2's: `json` writes each line as a JSON object.
+    log_type: Option<String>,
+    /// PM2's: no log file at all.
+    disable_logs: Option<bool>,
     shutdown_with_message: Option<bool>,
     node_cluster: Option<bool>,
     /// `true` (the app's folder) or a list of paths.
@@ -128,7 +147,7 @@ struct Entry {
 }
 
 /// PM2 fields that need no counterpart in herd (said once, not warned about).
-const PM2_HARMLESS: &[&str] = &["exec_mode", "merge_logs", "vizion", "pmx", "automation"];
+const PM2_HARMLESS: &[&str] = &["exec_mode", "vizion", "pmx", "automation"];
 
 /// Reads an app file into specs. `env_name` selects `env_<name>` blocks (PM2's `--env`);
 /// `overrides` are `--env K=V` from the command line. Warnings go to stderr.
@@ -724,6 +743,31 @@ impl Entry {
             .map(|v| size(v, "log_max_size"))
             .transpose()?;
         a.log_keep = self.log_keep;
+        a.out_file = self.out_file;
+        a.error_file = self.error_file;
+        a.log_file = match self.log_file {
+            None | Some(Value::Bool(false)) | Some(Value::Null) => None,
+            Some(Value::Bool(true)) => Some(String::new()),
+            Some(Value::String(s)) => Some(s),
+            Some(_) => bail!("log_file must be a path, or true for HERD_HOME/logs/<app>.log"),
+        };
+        // PM2's cluster mode keeps one file per instance unless merge_logs says otherwise.
+        let cluster_mode = self
+            .rest
+            .get("exec_mode")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("cluster"));
+        a.merge_logs = match (self.merge_logs, self.combine_logs) {
+            (Some(a), Some(b)) => Some(a || b),
+            (a, b) => a.or(b),
+        }
+        .or((pm2 && cluster_mode).then_some(false));
+        a.log_date_format = self.log_date_format;
+        a.log_type = self
+            .log_type
+            .map(|t| crate::args::parse_log_type(&t).map_err(|e| anyhow!("log_type: {e}")))
+            .transpose()?;
+        a.disable_logs = self.disable_logs.unwrap_or(false);
         a.shutdown_with_message = self.shutdown_with_message.unwrap_or(false);
         a.no_node_cluster = self.node_cluster == Some(false);
         // `true` was the default before Deno could run otherwise: it asks for something only
@@ -776,7 +820,7 @@ mod tests {
         let props = schema["definitions"]["app"]["properties"]
             .as_object()
             .unwrap();
-        let aliases = ["node_args", "user"];
+        let aliases = ["node_args", "user", "combine_logs"];
         let mut all = serde_json::Map::new();
         for (k, p) in props {
             let example = p["examples"][0].clone();
@@ -834,6 +878,14 @@ mod tests {
             "time",
             "log_max_size",
             "log_keep",
+            "out_file",
+            "error_file",
+            "log_file",
+            "merge_logs",
+            "combine_logs",
+            "log_date_format",
+            "log_type",
+            "disable_logs",
             "shutdown_with_message",
             "node_cluster",
             "watch",

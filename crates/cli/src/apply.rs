@@ -117,6 +117,19 @@ pub fn changed(cur: &AppSpec, new: &AppSpec) -> Vec<String> {
                 }
                 continue;
             }
+            "log" => {
+                // Named by option (log.out_file), as env is by variable.
+                if let (Some(Value::Object(x)), Some(Value::Object(y))) = (a.get(k), b.get(k)) {
+                    let fields: std::collections::BTreeSet<&String> =
+                        x.keys().chain(y.keys()).collect();
+                    for f in fields {
+                        if x.get(f) != y.get(f) {
+                            out.push(format!("log.{f}"));
+                        }
+                    }
+                    continue;
+                }
+            }
             "listen" => {
                 if !herd_proto::same_addresses(&cur.listen, &new.listen) {
                     out.push("listen".into());

@@ -469,6 +469,33 @@ pub struct StartArgs {
     /// Rotated log files to keep (default 3).
     #[arg(long)]
     pub log_keep: Option<u32>,
+    /// Write stdout to this file (PM2's out_file) instead of HERD_HOME/logs/<app>-<i>.out;
+    /// relative to --cwd; `/dev/null` writes nothing. Unless the logs are merged, a path
+    /// ending in .log gets the instance number before it (out.log → out-0.log), as in PM2.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub out_file: Option<String>,
+    /// Write stderr to this file (PM2's error_file; PM2's `-e` is herd's --env, so this one
+    /// has no short form).
+    #[arg(long = "error", value_name = "PATH")]
+    pub error_file: Option<String>,
+    /// Also write both streams to one more file (PM2's log_file); with no PATH,
+    /// HERD_HOME/logs/<app>.log. Put it after the script, or write --log=PATH.
+    #[arg(short = 'l', long = "log", value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
+    pub log_file: Option<String>,
+    /// One log file for all instances (no instance number in the names). Default: merged
+    /// when files are named and no instance count is given (PM2's fork mode), else not.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub merge_logs: Option<bool>,
+    /// Prefix each line with the local time in this format (PM2's dayjs tokens, e.g.
+    /// "YYYY-MM-DD HH:mm:ss Z"; docs/logs.md lists them), then ": ".
+    #[arg(long, value_name = "FORMAT")]
+    pub log_date_format: Option<String>,
+    /// How lines are written: raw (as the app wrote them) or json (PM2's JSON lines).
+    #[arg(long, value_name = "TYPE", value_parser = parse_log_type)]
+    pub log_type: Option<bool>,
+    /// Write no log file (PM2's disable_logs); `herd logs -f` still shows the lines live.
+    #[arg(long)]
+    pub disable_logs: bool,
     /// Route new connections only to instances that pass this probe: http:/PATH, tcp,
     /// exec:COMMAND or channel (docs/health.md).
     #[arg(long, value_name = "PROBE", value_parser = parse_probe)]
@@ -522,6 +549,15 @@ pub struct StartArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// PM2's `log_type`: whether lines are written as JSON.
+pub fn parse_log_type(s: &str) -> Result<bool, String> {
+    match s {
+        "raw" => Ok(false),
+        "json" => Ok(true),
+        _ => Err(format!("unknown log type {s:?}; use raw or json")),
+    }
 }
 
 fn parse_balance(s: &str) -> Result<Balance, String> {
@@ -616,6 +652,47 @@ impl StartArgs {
         match cli.cmd {
             Cmd::Start(a) => a,
             _ => unreachable!("parsed as start"),
+        }
+    }
+
+    /// The log options: the paths named made absolute from `cwd` (`~` is the home folder, as
+    /// in PM2), `--log` with no path `<app>.log` in herd's log folder, and PM2's default of
+    /// `merge_logs`.
+    fn log_spec(&self, name: &str, cwd: &Path, defaults: &LogSpec) -> LogSpec {
+        let path = |p: &String| -> String {
+            if p == LogSpec::NULL || p == "NULL" {
+                return LogSpec::NULL.into();
+            }
+            let p = match (p.strip_prefix('~'), std::env::var_os("HOME")) {
+                (Some(rest), Some(home)) => {
+                    format!("{}{rest}", Path::new(&home).display())
+                }
+                _ => p.clone(),
+            };
+            cwd.join(p).display().to_string()
+        };
+        let log_file = self.log_file.as_ref().map(|p| {
+            if p.is_empty() {
+                format!("{name}.log")
+            } else {
+                path(p)
+            }
+        });
+        let named = self.out_file.is_some() || self.error_file.is_some() || log_file.is_some();
+        LogSpec {
+            timestamps: self.time,
+            max_size: self.log_max_size.unwrap_or(defaults.max_size),
+            keep: self.log_keep.unwrap_or(defaults.keep),
+            out_file: self.out_file.as_ref().map(path),
+            error_file: self.error_file.as_ref().map(path),
+            log_file,
+            // PM2 merges the logs of an app started without an instance count (fork mode).
+            merge: self
+                .merge_logs
+                .unwrap_or(named && self.instances.is_none() && !self.primary),
+            date_format: self.log_date_format.clone(),
+            json: self.log_type.unwrap_or(false),
+            disabled: self.disable_logs,
         }
     }
 
@@ -788,6 +865,7 @@ impl StartArgs {
         }
         let (readiness, liveness) = self.probes()?;
         let ms = |d: Option<Duration>, default: u64| d.map_or(default, |d| d.as_millis() as u64);
+        let log = self.log_spec(&name, &cwd, &defaults.log);
         let spec = AppSpec {
             name,
             script,
@@ -815,11 +893,7 @@ impl StartArgs {
             max_restart_delay_ms: ms(self.max_restart_delay, defaults.max_restart_delay_ms),
             stop_exit_codes: self.stop_exit_codes.clone(),
             max_memory_bytes: self.max_memory_restart,
-            log: LogSpec {
-                timestamps: self.time,
-                max_size: self.log_max_size.unwrap_or(defaults.log.max_size),
-                keep: self.log_keep.unwrap_or(defaults.log.keep),
-            },
+            log,
             node,
             primary: self.primary,
             shutdown_with_message: self.shutdown_with_message,

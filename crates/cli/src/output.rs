@@ -355,19 +355,7 @@ pub fn describe(app: &AppInfo) -> String {
         if let Some(m) = spec.max_memory_bytes {
             kv("max memory", human_bytes(m));
         }
-        kv(
-            "logs",
-            format!(
-                "rotate at {}, keep {}{}",
-                human_bytes(spec.log.max_size),
-                spec.log.keep,
-                if spec.log.timestamps {
-                    ", timestamps"
-                } else {
-                    ""
-                }
-            ),
-        );
+        kv("logs", log_options(&spec.log));
         env_lines(&mut out, spec, app.env_version);
     }
     out.push('\n');
@@ -550,6 +538,40 @@ pub fn instance_name(instance: u32) -> String {
         AppSpec::PRIMARY => "primary".into(),
         i => i.to_string(),
     }
+}
+
+/// `describe`'s line about an app's logs: where they go and how.
+fn log_options(log: &herd_proto::LogSpec) -> String {
+    let mut parts = Vec::new();
+    if log.disabled {
+        parts.push("disabled".to_string());
+    }
+    for (what, path) in [
+        ("out", &log.out_file),
+        ("err", &log.error_file),
+        ("both", &log.log_file),
+    ] {
+        if let Some(p) = path {
+            parts.push(format!("{what} {p}"));
+        }
+    }
+    if log.merge {
+        parts.push("merged".into());
+    }
+    if log.json {
+        parts.push("json".into());
+    }
+    if let Some(f) = &log.date_format {
+        parts.push(format!("dated {f:?}"));
+    } else if log.timestamps {
+        parts.push("timestamps".into());
+    }
+    parts.push(format!(
+        "rotate at {}, keep {}",
+        human_bytes(log.max_size),
+        log.keep
+    ));
+    parts.join(", ")
 }
 
 #[cfg(test)]

@@ -5,6 +5,14 @@
 //! The daemon reads every pipe as soon as data arrives and writes it to the page cache, so an
 //! app that writes fast is not slowed by herd; followers get lines through a bounded broadcast
 //! channel, and a follower that cannot keep up loses lines (counted), never the app.
+//!
+//! PM2's options (`out_file`, `merge_logs`, `log_date_format`, `log_type: json`…, docs/logs.md)
+//! choose the files and [`LineFormat`]; which file each slot gets is the supervisor's business
+//! (`supervisor/slot_logs.rs`).
+
+mod format;
+
+pub use format::{DateFormat, LineFormat, Origin};
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -42,6 +50,13 @@ pub struct LogFile {
     keep: u32,
     /// Where herd's own notes about this slot also go (followers, `herd run`).
     notes: Option<(LogBus, Arc<str>, u32, LogStream)>,
+    /// Rotated by size and emptied by `herd flush`: a regular file (not a device or a FIFO
+    /// that a user named as the app's log).
+    regular: bool,
+    /// How herd's own notes are written into it.
+    format: LineFormat,
+    /// A path the user named ([`LogFile::open_named`]), opened again the same way.
+    named: bool,
 }
 
 /// A log file shared by the processes of one slot (during a reload two write to it).
@@ -54,14 +69,34 @@ impl LogFile {
     /// When the file cannot be opened.
     pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
         let file = open_append(&path)?;
-        let size = file.metadata()?.len();
+        Self::with_file(path, file, spec)
+    }
+
+    /// Opens (appending) or creates a file a user named (`out_file` and the like): its folder
+    /// is made if missing, as PM2 does, and a symbolic link is followed (the user chose the
+    /// path).
+    ///
+    /// # Errors
+    /// When the folder cannot be made or the file cannot be opened.
+    pub fn open_named(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
+        let file = open_named(&path)?;
+        let mut log = Self::with_file(path, file, spec)?;
+        log.named = true;
+        Ok(log)
+    }
+
+    fn with_file(path: PathBuf, file: File, spec: &LogSpec) -> io::Result<Self> {
+        let meta = file.metadata()?;
         Ok(Self {
             path,
+            size: meta.len(),
+            regular: meta.is_file(),
             file: Some(file),
-            size,
             max_size: spec.max_size.max(1024),
             keep: spec.keep,
             notes: None,
+            format: LineFormat::of(spec),
+            named: false,
         })
     }
 
@@ -74,7 +109,18 @@ impl LogFile {
             max_size: spec.max_size.max(1024),
             keep: spec.keep,
             notes: None,
+            regular: false,
+            format: LineFormat::Raw,
+            named: false,
         }
+    }
+
+    /// Takes the size limit, the number kept and the format of `spec` (a file opened for
+    /// one spec and wanted again for a changed one).
+    pub fn configure(&mut self, spec: &LogSpec) {
+        self.max_size = spec.max_size.max(1024);
+        self.keep = spec.keep;
+        self.format = LineFormat::of(spec);
     }
 
     /// Also sends herd's notes ([`LogFile::note`]) to followers, as lines of this instance.
@@ -91,11 +137,32 @@ impl LogFile {
 
     /// Writes one of herd's own notes (`[herd] …`), stamped, and tells followers.
     pub fn note(&mut self, note: &str) {
-        let line = format!(
-            "{} {note}\n",
-            humantime::format_rfc3339_millis(std::time::SystemTime::now())
-        );
-        let r = self.write(line.as_bytes());
+        let line = match &self.format {
+            // A note is always stamped in herd's own files.
+            LineFormat::Raw | LineFormat::Stamped => format!(
+                "{} {note}\n",
+                humantime::format_rfc3339_millis(std::time::SystemTime::now())
+            )
+            .into_bytes(),
+            format => {
+                let (app, instance, stream) = match &self.notes {
+                    Some((_, app, instance, stream)) => (&**app, *instance, *stream),
+                    None => ("", 0, LogStream::Err),
+                };
+                let mut out = Vec::new();
+                format.write(
+                    &mut out,
+                    note.as_bytes(),
+                    Origin {
+                        app,
+                        instance,
+                        stream,
+                    },
+                );
+                out
+            }
+        };
+        let r = self.write(&line);
         count_write(&self.path, line.len(), r);
         if let Some((bus, app, instance, stream)) = &self.notes {
             if bus.receiver_count() > 0 {
@@ -120,7 +187,7 @@ impl LogFile {
                 return Ok(());
             };
             let room = self.max_size.saturating_sub(self.size) as usize;
-            if bytes.len() <= room {
+            if bytes.len() <= room || !self.regular {
                 file.write_all(bytes)?;
                 self.size += bytes.len() as u64;
                 return Ok(());
@@ -149,8 +216,14 @@ impl LogFile {
         if self.file.is_none() {
             return Ok(());
         }
-        let file = open_append(&self.path)?;
-        self.size = file.metadata()?.len();
+        let file = if self.named {
+            open_named(&self.path)?
+        } else {
+            open_append(&self.path)?
+        };
+        let meta = file.metadata()?;
+        self.size = meta.len();
+        self.regular = meta.is_file();
         self.file = Some(file);
         Ok(())
     }
@@ -160,12 +233,18 @@ impl LogFile {
         &self.path
     }
 
+    /// Whether nothing is written (`/dev/null`, `disable_logs`, a file that could not be
+    /// opened).
+    pub fn is_discarded(&self) -> bool {
+        self.file.is_none()
+    }
+
     /// Empties the file and removes its rotated files (`herd flush`).
     ///
     /// # Errors
     /// When the file cannot be truncated.
     pub fn truncate(&mut self) -> io::Result<()> {
-        let Some(file) = self.file.as_mut() else {
+        let Some(file) = self.file.as_mut().filter(|_| self.regular) else {
             return Ok(());
         };
         for n in 1..=self.keep {
@@ -223,6 +302,21 @@ fn open_append(path: &Path) -> io::Result<File> {
         })
 }
 
+/// Opens a file a user named for appending: its folder made if missing (as PM2 does),
+/// symbolic links followed.
+fn open_named(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Counts a log write that failed (a full disk drops the output, never stops an app) and says
 /// so once per failing stretch, and once when writes work again.
 fn count_write(path: &Path, len: usize, r: io::Result<()>) {
@@ -255,8 +349,13 @@ pub struct PumpTarget {
     pub stream: LogStream,
     /// The slot's file.
     pub file: SharedLog,
-    /// Prefix lines with a timestamp.
-    pub timestamps: bool,
+    /// A file that gets both streams too (PM2's `log_file`).
+    pub also: Option<SharedLog>,
+    /// How lines are written.
+    pub format: Arc<LineFormat>,
+    /// Bytes go to the file only as whole lines: the file is shared (merged instances, both
+    /// streams) or lines are formatted.
+    pub whole_lines: bool,
     /// Followers.
     pub bus: LogBus,
     /// The pipe's state, shared so a daemon update can carry it over.
@@ -312,7 +411,7 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
             .partial
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if !t.timestamps && !followers && partial.is_empty() {
+        if !t.whole_lines && !followers && partial.is_empty() {
             // Fast path: nobody needs lines, so the bytes go to the file as they are.
             drop(partial);
             write_log(&t, chunk);
@@ -364,16 +463,15 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
 }
 
 fn emit_line(t: &PumpTarget, line: &[u8], followers: bool, out: &mut Vec<u8>) {
-    if t.timestamps {
-        out.extend_from_slice(
-            humantime::format_rfc3339_millis(std::time::SystemTime::now())
-                .to_string()
-                .as_bytes(),
-        );
-        out.push(b' ');
-    }
-    out.extend_from_slice(line);
-    out.push(b'\n');
+    t.format.write(
+        out,
+        line,
+        Origin {
+            app: &t.app,
+            instance: t.instance,
+            stream: t.stream,
+        },
+    );
     if followers {
         let _ = t.bus.send(Arc::new(LogEvent {
             app: t.app.clone(),
@@ -384,15 +482,21 @@ fn emit_line(t: &PumpTarget, line: &[u8], followers: bool, out: &mut Vec<u8>) {
     }
 }
 
+/// Writes `bytes` to the target's file and its combined file. Each is locked for one whole
+/// write, so processes that share a file (merged instances, both streams) never split each
+/// other's lines.
 fn write_log(t: &PumpTarget, bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
-    let Ok(mut f) = t.file.lock() else {
-        return;
-    };
-    let r = f.write(bytes);
-    count_write(&f.path, bytes.len(), r);
+    let also = t.also.as_ref().filter(|a| !Arc::ptr_eq(a, &t.file));
+    for file in std::iter::once(&t.file).chain(also) {
+        let Ok(mut f) = file.lock() else {
+            continue;
+        };
+        let r = f.write(bytes);
+        count_write(&f.path, bytes.len(), r);
+    }
 }
 
 /// The last `n` lines of a log file and, if it holds fewer, of its first rotated file.
@@ -456,9 +560,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a-0.out");
         let spec = LogSpec {
-            timestamps: false,
             max_size: 1024,
             keep: 2,
+            ..LogSpec::default()
         };
         let mut f = LogFile::open(path.clone(), &spec).unwrap();
         let line = [b'x'; 99];
@@ -471,6 +575,31 @@ mod tests {
         assert!(dir.path().join("a-0.out.1").exists());
         assert!(dir.path().join("a-0.out.2").exists());
         assert!(!dir.path().join("a-0.out.3").exists());
+    }
+
+    #[test]
+    fn a_named_file_gets_its_folder_made_rotates_and_reopens_after_a_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("made/by/herd/out.log");
+        let spec = LogSpec {
+            max_size: 1024,
+            keep: 1,
+            ..LogSpec::default()
+        };
+        let mut f = LogFile::open_named(path.clone(), &spec).unwrap();
+        for _ in 0..30 {
+            f.write(&[b'x'; 99]).unwrap();
+            f.write(b"\n").unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= 1024);
+        assert!(dir.path().join("made/by/herd/out.log.1").exists());
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        f.reopen().unwrap();
+        f.write(b"fresh\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "fresh\n");
+        f.truncate().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        assert!(!dir.path().join("made/by/herd/out.log.1").exists());
     }
 
     #[test]

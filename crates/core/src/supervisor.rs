@@ -67,6 +67,7 @@ mod process;
 mod reload;
 mod run_as;
 mod slot;
+mod slot_logs;
 #[cfg(test)]
 mod slot_tests;
 mod task;
@@ -763,6 +764,8 @@ struct State {
     shared_shims: Option<crate::node_shims::Installed>,
     /// Exec probes running: their pid → (the process they probe, which probe).
     probe_execs: HashMap<u32, (u32, probes::ProbeKind)>,
+    /// Every instance log file open, by path.
+    open_logs: slot_logs::OpenLogs,
 }
 
 impl State {
@@ -809,6 +812,7 @@ impl State {
             node_shims: None,
             shared_shims: None,
             probe_execs: HashMap::new(),
+            open_logs: Default::default(),
         }
     }
 }

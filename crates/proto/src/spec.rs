@@ -51,6 +51,42 @@ pub struct LogSpec {
     pub max_size: u64,
     /// How many rotated files to keep besides the live one.
     pub keep: u32,
+    /// Where stdout goes (PM2's `out_file`): an absolute path, `/dev/null` (nothing is
+    /// written), or a relative one, taken from `HERD_HOME/logs`. None:
+    /// `HERD_HOME/logs/<app>-<i>.out`. Unless `merge` is set, a path ending in `.log` gets the
+    /// instance number before it, as PM2 does (`out.log` → `out-2.log`).
+    pub out_file: Option<String>,
+    /// Where stderr goes (PM2's `error_file`), as `out_file`. None:
+    /// `HERD_HOME/logs/<app>-<i>.err`.
+    pub error_file: Option<String>,
+    /// A file that gets both streams too (PM2's `log_file`), as `out_file`. None: no such file.
+    pub log_file: Option<String>,
+    /// One file for all instances (PM2's `merge_logs`): no instance number in the paths.
+    pub merge: bool,
+    /// Prefix every line with the time in this dayjs/moment format (PM2's `log_date_format`,
+    /// `YYYY-MM-DD HH:mm:ss Z`), local time, followed by `: `.
+    pub date_format: Option<String>,
+    /// Write every line as a JSON object, as PM2's `log_type: json` does.
+    pub json: bool,
+    /// Write no log file at all (PM2's `disable_logs`); followers still see the lines.
+    pub disabled: bool,
+}
+
+impl LogSpec {
+    /// The path that means "write nothing".
+    pub const NULL: &'static str = "/dev/null";
+
+    /// Whether every instance writes its own files in herd's default place and plain format,
+    /// as herd did before the PM2 options: each pipe's bytes go to its file as they come.
+    pub fn is_plain(&self) -> bool {
+        self.out_file.is_none()
+            && self.error_file.is_none()
+            && self.log_file.is_none()
+            && !self.merge
+            && self.date_format.is_none()
+            && !self.json
+            && !self.disabled
+    }
 }
 
 impl Default for LogSpec {
@@ -59,6 +95,13 @@ impl Default for LogSpec {
             timestamps: false,
             max_size: 10 * 1024 * 1024,
             keep: 3,
+            out_file: None,
+            error_file: None,
+            log_file: None,
+            merge: false,
+            date_format: None,
+            json: false,
+            disabled: false,
         }
     }
 }

@@ -18,6 +18,7 @@ mod health;
 mod lifecycle;
 mod listen;
 mod listen_flood;
+mod log_options;
 mod logs;
 mod metrics;
 mod monit;

@@ -3,12 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use herd_proto::{AppSpec, AppStatus, ErrorCode, LogStream, ScaleTo};
+use herd_proto::{AppSpec, AppStatus, ErrorCode, ScaleTo};
 
 use super::primary::PRIMARY;
-use super::{
-    err, log_path, overlaps, App, CommandError, Event, Slot, SlotState, State, Then, TimerKey,
-};
+use super::{err, overlaps, App, CommandError, Event, Slot, SlotState, State, Then, TimerKey};
 use crate::logs::LogFile;
 use crate::policy::History;
 use crate::sockets::{ListenAddr, Listener};
@@ -96,25 +94,10 @@ impl State {
     }
 
     pub(super) fn new_slot(&self, spec: &AppSpec, index: u32) -> Result<Slot, String> {
-        let name: Arc<str> = Arc::from(spec.name.as_str());
-        let open = |s| {
-            let path = log_path(&self.cfg.log_dir, &spec.name, index, s);
-            LogFile::open(path.clone(), &spec.log)
-                .map(|f| {
-                    Arc::new(Mutex::new(f.announce(
-                        self.logs.clone(),
-                        name.clone(),
-                        index,
-                        s,
-                    )))
-                })
-                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
-        };
-        Ok(Slot::new(
-            index,
-            open(LogStream::Out)?,
-            open(LogStream::Err)?,
-        ))
+        let logs = self.open_slot_logs(spec, index)?;
+        let mut slot = Slot::new(index, logs.out, logs.err);
+        slot.both = logs.both;
+        Ok(slot)
     }
 
     /// A slot whose output is discarded (its log file could not be opened).

@@ -87,6 +87,7 @@ impl State {
         let old = std::mem::replace(&mut app.spec, AppSpec { instances, ..spec });
         let watch_changed =
             old.watch != app.spec.watch || old.watch_ignore != app.spec.watch_ignore;
+        let logs_changed = old.log != app.spec.log;
         app.applying = Some(Box::new(old));
         app.env_version += 1;
         app.cron = super::cron::CronRestart::of(&app.spec);
@@ -95,6 +96,9 @@ impl State {
             if let Err(e) = self.start_watching(id) {
                 tracing::warn!("{e}");
             }
+        }
+        if logs_changed {
+            self.reopen_slot_logs(id);
         }
         self.reload_errors.remove(&id);
         self.start_reload(id)?;
@@ -172,6 +176,7 @@ impl State {
         let old = app.applying.take()?;
         let failed = app.env_version;
         let moved = !same_addresses(&old.listen, &app.spec.listen);
+        let logs_changed = old.log != app.spec.log;
         app.spec = *old;
         if moved {
             let (mut listen, balance) = (app.spec.listen.clone(), app.spec.balance);
@@ -194,6 +199,9 @@ impl State {
             .iter()
             .filter_map(|s| s.state.proc())
             .any(|p| p.env_version == failed);
+        if logs_changed {
+            self.reopen_slot_logs(id);
+        }
         if reloaded {
             let _ = self.start_reload(id);
             Some("the previous spec is back, and the instances already reloaded are being reloaded back to it".into())

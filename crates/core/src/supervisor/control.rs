@@ -1,12 +1,15 @@
 //! Control commands: what each [`Command`] does to the apps, and the replies. The only place
 //! that builds a [`Reply`] for the CLI (the bus's own replies excepted, in `bus.rs`).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herd_proto::{AppInfo, Command, ErrorCode, LogStream, ProcessInfo, Reply, PROTOCOL_VERSION};
+use herd_proto::{
+    AppInfo, Command, ErrorCode, LogSpec, LogStream, ProcessInfo, Reply, PROTOCOL_VERSION,
+};
 use tokio::sync::oneshot;
 
-use super::{log_path, logs, stats, CommandError, LogRef, State, WaitKind};
+use super::{logs, stats, CommandError, LogRef, State, WaitKind};
 use crate::cgroup;
 
 impl State {
@@ -269,10 +272,22 @@ impl State {
     ) -> (usize, Option<String>) {
         let mut n = 0;
         let mut failed = None;
+        // A file several slots or streams write (merged, PM2's log_file) is done once.
+        let mut seen: Vec<*const std::sync::Mutex<logs::LogFile>> = Vec::new();
         for app in ids.iter().filter_map(|id| self.apps.get(id)) {
-            for slot in &app.slots {
-                for log in [&slot.out, &slot.err] {
+            for slot in app.all_slots() {
+                for log in [Some(&slot.out), Some(&slot.err), slot.both.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if seen.contains(&std::sync::Arc::as_ptr(log)) {
+                        continue;
+                    }
+                    seen.push(std::sync::Arc::as_ptr(log));
                     let Ok(mut file) = log.lock() else { continue };
+                    if file.is_discarded() {
+                        continue;
+                    }
                     match f(&mut file) {
                         Ok(()) => n += 1,
                         Err(e) => {
@@ -291,19 +306,41 @@ impl State {
         stream: Option<LogStream>,
     ) -> Result<Vec<LogRef>, CommandError> {
         let ids = self.resolve(target)?;
-        let mut out = Vec::new();
+        let mut out: Vec<LogRef> = Vec::new();
         for app in ids.iter().filter_map(|id| self.apps.get(id)) {
-            let primary = app.primary.as_ref().map(|_| super::primary::PRIMARY);
-            for i in primary.into_iter().chain(0..app.slots.len() as u32) {
+            let slots = app.primary.iter().chain(&app.slots);
+            for slot in slots {
                 for s in [LogStream::Out, LogStream::Err] {
-                    if stream.is_none() || stream == Some(s) {
-                        out.push(LogRef {
-                            app: app.spec.name.clone(),
-                            instance: i,
-                            stream: s,
-                            path: log_path(&self.cfg.log_dir, &app.spec.name, i, s),
-                        });
+                    if stream.is_some() && stream != Some(s) {
+                        continue;
                     }
+                    let file = match s {
+                        LogStream::Out => &slot.out,
+                        LogStream::Err => &slot.err,
+                    };
+                    // A stream that goes nowhere is read from PM2's log_file, if there is one.
+                    let path = [Some(file), slot.both.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.lock().ok())
+                        .find(|f| !f.is_discarded())
+                        .map(|f| f.path().to_path_buf());
+                    // Nothing written: listed still (as /dev/null, which reads empty), so that
+                    // followers of the app get its lines.
+                    let path = path.unwrap_or_else(|| PathBuf::from(LogSpec::NULL));
+                    // A file several instances, streams or apps write is read once.
+                    if out.iter().any(|r| {
+                        r.path == path
+                            && (r.app == app.spec.name || path != Path::new(LogSpec::NULL))
+                    }) {
+                        continue;
+                    }
+                    out.push(LogRef {
+                        app: app.spec.name.clone(),
+                        instance: slot.index,
+                        stream: s,
+                        path,
+                    });
                 }
             }
         }

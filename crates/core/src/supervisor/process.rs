@@ -447,7 +447,9 @@ impl State {
                             LogStream::Out => slot.out.clone(),
                             LogStream::Err => slot.err.clone(),
                         },
-                        timestamps: app.spec.log.timestamps,
+                        also: slot.both.clone(),
+                        format: Arc::new(logs::LineFormat::of(&app.spec.log)),
+                        whole_lines: !app.spec.log.is_plain() || app.spec.log.timestamps,
                         bus: self.logs.clone(),
                         state: state.clone(),
                     },
@@ -634,7 +636,10 @@ fn runtime_of(spec: &herd_proto::AppSpec) -> Option<crate::runtimes::Runtime> {
 /// `LD_PRELOAD` for a Bun or Deno app (herd's port adoption, [`crate::runtimes`]), from
 /// `shims` (a directory the process's user can read), unless its environment says
 /// `HERD_ADOPT=off`; `None` for other apps.
-fn adopt_preload(spec: &herd_proto::AppSpec, shims: Option<&node_shims::Installed>) -> Option<String> {
+fn adopt_preload(
+    spec: &herd_proto::AppSpec,
+    shims: Option<&node_shims::Installed>,
+) -> Option<String> {
     runtime_of(spec)?;
     if !crate::runtimes::enabled(&spec.env) {
         return None;
@@ -647,8 +652,7 @@ fn adopt_preload(spec: &herd_proto::AppSpec, shims: Option<&node_shims::Installe
         return None;
     };
     let lib = shims.path(&node_shims::ADOPT);
-    let preload =
-        crate::runtimes::ld_preload(&lib, spec.env.get("LD_PRELOAD").map(String::as_str));
+    let preload = crate::runtimes::ld_preload(&lib, spec.env.get("LD_PRELOAD").map(String::as_str));
     if preload.is_none() {
         tracing::warn!(
             "{}: cannot preload {} (LD_PRELOAD splits at spaces and colons); use a HERD_HOME without them",

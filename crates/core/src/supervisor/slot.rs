@@ -256,6 +256,8 @@ pub(super) struct Slot {
     pub(super) last_exit: Option<ExitInfo>,
     pub(super) out: SharedLog,
     pub(super) err: SharedLog,
+    /// PM2's `log_file`: a file that gets both streams too.
+    pub(super) both: Option<SharedLog>,
     /// The process whose `online` was published last (see `after_event`).
     pub(super) told_online: Option<u32>,
     /// What the app's primary forked it with (`cluster.fork(env)`, `setupPrimary`).
@@ -272,6 +274,7 @@ impl Slot {
             last_exit: None,
             out,
             err,
+            both: None,
             told_online: None,
             fork: super::primary::ForkSpec::default(),
         }
