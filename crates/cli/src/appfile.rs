@@ -139,6 +139,8 @@ struct Entry {
     uid: Option<Value>,
     /// PM2's: their group, a name or a number.
     gid: Option<Value>,
+    /// PM2's: the namespace commands can name to act on each of its apps.
+    namespace: Option<String>,
     /// PM2's: `true` (leave the shell's variables out), or prefixes of those to leave out.
     filter_env: Option<Value>,
     /// Everything else: `env_<name>` blocks, PM2 fields herd does not have, typos.
@@ -788,6 +790,7 @@ impl Entry {
         a.increment_var = self.increment_var;
         a.uid = self.uid.as_ref().map(|v| id_field(v, "uid")).transpose()?;
         a.gid = self.gid.as_ref().map(|v| id_field(v, "gid")).transpose()?;
+        a.namespace = self.namespace;
         a.filter_env = match self.filter_env {
             None | Some(Value::Bool(false)) | Some(Value::Null) => Vec::new(),
             Some(Value::Bool(true)) => vec!["*".into()],
@@ -899,6 +902,7 @@ mod tests {
             "filter_env",
             "uid",
             "gid",
+            "namespace",
         ];
         for f in fields {
             assert!(props.contains_key(f), "the schema lacks {f}");

@@ -526,6 +526,10 @@ pub struct StartArgs {
     /// --uid user's primary group.
     #[arg(long, value_name = "GROUP")]
     pub gid: Option<String>,
+    /// The app's namespace (PM2's `--namespace`): commands given the namespace act on each
+    /// of its apps (`herd reload api`). Default: `default`.
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
     /// Leave out of the captured environment the shell's variables starting with PREFIX
     /// (repeatable; `*` leaves out all of them): PM2's `filter_env`. Variables the app
     /// declares (--env, the file's env) stay.
@@ -926,6 +930,10 @@ impl StartArgs {
             increment_var: self.increment_var.clone(),
             uid: self.uid.clone().filter(|u| !u.trim().is_empty()),
             gid: self.gid.clone().filter(|g| !g.trim().is_empty()),
+            namespace: self
+                .namespace
+                .clone()
+                .unwrap_or_else(|| herd_proto::DEFAULT_NAMESPACE.into()),
         };
         spec.validate().map_err(|e| anyhow::anyhow!(e))?;
         check_probes(&spec)?;

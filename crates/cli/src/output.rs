@@ -38,7 +38,14 @@ pub fn table(apps: &[AppInfo]) -> String {
         .iter()
         .flat_map(|a| a.primary.iter().chain(&a.processes))
         .any(|p| p.health.is_some());
+    // PM2's namespace column, once an app has one of its own.
+    let with_ns = apps
+        .iter()
+        .any(|a| a.namespace != herd_proto::DEFAULT_NAMESPACE);
     let mut header = vec!["id", "name", "inst", "pid", "status"];
+    if with_ns {
+        header.insert(2, "namespace");
+    }
     if with_health {
         header.push("health");
     }
@@ -66,6 +73,9 @@ pub fn table(apps: &[AppInfo]) -> String {
             }
             row.extend(["-", "-", "-", "-"].map(String::from));
             row.push(port.clone());
+            if with_ns {
+                row.insert(2, app.namespace.clone());
+            }
             rows.push(row);
         }
         for p in app.primary.iter().chain(&app.processes) {
@@ -86,6 +96,9 @@ pub fn table(apps: &[AppInfo]) -> String {
                 p.memory_bytes.map_or("-".into(), human_bytes),
                 port.clone(),
             ]);
+            if with_ns {
+                row.insert(2, app.namespace.clone());
+            }
             rows.push(row);
         }
     }

@@ -34,6 +34,7 @@ pub fn app(id: u32, name: &str, processes: Vec<ProcessInfo>) -> AppInfo {
         listen: vec!["127.0.0.1:8000".into()],
         port: Some(8000),
         balance: Balance::default(),
+        namespace: herd_proto::DEFAULT_NAMESPACE.into(),
         processes,
         primary: None,
         spec: None,

@@ -598,6 +598,10 @@ pub struct ProbeResult {
     pub ago_ms: u64,
 }
 
+fn default_namespace() -> String {
+    crate::spec::DEFAULT_NAMESPACE.into()
+}
+
 /// One app, as listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppInfo {
@@ -613,6 +617,9 @@ pub struct AppInfo {
     pub port: Option<u16>,
     /// How connections are spread.
     pub balance: crate::spec::Balance,
+    /// Its namespace (PM2's), `default` unless given.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     /// Instance slots.
     pub processes: Vec<ProcessInfo>,
     /// The app's own primary process (`--primary`), whose `cluster.fork()` starts the

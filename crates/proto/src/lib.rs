@@ -30,5 +30,5 @@ pub use control::{
 };
 pub use spec::{
     is_secret_key, is_valid_name, masked_value, same_addresses, AppSpec, Balance, ListenSpec,
-    LogSpec, Probe, ProbeCheck, SpecError,
+    LogSpec, Probe, ProbeCheck, SpecError, DEFAULT_NAMESPACE,
 };

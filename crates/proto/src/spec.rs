@@ -214,6 +214,10 @@ pub struct AppSpec {
     /// Run the instances with this primary group, a name or a number (PM2's `gid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<String>,
+    /// PM2's `namespace`: a group of apps that commands take as a target (`herd restart
+    /// api` acts on every app of the namespace `api` when no app is named so).
+    #[serde(skip_serializing_if = "is_default_namespace")]
+    pub namespace: String,
 }
 
 /// A health probe of an app's instances (Kubernetes' probes, docs/health.md).
@@ -376,8 +380,16 @@ impl Default for AppSpec {
             increment_var: None,
             uid: None,
             gid: None,
+            namespace: DEFAULT_NAMESPACE.into(),
         }
     }
+}
+
+/// The namespace of an app that names none (PM2's too).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+fn is_default_namespace(ns: &str) -> bool {
+    ns == DEFAULT_NAMESPACE
 }
 
 /// A spec that cannot be run as it is.
@@ -395,6 +407,9 @@ pub enum SpecError {
     /// The script is empty.
     #[error("no script or command to run was given")]
     NoScript,
+    /// The namespace is not usable as a target.
+    #[error("namespace {0:?} is not usable: use letters, digits, '-', '_' or '.', not only digits, and not \"all\"")]
+    BadNamespace(String),
 }
 
 impl AppSpec {
@@ -415,6 +430,9 @@ impl AppSpec {
         }
         if self.script.is_empty() {
             return Err(SpecError::NoScript);
+        }
+        if !is_valid_name(&self.namespace) {
+            return Err(SpecError::BadNamespace(self.namespace.clone()));
         }
         if self.instances == 0 && !self.primary {
             return Err(SpecError::NoInstances);

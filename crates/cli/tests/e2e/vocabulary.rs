@@ -167,7 +167,7 @@ fn a_full_pm2_ecosystem_file_loads_with_one_warning_line() {
     assert!(out.status.success(), "{err}");
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
-    for field in ["pid_file", "namespace"] {
+    for field in ["pid_file", "post_update"] {
         assert!(warnings[0].contains(field), "{err}");
     }
     for handled in [
@@ -178,10 +178,102 @@ fn a_full_pm2_ecosystem_file_loads_with_one_warning_line() {
         "out_file",
         "log_type",
         "combine_logs",
+        "namespace",
     ] {
         assert!(!warnings[0].contains(handled), "{handled}: {err}");
     }
     assert_eq!(h.statuses("everything"), ["online", "online"]);
+    assert_eq!(h.app("everything")["namespace"], "ns");
     assert!(h.ok(&["env", "everything:1"]).contains("INSTANCE_ID=1\n"));
+    h.finish();
+}
+
+/// PM2's namespaces: a command given a namespace acts on each of its apps, an app's own name
+/// comes first, `list` shows the column, and app files set it.
+#[test]
+fn namespaces_are_targets() {
+    let h = Herd::new();
+    let hello = repo_root().join("examples/hello.py");
+    let hello = hello.to_str().unwrap();
+    let start = |name: &str, ns: Option<&str>| {
+        let port = free_port().to_string();
+        let mut args = vec![
+            "start",
+            hello,
+            "--name",
+            name,
+            "--port",
+            &port,
+            "--wait-ready",
+        ];
+        if let Some(ns) = ns {
+            args.extend(["--namespace", ns]);
+        }
+        h.ok(&args);
+    };
+    start("users", Some("api"));
+    start("orders", Some("api"));
+    start("site", None);
+    let before: Vec<Vec<u32>> = ["users", "orders", "site"]
+        .iter()
+        .map(|n| h.pids(n))
+        .collect();
+    let table = h.ok(&["list"]);
+    assert!(
+        table.lines().next().unwrap().contains("namespace"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("users") && l.contains("api")),
+        "{table}"
+    );
+    assert_eq!(h.app("site")["namespace"], "default");
+
+    h.ok(&["restart", "api"]);
+    assert_ne!(h.pids("users"), before[0]);
+    assert_ne!(h.pids("orders"), before[1]);
+    assert_eq!(h.pids("site"), before[2]);
+    h.ok(&["stop", "api"]);
+    assert_eq!(h.app("users")["status"], "stopped");
+    assert_eq!(h.app("orders")["status"], "stopped");
+    assert_eq!(h.app("site")["status"], "running");
+    h.ok(&["start", "api"]);
+    assert_eq!(h.app("users")["status"], "running");
+
+    // The default namespace is a target too; an app named like a namespace wins.
+    h.ok(&["reload", "default"]);
+    assert_ne!(h.pids("site"), before[2]);
+    start("api", None);
+    let users = h.pids("users");
+    h.ok(&["restart", "api"]);
+    assert_eq!(
+        h.pids("users"),
+        users,
+        "an app named api is the target, not the namespace"
+    );
+
+    // A bad namespace is refused with the rule; an unknown target names namespaces.
+    let e = h.fails(&["start", hello, "--name", "x", "--namespace", "all"]);
+    assert!(e.contains("namespace \"all\" is not usable"), "{e}");
+    let e = h.fails(&["restart", "nothing"]);
+    assert!(e.contains("no app or namespace named \"nothing\""), "{e}");
+
+    // App files: `namespace`.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[apps]]\nname = \"jobs\"\nscript = \"{hello}\"\nport = {}\nnamespace = \"batch\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    h.ok(&["start", file.to_str().unwrap()]);
+    assert_eq!(h.app("jobs")["namespace"], "batch");
+    h.ok(&["delete", "batch"]);
+    assert!(h.list().iter().all(|a| a["name"] != "jobs"));
     h.finish();
 }

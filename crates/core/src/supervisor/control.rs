@@ -258,9 +258,21 @@ impl State {
         if let Some(app) = self.apps.values().find(|a| a.spec.name == target) {
             return Ok(vec![app.id]);
         }
+        // PM2's namespaces: every app of the namespace, when no app has the name.
+        let ns: Vec<u32> = self
+            .apps
+            .values()
+            .filter(|a| a.spec.namespace == target)
+            .map(|a| a.id)
+            .collect();
+        if !ns.is_empty() {
+            return Ok(ns);
+        }
         Err(err(
             ErrorCode::UnknownApp,
-            format!("no app named or numbered {target:?}; `herd list` shows the apps"),
+            format!(
+                "no app or namespace named {target:?}, and no app numbered so; `herd list` shows the apps"
+            ),
         ))
     }
 
@@ -379,6 +391,7 @@ impl State {
                 primary,
                 id: app.id,
                 name: app.spec.name.clone(),
+                namespace: app.spec.namespace.clone(),
                 status: app.status,
                 listen,
                 port,
