@@ -48,7 +48,8 @@ pub enum LogStream {
     Err,
 }
 
-/// The commands a client can send. `target` is an app name, an app id, or `all`.
+/// The commands a client can send. `target` is an app name, an app id, a namespace (its apps;
+/// an app of that name comes first), or `all`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {

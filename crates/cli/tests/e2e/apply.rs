@@ -282,3 +282,67 @@ fn generations_survive_save_and_resurrect() {
     assert_eq!(h.app("web")["generation"], 3);
     h.finish();
 }
+
+/// `apply` of a changed script, env and instance count under kept-alive connections (HTTP
+/// clients' pools): no request lost, every process new, the new script and env answering.
+#[test]
+fn apply_under_keep_alive_load_loses_no_request() {
+    let Some(base) = node_fixture() else {
+        return;
+    };
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herd.toml");
+    let f = file.to_str().unwrap();
+    let one = base.join("apps/http.js");
+    // The new version: another script (the same server, answering its file name too).
+    let two = dir.path().join("http-v2.js");
+    std::fs::write(
+        &two,
+        std::fs::read_to_string(&one).unwrap().replace(
+            "res.end(`pid=${process.pid}",
+            "res.end(`v2 mode=${process.env.MODE} pid=${process.pid}",
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let write = |script: &std::path::Path, mode: &str, n: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                "[[apps]]\nname = \"ka\"\nscript = \"{}\"\ninstances = {n}\nport = {port}\nenv = {{ MODE = \"{mode}\" }}\n",
+                script.display()
+            ),
+        )
+        .unwrap();
+    };
+    write(&one, "a", 2);
+    h.ok(&["apply", f]);
+    let first = h.pids("ka");
+    write(&two, "b", 3);
+    let pause = |t: usize, n: usize| {
+        Duration::from_millis(match t % 3 {
+            0 => 0,
+            1 => (n % 7) as u64,
+            _ => (n * 37 % 50) as u64,
+        })
+    };
+    let loads = under_keep_alive_load(loopback(port), "/", 6, pause, || {
+        let out = h.ok(&["apply", f]);
+        assert!(
+            out.contains("ka: reload: env.MODE, script; scale 2 → 3") && out.contains("ka: done"),
+            "{out}"
+        );
+    });
+    let plain: Vec<Load> = loads.iter().map(|l| l.load.clone()).collect();
+    assert_no_failures(&plain, "apply under keep-alive load");
+    let second = h.pids("ka");
+    assert_eq!(second.len(), 3);
+    assert!(
+        second.iter().all(|p| !first.contains(p)),
+        "{first:?} → {second:?}"
+    );
+    let body = get(loopback(port), "/", Duration::from_secs(2)).unwrap();
+    assert!(body.contains("v2 mode=b"), "{body}");
+    h.finish();
+}
