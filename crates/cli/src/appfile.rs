@@ -24,7 +24,8 @@ pub fn is_app_file(path: &Path) -> bool {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     matches!(ext, "toml" | "yaml" | "yml")
         || (ext == "json" && !name.ends_with("package.json"))
-        || name.starts_with("ecosystem.config.") && matches!(ext, "js" | "cjs" | "mjs")
+        // PM2 reads any `*.config.js` as an app file (ecosystem.config.js, pm2.config.js…).
+        || name.contains(".config.") && matches!(ext, "js" | "cjs" | "mjs")
 }
 
 #[derive(Deserialize)]
@@ -55,11 +56,16 @@ impl Words {
 #[derive(Deserialize, Default)]
 struct Entry {
     name: Option<String>,
+    /// `exec` is PM2's alias.
+    #[serde(alias = "exec")]
     script: Option<String>,
     #[serde(default)]
     args: Words,
+    /// `exec_interpreter` is PM2's alias.
+    #[serde(alias = "exec_interpreter")]
     interpreter: Option<String>,
-    #[serde(default)]
+    /// `interpreterArgs` is PM2's alias.
+    #[serde(default, alias = "interpreterArgs")]
     interpreter_args: Words,
     /// PM2's older name of `interpreter_args`; a file may carry both (PM2's own example
     /// does): their words are joined.
@@ -87,7 +93,8 @@ struct Entry {
     exp_backoff_restart_delay: Option<Value>,
     /// The backoff's cap.
     max_restart_delay: Option<Value>,
-    /// PM2's: reload the app at each time this cron expression matches.
+    /// PM2's: reload the app at each time this cron expression matches (`cron` is its alias).
+    #[serde(alias = "cron")]
     cron_restart: Option<String>,
     autorestart: Option<bool>,
     stop_exit_codes: Option<Value>,
@@ -823,7 +830,15 @@ mod tests {
         let props = schema["definitions"]["app"]["properties"]
             .as_object()
             .unwrap();
-        let aliases = ["node_args", "user", "combine_logs"];
+        let aliases = [
+            "node_args",
+            "user",
+            "combine_logs",
+            "exec",
+            "exec_interpreter",
+            "interpreterArgs",
+            "cron",
+        ];
         let mut all = serde_json::Map::new();
         for (k, p) in props {
             let example = p["examples"][0].clone();
@@ -831,7 +846,11 @@ mod tests {
             if !aliases.contains(&k.as_str()) {
                 all.insert(k.clone(), example.clone());
             }
-            let one = serde_json::json!({ "script": "/bin/sh", k.as_str(): example });
+            let one = if k == "exec" {
+                serde_json::json!({ k.as_str(): example })
+            } else {
+                serde_json::json!({ "script": "/bin/sh", k.as_str(): example })
+            };
             let entry: Entry = serde_json::from_value(one).unwrap();
             assert!(entry.rest.is_empty(), "{k} is not a field the loader reads");
         }

@@ -50,10 +50,10 @@ pub enum Cmd {
     /// Print what to paste into a bug report: versions, the daemon, the apps, its log's end
     Report,
     /// List apps and their instances.
-    #[command(alias = "ls", alias = "status")]
+    #[command(alias = "ls", alias = "l", alias = "ps", alias = "status")]
     List(ListArgs),
     /// Show an app's settings and instances.
-    #[command(alias = "show", alias = "info")]
+    #[command(alias = "show", alias = "info", alias = "desc")]
     Describe(DescribeArgs),
     /// Show apps' output, and follow it.
     Logs(LogsArgs),
@@ -644,7 +644,8 @@ pub fn parse_instances(s: &str) -> Result<u32> {
         .parse()
         .map_err(|_| anyhow::anyhow!("-i takes a number or `max`, not {s:?}"))?;
     if n == 0 {
-        bail!("-i 0 would run no instance; give at least 1, or -i max for one per CPU");
+        // PM2's meaning (as `instances: 0` in a file): one per CPU.
+        return Ok(cpus);
     }
     Ok(n)
 }
@@ -1099,8 +1100,10 @@ mod tests {
     fn instances() {
         assert_eq!(parse_instances("3").unwrap(), 3);
         assert!(parse_instances("max").unwrap() >= 1);
-        let e = parse_instances("0").unwrap_err().to_string();
-        assert!(e.contains("at least 1"), "{e}");
+        assert_eq!(
+            parse_instances("0").unwrap(),
+            parse_instances("max").unwrap()
+        );
         assert!(parse_instances("many").is_err());
     }
 

@@ -320,14 +320,7 @@ fn apply_under_keep_alive_load_loses_no_request() {
     h.ok(&["apply", f]);
     let first = h.pids("ka");
     write(&two, "b", 3);
-    let pause = |t: usize, n: usize| {
-        Duration::from_millis(match t % 3 {
-            0 => 0,
-            1 => (n % 7) as u64,
-            _ => (n * 37 % 50) as u64,
-        })
-    };
-    let loads = under_keep_alive_load(loopback(port), "/", 6, pause, || {
+    let loads = under_keep_alive_load(loopback(port), "/", 6, pool_pause, || {
         let out = h.ok(&["apply", f]);
         assert!(
             out.contains("ka: reload: env.MODE, script; scale 2 → 3") && out.contains("ka: done"),

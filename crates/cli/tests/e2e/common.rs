@@ -857,3 +857,30 @@ fn npm_runtime(name: &str, version: &str) -> Option<PathBuf> {
     }
     Some(base.join("node_modules/.bin").join(name))
 }
+
+/// Waits (up to 15 s) until requests to `port` are answered by `n` distinct pids, and returns
+/// them.
+pub fn serving(port: u16, n: usize) -> std::collections::HashSet<u32> {
+    wait_until(Duration::from_secs(15), || {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let body =
+                get(loopback(port), "/", Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            seen.insert(pid_of(&body));
+        }
+        (seen.len() == n)
+            .then_some(seen.clone())
+            .ok_or(format!("{seen:?}"))
+    })
+    .unwrap()
+}
+
+/// Pauses of HTTP client pools for [`under_keep_alive_load`]: thread `t` after its `n`th
+/// answer — a third back to back, a third up to 6 ms, a third up to 49 ms.
+pub fn pool_pause(t: usize, n: usize) -> Duration {
+    Duration::from_millis(match t % 3 {
+        0 => 0,
+        1 => (n % 7) as u64,
+        _ => (n * 37 % 50) as u64,
+    })
+}

@@ -65,14 +65,7 @@ fn reloads_under_keep_alive_load(env: &[(&str, &str)]) -> (Vec<KeepAliveLoad>, S
     ]);
     distinct_pids(port, "/", 2);
     let options = get(loopback(port), "/node-options", Duration::from_secs(5)).unwrap();
-    let pause = |t: usize, n: usize| {
-        Duration::from_millis(match t % 3 {
-            0 => 0,
-            1 => (n % 7) as u64,
-            _ => (n * 37 % 50) as u64,
-        })
-    };
-    let loads = under_keep_alive_load(loopback(port), "/", 6, pause, || {
+    let loads = under_keep_alive_load(loopback(port), "/", 6, pool_pause, || {
         for _ in 0..3 {
             h.ok(&["reload", "ka"]);
         }

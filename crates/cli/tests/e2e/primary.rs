@@ -78,22 +78,6 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), sig).unwrap();
 }
 
-/// Waits until requests to `port` are answered by `n` distinct pids, and returns them.
-fn serving(port: u16, n: usize) -> HashSet<u32> {
-    wait_until(Duration::from_secs(10), || {
-        let mut seen = HashSet::new();
-        for _ in 0..40 {
-            let body =
-                get(loopback(port), "/", Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            seen.insert(pid_of(&body));
-        }
-        (seen.len() == n)
-            .then_some(seen.clone())
-            .ok_or(format!("{seen:?}"))
-    })
-    .unwrap()
-}
-
 /// `herd start SCRIPT --primary --name NAME --listen LISTEN --env WORKERS=2`.
 fn start_primary(h: &Herd, script: &std::path::Path, name: &str, listen: &str) {
     h.ok(&[

@@ -24,22 +24,6 @@ fn herd_with(runtime: &Path) -> Herd {
     Herd::with_env(&[("PATH", &path)])
 }
 
-/// Waits until requests to `port` are answered by `n` distinct pids, and returns them.
-fn serving(port: u16, n: usize) -> HashSet<u32> {
-    wait_until(Duration::from_secs(15), || {
-        let mut seen = HashSet::new();
-        for _ in 0..40 {
-            let body =
-                get(loopback(port), "/", Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            seen.insert(pid_of(&body));
-        }
-        (seen.len() == n)
-            .then_some(seen.clone())
-            .ok_or(format!("{seen:?}"))
-    })
-    .unwrap()
-}
-
 /// Waits until the app has two instances online (with pids), and returns their pids.
 fn two_online(h: &Herd, name: &str) -> HashSet<u32> {
     wait_until(Duration::from_secs(20), || {
