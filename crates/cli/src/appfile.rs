@@ -211,7 +211,8 @@ fn specs(
 ) -> Result<Vec<AppSpec>> {
     let shown = path.display().to_string();
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let pm2 = name.starts_with("ecosystem");
+    // PM2's own files: `ecosystem…`, and the JS `*.config.js` files only PM2 reads.
+    let pm2 = name.starts_with("ecosystem") || (name.contains(".config.") && name.ends_with("js"));
     if file.apps.is_empty() {
         bail!("{shown} has no apps; list them under `apps`");
     }

@@ -168,7 +168,7 @@ time.sleep(300)
     assert!(grown < 8 * 1024, "daemon.log grew {grown} bytes:\n{log}");
     // About 16 µs a line in a debug build on this 2-core VM (2.1–2.3 s here, under 2 s on
     // CI's machines): the bound catches a daemon that does per-line work it should not (an
-    // unlimited log line costs several times that), not a slower machine.
+    // daemon that logged every line would spend far more), not a slower machine.
     assert!(
         spent < Duration::from_secs(5),
         "the daemon spent {spent:?} of CPU on {total} garbage lines"
