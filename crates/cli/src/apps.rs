@@ -102,7 +102,33 @@ pub fn load_app_file(a: &StartArgs) -> Result<Vec<AppSpec>> {
 
 /// `herd stop`.
 pub fn stop(home: &Home, t: Target) -> Result<ExitCode> {
+    if appfile::is_app_file(std::path::Path::new(&t.target)) {
+        return each_app_of_file(home, &t, |target| Command::Stop { target });
+    }
     reply::apps(home, Command::Stop { target: t.target }, t.json)
+}
+
+/// `herd stop FILE` / `herd delete FILE` (PM2's): the command for each app the file names
+/// that herd has; the others are said to be absent.
+fn each_app_of_file(home: &Home, t: &Target, cmd: impl Fn(String) -> Command) -> Result<ExitCode> {
+    let specs = appfile::load(std::path::Path::new(&t.target), None, &[])?;
+    let mut client = Client::connect(home)?;
+    let mut done = Vec::new();
+    for s in specs {
+        match client.call(cmd(s.name.clone()))? {
+            Reply::Error { error, .. } if error.code == ErrorCode::UnknownApp => {
+                eprintln!("{}: not running under herd; nothing to do", s.name);
+            }
+            Reply::Error { error, .. } => bail!("{}: {}", s.name, error.message),
+            Reply::Apps { apps, .. } => done.extend(apps),
+            Reply::Done { message, .. } if !t.json => println!("{message}"),
+            _ => {}
+        }
+    }
+    if done.is_empty() && !t.json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    reply::print_apps(Reply::apps(done), t.json)
 }
 
 /// `herd apply FILE` with these options and nothing else.
@@ -168,6 +194,9 @@ pub fn reload(home: &Home, t: RestartArgs) -> Result<ExitCode> {
 
 /// `herd delete`.
 pub fn delete(home: &Home, t: Target) -> Result<ExitCode> {
+    if appfile::is_app_file(std::path::Path::new(&t.target)) {
+        return each_app_of_file(home, &t, |target| Command::Delete { target });
+    }
     reply::apps(home, Command::Delete { target: t.target }, t.json)
 }
 

@@ -273,7 +273,14 @@ fn namespaces_are_targets() {
     .unwrap();
     h.ok(&["start", file.to_str().unwrap()]);
     assert_eq!(h.app("jobs")["namespace"], "batch");
-    h.ok(&["delete", "batch"]);
+    // PM2's `stop FILE` and `delete FILE`: the file's apps.
+    h.ok(&["stop", file.to_str().unwrap()]);
+    assert_eq!(h.app("jobs")["status"], "stopped");
+    h.ok(&["start", "batch"]);
+    assert_eq!(h.app("jobs")["status"], "running");
+    let out = h.ok(&["delete", file.to_str().unwrap()]);
+    assert!(out.contains("jobs"), "{out}");
     assert!(h.list().iter().all(|a| a["name"] != "jobs"));
+    h.ok(&["delete", "api"]);
     h.finish();
 }
