@@ -129,7 +129,8 @@ fn autostart_instance_var_increment_var_and_filter_env() {
     h.finish();
 }
 
-/// A PM2 ecosystem file with the options PM2 documents loads as it is; the ones herd does not
+/// A PM2 ecosystem file with every attribute of PM2 7's `lib/API/schema.json` (but `uid` and
+/// `gid`, which would switch users: tests/e2e/users.rs) loads as it is; the ones herd does not
 /// have are named in one warning line.
 #[test]
 fn a_full_pm2_ecosystem_file_loads_with_one_warning_line() {
@@ -156,8 +157,13 @@ fn a_full_pm2_ecosystem_file_loads_with_one_warning_line() {
         "disable_logs": false, "log_type": "json", "treekill": true, "increment_var": "BASE",
         "exp_backoff_restart_delay": 100, "stop_exit_codes": [0],
         "append_env_to_name": false, "autostart": true, "kill_retry_time": 100, "pmx": true,
-        "automation": false
+        "automation": false, "name_prefix": "x", "install_url": "", "port": {port},
+        "disable_source_map_support": false, "watch_delay": 1000, "watch_options": {{}},
+        "execute_command": false, "trace": false, "disable_trace": true, "v8": false,
+        "event_loop_inspector": false, "deep_monitoring": false, "username": "someone",
+        "windowsHide": true, "write": false, "io": {{}}
     }}]}}"#,
+        port = free_port(),
         app = app.display(),
         cwd = dir.path().display()
     );
@@ -167,7 +173,14 @@ fn a_full_pm2_ecosystem_file_loads_with_one_warning_line() {
     assert!(out.status.success(), "{err}");
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
-    for field in ["pid_file", "post_update"] {
+    for field in [
+        "pid_file",
+        "post_update",
+        "watch_delay",
+        "watch_options",
+        "io",
+        "username",
+    ] {
         assert!(warnings[0].contains(field), "{err}");
     }
     for handled in [
