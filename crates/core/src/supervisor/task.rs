@@ -274,6 +274,13 @@ impl State {
                     app.listeners.clear();
                     app.routed = None;
                 }
+                // An app stopped while moving: the old addresses go too.
+                if app.moving {
+                    app.retired.clear();
+                    app.handoff.clear();
+                    app.moving = false;
+                    app.routed_each.clear();
+                }
                 app.extra.clear();
                 if app.deleting {
                     removed.push(app.id);
