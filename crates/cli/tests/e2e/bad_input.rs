@@ -22,11 +22,11 @@ fn bad_commands_are_refused_clearly() {
     let e = h.fails(&["start", "./no/such/server.py", "-i", "2"]);
     assert!(one_line(&e).contains("does not exist"), "{e}");
 
-    let e = h.fails(&["start", hello, "-i", "0"]);
-    assert!(one_line(&e).contains("at least 1"), "{e}");
+    let e = h.fails(&["start", hello, "-i", "2000"]);
+    assert!(one_line(&e).contains("at most 1024"), "{e}");
 
     let e = h.fails(&["stop", "nope"]);
-    assert!(one_line(&e).contains("no app named"), "{e}");
+    assert!(one_line(&e).contains("no app or namespace named"), "{e}");
 
     let e = h.fails(&["start", hello, "--listen", "localhost-ish"]);
     assert!(one_line(&e).contains("cannot read listen address"), "{e}");
