@@ -43,7 +43,22 @@ def build():
         check=True,
     )
     target = os.path.join(ROOT, "target", "release")
+    # The physical limit: two bare processes, a blocking 64-byte request/reply on a socketpair.
+    subprocess.run(
+        ["cc", "-O2", "-Wall", "-o", os.path.join(target, "pingpong"), os.path.join(APPS, "pingpong.c")],
+        check=True,
+    )
     return os.path.join(target, "herd"), os.path.join(target, "examples")
+
+
+def bare(placement):
+    """Two bare processes, 64-byte request/reply over a socketpair (bench/apps/pingpong.c)."""
+    exe = os.path.join(ROOT, "target", "release", "pingpong")
+    out = subprocess.run([exe, str(SECS), str(WARMUP), placement], capture_output=True, text=True,
+                         timeout=SECS + WARMUP + 30, check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"rate": r["rate"], "p50": r["p50_us"], "p99": r["p99_us"], "cpu_us": None, "lost": 0,
+            "lost_note": None, "rss": None}
 
 
 def status_kb(pid, key):
@@ -374,6 +389,9 @@ def main():
 
     # Row keys, in the order they run within one round: systems alternate.
     plan = [
+        ("bare-any", lambda h: bare("any")),
+        ("bare-same", lambda h: bare("same")),
+        ("bare-split", lambda h: bare("split")),
         ("herd-rust-1", lambda h: h.row(h.rtt, "rust", 1)),
         ("node-rtt-1", lambda h: cluster("rtt", 1)),
         ("herd-node-1", lambda h: h.row(h.rtt, "node", 1)),
@@ -423,6 +441,9 @@ def main():
         return f"{text} (≥ {si(need)}/s)", ("yes" if mine >= need else f"NO ({mine / ref:.2f}×)")
 
     labels = {
+        "bare-any": ("bare processes, socketpair ping-pong 64 B (C), placed by the kernel", "1"),
+        "bare-same": ("bare processes, socketpair ping-pong 64 B (C), both on CPU 0", "1"),
+        "bare-split": ("bare processes, socketpair ping-pong 64 B (C), CPU 0 ↔ CPU 1", "1"),
         "herd-rust-1": ("herd, Rust → Rust (bus-bench → bus-echo)", "1"),
         "herd-rust-c": ("herd, Rust → Rust (bus-bench → bus-echo)", str(CONC)),
         "herd-node-1": ("herd, Node → Node (herd.js)", "1"),
@@ -435,7 +456,7 @@ def main():
         "herd-oneway-0": (f"herd one-way {SIZE} B, Rust → Rust, no flow control", "unbounded"),
         "node-oneway": (f"Node cluster one-way {SIZE} B, worker → primary", "socket backlog"),
     }
-    order = ["herd-rust-1", "herd-rust-c", "herd-node-1", "herd-node-c", "node-rtt-1", "node-rtt-c",
+    order = ["bare-any", "bare-same", "bare-split", "herd-rust-1", "herd-rust-c", "herd-node-1", "herd-node-c", "node-rtt-1", "node-rtt-c",
              "node-relay-1", "node-relay-c", "herd-oneway-w", "herd-oneway-0", "node-oneway"]
 
     print(head + "\n")
