@@ -432,6 +432,11 @@ pub fn resume<T: Send + 'static>(
     })
 }
 
+/// Most messages one write of a channel takes.
+const BATCH_MSGS: usize = 64;
+/// A write of a channel stops adding messages past this many bytes.
+const BATCH_BYTES: usize = 256 * 1024;
+
 async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
     loop {
         let (empty, closed) = {
@@ -445,8 +450,11 @@ async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc
             wake.notified().await;
             continue;
         }
-        // One sendmsg per readiness: the closure writes what it can of the front message and
-        // keeps the queue's bookkeeping, so the queue is consistent whenever this task yields.
+        // One sendmsg per readiness, of as many queued messages as it takes (up to
+        // `BATCH_MSGS` / `BATCH_BYTES`): a burst costs one system call, not one per message. A
+        // message with an fd goes first in its call (the fd travels with its first bytes), so
+        // the batch stops before the next one that has an fd. The closure keeps the queue's
+        // bookkeeping, so the queue is consistent whenever this task yields.
         let r = stream
             .async_io(Interest::WRITABLE, || {
                 let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -454,20 +462,28 @@ async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc
                 let Some(front) = q.msgs.front() else {
                     return Ok(());
                 };
-                // `sent` is below the front message's length (it is reset when the message
-                // goes); were it not, nothing is written and the message goes.
-                let iov = [IoSlice::new(front.bytes.get(sent..).unwrap_or_default())];
                 let raw: Vec<RawFd> = if sent == 0 {
                     front.fd.iter().map(AsRawFd::as_raw_fd).collect()
                 } else {
                     Vec::new()
                 };
+                // `sent` is below the front message's length (it is reset when the message
+                // goes); were it not, nothing of it is written and the message goes.
+                let mut iov = vec![IoSlice::new(front.bytes.get(sent..).unwrap_or_default())];
+                let mut total = iov.iter().map(|s| s.len()).sum::<usize>();
+                for m in q.msgs.iter().skip(1) {
+                    if m.fd.is_some() || iov.len() >= BATCH_MSGS || total >= BATCH_BYTES {
+                        break;
+                    }
+                    total += m.bytes.len();
+                    iov.push(IoSlice::new(&m.bytes));
+                }
                 let cmsg: Vec<ControlMessage<'_>> = if raw.is_empty() {
                     Vec::new()
                 } else {
                     vec![ControlMessage::ScmRights(&raw)]
                 };
-                let n = sendmsg::<()>(
+                let mut n = sendmsg::<()>(
                     stream.as_raw_fd(),
                     &iov,
                     &cmsg,
@@ -475,14 +491,25 @@ async fn write_loop(stream: Arc<UnixStream>, queue: Arc<Mutex<Queue>>, wake: Arc
                     None,
                 )
                 .map_err(io::Error::from)?;
-                let len = front.bytes.len();
-                if sent + n >= len {
-                    // The fd travelled with the first bytes; ours closes now.
+                drop(iov);
+                // The messages written whole go (an fd closes with its message); the first one
+                // written in part stays, with how much of it went.
+                let mut at = sent;
+                while let Some(front) = q.msgs.front() {
+                    let left = front.bytes.len().saturating_sub(at);
+                    if n < left {
+                        q.sent = at + n;
+                        break;
+                    }
+                    n -= left;
+                    let len = front.bytes.len();
                     q.msgs.pop_front();
                     q.bytes = q.bytes.saturating_sub(len);
                     q.sent = 0;
-                } else {
-                    q.sent += n;
+                    at = 0;
+                    if n == 0 {
+                        break;
+                    }
                 }
                 Ok(())
             })
@@ -753,5 +780,64 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap(), Inbound::Ready);
         drop(theirs);
         assert_eq!(rx.recv().await.unwrap(), Inbound::Closed);
+    }
+
+    /// A burst goes out in few writes (batched) yet whole and in order, and an fd queued in
+    /// the middle of it arrives in the read that holds its own message's first bytes (the
+    /// kernel may join earlier bytes to that read, never a second fd).
+    #[tokio::test]
+    async fn a_burst_is_batched_whole_and_in_order_with_an_fd_on_its_message() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(16);
+        let ch = start(ours, MAX_IPC_MESSAGE, tx, |m| m).unwrap();
+        let n = 600;
+        for i in 0..n {
+            let fd = (i == 300).then(|| nix::unistd::pipe().unwrap().0);
+            assert!(ch.send(
+                &serde_json::json!({ "i": i, "pad": "x".repeat(i % 97) }),
+                fd
+            ));
+        }
+        let theirs_fd = theirs.as_raw_fd();
+        let (text, fd_at) = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            let mut fd_at = None;
+            while all.iter().filter(|&&b| b == b'\n').count() < n {
+                let mut buf = [0u8; 65536];
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let mut space = nix::cmsg_space!([RawFd; 1]);
+                let msg = recvmsg::<()>(theirs_fd, &mut iov, Some(&mut space), MsgFlags::empty())
+                    .unwrap();
+                let got_fd = msg
+                    .cmsgs()
+                    .unwrap()
+                    .any(|c| matches!(c, ControlMessageOwned::ScmRights(_)));
+                let len = msg.bytes;
+                if got_fd {
+                    assert!(fd_at.is_none(), "a second fd");
+                    fd_at = Some((all.len(), all.len() + len));
+                }
+                all.extend_from_slice(&buf[..len]);
+            }
+            (String::from_utf8(all).unwrap(), fd_at)
+        })
+        .await
+        .unwrap();
+        let got: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["i"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(got, (0..n as u64).collect::<Vec<_>>());
+        let start: usize = text.lines().take(300).map(|l| l.len() + 1).sum();
+        let (from, to) = fd_at.expect("the fd arrived");
+        assert!(
+            from <= start && start < to,
+            "fd with bytes {from}..{to}, message 300 at {start}"
+        );
+        drop(theirs);
     }
 }
