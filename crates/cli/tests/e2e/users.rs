@@ -179,9 +179,7 @@ fn a_python_app_runs_as_another_user() {
     };
     let h = Herd::new();
     let dir = open_dir();
-    let app = dir.path().join("hello.py");
-    std::fs::copy(repo_root().join("examples/hello.py"), &app).unwrap();
-    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let app = readable_hello(dir.path());
     let port = free_port();
     h.ok(&[
         "start",
@@ -346,9 +344,7 @@ fn refusals_name_the_fix() {
     };
     let h = Herd::new();
     let dir = open_dir();
-    let app = dir.path().join("hello.py");
-    std::fs::copy(repo_root().join("examples/hello.py"), &app).unwrap();
-    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let app = readable_hello(dir.path());
     let app = app.to_str().unwrap();
 
     let e = h.fails(&["start", app, "--uid", "no-such-user-herd"]);
@@ -429,9 +425,7 @@ fn apply_of_another_uid_reloads_the_app_as_that_user() {
     };
     let h = Herd::new();
     let dir = open_dir();
-    let app = dir.path().join("hello.py");
-    std::fs::copy(repo_root().join("examples/hello.py"), &app).unwrap();
-    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let app = readable_hello(dir.path());
     let port = free_port();
     let file = dir.path().join("herd.toml");
     let write = |extra: &str| {
@@ -462,4 +456,12 @@ fn apply_of_another_uid_reloads_the_app_as_that_user() {
     assert_runs_as(&h, "web", &user, 2);
     get(loopback(port), "/", Duration::from_secs(5)).unwrap();
     h.finish();
+}
+
+/// examples/hello.py copied into `dir`, readable by any user.
+fn readable_hello(dir: &std::path::Path) -> std::path::PathBuf {
+    let app = dir.join("hello.py");
+    std::fs::copy(repo_root().join("examples/hello.py"), &app).unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
+    app
 }
