@@ -10,6 +10,13 @@ use tokio::sync::mpsc;
 
 use super::{hide_password, host_channel, BridgeStats, Deliver, ALL};
 
+/// How often a bridge asks its broker whether it is still there. A link that goes silent (a
+/// cable cut, a host's interface down) resets no connection: without asking, a bridge that
+/// only receives would believe itself connected until TCP gave up, a quarter of an hour
+/// later, and what it was given to publish meanwhile would be neither sent nor counted lost.
+/// With it, a silent link is noticed within about three heartbeats.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Starts the task for `url`'s broker.
 ///
 /// # Errors
@@ -58,7 +65,9 @@ async fn redis_task(
                 delay = Duration::from_millis(100);
                 stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!("bus: connected to redis");
-                let mut messages = sub.into_on_message();
+                let (mut sink, mut messages) = sub.split();
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         m = messages.next() => match m {
@@ -79,6 +88,21 @@ async fn redis_task(
                             }
                             None => return,
                         },
+                        // On the subscribing connection: the one a silent link leaves waiting
+                        // (a publish would notice by itself, its answer being late).
+                        _ = heartbeat.tick() => {
+                            match tokio::time::timeout(2 * HEARTBEAT, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => {
+                                    tracing::warn!("bus: redis did not answer a ping: {e}");
+                                    break;
+                                }
+                                Err(_) => {
+                                    tracing::warn!("bus: redis did not answer a ping in {:?}", 2 * HEARTBEAT);
+                                    break;
+                                }
+                            }
+                        }
                     }
                 }
                 stats.connected.store(false, Ordering::Relaxed);
@@ -108,6 +132,8 @@ async fn nats_task(
     let options = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .max_reconnects(None)
+        // The client disconnects when two pings wait for their answer at the next one.
+        .ping_interval(HEARTBEAT)
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((100u64 << attempts.min(5) as u64).min(2000))
         })
