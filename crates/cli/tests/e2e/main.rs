@@ -26,6 +26,7 @@ mod node;
 mod primary;
 mod races;
 mod runtimes;
+mod three_hosts;
 mod update;
 mod users;
 mod vocabulary;
