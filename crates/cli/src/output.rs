@@ -508,7 +508,7 @@ pub fn bus_stats(b: &herd_proto::BusStats) -> String {
         None => "none (this host only; set HERD_BUS or bus in config.toml)".into(),
     };
     format!(
-        "{:>16}: {} on host {}\n{:>16}: {broker}\n{:>16}: {} dropped (slow readers), {} refused (too large or malformed), {} without recipient\n{:>16}: {} refused (topic over max_topic_bytes, subscriptions over max_subscriptions, requests over max_pending_requests)\n",
+        "{:>16}: {} on host {}\n{:>16}: {broker}\n{:>16}: {} dropped (slow readers), {} refused (too large or malformed), {} without recipient\n{:>16}: {} refused (topic over max_topic_bytes, subscriptions over max_subscriptions, requests over max_pending_requests)\n{:>16}: {} channels handed to pairs of instances, {} refused\n",
         "bus",
         format_args!("{} messages routed", b.routed),
         b.host,
@@ -518,7 +518,10 @@ pub fn bus_stats(b: &herd_proto::BusStats) -> String {
         b.rejected,
         b.no_recipient,
         "limits",
-        b.refused
+        b.refused,
+        "direct",
+        b.direct_opened,
+        b.direct_refused
     )
 }
 

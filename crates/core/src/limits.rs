@@ -17,6 +17,10 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Requests of one instance that may wait for a reply at once.
     pub max_pending_requests: usize,
+    /// Direct bus channels one instance keeps open at once (docs/bus.md, "Direct channels");
+    /// past it, its client closes the least recently used. 0: no direct channels, everything
+    /// goes through the daemon.
+    pub max_direct_channels: usize,
     /// Listening sockets the daemon binds for one app's Node workers beyond the app's own
     /// addresses (`listen()` on other ports).
     pub max_listen_sockets: usize,
@@ -39,6 +43,7 @@ impl Default for Limits {
             max_topic_bytes: 1024,
             max_subscriptions: 1024,
             max_pending_requests: 1024,
+            max_direct_channels: 128,
             max_listen_sockets: 32,
             max_control_connections: 1024,
             control_idle_timeout_ms: 60_000,

@@ -234,6 +234,7 @@ struct ConfigFile {
     max_topic_bytes: Option<usize>,
     max_subscriptions: Option<usize>,
     max_pending_requests: Option<usize>,
+    max_direct_channels: Option<usize>,
     max_listen_sockets: Option<usize>,
     max_control_connections: Option<usize>,
     control_idle_timeout_ms: Option<u64>,
@@ -244,7 +245,7 @@ struct ConfigFile {
 }
 
 /// The keys `config.toml` takes, for error messages.
-const CONFIG_KEYS: &str = "bus, host, metrics, max_message_bytes, max_topic_bytes, max_subscriptions, max_pending_requests, max_listen_sockets, max_control_connections, control_idle_timeout_ms, instance_log_burst, instance_log_interval_ms, daemon_log_max_bytes";
+const CONFIG_KEYS: &str = "bus, host, metrics, max_message_bytes, max_topic_bytes, max_subscriptions, max_pending_requests, max_direct_channels, max_listen_sockets, max_control_connections, control_idle_timeout_ms, instance_log_burst, instance_log_interval_ms, daemon_log_max_bytes";
 
 /// Why the daemon's settings cannot be used. Each message names the file, the problem and the
 /// fix.
@@ -355,6 +356,13 @@ fn limits(file: &ConfigFile, path: &Path) -> Result<herd_core::Limits, SettingsE
             file.max_pending_requests,
             d.max_pending_requests,
             1..=1 << 20,
+            path,
+        )?,
+        max_direct_channels: in_range(
+            "max_direct_channels",
+            file.max_direct_channels,
+            d.max_direct_channels,
+            0..=4096,
             path,
         )?,
         max_listen_sockets: in_range(

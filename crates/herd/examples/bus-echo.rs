@@ -1,5 +1,10 @@
-//! A Rust instance on herd's bus: answers requests (echoing them), remembers what it saw on
-//! the topic "news", and on `{"ask": ADDRESS}` asks that instance in turn.
+//! A Rust instance on herd's bus: answers requests (echoing them, and saying whether each
+//! came on a direct channel), remembers what it saw on the topic "news" and what was sent to
+//! it, and on request:
+//! - `{"ask": ADDRESS, "send": DATA, "timeout_ms": N}` asks that instance in turn;
+//! - `{"burst": ADDRESS, "n": N}` sends it N messages `{"seq": i}`;
+//! - `{"sleep_ms": N}` answers after N ms;
+//! - `"channels"` answers how many direct channels it holds.
 //!
 //!     herd start target/debug/examples/bus-echo --name rust
 
@@ -19,18 +24,32 @@ async fn main() -> std::io::Result<()> {
             seen.push(json!({"topic": msg.topic, "data": msg.data, "from": msg.from}));
             continue;
         }
-        let answer = if msg.data == "seen" {
+        let d = &msg.data;
+        let answer = if *d == "seen" {
             json!(seen)
-        } else if let Some(to) = msg.data.get("ask").and_then(Value::as_str) {
-            match bus
-                .request(to, json!("from rust"), Duration::from_secs(2))
-                .await
-            {
-                Ok(v) => json!({"asked": to, "answer": v}),
-                Err(e) => json!({"asked": to, "error": e.to_string()}),
+        } else if *d == "channels" {
+            json!(bus.direct_channels())
+        } else if let Some(to) = d.get("ask").and_then(Value::as_str) {
+            let send = d.get("send").cloned().unwrap_or(json!("from rust"));
+            let ms = d.get("timeout_ms").and_then(Value::as_u64).unwrap_or(2000);
+            let t = std::time::Instant::now();
+            match bus.request(to, send, Duration::from_millis(ms)).await {
+                Ok(v) => json!({"asked": to, "answer": v, "ms": t.elapsed().as_millis() as u64}),
+                Err(e) => {
+                    json!({"asked": to, "error": e.to_string(), "ms": t.elapsed().as_millis() as u64})
+                }
             }
+        } else if let Some(to) = d.get("burst").and_then(Value::as_str) {
+            let n = d.get("n").and_then(Value::as_u64).unwrap_or(0);
+            for i in 0..n {
+                bus.send(to, json!({"seq": i})).await?;
+            }
+            json!({"sent": n})
         } else {
-            json!({"echo": msg.data, "lang": "rust", "pid": std::process::id()})
+            if let Some(ms) = d.get("sleep_ms").and_then(Value::as_u64) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            json!({"echo": msg.data, "lang": "rust", "pid": std::process::id(), "direct": msg.is_direct()})
         };
         msg.reply(answer).await?;
     }

@@ -16,35 +16,118 @@
 //!
 //! The wire format (one JSON object per line on `HERD_IPC_FD`) is [`herd_proto::worker`]
 //! (described in herd's `docs/bus.md`); this client is a few dozen lines over it.
+//!
+//! **Direct channels.** Sends and requests to one instance on this host (`api:0`) go peer to
+//! peer once the daemon has introduced the two instances: the first message to an address
+//! goes through the daemon together with `{"herd":"direct","to":…}`, the daemon answers with
+//! one end of a socket pair (the other end goes to the peer), and later messages to that
+//! address are written on it, the daemon off the path. Messages to one address stay in the
+//! order they were sent: while a channel is being opened, further messages to that address
+//! wait for it (at most 2 s, then they go through the daemon). A channel closes when its peer
+//! exits (its pending requests fail at once), when the daemon says the peer stopped serving
+//! its address (a reload), or when this instance holds more than `max_direct_channels`
+//! (least recently used first); the next message opens a new one. `HERD_BUS_DIRECT=0` keeps
+//! everything on the daemon's path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::FromRawFd;
+use std::mem::MaybeUninit;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use herd_proto::worker::{self, HerdOp, ToInstance};
+use herd_proto::worker::{self, ChannelMsg, Delivery, HerdOp, ProcessMsgType, ToInstance};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>;
+/// Messages kept for [`Bus::recv`]; past it they are dropped (and counted).
+const INCOMING: usize = 1024;
+/// How long messages to an address wait for its direct channel to open before they take the
+/// daemon's path.
+const OPENING_WAIT: Duration = Duration::from_secs(2);
+/// How long the daemon's path is used after a channel request went unanswered.
+const REFUSED_WAIT: Duration = Duration::from_secs(30);
+/// Defaults until the daemon says otherwise (in its first channel message).
+const MAX_BYTES: usize = 1 << 20;
+const MAX_CHANNELS: usize = 128;
+
+type Writer = tokio::sync::Mutex<OwnedWriteHalf>;
+
+/// A request of ours waiting for its answer, and the direct channel it went on (if any).
+struct Waiting {
+    tx: oneshot::Sender<Result<Value, String>>,
+    via: Option<u64>,
+}
+
+/// One direct channel to another instance.
+struct Conn {
+    id: u64,
+    /// The instance at the other end (`app:i@host`).
+    peer: String,
+    /// Our own address, the `from` of what we write.
+    me: String,
+    max_bytes: usize,
+    writer: Writer,
+    /// When it was last used (a tick of [`Routes::clock`]): the least recently used is closed
+    /// first.
+    used: AtomicU64,
+}
+
+/// What to do with messages to one address.
+enum Route {
+    /// The daemon was asked for a channel; messages wait for its answer.
+    Opening(Arc<Notify>),
+    Open(Arc<Conn>),
+    /// The daemon refused one: its path until then.
+    Refused(Instant),
+}
+
+#[derive(Default)]
+struct Routes {
+    by_addr: HashMap<String, Route>,
+    /// Every open channel, opened by us or by the peer.
+    conns: HashMap<u64, Arc<Conn>>,
+    next_conn: u64,
+    clock: u64,
+    /// `app:i@host`, once the daemon told us.
+    me: Option<String>,
+    max_channels: Option<usize>,
+}
+
+struct Shared {
+    daemon: Writer,
+    pending: Mutex<HashMap<u64, Waiting>>,
+    next: AtomicU64,
+    incoming: mpsc::Sender<Message>,
+    dropped: AtomicU64,
+    routes: Mutex<Routes>,
+    direct: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A connection to herd's bus through this instance's channel. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
-    pending: Pending,
-    next: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     incoming: Arc<tokio::sync::Mutex<mpsc::Receiver<Message>>>,
-    dropped: Arc<AtomicU64>,
+}
+
+/// Where the answer to a message goes: the daemon, or the direct channel it came on.
+#[derive(Clone)]
+enum Via {
+    Daemon(Arc<Shared>),
+    Direct(Arc<Conn>),
 }
 
 /// A message for this instance: sent to it, published on a topic it subscribed to, or a
 /// request awaiting [`Message::reply`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Message {
     /// Topic (`herd` for plain sends).
     pub topic: String,
@@ -53,7 +136,19 @@ pub struct Message {
     /// Sender: `app:i@host` or `cli@host`.
     pub from: String,
     request: Option<u64>,
-    writer: Option<Arc<tokio::sync::Mutex<OwnedWriteHalf>>>,
+    via: Option<Via>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("topic", &self.topic)
+            .field("data", &self.data)
+            .field("from", &self.from)
+            .field("request", &self.request)
+            .field("direct", &matches!(self.via, Some(Via::Direct(_))))
+            .finish()
+    }
 }
 
 impl Message {
@@ -62,27 +157,415 @@ impl Message {
         self.request.is_some()
     }
 
-    /// Answers a request (a no-op for other messages).
+    /// Whether it came on a direct channel (not through the daemon).
+    pub fn is_direct(&self) -> bool {
+        matches!(self.via, Some(Via::Direct(_)))
+    }
+
+    /// Answers a request (a no-op for other messages), on the path it came by.
     ///
     /// # Errors
     /// When the channel is gone.
     pub async fn reply(&self, data: Value) -> io::Result<()> {
-        match (self.request, &self.writer) {
-            (Some(n), Some(w)) => {
-                let reply = worker::Reply {
-                    reply_to: n,
-                    data: Some(data),
-                };
-                write(w, &HerdOp::Reply(reply)).await
+        let Some(n) = self.request else {
+            return Ok(());
+        };
+        let reply = HerdOp::Reply(worker::Reply {
+            reply_to: n,
+            data: Some(data),
+        });
+        match &self.via {
+            Some(Via::Daemon(s)) => write_op(&s.daemon, &reply).await,
+            Some(Via::Direct(c)) => {
+                let mut line = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+                line.push(b'\n');
+                c.writer.lock().await.write_all(&line).await
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }
 
-async fn write(w: &tokio::sync::Mutex<OwnedWriteHalf>, op: &HerdOp) -> io::Result<()> {
+async fn write_op(w: &Writer, op: &HerdOp) -> io::Result<()> {
     let line = op.to_line().map_err(io::Error::other)?;
     w.lock().await.write_all(&line).await
+}
+
+/// The part of an address a direct channel is kept under: `app:i` for one instance on this
+/// host (`@host` naming this host is dropped), `None` for anything else.
+fn direct_key(to: &str, me: Option<&str>) -> Option<String> {
+    let (addr, host) = match to.split_once('@') {
+        Some((a, h)) => (a, Some(h)),
+        None => (to, None),
+    };
+    if let Some(h) = host {
+        let mine = me.and_then(|m| m.split_once('@')).map(|(_, h)| h)?;
+        if h != mine {
+            return None;
+        }
+    }
+    let (app, i) = addr.split_once(':')?;
+    (!app.is_empty() && app != "*" && i.parse::<u32>().is_ok()).then(|| addr.to_string())
+}
+
+/// Which path a message to an address takes.
+enum Path {
+    Direct(Arc<Conn>),
+    Daemon,
+    /// The daemon's, and ask it for a channel right after the message.
+    DaemonThenOpen,
+}
+
+impl Shared {
+    /// The path for a message to `to`, waiting for a channel being opened.
+    async fn path(&self, to: &str) -> Path {
+        if !self.direct {
+            return Path::Daemon;
+        }
+        let deadline = tokio::time::Instant::now() + OPENING_WAIT;
+        loop {
+            let (key, notify) = {
+                let mut r = lock(&self.routes);
+                let Some(key) = direct_key(to, r.me.as_deref()) else {
+                    return Path::Daemon;
+                };
+                r.clock += 1;
+                let now = r.clock;
+                match r.by_addr.get(&key) {
+                    Some(Route::Open(c)) => {
+                        c.used.store(now, Ordering::Relaxed);
+                        return Path::Direct(c.clone());
+                    }
+                    Some(Route::Opening(n)) => (key, n.clone()),
+                    Some(Route::Refused(until)) if Instant::now() < *until => return Path::Daemon,
+                    _ => {
+                        r.by_addr
+                            .insert(key, Route::Opening(Arc::new(Notify::new())));
+                        return Path::DaemonThenOpen;
+                    }
+                }
+            };
+            // Made before looking again, so that the change it waits for cannot slip between.
+            let notified = notify.notified();
+            let opening = |r: &Routes| matches!(r.by_addr.get(&key), Some(Route::Opening(_)));
+            if !opening(&lock(&self.routes)) {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // No answer (a daemon that does not know direct channels): the daemon's path
+                // for a while.
+                let mut r = lock(&self.routes);
+                if opening(&r) {
+                    r.by_addr
+                        .insert(key, Route::Refused(Instant::now() + REFUSED_WAIT));
+                    notify.notify_waiters();
+                }
+                return Path::Daemon;
+            }
+        }
+    }
+
+    /// Writes a message on the daemon's channel, with the request for a channel after it
+    /// when asked (both under one lock: nothing to that address can come between).
+    async fn via_daemon(&self, op: &HerdOp, open: Option<&str>) -> io::Result<()> {
+        let mut line = op.to_line().map_err(io::Error::other)?;
+        if let Some(to) = open {
+            let direct = HerdOp::Direct(worker::Direct {
+                to: Some(to.into()),
+            });
+            line.extend(direct.to_line().map_err(io::Error::other)?);
+        }
+        self.daemon.lock().await.write_all(&line).await
+    }
+
+    /// A channel that broke under a write: forgotten, so that the next message opens another.
+    fn forget_conn(&self, conn: &Conn) {
+        let mut r = lock(&self.routes);
+        r.conns.remove(&conn.id);
+        r.by_addr
+            .retain(|_, route| !matches!(route, Route::Open(c) if c.id == conn.id));
+    }
+
+    /// A channel's end: its requests still waiting fail now.
+    fn closed(&self, conn: &Conn, why: &str) {
+        self.forget_conn(conn);
+        let failed: Vec<Waiting> = {
+            let mut p = lock(&self.pending);
+            let ids: Vec<u64> = p
+                .iter()
+                .filter(|(_, w)| w.via == Some(conn.id))
+                .map(|(&id, _)| id)
+                .collect();
+            ids.into_iter().filter_map(|id| p.remove(&id)).collect()
+        };
+        for w in failed {
+            let _ = w.tx.send(Err(format!("{} {why}", conn.peer)));
+        }
+    }
+
+    /// Hands an answer to the request `id`, if it went the way the answer came (`via`: the
+    /// direct channel, or `None` for the daemon): a peer cannot answer what it was not asked.
+    fn answer(&self, id: u64, via: Option<u64>, result: Result<Value, String>) {
+        let mut p = lock(&self.pending);
+        if p.get(&id).is_some_and(|w| w.via == via) {
+            if let Some(w) = p.remove(&id) {
+                drop(p);
+                let _ = w.tx.send(result);
+            }
+        }
+    }
+
+    /// Hands a message to [`Bus::recv`]; a full queue drops it (counted and said).
+    fn take(&self, msg: Message) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.incoming.try_send(msg) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                eprintln!("herd bus: {n} message(s) dropped so far: this program does not call Bus::recv fast enough ({INCOMING} are kept)");
+            }
+        }
+    }
+
+    /// One message from the daemon or a direct channel.
+    fn on_message(self: &Arc<Self>, msg: ToInstance<'_>, via: Via, fds: &mut VecDeque<OwnedFd>) {
+        let error = |e: String| if e.is_empty() { "error".into() } else { e };
+        let from = match &via {
+            Via::Direct(c) => Some(c.id),
+            Via::Daemon(_) => None,
+        };
+        match msg {
+            ToInstance::Reply(a) => {
+                if let Some(n) = a.reply_to.as_u64() {
+                    self.answer(n, from, Ok(a.data));
+                }
+            }
+            ToInstance::Error(r) => match r.reply_to.as_ref().and_then(Value::as_u64) {
+                Some(n) => self.answer(n, from, Err(error(r.error))),
+                None => eprintln!("herd bus: {}", error(r.error)),
+            },
+            ToInstance::Message(d) => self.take(Message {
+                topic: d.topic,
+                data: d.data.into_owned(),
+                from: d.from,
+                request: d.request,
+                via: Some(via),
+            }),
+            ToInstance::Channel(c) if matches!(via, Via::Daemon(_)) => self.on_channel(c, fds),
+            ToInstance::Unroute(u) if matches!(via, Via::Daemon(_)) => self.unroute(&u.peer),
+            // The Rust crate offers no metrics to herd's endpoint (yet): never asked.
+            _ => {}
+        }
+    }
+
+    /// The daemon's answer to a request for a channel, or a channel another instance opened.
+    fn on_channel(self: &Arc<Self>, c: ChannelMsg, fds: &mut VecDeque<OwnedFd>) {
+        let fd = if c.error.is_none() {
+            fds.pop_front()
+        } else {
+            None
+        };
+        let mut r = lock(&self.routes);
+        if let Some(me) = &c.me {
+            r.me = Some(me.clone());
+        }
+        if let Some(max) = c.max_channels {
+            r.max_channels = Some(max.max(1));
+        }
+        let conn = match (fd, c.peer) {
+            (Some(fd), Some(peer)) => match open(fd) {
+                Ok((read, write)) => {
+                    r.next_conn += 1;
+                    r.clock += 1;
+                    let conn = Arc::new(Conn {
+                        id: r.next_conn,
+                        peer,
+                        me: c.me.clone().unwrap_or_default(),
+                        max_bytes: c.max_bytes.unwrap_or(MAX_BYTES),
+                        writer: tokio::sync::Mutex::new(write),
+                        used: AtomicU64::new(r.clock),
+                    });
+                    r.conns.insert(conn.id, conn.clone());
+                    tokio::spawn(read_direct(self.clone(), conn.clone(), read));
+                    Some(conn)
+                }
+                Err(e) => {
+                    eprintln!("herd bus: a direct channel could not be used: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(to) = c.to {
+            let key = direct_key(&to, r.me.as_deref()).unwrap_or(to);
+            let route = match &conn {
+                Some(conn) => Route::Open(conn.clone()),
+                None => {
+                    let retry = Duration::from_millis(c.retry_ms.unwrap_or(1000));
+                    Route::Refused(Instant::now() + retry)
+                }
+            };
+            if let Some(Route::Opening(n)) = r.by_addr.insert(key, route) {
+                n.notify_waiters();
+            }
+        }
+        // Too many: the least recently used goes (its peer sees it close).
+        let max = r.max_channels.unwrap_or(MAX_CHANNELS);
+        while r.conns.len() > max {
+            let Some(old) = r
+                .conns
+                .values()
+                .min_by_key(|c| c.used.load(Ordering::Relaxed))
+                .cloned()
+            else {
+                break;
+            };
+            r.conns.remove(&old.id);
+            r.by_addr
+                .retain(|_, route| !matches!(route, Route::Open(c) if c.id == old.id));
+            tokio::spawn(async move {
+                let _ = old.writer.lock().await.shutdown().await;
+            });
+        }
+    }
+
+    /// The daemon says `peer` no longer serves its address: messages to it go through the
+    /// daemon again (which introduces its successor); the channel is closed for writing, and
+    /// answers to what was sent on it still arrive.
+    fn unroute(&self, peer: &str) {
+        let mut r = lock(&self.routes);
+        let gone: Vec<Arc<Conn>> = r
+            .by_addr
+            .values()
+            .filter_map(|route| match route {
+                Route::Open(c) if c.peer == peer => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
+        r.by_addr
+            .retain(|_, route| !matches!(route, Route::Open(c) if c.peer == peer));
+        for c in gone {
+            tokio::spawn(async move {
+                let _ = c.writer.lock().await.shutdown().await;
+            });
+        }
+    }
+}
+
+/// Makes a tokio stream of a received channel end.
+fn open(fd: OwnedFd) -> io::Result<(OwnedReadHalf, OwnedWriteHalf)> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true)?;
+    Ok(tokio::net::UnixStream::from_std(std)?.into_split())
+}
+
+/// Splits complete lines off `buf`, giving each to `each`; a line longer than `max` is
+/// dropped (as is the rest of it, up to its newline) and said once.
+fn lines(buf: &mut Vec<u8>, skipping: &mut bool, max: usize, mut each: impl FnMut(&[u8])) {
+    let mut start = 0;
+    while let Some(end) = buf
+        .get(start..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    {
+        let line = buf.get(start..start + end).unwrap_or_default();
+        if !*skipping && !line.iter().all(u8::is_ascii_whitespace) {
+            each(line);
+        }
+        *skipping = false;
+        start += end + 1;
+    }
+    buf.drain(..start);
+    if !*skipping && buf.len() > max {
+        eprintln!("herd bus: a message longer than {max} bytes was dropped");
+        *skipping = true;
+    }
+    if *skipping {
+        buf.clear();
+    }
+}
+
+/// Reads the daemon's channel: lines, and the channel ends that come with `channel` messages.
+async fn read_daemon(shared: Arc<Shared>, r: OwnedReadHalf) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut fds: VecDeque<OwnedFd> = VecDeque::new();
+    let mut skipping = false;
+    loop {
+        let read = r
+            .as_ref()
+            .async_io(Interest::READABLE, || {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+                let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+                let mut iov = [io::IoSliceMut::new(&mut chunk)];
+                let got = rustix::net::recvmsg(
+                    r.as_ref(),
+                    &mut iov,
+                    &mut control,
+                    rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::CMSG_CLOEXEC,
+                )
+                .map_err(io::Error::from)?;
+                for m in control.drain() {
+                    if let rustix::net::RecvAncillaryMessage::ScmRights(received) = m {
+                        fds.extend(received);
+                    }
+                }
+                Ok(got.bytes)
+            })
+            .await;
+        let n = match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        let mut msgs = Vec::new();
+        lines(&mut buf, &mut skipping, MAX_BYTES.max(16 << 20), |line| {
+            // Lines that are none of herd's messages (a later daemon's) are skipped.
+            if let Ok(m) = serde_json::from_slice::<ToInstance<'static>>(line) {
+                msgs.push(m);
+            }
+        });
+        for m in msgs {
+            shared.on_message(m, Via::Daemon(shared.clone()), &mut fds);
+        }
+        // An fd whose message never came (none of ours) is closed with the rest of the read.
+        if fds.len() > 8 {
+            fds.clear();
+        }
+    }
+}
+
+/// Reads one direct channel until it closes, then fails what still waits on it.
+async fn read_direct(shared: Arc<Shared>, conn: Arc<Conn>, mut r: OwnedReadHalf) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut skipping = false;
+    let mut none = VecDeque::new();
+    loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        let mut msgs = Vec::new();
+        lines(&mut buf, &mut skipping, conn.max_bytes, |line| {
+            if let Ok(m) = serde_json::from_slice::<ToInstance<'static>>(line) {
+                msgs.push(m);
+            }
+        });
+        for m in msgs {
+            // What comes on a direct channel is from its peer, whatever it says.
+            let m = match m {
+                ToInstance::Message(mut d) => {
+                    d.from.clone_from(&conn.peer);
+                    ToInstance::Message(d)
+                }
+                other => other,
+            };
+            shared.on_message(m, Via::Direct(conn.clone()), &mut none);
+        }
+    }
+    shared.closed(
+        &conn,
+        "closed its direct channel before replying: it exited or restarted",
+    );
 }
 
 impl Bus {
@@ -105,84 +588,94 @@ impl Bus {
         let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
         std.set_nonblocking(true)?;
         let (r, w) = tokio::net::UnixStream::from_std(std)?.into_split();
-        let writer = Arc::new(tokio::sync::Mutex::new(w));
-        let pending: Pending = Arc::default();
-        let (tx, rx) = mpsc::channel(1024);
-        let reader_pending = pending.clone();
-        let reader_writer = writer.clone();
-        let dropped = Arc::new(AtomicU64::new(0));
-        let reader_dropped = dropped.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                // Lines that are none of herd's messages (a later daemon's) are skipped.
-                let Ok(msg) = serde_json::from_str::<ToInstance>(&line) else {
-                    continue;
-                };
-                let error = |e: String| if e.is_empty() { "error".into() } else { e };
-                // The answer to a request of ours (numbered in `Bus::request`), or why not.
-                let answer = match msg {
-                    ToInstance::Reply(a) => a.reply_to.as_u64().map(|n| (n, Ok(a.data))),
-                    ToInstance::Error(r) => match r.reply_to.as_ref().and_then(Value::as_u64) {
-                        Some(n) => Some((n, Err(error(r.error)))),
-                        None => {
-                            eprintln!("herd bus: {}", error(r.error));
-                            None
-                        }
-                    },
-                    ToInstance::Message(d) => {
-                        let msg = Message {
-                            topic: d.topic,
-                            data: d.data.into_owned(),
-                            from: d.from,
-                            request: d.request,
-                            writer: Some(reader_writer.clone()),
-                        };
-                        // A full queue drops, as the daemon does for instances that do not read
-                        // (replies to requests still get through); it is counted and said.
-                        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg) {
-                            let n = reader_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                            if n.is_power_of_two() {
-                                eprintln!("herd bus: {n} message(s) dropped so far: this program does not call Bus::recv fast enough (1024 are kept)");
-                            }
-                        }
-                        None
-                    }
-                    // The Rust crate offers no metrics to herd's endpoint (yet): never asked.
-                    ToInstance::Scrape { .. } => None,
-                };
-                if let Some((n, result)) = answer {
-                    if let Some(p) = reader_pending.lock().expect("not poisoned").remove(&n) {
-                        let _ = p.send(result);
-                    }
-                }
-            }
+        let (tx, rx) = mpsc::channel(INCOMING);
+        let direct = std::env::var("HERD_BUS_DIRECT").as_deref() != Ok("0");
+        let shared = Arc::new(Shared {
+            daemon: tokio::sync::Mutex::new(w),
+            pending: Mutex::default(),
+            next: AtomicU64::new(1),
+            incoming: tx,
+            dropped: AtomicU64::new(0),
+            routes: Mutex::default(),
+            direct,
         });
+        tokio::spawn(read_daemon(shared.clone(), r));
+        if direct {
+            // Others may open channels to this instance.
+            let s = shared.clone();
+            tokio::spawn(async move {
+                let _ = write_op(&s.daemon, &HerdOp::Direct(worker::Direct::default())).await;
+            });
+        }
         Ok(Self {
-            writer,
-            pending,
-            next: Arc::new(AtomicU64::new(1)),
+            shared,
             incoming: Arc::new(tokio::sync::Mutex::new(rx)),
-            dropped,
         })
     }
 
     /// Messages dropped because [`Bus::recv`] was not called fast enough (1024 wait at most).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Direct channels open now (opened by this instance or to it).
+    pub fn direct_channels(&self) -> usize {
+        lock(&self.shared.routes).conns.len()
+    }
+
+    /// Writes a delivery on a direct channel; `false` when the channel broke (it is
+    /// forgotten, and the message should take the daemon's path).
+    async fn write_direct(
+        &self,
+        conn: &Conn,
+        topic: Option<&str>,
+        data: &Value,
+        request: Option<u64>,
+    ) -> io::Result<bool> {
+        let delivery = ToInstance::Message(Delivery {
+            kind: ProcessMsgType::ProcessMsg,
+            topic: topic.unwrap_or("herd").to_string(),
+            data: std::borrow::Cow::Borrowed(data),
+            from: conn.me.clone(),
+            request,
+        });
+        let mut line = serde_json::to_vec(&delivery).map_err(io::Error::other)?;
+        if line.len() > conn.max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a message of {} bytes is over the bus limit of {} bytes; send smaller messages (or raise max_message_bytes in HERD_HOME/config.toml)",
+                    line.len(),
+                    conn.max_bytes
+                ),
+            ));
+        }
+        line.push(b'\n');
+        if conn.writer.lock().await.write_all(&line).await.is_ok() {
+            return Ok(true);
+        }
+        self.shared.forget_conn(conn);
+        Ok(false)
     }
 
     /// Sends to instances: `api:3`, `api` (each), `*` (all), optionally `@host`.
     ///
     /// # Errors
-    /// When the channel is gone.
+    /// When the channel is gone, or the message is over the bus's size limit.
     pub async fn send(&self, to: &str, data: Value) -> io::Result<()> {
-        let send = worker::Send {
+        let path = self.shared.path(to).await;
+        if let Path::Direct(conn) = &path {
+            if self.write_direct(conn, None, &data, None).await? {
+                return Ok(());
+            }
+        }
+        let send = HerdOp::Send(worker::Send {
             to: Some(to.into()),
             topic: None,
             data,
-        };
-        write(&self.writer, &HerdOp::Send(send)).await
+        });
+        let open = matches!(path, Path::DaemonThenOpen).then_some(to);
+        self.shared.via_daemon(&send, open).await
     }
 
     /// Publishes on a topic, to every subscribed instance on every host.
@@ -194,7 +687,7 @@ impl Bus {
             topic: Some(topic.into()),
             data,
         };
-        write(&self.writer, &HerdOp::Publish(publish)).await
+        write_op(&self.shared.daemon, &HerdOp::Publish(publish)).await
     }
 
     /// Subscribes to a topic; its messages arrive through [`Bus::recv`].
@@ -202,47 +695,115 @@ impl Bus {
     /// # Errors
     /// When the channel is gone.
     pub fn subscribe(&self, topic: &str) -> io::Result<()> {
-        let w = self.writer.clone();
+        let s = self.shared.clone();
         let msg = HerdOp::Subscribe(worker::Subscribe {
             topic: Some(topic.into()),
         });
         // Subscribing is cheap and ordered with later writes through the same lock.
-        tokio::spawn(async move { write(&w, &msg).await });
+        tokio::spawn(async move { write_op(&s.daemon, &msg).await });
         Ok(())
     }
 
     /// Sends a request to one instance and waits for its reply.
     ///
     /// # Errors
-    /// A timeout, no such instance, or the channel gone, with herd's explanation.
+    /// A timeout, no such instance, the instance gone before replying, or the channel gone,
+    /// with herd's explanation.
     pub async fn request(&self, to: &str, data: Value, timeout: Duration) -> io::Result<Value> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let path = self.shared.path(to).await;
+        if let Path::Direct(conn) = &path {
+            let (tx, rx) = oneshot::channel();
+            let via = Some(conn.id);
+            lock(&self.shared.pending).insert(id, Waiting { tx, via });
+            match self.write_direct(conn, None, &data, Some(id)).await {
+                // Timed here: no daemon on this path.
+                Ok(true) => return finish(&self.shared, id, to, rx, timeout).await,
+                // The channel broke: the daemon's path.
+                Ok(false) => drop(lock(&self.shared.pending).remove(&id)),
+                Err(e) => {
+                    lock(&self.shared.pending).remove(&id);
+                    return Err(e);
+                }
+            }
+        }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("not poisoned").insert(id, tx);
-        let request = worker::Request {
+        lock(&self.shared.pending).insert(id, Waiting { tx, via: None });
+        let request = HerdOp::Request(worker::Request {
             to: Some(to.into()),
             topic: None,
             data,
             id: id.into(),
             timeout_ms: Some(timeout.as_millis() as u64),
-        };
-        write(&self.writer, &HerdOp::Request(request)).await?;
-        // The daemon answers a timeout itself; this one only guards against a vanished daemon.
-        match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(io::Error::other(e)),
-            _ => {
-                self.pending.lock().expect("not poisoned").remove(&id);
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{to} did not reply in time"),
-                ))
-            }
+        });
+        let open = matches!(path, Path::DaemonThenOpen).then_some(to);
+        if let Err(e) = self.shared.via_daemon(&request, open).await {
+            lock(&self.shared.pending).remove(&id);
+            return Err(e);
         }
+        // The daemon answers a timeout itself; this one only guards against a vanished daemon.
+        finish(&self.shared, id, to, rx, timeout + Duration::from_secs(1)).await
     }
 
     /// The next message for this instance; `None` once the channel is closed.
     pub async fn recv(&self) -> Option<Message> {
         self.incoming.lock().await.recv().await
+    }
+}
+
+async fn finish(
+    shared: &Shared,
+    id: u64,
+    to: &str,
+    rx: oneshot::Receiver<Result<Value, String>>,
+    wait: Duration,
+) -> io::Result<Value> {
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(io::Error::other(e)),
+        _ => {
+            lock(&shared.pending).remove(&id);
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{to} did not reply in time"),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_instance_here_gets_a_direct_channel() {
+        let me = Some("web:1@h1");
+        assert_eq!(direct_key("api:0", me).as_deref(), Some("api:0"));
+        assert_eq!(direct_key("api:0@h1", me).as_deref(), Some("api:0"));
+        assert_eq!(direct_key("3:2", None).as_deref(), Some("3:2"));
+        for other in [
+            "api", "api:0@h2", "*", "*:0", "api:x", ":0", "api@h1", "all",
+        ] {
+            assert_eq!(direct_key(other, me), None, "{other}");
+        }
+        // Before the daemon said which host this is, `@host` goes through the daemon.
+        assert_eq!(direct_key("api:0@h1", None), None);
+    }
+
+    #[test]
+    fn lines_are_split_and_long_ones_dropped() {
+        let mut buf = b"{\"a\":1}\n\n{\"b\"".to_vec();
+        let mut skipping = false;
+        let mut got = Vec::new();
+        lines(&mut buf, &mut skipping, 16, |l| got.push(l.to_vec()));
+        assert_eq!(got, vec![b"{\"a\":1}".to_vec()]);
+        assert_eq!(buf, b"{\"b\"");
+        buf.extend_from_slice(&[b'x'; 40]);
+        lines(&mut buf, &mut skipping, 16, |l| got.push(l.to_vec()));
+        assert!(skipping && buf.is_empty());
+        buf.extend_from_slice(b"yyy\n{\"c\":3}\n");
+        lines(&mut buf, &mut skipping, 16, |l| got.push(l.to_vec()));
+        assert_eq!(got.last().unwrap(), b"{\"c\":3}");
+        assert_eq!(got.len(), 2);
     }
 }

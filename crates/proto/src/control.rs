@@ -440,6 +440,12 @@ pub struct BusStats {
     pub lost: u64,
     /// Times the broker connection was made again.
     pub reconnects: u64,
+    /// Direct channels the daemon handed to pairs of instances (docs/bus.md).
+    #[serde(default)]
+    pub direct_opened: u64,
+    /// Requests for a direct channel refused (the peer not running or not taking channels).
+    #[serde(default)]
+    pub direct_refused: u64,
 }
 
 /// The body of an error reply.

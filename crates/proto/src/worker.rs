@@ -68,6 +68,9 @@ pub enum HerdOp {
     Request(Request),
     /// `{"herd":"reply","reply_to":N,"data":…}`.
     Reply(Reply),
+    /// `{"herd":"direct"}`: this instance takes direct channels; with `"to":"api:0"`, also
+    /// asks for one to that instance ([`ToInstance::Channel`] answers).
+    Direct(Direct),
 }
 
 /// Delivers `data` to an address (`app:i`, `app`, `*`, optionally `@host`).
@@ -181,6 +184,19 @@ pub struct Reply {
     pub data: Option<Value>,
 }
 
+/// Asks for direct channels (docs/bus.md, "Direct channels").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Direct {
+    /// The instance (`app:i`, on this host) to open a channel to; absent: only say that this
+    /// instance takes channels others open to it.
+    #[serde(
+        default,
+        deserialize_with = "string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub to: Option<String>,
+}
+
 /// PM2's `process.send({type: 'process:msg', topic, data})`: published on `topic`
 /// (`process:msg` when absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +231,8 @@ pub enum FromInstance {
     Unsubscribe(Unsubscribe),
     /// `{"herd":"request",…}`.
     Request(Request),
+    /// `{"herd":"direct",…}`.
+    Direct(Direct),
     /// `{"herd":"reply","reply_to":N,…}`, or any other message (but the five above) with a
     /// whole-number `reply_to`. One that is also PM2's `process:msg` (`tests/node/http.js`
     /// answers so) is published as such when it answers no request of the daemon's:
@@ -237,6 +255,7 @@ enum Tag {
     Unsubscribe,
     Request,
     Reply,
+    Direct,
 }
 
 impl FromInstance {
@@ -253,6 +272,7 @@ impl FromInstance {
             Some(Tag::Subscribe) => Subscribe::deserialize(v).map(Self::Subscribe).ok(),
             Some(Tag::Unsubscribe) => Unsubscribe::deserialize(v).map(Self::Unsubscribe).ok(),
             Some(Tag::Request) => Request::deserialize(v).map(Self::Request).ok(),
+            Some(Tag::Direct) => Direct::deserialize(v).map(Self::Direct).ok(),
             Some(Tag::Ready | Tag::Reply) | None => None,
         };
         if let Some(m) = typed {
@@ -279,7 +299,7 @@ impl FromInstance {
             | Self::Unsubscribe(Unsubscribe { topic })
             | Self::Request(Request { topic, .. })
             | Self::ProcessMsg(ProcessMsg { topic, .. }) => topic.as_deref(),
-            Self::Ready | Self::Reply(_) | Self::Other => None,
+            Self::Ready | Self::Reply(_) | Self::Direct(_) | Self::Other => None,
         }
     }
 }
@@ -329,6 +349,48 @@ pub enum ToInstance<'a> {
         /// Quote it in the answer.
         id: u64,
     },
+    /// `{"herd":"channel",…}`: a direct channel to another instance (its end comes with the
+    /// message, `SCM_RIGHTS`), or why there is none.
+    Channel(ChannelMsg),
+    /// `{"herd":"unroute","peer":"api:0@web-1"}`: that instance no longer serves its address.
+    Unroute(Unroute),
+}
+
+/// A direct channel handed to an instance, or refused (docs/bus.md, "Direct channels").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChannelMsg {
+    /// The address the instance asked for (`Direct::to`): present for the channel it opened
+    /// (and for a refusal), absent for one another instance opened to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The instance at the other end (`app:i@host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// This instance's own address (`app:i@host`): the `from` of what it writes on the
+    /// channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub me: Option<String>,
+    /// Longest line either end may write on the channel (`max_message_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    /// Direct channels an instance keeps open at most (`max_direct_channels`); past it, the
+    /// least recently used is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_channels: Option<usize>,
+    /// Why there is no channel (no fd comes with the message): use the daemon for `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// With `error`: ask again no sooner than this (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_ms: Option<u64>,
+}
+
+/// `{"herd":"unroute","peer":…}` from the daemon says the instance `peer` stopped serving its address (reloaded away,
+/// stopped): send to its address through the daemon again, which introduces its successor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Unroute {
+    /// The instance that stopped serving (`app:i@host`).
+    pub peer: String,
 }
 
 /// An instance's metrics for herd's Prometheus endpoint (docs/metrics.md).
@@ -519,6 +581,13 @@ mod tests {
                 }),
             ),
             (r#"{"herd":"ready"}"#, HerdOp::Ready),
+            (r#"{"herd":"direct"}"#, HerdOp::Direct(Direct { to: None })),
+            (
+                r#"{"herd":"direct","to":"api:0"}"#,
+                HerdOp::Direct(Direct {
+                    to: Some("api:0".into()),
+                }),
+            ),
         ];
         for (line, op) in cases {
             assert_eq!(serde_json::from_str::<HerdOp>(line).unwrap(), op, "{line}");
@@ -532,6 +601,7 @@ mod tests {
                 HerdOp::Unsubscribe(m) => FromInstance::Unsubscribe(m),
                 HerdOp::Request(m) => FromInstance::Request(m),
                 HerdOp::Reply(m) => FromInstance::Reply(m),
+                HerdOp::Direct(m) => FromInstance::Direct(m),
             };
             assert_eq!(read, expected, "{line}");
         }
@@ -662,6 +732,33 @@ mod tests {
                     limit: Some("max_subscriptions".into()),
                 }),
                 r#"{"error":"subscription refused","herd":"error","limit":"max_subscriptions"}"#,
+            ),
+            (
+                ToInstance::Channel(ChannelMsg {
+                    to: Some("api:0".into()),
+                    peer: Some("api:0@h".into()),
+                    me: Some("web:1@h".into()),
+                    max_bytes: Some(1024),
+                    max_channels: Some(128),
+                    error: None,
+                    retry_ms: None,
+                }),
+                r#"{"herd":"channel","max_bytes":1024,"max_channels":128,"me":"web:1@h","peer":"api:0@h","to":"api:0"}"#,
+            ),
+            (
+                ToInstance::Channel(ChannelMsg {
+                    to: Some("api:9".into()),
+                    error: Some("no running instance matches".into()),
+                    retry_ms: Some(1000),
+                    ..ChannelMsg::default()
+                }),
+                r#"{"error":"no running instance matches","herd":"channel","retry_ms":1000,"to":"api:9"}"#,
+            ),
+            (
+                ToInstance::Unroute(Unroute {
+                    peer: "api:0@h".into(),
+                }),
+                r#"{"herd":"unroute","peer":"api:0@h"}"#,
             ),
             // A request without an id is answered with `"reply_to":null`.
             (

@@ -10,6 +10,7 @@ mod cluster;
 mod contain;
 mod cross_host;
 mod deploy;
+mod direct;
 mod embedded;
 mod flood;
 mod foreground;

@@ -35,6 +35,8 @@ pub(super) const PRIMARY_TOPIC: &str = "primary";
 /// Where herd publishes what happens to instances (started, online, exited, restarting,
 /// errored), for a coordinator app or `herd bus` to do what `cluster.on('exit')` did.
 pub const LIFECYCLE_TOPIC: &str = "herd:lifecycle";
+mod direct;
+
 use crate::bus::{host_channel, topic_refusal, Address, Bridge, Envelope, Kind, ALL};
 use crate::ratelimit::{Admit, PerSource};
 use crate::Limits;
@@ -67,6 +69,8 @@ struct Peer {
     pending: usize,
     /// Its messages refused by a limit.
     refused: u64,
+    /// It takes direct channels (it said `{"herd":"direct"}`).
+    direct: bool,
 }
 
 /// The bus's state and counters.
@@ -94,6 +98,12 @@ pub(super) struct Bus {
     refused: u64,
     /// Messages an instance did not take (its queue was full, or it had just gone).
     dropped: u64,
+    /// Instances introduced to others for direct channels, with the pids given a channel to
+    /// each: told `unroute` once it stops serving its address.
+    introduced: HashMap<u32, HashSet<u32>>,
+    /// Direct channels handed out (pairs), and refused.
+    pub(super) direct_opened: u64,
+    pub(super) direct_refused: u64,
 }
 
 /// What became of a message routed from here.
@@ -132,6 +142,9 @@ impl Bus {
             rejected: 0,
             refused: 0,
             dropped: 0,
+            introduced: HashMap::new(),
+            direct_opened: 0,
+            direct_refused: 0,
         }
     }
 
@@ -190,6 +203,8 @@ impl State {
             remote_received: load(|s| s.received.load(Ordering::Relaxed)),
             lost: load(|s| s.lost.load(Ordering::Relaxed)),
             reconnects: load(|s| s.reconnects.load(Ordering::Relaxed)),
+            direct_opened: self.bus.direct_opened,
+            direct_refused: self.bus.direct_refused,
         }
     }
 
@@ -873,6 +888,7 @@ impl State {
                 pm2
             }
             FromInstance::ProcessMsg(m) => Some(m),
+            FromInstance::Direct(d) => return self.on_direct(pid, d.to),
             FromInstance::Ready | FromInstance::Other => None,
         };
         // PM2's `process.send({type: 'process:msg', topic, data})` goes to the bus.
@@ -973,6 +989,11 @@ impl State {
     /// An instance is gone: its subscriptions, its waiting requests and the requests it was
     /// asked go with it.
     pub(super) fn forget_instance(&mut self, pid: u32) {
+        // Its channels close with it: their other ends see that for themselves.
+        self.bus.introduced.remove(&pid);
+        for openers in self.bus.introduced.values_mut() {
+            openers.remove(&pid);
+        }
         let suppressed = self.bus.noisy.forget(pid);
         self.log_suppressed(pid, suppressed);
         if let Some(peer) = self.bus.peers.remove(&pid) {

@@ -190,6 +190,7 @@ impl State {
     }
 
     pub(super) fn after_event(&mut self) {
+        self.unroute_moved();
         if self.pids_dirty.get() {
             self.write_pids();
         }
