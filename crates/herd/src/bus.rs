@@ -272,6 +272,7 @@ impl Shared {
         if let Some(to) = open {
             let direct = HerdOp::Direct(worker::Direct {
                 to: Some(to.into()),
+                taken: None,
             });
             line.extend(direct.to_line().map_err(io::Error::other)?);
         }
@@ -359,6 +360,15 @@ impl Shared {
     /// The daemon's answer to a request for a channel, or a channel another instance opened.
     fn on_channel(self: &Arc<Self>, c: ChannelMsg, fds: &mut VecDeque<OwnedFd>) {
         let fd = if c.error.is_none() {
+            // Counted for the daemon, which hands only a few ends not yet taken.
+            let s = self.clone();
+            tokio::spawn(async move {
+                let taken = HerdOp::Direct(worker::Direct {
+                    to: None,
+                    taken: Some(1),
+                });
+                let _ = write_op(&s.daemon, &taken).await;
+            });
             fds.pop_front()
         } else {
             None

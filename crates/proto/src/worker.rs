@@ -195,6 +195,15 @@ pub struct Direct {
         skip_serializing_if = "Option::is_none"
     )]
     pub to: Option<String>,
+    /// Channel messages (`{"herd":"channel"}` with their ends) taken since the last count: the
+    /// daemon hands an instance only a few ends it has not counted (Node workers count with
+    /// Node's own `NODE_HANDLE_ACK`).
+    #[serde(
+        default,
+        deserialize_with = "whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub taken: Option<u64>,
 }
 
 /// PM2's `process.send({type: 'process:msg', topic, data})`: published on `topic`
@@ -581,11 +590,19 @@ mod tests {
                 }),
             ),
             (r#"{"herd":"ready"}"#, HerdOp::Ready),
-            (r#"{"herd":"direct"}"#, HerdOp::Direct(Direct { to: None })),
+            (r#"{"herd":"direct"}"#, HerdOp::Direct(Direct::default())),
             (
                 r#"{"herd":"direct","to":"api:0"}"#,
                 HerdOp::Direct(Direct {
                     to: Some("api:0".into()),
+                    taken: None,
+                }),
+            ),
+            (
+                r#"{"herd":"direct","taken":1}"#,
+                HerdOp::Direct(Direct {
+                    to: None,
+                    taken: Some(1),
                 }),
             ),
         ];

@@ -321,3 +321,53 @@ fn node_instances_talk_over_a_direct_channel_and_with_rust_ones() {
     .unwrap();
     h.finish();
 }
+
+#[test]
+fn an_instance_that_never_takes_its_channel_ends_gets_only_a_few() {
+    let h = Herd::new();
+    start_echo(&h, "b", "1");
+    // A raw client that asks for 200 channels and never reads its own: each end handed to it
+    // would stay open in the daemon or in flight in the kernel.
+    let dir = tempfile::tempdir().unwrap();
+    let greedy = script(
+        dir.path(),
+        "greedy.py",
+        "import json, os, socket, time\n\
+         ch = socket.socket(fileno=int(os.environ['HERD_IPC_FD']))\n\
+         ch.sendall(b'{\"herd\":\"direct\"}\\n')\n\
+         for i in range(200):\n    ch.sendall(b'{\"herd\":\"direct\",\"to\":\"b:0\"}\\n')\n\
+         time.sleep(120)\n",
+    );
+    h.ok(&[
+        "start",
+        greedy.to_str().unwrap(),
+        "--name",
+        "greedy",
+        "--interpreter",
+        "python3",
+    ]);
+    let counts = wait_until(Duration::from_secs(10), || {
+        let d = h.ok(&["describe", "greedy"]);
+        let line = d
+            .lines()
+            .find(|l| l.contains("channels handed to pairs"))
+            .unwrap()
+            .to_string();
+        let n: Vec<u64> = line
+            .replace(',', " ")
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (n[0] + n[1] == 200).then_some((n[0], n[1])).ok_or(line)
+    })
+    .unwrap();
+    assert!(
+        counts.0 <= 4,
+        "handed {} ends to an instance that takes none",
+        counts.0
+    );
+    // Everyone else goes on as before.
+    assert_eq!(request(&h, "b:0", "7")["echo"], 7);
+    assert!(h.ok(&["list"]).contains("greedy"));
+    h.finish();
+}

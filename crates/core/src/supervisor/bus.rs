@@ -71,6 +71,8 @@ struct Peer {
     refused: u64,
     /// It takes direct channels (it said `{"herd":"direct"}`).
     direct: bool,
+    /// Channel ends handed to it that it has not yet said it took.
+    untaken: u32,
 }
 
 /// The bus's state and counters.
@@ -888,7 +890,7 @@ impl State {
                 pm2
             }
             FromInstance::ProcessMsg(m) => Some(m),
-            FromInstance::Direct(d) => return self.on_direct(pid, d.to),
+            FromInstance::Direct(d) => return self.on_direct(pid, d),
             FromInstance::Ready | FromInstance::Other => None,
         };
         // PM2's `process.send({type: 'process:msg', topic, data})` goes to the bus.

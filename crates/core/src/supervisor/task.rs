@@ -98,7 +98,7 @@ impl State {
                 Inbound::Cluster(m) => self.on_cluster(pid, m),
                 Inbound::Preload(Some(m)) => self.on_preload(pid, m),
                 Inbound::Preload(None) => {}
-                Inbound::HandleAck => {}
+                Inbound::HandleAck => self.on_handle_ack(pid),
                 Inbound::HandleNack => self.instance_warn(
                     pid,
                     format_args!("a Node worker refused a socket herd sent it"),

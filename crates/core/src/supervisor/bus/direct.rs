@@ -12,12 +12,17 @@
 
 use std::os::fd::OwnedFd;
 
-use herd_proto::worker::{ChannelMsg, ToInstance, Unroute};
+use herd_proto::worker::{self, ChannelMsg, ToInstance, Unroute};
 use serde_json::{json, Value};
 
 use super::super::{SlotState, State};
 use crate::bus::Address;
 
+/// Channel ends handed to one instance that it has not said it took: past it, introductions
+/// to or from it wait. Each end is an fd open in the daemon, or in flight in the kernel (where
+/// the kernel counts it against the daemon's own fd limit), until the instance reads it: an
+/// instance that never reads must not pile them up.
+const UNTAKEN_ENDS: u32 = 4;
 /// When an asker may ask again after a refusal that may pass soon (the peer is starting).
 const RETRY_SOON_MS: u64 = 1_000;
 /// ... and after one that will not (not one instance, or direct channels off).
@@ -25,9 +30,12 @@ const RETRY_LATER_MS: u64 = 60_000;
 
 impl State {
     /// `{"herd":"direct"}` (this instance takes channels), with `to`: also open one.
-    pub(in crate::supervisor) fn on_direct(&mut self, pid: u32, to: Option<String>) {
-        self.bus.peers.entry(pid).or_default().direct = true;
-        let Some(to) = to else {
+    pub(in crate::supervisor) fn on_direct(&mut self, pid: u32, d: worker::Direct) {
+        let peer = self.bus.peers.entry(pid).or_default();
+        peer.direct = true;
+        let taken = u32::try_from(d.taken.unwrap_or(0)).unwrap_or(u32::MAX);
+        peer.untaken = peer.untaken.saturating_sub(taken);
+        let Some(to) = d.to else {
             return;
         };
         if let Err((why, retry_ms)) = self.introduce(pid, &to) {
@@ -72,6 +80,13 @@ impl State {
         if !self.bus.peers.get(&target).is_some_and(|p| p.direct) {
             return Err((
                 format!("{to} does not take direct channels (its program does not use herd's bus client, or has not started it yet)"),
+                RETRY_SOON_MS,
+            ));
+        }
+        let untaken = |p: u32| self.bus.peers.get(&p).map_or(0, |p| p.untaken);
+        if untaken(pid) >= UNTAKEN_ENDS || untaken(target) >= UNTAKEN_ENDS {
+            return Err((
+                format!("{UNTAKEN_ENDS} channel ends wait to be taken by this instance or {to}: ask again once they are"),
                 RETRY_SOON_MS,
             ));
         }
@@ -126,10 +141,19 @@ impl State {
             .is_some_and(|ch| ch.send(&msg, Some(end)));
         if ok {
             self.bus.routed += 1;
+            self.bus.peers.entry(pid).or_default().untaken += 1;
         } else {
             self.bus.dropped += 1;
         }
         ok
+    }
+
+    /// A Node worker acknowledged a handle (`NODE_HANDLE_ACK`): a channel end, or a listening
+    /// socket (counted the same: it only makes room sooner).
+    pub(in crate::supervisor) fn on_handle_ack(&mut self, pid: u32) {
+        if let Some(p) = self.bus.peers.get_mut(&pid) {
+            p.untaken = p.untaken.saturating_sub(1);
+        }
     }
 
     /// Whether the instance's channel is Node's own (a Node worker's).
