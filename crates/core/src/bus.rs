@@ -1,11 +1,12 @@
 //! The message bus's shared pieces: addresses, the envelope daemons exchange, and the bridge
 //! that carries envelopes between daemons on different hosts through a real broker (Redis
-//! pub/sub or NATS).
+//! pub/sub, NATS or Kafka).
 //!
 //! Routing itself (who gets what on this host) is the supervisor's; this module only names
 //! things and moves bytes to and from the broker. herd keeps no membership of its own: a
 //! daemon subscribes to `herd.all` (publishes, app-wide and broadcast messages) and to
-//! `herd.host.<its host>` (messages addressed to it), and that is all.
+//! `herd.host.<its host>` (messages addressed to it), and that is all. (With Kafka these are
+//! topics of one partition, which each daemon creates when they are missing.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -130,6 +131,9 @@ pub struct BridgeStats {
     pub lost: AtomicU64,
     /// Times the connection was made again after losing it.
     pub reconnects: AtomicU64,
+    /// Envelopes taken off the queue whose put on the broker has not finished yet (Kafka sends
+    /// what is queued in batches): they still wait, as far as `herd update` is concerned.
+    pub(crate) sending: AtomicU64,
 }
 
 #[cfg(feature = "bridge")]
@@ -149,6 +153,9 @@ pub fn topic_refusal(limits: &crate::Limits, what: &str, len: usize) -> Option<S
 
 /// The broker channel of every daemon.
 pub const ALL: &str = "herd.all";
+
+/// How the URLs of the brokers herd speaks to begin.
+pub const SCHEMES: [&str; 4] = ["redis://", "rediss://", "nats://", "kafka://"];
 
 /// The broker channel of one host's daemon.
 pub fn host_channel(host: &str) -> String {
@@ -172,7 +179,9 @@ pub fn host_channel(host: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// The URL is not of a broker herd speaks to.
-    #[error("bus URL {url} is not supported: use redis://HOST:PORT or nats://HOST:PORT")]
+    #[error(
+        "bus URL {url} is not supported: use redis://HOST:PORT, nats://HOST:PORT or kafka://HOST:PORT"
+    )]
     Unsupported {
         /// The URL, password hidden.
         url: String,
@@ -189,8 +198,8 @@ pub enum BridgeError {
     BadUrl {
         /// The URL, password hidden.
         url: String,
-        /// What the client said.
-        error: redis::RedisError,
+        /// What is wrong with it.
+        error: String,
     },
 }
 
@@ -210,9 +219,9 @@ impl Bridge {
     /// envelopes are logged at most `log.0` times per `log.1`.
     ///
     /// # Errors
-    /// [`BridgeError::Unsupported`] when the URL is not `redis://…`, `rediss://…` or
-    /// `nats://…`, [`BridgeError::BadUrl`] when it cannot be read, [`BridgeError::NotBuilt`]
-    /// without the `bridge` feature.
+    /// [`BridgeError::Unsupported`] when the URL is not `redis://…`, `rediss://…`, `nats://…`
+    /// or `kafka://…`, [`BridgeError::BadUrl`] when it cannot be read,
+    /// [`BridgeError::NotBuilt`] without the `bridge` feature.
     pub fn start(
         url: &str,
         host: &str,
@@ -221,10 +230,7 @@ impl Bridge {
     ) -> Result<Self, BridgeError> {
         let (log_burst, log_interval) = log;
         let shown = hide_password(url);
-        if !(url.starts_with("redis://")
-            || url.starts_with("rediss://")
-            || url.starts_with("nats://"))
-        {
+        if !SCHEMES.iter().any(|s| url.starts_with(s)) {
             return Err(BridgeError::Unsupported { url: shown });
         }
         #[cfg(not(feature = "bridge"))]
@@ -275,7 +281,9 @@ impl Bridge {
 
     /// Whether envelopes wait to be put on the broker (while it is connected).
     pub fn has_queued(&self) -> bool {
-        self.stats.connected.load(Ordering::Relaxed) && self.tx.capacity() < self.tx.max_capacity()
+        self.stats.connected.load(Ordering::Relaxed)
+            && (self.tx.capacity() < self.tx.max_capacity()
+                || self.stats.sending.load(Ordering::Relaxed) > 0)
     }
 
     /// Puts an envelope on a broker channel. Never waits: while the broker is away, or if the
@@ -364,7 +372,7 @@ mod tests {
         assert_eq!(
             refused.as_deref(),
             Some(
-                "bus URL http://***@x is not supported: use redis://HOST:PORT or nats://HOST:PORT"
+                "bus URL http://***@x is not supported: use redis://HOST:PORT, nats://HOST:PORT or kafka://HOST:PORT"
             )
         );
     }

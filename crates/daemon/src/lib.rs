@@ -300,7 +300,7 @@ pub enum SettingsError {
     },
     /// The bus URL is not one of a broker herd speaks to.
     #[error(
-        "bus URL {url:?} (from HERD_BUS or {}) is not supported: use redis://HOST:PORT or nats://HOST:PORT",
+        "bus URL {url:?} (from HERD_BUS or {}) is not supported: use redis://HOST:PORT, nats://HOST:PORT or kafka://HOST:PORT",
         path.display()
     )]
     UnsupportedBus {
@@ -436,10 +436,7 @@ pub fn load_settings(home: &Home) -> Result<Settings, SettingsError> {
     )?;
     let bus = env("HERD_BUS").or(file.bus);
     if let Some(url) = &bus {
-        if !["redis://", "rediss://", "nats://"]
-            .iter()
-            .any(|p| url.starts_with(p))
-        {
+        if !herd_core::bus::SCHEMES.iter().any(|p| url.starts_with(p)) {
             return Err(SettingsError::UnsupportedBus {
                 url: url.clone(),
                 path,
@@ -612,7 +609,7 @@ mod tests {
             assert_eq!(
                 r.unwrap_err().to_string(),
                 format!(
-                    "bus URL \"http://b:1\" (from HERD_BUS or {}) is not supported: use redis://HOST:PORT or nats://HOST:PORT",
+                    "bus URL \"http://b:1\" (from HERD_BUS or {}) is not supported: use redis://HOST:PORT, nats://HOST:PORT or kafka://HOST:PORT",
                     path.display()
                 )
             );
