@@ -38,8 +38,12 @@ const BATCH_BYTES: usize = 256 << 10;
 /// Connecting and setting up both topics, at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the client retries a request that failed for want of a connection before it
-/// gives up and the bridge starts over: about how long it takes to notice the broker is gone.
+/// gives up.
 const RETRY_FOR: Duration = Duration::from_secs(1);
+/// Longest a fetch or a produce may take before the broker is taken for gone and the bridge
+/// starts over. The client's own retries nest (finding the partition's leader again retries
+/// too), so without this bound a vanished broker is noticed only after several seconds.
+const STALL: Duration = Duration::from_secs(2);
 
 /// The bootstrap brokers of `kafka://HOST[:PORT][,HOST[:PORT]…]`.
 ///
@@ -118,6 +122,9 @@ pub(crate) async fn task(
                 stats.lost.fetch_add(cut, Ordering::Relaxed);
                 match ended {
                     Ended::Closed => return,
+                    Ended::Lost(KafkaError::Timeout) => tracing::warn!(
+                        "bus: lost the connection to kafka (no answer in {STALL:?}); reconnecting"
+                    ),
                     Ended::Lost(e) => {
                         tracing::warn!("bus: lost the connection to kafka ({e}); reconnecting")
                     }
@@ -167,10 +174,13 @@ enum Ended {
     Lost(KafkaError),
 }
 
-/// One connection to the broker: its client and a reader for each of this daemon's topics.
+/// One connection to the broker: its client, a reader for each of this daemon's topics and
+/// the writers it made (`herd.all`'s from the start, so the first envelope does not wait for
+/// it).
 struct Session {
     client: Client,
     readers: [(PartitionClient, i64); 2],
+    writers: HashMap<String, PartitionClient>,
 }
 
 impl Session {
@@ -205,9 +215,13 @@ impl Session {
         let [all, mine] = cursors;
         let all = reader(&client, all).await?;
         let mine = reader(&client, mine).await?;
+        let writer = client
+            .partition_client(ALL, 0, UnknownTopicHandling::Retry)
+            .await?;
         Ok(Self {
             client,
             readers: [all, mine],
+            writers: HashMap::from([(ALL.to_string(), writer)]),
         })
     }
 
@@ -220,7 +234,11 @@ impl Session {
         deliver: &Deliver,
         cursors: &mut [Cursor; 2],
     ) -> Ended {
-        let Self { client, readers } = self;
+        let Self {
+            client,
+            readers,
+            writers,
+        } = self;
         let [(all, at_all), (mine, at_mine)] = readers;
         let [c_all, c_mine] = cursors;
         c_all.next = Some(at_all);
@@ -230,7 +248,7 @@ impl Session {
         tokio::select! {
             e = read(&all, c_all, stats, deliver) => Ended::Lost(e),
             e = read(&mine, c_mine, stats, deliver) => Ended::Lost(e),
-            ended = produce(&client, rx, stats) => ended,
+            ended = produce(&client, writers, rx, stats) => ended,
         }
     }
 }
@@ -256,8 +274,9 @@ async fn read(
 ) -> KafkaError {
     let mut next = cursor.next.unwrap_or_default();
     loop {
-        let fetched = p.fetch_records(next, 1..FETCH_BYTES, FETCH_WAIT_MS).await;
-        let (records, high) = match fetched {
+        let fetched =
+            tokio::time::timeout(STALL, p.fetch_records(next, 1..FETCH_BYTES, FETCH_WAIT_MS)).await;
+        let (records, high) = match fetched.unwrap_or(Err(KafkaError::Timeout)) {
             Ok(r) => r,
             Err(KafkaError::ServerError {
                 protocol_error: ProtocolError::OffsetOutOfRange,
@@ -298,10 +317,10 @@ async fn read(
 /// broker goes away.
 async fn produce(
     client: &Client,
+    mut writers: HashMap<String, PartitionClient>,
     rx: &mut mpsc::Receiver<(String, Vec<u8>)>,
     stats: &BridgeStats,
 ) -> Ended {
-    let mut writers: HashMap<String, PartitionClient> = HashMap::new();
     let mut queued = Vec::with_capacity(BATCH_RECORDS);
     loop {
         queued.clear();
@@ -311,14 +330,18 @@ async fn produce(
         stats.sending.store(queued.len() as u64, Ordering::Relaxed);
         for (topic, records) in batches(queued.drain(..)) {
             let n = records.len() as u64;
-            let result = match writer(client, &mut writers, &topic).await {
-                Ok(Some(w)) => w
-                    .produce(records, Compression::NoCompression)
-                    .await
-                    .map(|_| true),
-                Ok(None) => Ok(false),
-                Err(e) => Err(e),
+            let put = async {
+                match writer(client, &mut writers, &topic).await? {
+                    Some(w) => w
+                        .produce(records, Compression::NoCompression)
+                        .await
+                        .map(|_| true),
+                    None => Ok(false),
+                }
             };
+            let result = tokio::time::timeout(STALL, put)
+                .await
+                .unwrap_or(Err(KafkaError::Timeout));
             stats.sending.fetch_sub(n, Ordering::Relaxed);
             match result {
                 Ok(true) => {
