@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rskafka::chrono::{DateTime, Utc};
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
@@ -147,20 +148,29 @@ struct Cursor {
     topic: String,
     /// Offset of the next record to read; `None` before the first connection.
     next: Option<i64>,
+    /// Offset and timestamp of the last record read: if the topic no longer has that record
+    /// there, it was made anew.
+    last: Option<(i64, DateTime<Utc>)>,
 }
 
 impl Cursor {
     fn new(topic: String) -> Self {
-        Self { topic, next: None }
+        Self {
+            topic,
+            next: None,
+            last: None,
+        }
     }
 
     /// Where to read from on a fresh connection: the end on the first one; then where it
-    /// stopped, or the beginning if the topic no longer holds that offset (it was made anew by
-    /// a broker that kept nothing, or its old records were deleted meanwhile).
-    fn resume(&self, earliest: i64, latest: i64) -> i64 {
+    /// stopped, or the beginning if the topic no longer holds that offset or no longer has
+    /// the last record read in its place (it was made anew by a broker that kept nothing, and
+    /// other daemons may already have put more records on it than this one had read), or its
+    /// old records were deleted meanwhile.
+    fn resume(&self, earliest: i64, latest: i64, last_still_there: bool) -> i64 {
         match self.next {
             None => latest,
-            Some(n) if (earliest..=latest).contains(&n) => n,
+            Some(n) if (earliest..=latest).contains(&n) && last_still_there => n,
             Some(_) => earliest,
         }
     }
@@ -261,7 +271,17 @@ async fn reader(client: &Client, cursor: &Cursor) -> Result<(PartitionClient, i6
         .await?;
     let earliest = p.get_offset(OffsetAt::Earliest).await?;
     let latest = p.get_offset(OffsetAt::Latest).await?;
-    let start = cursor.resume(earliest, latest);
+    let last_still_there = match cursor.last {
+        None => true,
+        Some((offset, at)) if (earliest..latest).contains(&offset) => {
+            let (records, _) = p.fetch_records(offset, 1..FETCH_BYTES, 0).await?;
+            records
+                .iter()
+                .any(|r| r.offset == offset && r.record.timestamp == at)
+        }
+        Some(_) => false,
+    };
+    let start = cursor.resume(earliest, latest, last_still_there);
     Ok((p, start))
 }
 
@@ -305,6 +325,7 @@ async fn read(
                 continue;
             }
             next = r.offset + 1;
+            cursor.last = Some((r.offset, r.record.timestamp));
             if let Some(bytes) = r.record.value {
                 deliver(&bytes, stats);
             }
@@ -403,7 +424,7 @@ fn gone(e: &KafkaError) -> bool {
 /// at most [`BATCH_BYTES`] a request (an envelope larger than that alone).
 fn batches(queued: impl Iterator<Item = (String, Vec<u8>)>) -> Vec<(String, Vec<Record>)> {
     let mut out: Vec<(String, Vec<Record>, usize)> = Vec::new();
-    let now = rskafka::chrono::Utc::now();
+    let now = Utc::now();
     for (topic, bytes) in queued {
         let size = bytes.len();
         let record = Record {
@@ -452,13 +473,15 @@ mod tests {
     fn cursors_resume_where_they_can() {
         let mut c = Cursor::new("t".into());
         // First connection: from the end, no history.
-        assert_eq!(c.resume(0, 10), 10);
+        assert_eq!(c.resume(0, 10, true), 10);
         c.next = Some(7);
-        assert_eq!(c.resume(0, 10), 7);
+        assert_eq!(c.resume(0, 10, true), 7);
         // Made anew, shorter than what was read: all of it.
-        assert_eq!(c.resume(0, 3), 0);
+        assert_eq!(c.resume(0, 3, true), 0);
+        // Made anew and already longer: the last record read is not in its place.
+        assert_eq!(c.resume(0, 10, false), 0);
         // Old records deleted past the offset: from the oldest kept.
-        assert_eq!(c.resume(8, 12), 8);
+        assert_eq!(c.resume(8, 12, true), 8);
     }
 
     #[test]
