@@ -203,6 +203,26 @@ pub enum BridgeError {
     },
 }
 
+/// Checks a bus URL as [`Bridge::start`] does, without connecting: for settings, so that a
+/// wrong URL is named before the daemon starts.
+///
+/// # Errors
+/// As [`Bridge::start`].
+pub fn check_url(url: &str) -> Result<(), BridgeError> {
+    let shown = hide_password(url);
+    if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Err(BridgeError::Unsupported { url: shown });
+    }
+    #[cfg(not(feature = "bridge"))]
+    {
+        Err(BridgeError::NotBuilt { url: shown })
+    }
+    #[cfg(feature = "bridge")]
+    {
+        brokers::check(url).map_err(|error| BridgeError::BadUrl { url: shown, error })
+    }
+}
+
 /// A connection to the broker, kept up by a task of its own.
 #[derive(Clone)]
 pub struct Bridge {
@@ -361,6 +381,13 @@ mod tests {
         );
         assert_eq!(hide_password("a@b://c"), "a@b://c");
         assert_eq!(hide_password("x://u:p@h@i/p"), "x://***@i/p");
+        assert!(check_url("kafka://127.0.0.1:9092").is_ok());
+        assert!(check_url("nats://127.0.0.1:4222").is_ok());
+        assert!(check_url("redis://127.0.0.1:6379").is_ok());
+        assert_eq!(
+            check_url("kafka://u:pw@h:1").map_err(|e| e.to_string()),
+            Err("cannot read bus URL kafka://***@h:1: kafka:// takes no user or password (herd does not speak SASL to Kafka)".into())
+        );
         let refused = Bridge::start(
             "http://u:pw@x",
             "h",

@@ -12,6 +12,22 @@ use super::{hide_password, host_channel, BridgeStats, Deliver, ALL};
 
 mod kafka;
 
+/// Reads `url` as its broker's client will, without connecting.
+///
+/// # Errors
+/// What is wrong with a Redis or Kafka URL (NATS URLs are read on connecting).
+pub(super) fn check(url: &str) -> Result<(), String> {
+    if url.starts_with("nats://") {
+        Ok(())
+    } else if url.starts_with("kafka://") {
+        kafka::bootstrap(url).map(|_| ())
+    } else {
+        redis::Client::open(url)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Starts the task for `url`'s broker.
 ///
 /// # Errors
