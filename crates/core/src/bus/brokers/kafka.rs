@@ -3,7 +3,7 @@
 //! nothing came back). It reads both from the end it finds on its first connection — a daemon
 //! that starts does not replay history — and after a reconnection from where it stopped, so
 //! what others put on the broker meanwhile still arrives. What is queued for the broker goes
-//! out in batches, one produce request per topic.
+//! out in batches: produce requests of up to 7 KiB, one topic each.
 //!
 //! It does not own: consumer groups (each daemon reads its own topics itself, keeping its
 //! offsets in memory), topics of hosts that never connected (a message to one is counted lost
@@ -272,7 +272,10 @@ impl Session {
 }
 
 /// A reader of `cursor`'s topic and where it starts.
-async fn reader(client: &Client, cursor: &Cursor) -> Result<(PartitionClient, i64), KafkaError> {
+async fn reader(
+    client: &Client,
+    cursor: &mut Cursor,
+) -> Result<(PartitionClient, i64), KafkaError> {
     // Just created: a broker may not know it everywhere yet.
     let p = client
         .partition_client(cursor.topic.as_str(), 0, UnknownTopicHandling::Retry)
@@ -290,6 +293,9 @@ async fn reader(client: &Client, cursor: &Cursor) -> Result<(PartitionClient, i6
         Some(_) => false,
     };
     let start = cursor.resume(earliest, latest, last_still_there);
+    if !last_still_there {
+        cursor.last = None;
+    }
     Ok((p, start))
 }
 
