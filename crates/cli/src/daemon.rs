@@ -30,9 +30,13 @@ fn init_daemon_tracing(log: herd_daemon::log::DaemonLog) {
         .init();
 }
 
+/// `HERD_LOG`, else `info` for herd. The Kafka client is left out by default: it logs every
+/// connection it makes and every retry at info and warn (dozens of lines a second while the
+/// broker is away), and the bridge says itself what matters (`HERD_LOG=info,rskafka=info`
+/// brings them back).
 fn log_filter() -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=off"))
 }
 
 /// `herd ping`: which daemon answers, and where.

@@ -1,11 +1,12 @@
 //! The message bus's shared pieces: addresses, the envelope daemons exchange, and the bridge
 //! that carries envelopes between daemons on different hosts through a real broker (Redis
-//! pub/sub or NATS).
+//! pub/sub, NATS or Kafka).
 //!
 //! Routing itself (who gets what on this host) is the supervisor's; this module only names
 //! things and moves bytes to and from the broker. herd keeps no membership of its own: a
 //! daemon subscribes to `herd.all` (publishes, app-wide and broadcast messages) and to
-//! `herd.host.<its host>` (messages addressed to it), and that is all.
+//! `herd.host.<its host>` (messages addressed to it), and that is all. (With Kafka these are
+//! topics of one partition, which each daemon creates when they are missing.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -130,6 +131,9 @@ pub struct BridgeStats {
     pub lost: AtomicU64,
     /// Times the connection was made again after losing it.
     pub reconnects: AtomicU64,
+    /// Envelopes taken off the queue whose put on the broker has not finished yet (Kafka sends
+    /// what is queued in batches): they still wait, as far as `herd update` is concerned.
+    pub(crate) sending: AtomicU64,
 }
 
 #[cfg(feature = "bridge")]
@@ -149,6 +153,9 @@ pub fn topic_refusal(limits: &crate::Limits, what: &str, len: usize) -> Option<S
 
 /// The broker channel of every daemon.
 pub const ALL: &str = "herd.all";
+
+/// How the URLs of the brokers herd speaks to begin.
+pub const SCHEMES: [&str; 4] = ["redis://", "rediss://", "nats://", "kafka://"];
 
 /// The broker channel of one host's daemon.
 pub fn host_channel(host: &str) -> String {
@@ -172,7 +179,9 @@ pub fn host_channel(host: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// The URL is not of a broker herd speaks to.
-    #[error("bus URL {url} is not supported: use redis://HOST:PORT or nats://HOST:PORT")]
+    #[error(
+        "bus URL {url} is not supported: use redis://HOST:PORT, nats://HOST:PORT or kafka://HOST:PORT"
+    )]
     Unsupported {
         /// The URL, password hidden.
         url: String,
@@ -189,9 +198,29 @@ pub enum BridgeError {
     BadUrl {
         /// The URL, password hidden.
         url: String,
-        /// What the client said.
-        error: redis::RedisError,
+        /// What is wrong with it.
+        error: String,
     },
+}
+
+/// Checks a bus URL as [`Bridge::start`] does, without connecting: for settings, so that a
+/// wrong URL is named before the daemon starts.
+///
+/// # Errors
+/// As [`Bridge::start`].
+pub fn check_url(url: &str) -> Result<(), BridgeError> {
+    let shown = hide_password(url);
+    if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Err(BridgeError::Unsupported { url: shown });
+    }
+    #[cfg(not(feature = "bridge"))]
+    {
+        Err(BridgeError::NotBuilt { url: shown })
+    }
+    #[cfg(feature = "bridge")]
+    {
+        brokers::check(url).map_err(|error| BridgeError::BadUrl { url: shown, error })
+    }
 }
 
 /// A connection to the broker, kept up by a task of its own.
@@ -210,9 +239,9 @@ impl Bridge {
     /// envelopes are logged at most `log.0` times per `log.1`.
     ///
     /// # Errors
-    /// [`BridgeError::Unsupported`] when the URL is not `redis://…`, `rediss://…` or
-    /// `nats://…`, [`BridgeError::BadUrl`] when it cannot be read, [`BridgeError::NotBuilt`]
-    /// without the `bridge` feature.
+    /// [`BridgeError::Unsupported`] when the URL is not `redis://…`, `rediss://…`, `nats://…`
+    /// or `kafka://…`, [`BridgeError::BadUrl`] when it cannot be read,
+    /// [`BridgeError::NotBuilt`] without the `bridge` feature.
     pub fn start(
         url: &str,
         host: &str,
@@ -221,10 +250,7 @@ impl Bridge {
     ) -> Result<Self, BridgeError> {
         let (log_burst, log_interval) = log;
         let shown = hide_password(url);
-        if !(url.starts_with("redis://")
-            || url.starts_with("rediss://")
-            || url.starts_with("nats://"))
-        {
+        if !SCHEMES.iter().any(|s| url.starts_with(s)) {
             return Err(BridgeError::Unsupported { url: shown });
         }
         #[cfg(not(feature = "bridge"))]
@@ -275,7 +301,9 @@ impl Bridge {
 
     /// Whether envelopes wait to be put on the broker (while it is connected).
     pub fn has_queued(&self) -> bool {
-        self.stats.connected.load(Ordering::Relaxed) && self.tx.capacity() < self.tx.max_capacity()
+        self.stats.connected.load(Ordering::Relaxed)
+            && (self.tx.capacity() < self.tx.max_capacity()
+                || self.stats.sending.load(Ordering::Relaxed) > 0)
     }
 
     /// Puts an envelope on a broker channel. Never waits: while the broker is away, or if the
@@ -353,6 +381,13 @@ mod tests {
         );
         assert_eq!(hide_password("a@b://c"), "a@b://c");
         assert_eq!(hide_password("x://u:p@h@i/p"), "x://***@i/p");
+        assert!(check_url("kafka://127.0.0.1:9092").is_ok());
+        assert!(check_url("nats://127.0.0.1:4222").is_ok());
+        assert!(check_url("redis://127.0.0.1:6379").is_ok());
+        assert_eq!(
+            check_url("kafka://u:pw@h:1").map_err(|e| e.to_string()),
+            Err("cannot read bus URL kafka://***@h:1: kafka:// takes no user or password (herd does not speak SASL to Kafka)".into())
+        );
         let refused = Bridge::start(
             "http://u:pw@x",
             "h",
@@ -364,7 +399,7 @@ mod tests {
         assert_eq!(
             refused.as_deref(),
             Some(
-                "bus URL http://***@x is not supported: use redis://HOST:PORT or nats://HOST:PORT"
+                "bus URL http://***@x is not supported: use redis://HOST:PORT, nats://HOST:PORT or kafka://HOST:PORT"
             )
         );
     }

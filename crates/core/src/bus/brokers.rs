@@ -1,5 +1,5 @@
-//! The two brokers a bridge can use: Redis pub/sub and NATS. Each runs as one task that
-//! keeps the connection up, delivers what arrives and publishes what is queued.
+//! The brokers a bridge can use: Redis pub/sub, NATS and Kafka (in [`kafka`]). Each runs as
+//! one task that keeps the connection up, delivers what arrives and publishes what is queued.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,21 +17,43 @@ use super::{hide_password, host_channel, BridgeStats, Deliver, ALL};
 /// With it, a silent link is noticed within about three heartbeats.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+mod kafka;
+
+/// Reads `url` as its broker's client will, without connecting.
+///
+/// # Errors
+/// What is wrong with a Redis or Kafka URL (NATS URLs are read on connecting).
+pub(super) fn check(url: &str) -> Result<(), String> {
+    if url.starts_with("nats://") {
+        Ok(())
+    } else if url.starts_with("kafka://") {
+        kafka::bootstrap(url).map(|_| ())
+    } else {
+        redis::Client::open(url)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Starts the task for `url`'s broker.
 ///
 /// # Errors
-/// When `url` is not a Redis URL the client can read (NATS URLs are read on connecting).
+/// What is wrong with `url` when it is a Redis or Kafka URL that cannot be read (NATS URLs
+/// are read on connecting).
 pub(super) fn spawn(
     url: &str,
     host: String,
     rx: mpsc::Receiver<(String, Vec<u8>)>,
     stats: Arc<BridgeStats>,
     deliver: Deliver,
-) -> Result<(), redis::RedisError> {
+) -> Result<(), String> {
     if url.starts_with("nats://") {
         tokio::spawn(nats_task(url.to_string(), host, rx, stats, deliver));
+    } else if url.starts_with("kafka://") {
+        let brokers = kafka::bootstrap(url)?;
+        tokio::spawn(kafka::task(brokers, host, rx, stats, deliver));
     } else {
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         tokio::spawn(redis_task(client, host, rx, stats, deliver));
     }
     Ok(())
