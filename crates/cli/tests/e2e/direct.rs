@@ -33,6 +33,23 @@ fn routed(h: &Herd, app: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count in {line:?}"))
 }
 
+/// What `to` saw (its `"seen"` answer) holds `{"seq": i}` for i in 0..n, once each, in order
+/// (under `field` of each entry: bus-echo's `data`, bus.js's `direct`).
+fn assert_arrived_in_order(h: &Herd, to: &str, field: &str, n: u64) {
+    let seqs = wait_until(Duration::from_secs(5), || {
+        let seen = request(h, to, r#""seen""#);
+        let seqs: Vec<u64> = seen
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m[field]["seq"].as_u64())
+            .collect();
+        (seqs.len() as u64 == n).then_some(seqs.clone()).ok_or(seqs)
+    })
+    .unwrap();
+    assert_eq!(seqs, (0..n).collect::<Vec<_>>());
+}
+
 fn start_echo(h: &Herd, name: &str, n: &str) {
     let echo = example_bin("bus-echo");
     h.ok(&[
@@ -93,18 +110,7 @@ fn rust_instances_talk_over_a_direct_channel_the_daemon_off_the_path() {
     // goes on over the new channel arrives whole and in order.
     let r = request(&h, "a:0", r#"{"burst":"b:1","n":500}"#);
     assert_eq!(r["sent"], 500);
-    let seqs = wait_until(Duration::from_secs(5), || {
-        let seen = request(&h, "b:1", r#""seen""#);
-        let seqs: Vec<u64> = seen
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|m| m["data"]["seq"].as_u64())
-            .collect();
-        (seqs.len() == 500).then_some(seqs.clone()).ok_or(seqs)
-    })
-    .unwrap();
-    assert_eq!(seqs, (0..500).collect::<Vec<_>>());
+    assert_arrived_in_order(&h, "b:1", "data", 500);
     // And the sender is named as on the daemon's path.
     let seen = request(&h, "b:1", r#""seen""#);
     assert!(
@@ -257,18 +263,7 @@ fn node_instances_talk_over_a_direct_channel_and_with_rust_ones() {
     )
     .unwrap();
     assert_eq!(body, "ok");
-    let seqs = wait_until(Duration::from_secs(5), || {
-        let seen = request(&h, "nb:1", r#""seen""#);
-        let seqs: Vec<u64> = seen
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|m| m["direct"]["seq"].as_u64())
-            .collect();
-        (seqs.len() == 500).then_some(seqs.clone()).ok_or(seqs)
-    })
-    .unwrap();
-    assert_eq!(seqs, (0..500).collect::<Vec<_>>());
+    assert_arrived_in_order(&h, "nb:1", "direct", 500);
 
     // Node → Rust and Rust → Node, over channels too.
     wait_until(Duration::from_secs(5), || {
