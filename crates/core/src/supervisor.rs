@@ -829,7 +829,8 @@ fn overlaps(a: &ListenAddr, b: &ListenAddr) -> bool {
     }
 }
 
-/// Variables herd sets itself; inherited copies would mislead the instance.
+/// Variables herd sets itself; inherited copies would mislead the instance. (`HERD_BUS_DIRECT`
+/// is the app's own choice: `0` keeps its bus messages on the daemon's path.)
 fn is_herd_managed(key: &str) -> bool {
     matches!(
         key,
@@ -841,7 +842,7 @@ fn is_herd_managed(key: &str) -> bool {
             | "NODE_APP_INSTANCE"
             | "NODE_CHANNEL_FD"
             | "NODE_UNIQUE_ID"
-    ) || key.starts_with("HERD_") && key != "HERD_HOME"
+    ) || key.starts_with("HERD_") && key != "HERD_HOME" && key != "HERD_BUS_DIRECT"
 }
 
 /// Checks that what the spec runs exists, before anything is bound.

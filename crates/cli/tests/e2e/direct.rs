@@ -185,6 +185,22 @@ fn open_channels_are_bounded_least_recently_used_first() {
         let n = request(&h, &format!("b:{i}"), r#""channels""#);
         assert!(n.as_u64().unwrap() <= 2, "b:{i} holds {n}");
     }
+    // An app that turns them off for itself (HERD_BUS_DIRECT=0) talks through the daemon.
+    let echo = example_bin("bus-echo");
+    h.ok(&[
+        "start",
+        echo.to_str().unwrap(),
+        "--name",
+        "c",
+        "-e",
+        "HERD_BUS_DIRECT=0",
+        "--wait-ready",
+    ]);
+    for i in 0..3 {
+        let r = request(&h, "c:0", &format!(r#"{{"ask":"b:0","send":{i}}}"#));
+        assert_eq!(r["answer"]["echo"], i, "{r}");
+        assert_eq!(r["answer"]["direct"], false, "{r}");
+    }
     // With channels off, everything goes through the daemon and still works.
     let h = {
         h.finish();
