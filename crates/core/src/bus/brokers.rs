@@ -17,6 +17,9 @@ use super::{hide_password, host_channel, BridgeStats, Deliver, ALL};
 /// With it, a silent link is noticed within about three heartbeats.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// The most envelopes a Redis bridge puts in one pipeline of `PUBLISH`es.
+const PUBLISH_BATCH: usize = 512;
+
 mod kafka;
 
 /// Reads `url` as its broker's client will, without connecting.
@@ -67,6 +70,7 @@ async fn redis_task(
     deliver: Deliver,
 ) {
     let mine = host_channel(&host);
+    let mut queued = Vec::with_capacity(PUBLISH_BATCH);
     let mut delay = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -96,19 +100,30 @@ async fn redis_task(
                             Some(m) => deliver(m.get_payload_bytes(), &stats),
                             None => break,
                         },
-                        out = rx.recv() => match out {
-                            Some((channel, bytes)) => {
-                                let r: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(&channel).arg(bytes).query_async(&mut conn).await;
-                                match r {
-                                    Ok(_) => { stats.published.fetch_add(1, Ordering::Relaxed); }
-                                    Err(e) => {
-                                        stats.lost.fetch_add(1, Ordering::Relaxed);
-                                        tracing::warn!("bus: publish to redis failed: {e}");
-                                        break;
-                                    }
+                        // What is queued goes out as one pipeline: one round trip for up to
+                        // PUBLISH_BATCH messages instead of one each.
+                        n = rx.recv_many(&mut queued, PUBLISH_BATCH) => {
+                            if n == 0 {
+                                return;
+                            }
+                            let n = n as u64;
+                            stats.sending.store(n, Ordering::Relaxed);
+                            let mut pipe = redis::pipe();
+                            for (channel, bytes) in queued.drain(..) {
+                                pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+                            }
+                            let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                            stats.sending.store(0, Ordering::Relaxed);
+                            match r {
+                                Ok(()) => { stats.published.fetch_add(n, Ordering::Relaxed); }
+                                Err(e) => {
+                                    // Which of them Redis took before failing is not known:
+                                    // all are counted lost.
+                                    stats.lost.fetch_add(n, Ordering::Relaxed);
+                                    tracing::warn!("bus: publish to redis failed: {e}");
+                                    break;
                                 }
                             }
-                            None => return,
                         },
                         // On the subscribing connection: the one a silent link leaves waiting
                         // (a publish would notice by itself, its answer being late).
