@@ -54,6 +54,13 @@ fn main() {
         }
     }
     if let Ok(path) = std::env::var("NOTIFY_SOCKET") {
+        // READY_DELAY_MS: serve at once, but say ready only later (a slow start, for tests).
+        if let Some(ms) = std::env::var("READY_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         if let Ok(sock) = UnixDatagram::unbound() {
             let _ = sock.send_to(b"READY=1", path);
         }

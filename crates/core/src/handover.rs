@@ -69,6 +69,11 @@ pub struct SupervisorState {
     /// builds, which had none).
     #[serde(default)]
     pub cgroup_parent: Option<std::path::PathBuf>,
+    /// Processes on their way out when the state was written for a keeper (a reload's
+    /// unfinished or replaced process, an instance being stopped or scaled away): the next
+    /// daemon stops them. Always empty after `herd update`, which waits for them to end.
+    #[serde(default)]
+    pub strays: Vec<u32>,
 }
 
 /// One app.
@@ -146,6 +151,10 @@ pub struct SlotState {
     pub status: SlotStatus,
     /// Time left on its timer (restart backoff, listen timeout), in ms.
     pub timer_ms: Option<u64>,
+    /// The same as a time (ms since the Unix epoch), in a state written for a keeper, which
+    /// is read some time after it was written.
+    #[serde(default)]
+    pub timer_unix_ms: Option<u64>,
     /// Its process, when it has one.
     pub process: Option<ProcState>,
     /// Restarts so far.
@@ -165,6 +174,9 @@ pub struct ProcState {
     pub pid: u32,
     /// How long it has run, in ms.
     pub uptime_ms: u64,
+    /// When it started (ms since the Unix epoch), in a state written for a keeper.
+    #[serde(default)]
+    pub started_unix_ms: Option<u64>,
     /// Environment version it started with.
     pub env_version: u32,
     /// Sockets handed to it as a Node worker.
@@ -287,22 +299,50 @@ pub enum RequesterState {
 
 /// Fds to keep open across `execve`: each is a duplicate (without close-on-exec) of one the
 /// daemon holds, so the originals can stay where they are if the update is called off.
+///
+/// For a keeper ([`Kept::borrowing`]) nothing is duplicated: each fd is named by its own
+/// number, and the list of them is sent to the keeper, which places each at that number in
+/// the next daemon.
 #[derive(Debug, Default)]
 pub struct Kept {
     fds: Vec<OwnedFd>,
+    borrowing: bool,
+    borrowed: Vec<RawFd>,
+    seen: std::collections::HashSet<RawFd>,
 }
 
 impl Kept {
+    /// A `Kept` that names fds by their own numbers (for a keeper) instead of duplicating
+    /// them.
+    pub fn borrowing() -> Self {
+        Self {
+            borrowing: true,
+            ..Self::default()
+        }
+    }
+
     /// Duplicates `fd` to survive `execve` and returns the number the successor finds it at.
     ///
     /// # Errors
     /// When the process is out of fds.
     pub fn keep(&mut self, fd: BorrowedFd<'_>) -> io::Result<RawFd> {
+        if self.borrowing {
+            let n = fd.as_raw_fd();
+            if self.seen.insert(n) {
+                self.borrowed.push(n);
+            }
+            return Ok(n);
+        }
         // dup() never sets close-on-exec.
         let dup = nix::unistd::dup(fd).map_err(io::Error::from)?;
         let n = dup.as_raw_fd();
         self.fds.push(dup);
         Ok(n)
+    }
+
+    /// The fds named so far by a borrowing `Kept`.
+    pub fn borrowed(&self) -> &[RawFd] {
+        &self.borrowed
     }
 }
 

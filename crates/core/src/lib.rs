@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod handover;
 pub mod health;
 pub mod ipc;
+pub mod keeper;
 pub mod limits;
 pub mod logs;
 pub mod metrics;

@@ -13,7 +13,8 @@
 //!   (`setgroups`, `setgid`, `setuid`; the ids are resolved before `fork`, [`crate::user`]),
 //!   while it is still in the daemon's cgroup and before anything it opens as that user;
 //! - gets `SIGKILL` when the daemon dies (`PR_SET_PDEATHSIG`, set after the user switch,
-//!   which clears it), so no instance outlives it;
+//!   which clears it), so no instance outlives it — unless a keeper adopts the instances
+//!   when the daemon dies (`outlive_daemon`, docs/keeper.md);
 //! - gets the listening sockets as fds `3..3+n`, then any extra fds, and `LISTEN_PID` set to
 //!   its own pid (written into a buffer prepared before `fork`), as socket activation asks;
 //! - has default signal dispositions and an empty signal mask, whatever the daemon had.
@@ -57,6 +58,9 @@ pub struct SpawnRequest<'a> {
     pub cgroup_dir: Option<BorrowedFd<'a>>,
     /// The user the child switches to before it enters `cwd` and executes, if any.
     pub credentials: Option<Credentials>,
+    /// The child outlives the daemon (a keeper adopts it, docs/keeper.md): no parent-death
+    /// signal.
+    pub outlive_daemon: bool,
 }
 
 /// The ids a child takes ([`crate::user::RunAs`], resolved before `fork`).
@@ -260,6 +264,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
         unsafe {
             child_after_fork(ChildPlan {
                 parent_pid,
+                outlive_daemon: req.outlive_daemon,
                 program: program.as_ptr(),
                 argv: argv_ptrs.as_ptr(),
                 envp: env_ptrs.as_ptr(),
@@ -319,6 +324,8 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<u32, SpawnError> {
 
 struct ChildPlan<'a> {
     parent_pid: libc::pid_t,
+    /// No parent-death signal (a keeper adopts the child when the daemon dies).
+    outlive_daemon: bool,
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *mut libc::c_char,
@@ -402,16 +409,18 @@ unsafe fn child_after_fork(p: ChildPlan<'_>) -> ! {
         }
     }
     // After the user switch: a change of credentials clears the parent-death signal.
-    libc::prctl(
-        libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
-        0,
-        0,
-        0,
-    );
-    // The daemon may have died between fork and prctl; then nobody would kill us.
-    if libc::getppid() != p.parent_pid {
-        libc::_exit(1);
+    if !p.outlive_daemon {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // The daemon may have died between fork and prctl; then nobody would kill us.
+        if libc::getppid() != p.parent_pid {
+            libc::_exit(1);
+        }
     }
 
     // Move every source above all targets first, so no dup2 overwrites a source still needed
@@ -584,6 +593,7 @@ mod tests {
             cgroup_procs: None,
             cgroup_dir: None,
             credentials: None,
+            outlive_daemon: false,
         }
     }
 

@@ -56,6 +56,7 @@ mod cluster;
 mod control;
 mod cron;
 mod error;
+mod journal;
 mod metrics;
 mod moving;
 mod order;
@@ -194,6 +195,9 @@ pub struct Config {
     /// Directory for the JavaScript files herd puts into Node workers ([`crate::node_shims`]);
     /// `None` runs Node workers without them (Node's own disconnect alone on stop).
     pub node_dir: Option<PathBuf>,
+    /// The keeper that adopts the instances if the daemon dies, and starts the next one
+    /// (docs/keeper.md); `None`: instances die with the daemon.
+    pub keeper: Option<Arc<crate::keeper::Link>>,
 }
 
 /// Something that happened to an instance process, for embedders (the Rust cluster API).
@@ -278,6 +282,16 @@ enum Event {
     },
     /// Look again whether the update can go ahead.
     UpdateRetry,
+    /// The daemon's own fds (`control`, `lock`), for the keeper's journal.
+    DaemonFds(Vec<(String, std::os::fd::RawFd)>),
+    /// The keeper's link closed.
+    KeeperGone,
+    /// A process the keeper reaped (`seq`: the exit's number, for the journal).
+    KeeperExit {
+        pid: u32,
+        status: WaitStatus,
+        seq: u32,
+    },
     /// A killed instance's cgroup is empty and removed (or given up on).
     CgroupEmptied {
         app: u32,
@@ -419,14 +433,19 @@ impl Supervisor {
         let mut state = state;
         state.containment =
             Containment::set_up(adopted.as_ref().and_then(|a| a.cgroup_parent.as_deref()));
-        if let Some(a) = adopted {
+        if let Some(mut a) = adopted {
+            let strays = std::mem::take(&mut a.strays);
             state.adopt(a);
+            if std::env::var_os(crate::keeper::RECOVERY_ENV).is_some() {
+                state.after_recovery(strays);
+            }
         } else {
             // The pids file names the parent cgroup too, for a sweep after a crash.
             state.write_pids();
         }
         state.node_shims = install_node_shims(state.cfg.node_dir.as_deref());
         let limits = state.cfg.limits;
+        state.spawn_keeper_reader();
         let task = tokio::spawn(state.run(rx, ipc_rx));
         Ok((
             Self {
@@ -438,6 +457,12 @@ impl Supervisor {
             },
             task,
         ))
+    }
+
+    /// The daemon's control socket and lock (by name), for the keeper to hold with the
+    /// state (docs/keeper.md).
+    pub fn keep_daemon_fds(&self, fds: Vec<(String, std::os::fd::RawFd)>) {
+        let _ = self.tx.send(Event::DaemonFds(fds));
     }
 
     /// Sends a command and waits for its reply.
@@ -766,6 +791,8 @@ struct State {
     probe_execs: HashMap<u32, (u32, probes::ProbeKind)>,
     /// Every instance log file open, by path.
     open_logs: slot_logs::OpenLogs,
+    /// The state journal the keeper holds.
+    journal: journal::Journal,
 }
 
 impl State {
@@ -813,6 +840,7 @@ impl State {
             shared_shims: None,
             probe_execs: HashMap::new(),
             open_logs: Default::default(),
+            journal: Default::default(),
         }
     }
 }

@@ -87,8 +87,18 @@ pub enum BootError {
 /// When `HERD_HOME`, `config.toml`, the lock, the runtime or the control socket cannot be
 /// used.
 pub fn fresh(home: &Home, init_log: impl FnOnce(DaemonLog)) -> Result<(), BootError> {
+    // Taken (and made close-on-exec) before the inherited fds are closed.
+    let link = herd_core::keeper::Link::from_env();
     close_inherited_fds();
     home.ensure()?;
+    if link.is_none() && herd_core::keeper::wanted() {
+        // This process is the keeper; the daemon is its child (docs/keeper.md).
+        let code = crate::keeper::run();
+        if code == 0 {
+            return Ok(());
+        }
+        std::process::exit(i32::from(code));
+    }
     let settings = crate::load_settings(home)?;
     let Some(lock) = take_lock(home)? else {
         return Ok(());
@@ -102,8 +112,14 @@ pub fn fresh(home: &Home, init_log: impl FnOnce(DaemonLog)) -> Result<(), BootEr
         tracing::warn!("killed {swept} processes left by a daemon that died without stopping them");
     }
     let rt = runtime().map_err(BootError::Runtime)?;
-    rt.block_on(crate::serve(home, settings, lock.raw_fd(), None))
-        .map_err(BootError::Serve)
+    rt.block_on(crate::serve(
+        home,
+        settings,
+        lock.raw_fd(),
+        None,
+        link.map(std::sync::Arc::new),
+    ))
+    .map_err(BootError::Serve)
 }
 
 /// The fd of the state handed over by `herd update` (`HERD_HANDOVER_FD`), when this process
@@ -134,6 +150,9 @@ pub fn after_update(
         herd_core::Limits::default().daemon_log_max_bytes,
     ));
     let takeover = Takeover::read(fd)?;
+    // Taken once the state is: a takeover that fails gives the previous program the link
+    // with everything else.
+    let link = herd_core::keeper::Link::from_env();
     let rt = runtime().map_err(|e| takeover_failed(fd, format!("starting the runtime: {e}")))?;
     // The lock fd stays open as it is (close-on-exec is set once the state is taken over).
     let mut settings = takeover.settings();
@@ -142,8 +161,18 @@ pub fn after_update(
     let Takeover {
         handover, lock_fd, ..
     } = takeover;
-    rt.block_on(crate::serve(home, settings, lock_fd, Some((*handover, fd))))
-        .map_err(BootError::Serve)
+    if std::env::var_os(herd_core::keeper::RECOVERY_ENV).is_some() {
+        // A new pid took over the lock the keeper held: the file says so.
+        write_pid(lock_fd);
+    }
+    rt.block_on(crate::serve(
+        home,
+        settings,
+        lock_fd,
+        Some((*handover, fd)),
+        link.map(std::sync::Arc::new),
+    ))
+    .map_err(BootError::Serve)
 }
 
 /// The state a previous program handed over at `herd update`, read, with its lock.
@@ -354,6 +383,7 @@ fn private_config(settings: Settings, dir: &Path) -> Config {
         pids_file: None,
         limits: settings.limits,
         node_dir: Some(dir.join("node")),
+        keeper: None,
     }
 }
 
@@ -406,6 +436,17 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
 /// not the daemon's to hold (a pipe kept open keeps its reader waiting) and would leak into
 /// every instance. Every fd this process opened itself is close-on-exec (Rust opens them
 /// so), and so is left alone.
+/// Writes this process's pid into the lock file open at `fd`.
+fn write_pid(fd: RawFd) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the lock fd stays open for the daemon's life; it is only borrowed here (the
+    // ManuallyDrop keeps it open).
+    let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let pid = format!("{}\n", std::process::id());
+    let _ = file.set_len(0);
+    let _ = std::os::unix::fs::FileExt::write_all_at(&*file, pid.as_bytes(), 0);
+}
+
 fn close_inherited_fds() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         // No /proc: at least keep them from reaching instances.

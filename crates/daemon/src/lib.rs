@@ -16,6 +16,7 @@
 
 pub mod boot;
 mod gate;
+mod keeper;
 pub mod log;
 mod metrics;
 mod server;

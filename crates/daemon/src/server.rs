@@ -33,9 +33,11 @@ pub async fn serve(
     settings: crate::Settings,
     lock_fd: RawFd,
     handover: Option<(Handover, RawFd)>,
+    keeper: Option<Arc<herd_core::keeper::Link>>,
 ) -> io::Result<()> {
     let metrics = settings.metrics;
-    let config = config(home, settings);
+    let mut config = config(home, settings);
+    config.keeper = keeper.clone();
     let limits = config.limits;
     let (sup, mut done, listener) = match handover {
         None => {
@@ -54,6 +56,12 @@ pub async fn serve(
                 "cannot serve metrics on {addr}: {e}; the daemon runs without its Prometheus endpoint (change `metrics` in HERD_HOME/config.toml, then `herd kill` and start again)"
             );
         }
+    }
+    if keeper.is_some() {
+        sup.keep_daemon_fds(vec![
+            ("control".to_string(), listener.as_raw_fd()),
+            ("lock".to_string(), lock_fd),
+        ]);
     }
     let accept = spawn_accept(
         listener,
@@ -84,6 +92,10 @@ pub async fn serve(
         }
     }
     accept.abort();
+    // Stopped for good: the keeper lets go of everything and does not start another.
+    if let Some(k) = &keeper {
+        k.bye();
+    }
     let _ = std::fs::remove_file(home.socket());
     let _ = std::fs::remove_file(home.notify());
     tracing::info!("daemon stopped");
@@ -101,6 +113,7 @@ pub fn config(home: &Home, settings: crate::Settings) -> Config {
         pids_file: Some(home.pids()),
         limits: settings.limits,
         node_dir: Some(home.node()),
+        keeper: None,
     }
 }
 
@@ -172,7 +185,15 @@ pub async fn take_over(
         .map_or(0, |d| d.as_millis() as u64);
     let took = now_ms.saturating_sub(began);
     let failed = std::env::var(handover::FAILED_ENV).ok();
+    let recovery = std::env::var(herd_core::keeper::RECOVERY_ENV).ok();
+    // SAFETY: the runtime's threads do not read the environment.
+    unsafe { std::env::remove_var(herd_core::keeper::RECOVERY_ENV) };
     match &failed {
+        None if recovery.is_some() => tracing::info!(
+            pid = std::process::id(),
+            restarts = recovery.as_deref().unwrap_or(""),
+            "daemon started by the keeper after the previous one died: took over its state"
+        ),
         Some(why) => tracing::warn!(
             pid = std::process::id(),
             "the new binary could not take over ({why}); this one runs on"

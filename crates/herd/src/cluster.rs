@@ -274,6 +274,7 @@ impl ClusterBuilder {
             limits: herd_core::Limits::default(),
             // Its workers are this Rust program, never Node: no Node preload.
             node_dir: None,
+            keeper: None,
         })?;
         // Workers write to our stdout and stderr, as Node's cluster workers do.
         let mut out = sup.subscribe_logs();

@@ -193,6 +193,20 @@ impl Herd {
             .ok()
     }
 
+    /// Whether `pid` is this home's daemon or its keeper (the daemon's parent, docs/keeper.md).
+    pub fn is_herd(&self, pid: i32) -> bool {
+        let Some(daemon) = self.daemon_pid() else {
+            return false;
+        };
+        let keeper = std::fs::read_to_string(format!("/proc/{daemon}/stat"))
+            .ok()
+            .and_then(|s| {
+                let (_, rest) = s.rsplit_once(") ")?;
+                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        pid == daemon || Some(pid) == keeper
+    }
+
     /// Processes whose environment carries this test's HERD_HOME (the daemon, instances and
     /// their children all do).
     pub fn leftovers(&self) -> Vec<i32> {

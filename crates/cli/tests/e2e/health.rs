@@ -184,7 +184,20 @@ fn liveness_restarts_a_stopped_instance_and_a_channel_probe_follows_heartbeats()
         "live",
         port,
         sick.path(),
-        &[&["--liveness", "http:/healthz"], FAST].concat(),
+        // Looser than FAST: on a loaded machine a python process can take longer than
+        // 2 × 300 ms to answer its first probe, and liveness would restart it again.
+        &[
+            "--liveness",
+            "http:/healthz",
+            "--probe-interval",
+            "200ms",
+            "--probe-timeout",
+            "1s",
+            "--probe-failures",
+            "2",
+            "--probe-initial-delay",
+            "1s",
+        ],
     );
     wait_until(Duration::from_secs(15), || {
         (health(&h, "live", 0)["live"] == true)
@@ -202,7 +215,13 @@ fn liveness_restarts_a_stopped_instance_and_a_channel_probe_follows_heartbeats()
             .ok_or(())
     })
     .expect("the stopped instance was not restarted");
-    assert_eq!(replaced[1], pids[1], "only the stopped one");
+    assert_eq!(
+        replaced[1],
+        pids[1],
+        "only the stopped one: {}\n{}",
+        h.app("live"),
+        std::fs::read_to_string(h.home().join("daemon.log")).unwrap_or_default()
+    );
     assert!(!alive(pids[0]), "the stopped process is gone");
     assert_eq!(h.app("live")["processes"][0]["restarts"], 1);
 

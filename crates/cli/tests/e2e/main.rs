@@ -16,6 +16,7 @@ mod flood;
 mod foreground;
 mod hardening;
 mod health;
+mod keeper;
 mod lifecycle;
 mod listen;
 mod listen_flood;

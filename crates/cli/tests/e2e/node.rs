@@ -133,7 +133,16 @@ fn a_draining_worker_answers_reused_connections_and_closes_idle_ones_after_the_g
     let t = std::time::Instant::now();
     let mut cmd = h.command(&["reload", "drain"]);
     let reload = std::thread::spawn(move || cmd.output());
-    std::thread::sleep(Duration::from_millis(400));
+    // The old worker drains once the new one has taken its slot (sooner or later on a
+    // loaded machine).
+    wait_until(Duration::from_secs(10), || {
+        let now = h.pids("drain");
+        (now.len() == 1 && now[0] != old[0])
+            .then_some(())
+            .ok_or(now)
+    })
+    .expect("the new worker never took the slot");
+    std::thread::sleep(Duration::from_millis(100));
     // Still the old worker's connection: answered, and told to go.
     assert_eq!(ask(&reused), (old[0], false));
     let mut b = [0u8; 1];

@@ -111,7 +111,7 @@ fn scale_down_while_a_reload_starts_the_last_slot_does_not_hang() {
     let others: Vec<i32> = h
         .leftovers()
         .into_iter()
-        .filter(|&p| p != pid as i32 && Some(p) != h.daemon_pid())
+        .filter(|&p| p != pid as i32 && !h.is_herd(p))
         .collect();
     assert!(others.is_empty(), "processes left running: {others:?}");
     // (This Python server dies at SIGTERM without finishing what it accepted, so a request
@@ -148,7 +148,7 @@ fn stop_while_a_reload_starts_a_slot_stops_everything() {
         let left: Vec<i32> = h
             .leftovers()
             .into_iter()
-            .filter(|&p| Some(p) != h.daemon_pid())
+            .filter(|&p| !h.is_herd(p))
             .collect();
         left.is_empty().then_some(()).ok_or(left)
     })

@@ -1145,6 +1145,23 @@ impl Bus {
 
     /// Subscriptions, requests waiting on instances or other hosts, and counters, for a
     /// daemon update.
+    /// The bus for a keeper's state: the subscriptions alone (counters and requests change
+    /// with every message; a daemon that dies loses them, and requests under way time out).
+    pub(super) fn export_journal(&self) -> crate::handover::BusState {
+        let mut b = self.export();
+        b.routed = 0;
+        b.no_recipient = 0;
+        b.rejected = 0;
+        b.dropped = 0;
+        b.refused = 0;
+        b.refused_by.clear();
+        b.requests.clear();
+        // Written as 0: the next daemon numbers its requests from the clock instead, past
+        // any a dying daemon gave.
+        b.next = 0;
+        b
+    }
+
     pub(super) fn export(&self) -> crate::handover::BusState {
         use crate::handover::{RequestState, RequesterState};
         let now = tokio::time::Instant::now();
@@ -1197,7 +1214,14 @@ impl Bus {
     /// Takes over what [`Bus::export`] gave.
     pub(super) fn import(&mut self, s: crate::handover::BusState) {
         use crate::handover::RequesterState;
-        self.next = s.next;
+        self.next = match s.next {
+            // From a keeper's state: past any number the dead daemon can have given.
+            0 => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                .saturating_mul(1024),
+            n => n,
+        };
         self.routed = s.routed;
         self.no_recipient = s.no_recipient;
         self.rejected = s.rejected;

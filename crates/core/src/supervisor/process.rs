@@ -311,6 +311,7 @@ impl State {
                 cgroup_procs: leaf.as_ref().map(|(_, fd)| fd.as_fd()),
                 cgroup_dir: leaf_dir.as_ref().map(|d| d.as_fd()),
                 credentials: run_as::credentials(run_as.as_ref()),
+                outlive_daemon: self.cfg.keeper.is_some(),
             })
             .map_err(|e| {
                 // The child may not have exited yet; its leaf goes once it has.

@@ -114,6 +114,7 @@ impl Sim {
             pids_file: None,
             limits: crate::Limits::default(),
             node_dir: None,
+            keeper: None,
         };
         let bus = super::bus::Bus::new(cfg.host.clone(), 1 << 20, cfg.limits, None);
         let mut st = State::new(

@@ -41,12 +41,15 @@ impl State {
                     self.expire_requests();
                     self.fire_timers();
                     self.after_event();
+                    self.journal_after(false);
                     continue;
                 }
             };
             let retry = matches!(event, Event::UpdateRetry);
+            let message = matches!(event, Event::Ipc { .. } | Event::Remote(_));
             self.handle(event);
             self.after_event();
+            self.journal_after(message);
             if self.updating.is_some() {
                 self.update_step(&mut rx, &mut ipc_rx, !retry);
             }
@@ -144,6 +147,9 @@ impl State {
                 }
             }
             Event::Update { req, reply } => self.on_update(req, reply),
+            Event::DaemonFds(fds) => self.on_daemon_fds(fds),
+            Event::KeeperGone => self.on_keeper_gone(),
+            Event::KeeperExit { pid, status, seq } => self.on_keeper_exit(pid, status, seq),
             Event::UpdateRetry => self.on_update_retry(),
             Event::CgroupEmptied { app } => {
                 if let Some(a) = self.apps.get_mut(&app) {
@@ -176,6 +182,8 @@ impl State {
                 TimerKey::Claims { app } => self.on_claims_timer(app),
                 TimerKey::Scrape { id } => self.finish_scrape(id),
                 TimerKey::Trigger { id } => self.finish_trigger(id),
+                // Written by journal_after, right after the timers.
+                TimerKey::Journal => {}
                 TimerKey::Watch { app } => {
                     let Some(a) = self.apps.get(&app) else {
                         continue;
@@ -294,6 +302,11 @@ impl State {
         for id in removed {
             self.apps.remove(&id);
             self.timers.cancel_app(id);
+        }
+        // The keeper lets go of what was closed before a waiting command hears that it was
+        // (a port is free once `herd stop` returns).
+        if !self.waiters.is_empty() {
+            self.journal_after(false);
         }
         self.answer_waiters();
     }

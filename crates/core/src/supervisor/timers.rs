@@ -68,6 +68,8 @@ pub(super) enum TimerKey {
         /// The scrape's id.
         id: u64,
     },
+    /// The state is given to the keeper if it changed (after instances' messages).
+    Journal,
     /// Workers nobody claimed are announced to the app's primary
     /// ([`super::primary::CLAIM_WINDOW`]).
     Claims {
@@ -89,6 +91,7 @@ impl TimerKey {
             TimerKey::Retire { .. }
             | TimerKey::Probe { .. }
             | TimerKey::Scrape { .. }
+            | TimerKey::Journal
             | TimerKey::Trigger { .. } => None,
         }
     }

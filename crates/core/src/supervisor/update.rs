@@ -199,7 +199,7 @@ impl State {
             return;
         }
         let mut kept = Kept::default();
-        let state = match self.export(&mut kept) {
+        let state = match self.export(&mut kept, false) {
             Ok(s) => s,
             Err(e) => {
                 self.abort_update(format!("cannot prepare the handover: {e}"));
@@ -247,12 +247,16 @@ impl State {
                 return;
             }
         };
+        // The keeper's link goes on in the new program.
+        let keeper_fds = self.cfg.keeper.as_ref().and_then(|k| k.pass_on().ok());
+        let keeper_fd = keeper_fds.as_ref().map(|(a, _)| a.as_raw_fd());
         let exe = u.exe.clone();
         let argv = u.argv.clone();
         tracing::info!(exe = %exe.display(), "handing over to the new binary");
-        let e = exec(&exe, &argv, memfd.as_raw_fd(), previous_exe_fd);
+        let e = exec(&exe, &argv, memfd.as_raw_fd(), previous_exe_fd, keeper_fd);
         // Still here: the new binary did not start. Its fds are closed; go on as before.
         drop(kept);
+        drop(keeper_fds);
         drop(memfd);
         self.abort_update(format!("cannot execute {}: {e}", exe.display()));
     }
@@ -314,8 +318,24 @@ impl State {
     }
 
     /// The state as it stands, with every fd it names kept across `execve`.
-    fn export(&mut self, kept: &mut Kept) -> std::io::Result<handover::SupervisorState> {
+    ///
+    /// `journal`: for a keeper, at any moment, not only a quiet one. A process on its way out
+    /// (a reload's next or replaced process, one stopping or scaled away) is listed in
+    /// `strays` for the next daemon to stop, with its output pipes as orphan pipes, and its
+    /// slot is written as it will be once the process is gone; times are absolute; what
+    /// changes with every message (bytes read but not parsed, messages queued, bus counters
+    /// and requests) is left out, so the state changes only when something that matters does.
+    pub(super) fn export(
+        &mut self,
+        kept: &mut Kept,
+        journal: bool,
+    ) -> std::io::Result<handover::SupervisorState> {
         let now = Instant::now();
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let at_unix = |t: Instant| unix_now + t.saturating_duration_since(now).as_millis() as u64;
+        let mut strays: Vec<(u32, u32, &Proc)> = Vec::new();
         let mut apps = Vec::new();
         for app in self.apps.values() {
             let mut listeners = Vec::new();
@@ -334,41 +354,83 @@ impl State {
                 extra_holders.insert(k.clone(), holders);
             }
             let mut slots = Vec::new();
+            if journal {
+                strays.extend(app.retiring.iter().map(|(i, p)| (app.id, *i, p)));
+            }
             for s in &app.slots {
                 use handover::SlotStatus as S;
-                let status = match &s.state {
-                    SlotState::Starting { .. } => S::Starting,
-                    SlotState::Online { .. } => S::Online,
-                    SlotState::WaitingRestart { .. } => S::WaitingRestart,
-                    SlotState::Stopped => S::Stopped,
-                    SlotState::Exited => S::Exited,
-                    SlotState::Errored => S::Errored,
-                    // busy_reason waits until no slot is in one of these.
-                    SlotState::Reloading { .. }
-                    | SlotState::Draining { .. }
-                    | SlotState::Stopping { .. }
-                    | SlotState::Gone => {
+                // The process the slot keeps, and its status.
+                let (status, proc) = match &s.state {
+                    SlotState::Starting { proc, .. } => (S::Starting, Some(proc)),
+                    SlotState::Online { proc } => (S::Online, Some(proc)),
+                    SlotState::WaitingRestart { .. } => (S::WaitingRestart, None),
+                    SlotState::Stopped => (S::Stopped, None),
+                    SlotState::Exited => (S::Exited, None),
+                    SlotState::Errored => (S::Errored, None),
+                    // busy_reason waits until no slot is in one of these before an update; a
+                    // keeper's state says what becomes of them.
+                    _ if !journal => {
                         return Err(std::io::Error::other(format!(
                             "instance {}:{} is changing state",
                             app.spec.name, s.index
                         )))
                     }
+                    // The reload of the slot is called off: the current process stays.
+                    SlotState::Reloading {
+                        current,
+                        online,
+                        next,
+                        ..
+                    } => {
+                        strays.push((app.id, s.index, next));
+                        let status = if *online { S::Online } else { S::Starting };
+                        (status, Some(current))
+                    }
+                    SlotState::Stopping { proc, then, .. } => {
+                        strays.push((app.id, s.index, proc));
+                        match then {
+                            super::Then::Stay => (S::Stopped, None),
+                            super::Then::Restart | super::Then::Unlive => (S::WaitingRestart, None),
+                            super::Then::Remove => continue,
+                        }
+                    }
+                    SlotState::Draining { proc, .. } => {
+                        strays.push((app.id, s.index, proc));
+                        continue;
+                    }
+                    SlotState::Gone => continue,
                 };
-                let process = match s.state.proc() {
+                let process = match proc {
                     Some(p) => {
-                        let mut ps = export_proc(p, kept)?;
+                        let mut ps = export_proc(p, kept, journal)?;
                         ps.cgroup = self.cgroups.get(&p.pid).cloned();
+                        if journal {
+                            ps.started_unix_ms = Some(unix_now.saturating_sub(ps.uptime_ms));
+                            ps.uptime_ms = 0;
+                        }
                         Some(ps)
                     }
                     None => None,
                 };
+                // A stopping slot that restarts does so at once in the next daemon.
+                let deadline = match (&s.state, status) {
+                    (SlotState::Stopping { .. }, S::WaitingRestart) => Some(now),
+                    (SlotState::Reloading { .. }, _) => None,
+                    _ => s.state.deadline(),
+                };
                 slots.push(handover::SlotState {
                     index: s.index,
                     status,
-                    timer_ms: s
-                        .state
-                        .deadline()
-                        .map(|t| t.saturating_duration_since(now).as_millis() as u64),
+                    timer_ms: match journal {
+                        true => None,
+                        false => {
+                            deadline.map(|t| t.saturating_duration_since(now).as_millis() as u64)
+                        }
+                    },
+                    timer_unix_ms: match journal {
+                        true => deadline.map(at_unix),
+                        false => None,
+                    },
                     process,
                     restarts: s.restarts,
                     unstable: s.history.unstable,
@@ -392,8 +454,28 @@ impl State {
         // SAFETY: the notify socket is owned by its task, which never ends.
         let notify = unsafe { BorrowedFd::borrow_raw(self.notify_fd) };
         let mut orphan_pipes = Vec::new();
-        for (app, slot, stream, pump) in self.orphan_pumps() {
-            if let Some(pipe) = export_pipe(&pump, kept)? {
+        let mut stray_pids = Vec::new();
+        let mut stray_pumps = Vec::new();
+        for (app, slot, p) in strays {
+            stray_pids.push(p.pid);
+            for (stream, pump) in [(LogStream::Out, &p.out), (LogStream::Err, &p.err)] {
+                if let Some(pump) = pump {
+                    stray_pumps.push((app, slot, stream, pump.clone()));
+                }
+            }
+        }
+        let mut pumps = self.orphan_pumps();
+        if journal {
+            // The strays' pipes are read to their end by the next daemon, as orphans' (a
+            // reload's next process is among the orphans already).
+            for p in stray_pumps {
+                if !pumps.iter().any(|q| Arc::ptr_eq(&q.3, &p.3)) {
+                    pumps.push(p);
+                }
+            }
+        }
+        for (app, slot, stream, pump) in pumps {
+            if let Some(pipe) = export_pipe(&pump, kept, journal)? {
                 orphan_pipes.push(handover::OrphanPipe {
                     app,
                     slot,
@@ -410,9 +492,13 @@ impl State {
             notify_fd: kept.keep(notify)?,
             next_id: self.next_id,
             apps,
-            bus: self.bus.export(),
+            bus: match journal {
+                true => self.bus.export_journal(),
+                false => self.bus.export(),
+            },
             orphan_pipes,
             cgroup_parent: self.containment.tree().map(|t| t.path().to_path_buf()),
+            strays: stray_pids,
         })
     }
 
@@ -502,7 +588,10 @@ impl State {
                 let proc = s.process.map(|p| self.adopt_proc(id, i, p, now));
                 kept += usize::from(proc.is_some());
                 use handover::SlotStatus as S;
-                let at = now + Duration::from_millis(s.timer_ms.unwrap_or(0));
+                let at = match s.timer_unix_ms {
+                    Some(t) => now + Duration::from_millis(t.saturating_sub(unix_now())),
+                    None => now + Duration::from_millis(s.timer_ms.unwrap_or(0)),
+                };
                 let state = match (s.status, proc) {
                     (S::Starting, Some(proc)) => SlotState::Starting { proc, deadline: at },
                     (S::Online, Some(proc)) => SlotState::Online { proc },
@@ -595,10 +684,14 @@ impl State {
         if let Some(cg) = p.cgroup {
             self.cgroups.insert(pid, cg);
         }
+        let uptime = match p.started_unix_ms {
+            Some(t) => unix_now().saturating_sub(t),
+            None => p.uptime_ms,
+        };
         Proc {
             pid,
             since: now
-                .checked_sub(Duration::from_millis(p.uptime_ms))
+                .checked_sub(Duration::from_millis(uptime))
                 .unwrap_or(now),
             sample: None,
             channel,
@@ -622,6 +715,7 @@ impl State {
 fn export_pipe(
     s: &logs::PumpState,
     kept: &mut Kept,
+    journal: bool,
 ) -> std::io::Result<Option<handover::PipeState>> {
     if s.done.load(std::sync::atomic::Ordering::Acquire) {
         return Ok(None);
@@ -630,24 +724,42 @@ fn export_pipe(
     let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
     Ok(Some(handover::PipeState {
         fd: kept.keep(fd)?,
-        partial: s
-            .partial
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone(),
+        // For a keeper: the line in progress changes with every read; a daemon that dies
+        // loses it (the next one starts at the next byte of the pipe).
+        partial: match journal {
+            true => Vec::new(),
+            false => s
+                .partial
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        },
     }))
 }
 
-fn export_proc(p: &Proc, kept: &mut Kept) -> std::io::Result<handover::ProcState> {
+fn export_proc(p: &Proc, kept: &mut Kept, journal: bool) -> std::io::Result<handover::ProcState> {
     let out = match &p.out {
-        Some(s) => export_pipe(s, kept)?,
+        Some(s) => export_pipe(s, kept, journal)?,
         None => None,
     };
     let err = match &p.err {
-        Some(s) => export_pipe(s, kept)?,
+        Some(s) => export_pipe(s, kept, journal)?,
         None => None,
     };
     let channel = match &p.channel {
+        // For a keeper: the socket alone. What a dying daemon had read and not parsed, or
+        // queued and not written, is lost with it.
+        Some(ch) if journal => {
+            // SAFETY: the channel keeps its socket open while a handle exists.
+            let sock = unsafe { BorrowedFd::borrow_raw(ch.raw_fd()) };
+            Some(handover::ChannelState {
+                fd: kept.keep(sock)?,
+                unread: Vec::new(),
+                skipping: false,
+                queued: Vec::new(),
+                dropped: 0,
+            })
+        }
         Some(ch) => {
             let snap = ch.snapshot();
             let mut queued = Vec::new();
@@ -674,6 +786,7 @@ fn export_proc(p: &Proc, kept: &mut Kept) -> std::io::Result<handover::ProcState
     Ok(handover::ProcState {
         pid: p.pid,
         uptime_ms: p.since.elapsed().as_millis() as u64,
+        started_unix_ms: None,
         env_version: p.env_version,
         listens: p.listens,
         seq: p.seq,
@@ -685,9 +798,22 @@ fn export_proc(p: &Proc, kept: &mut Kept) -> std::io::Result<handover::ProcState
     })
 }
 
+/// Milliseconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Executes `exe` with `args` (`daemon`, or a `herd run` command line) and the handover at
 /// `memfd`; returns only on failure.
-fn exec(exe: &Path, args: &[std::ffi::OsString], memfd: RawFd, previous: Option<RawFd>) -> String {
+fn exec(
+    exe: &Path,
+    args: &[std::ffi::OsString],
+    memfd: RawFd,
+    previous: Option<RawFd>,
+    keeper: Option<RawFd>,
+) -> String {
     let path = match CString::new(exe.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(_) => return "the path holds a NUL byte".into(),
@@ -716,6 +842,12 @@ fn exec(exe: &Path, args: &[std::ffi::OsString], memfd: RawFd, previous: Option<
         match CString::new(format!("{}={fd}", handover::EXE_ENV)) {
             Ok(v) => env.push(v),
             Err(_) => return "the way-back variable holds a NUL byte".into(),
+        }
+    }
+    if let Some(fd) = keeper {
+        match CString::new(format!("{}={fd}", crate::keeper::ENV)) {
+            Ok(v) => env.push(v),
+            Err(_) => return "the keeper variable holds a NUL byte".into(),
         }
     }
     match nix::unistd::execve(&path, &argv, &env) {

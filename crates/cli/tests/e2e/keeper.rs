@@ -1,0 +1,307 @@
+//! The keeper (issue #18, docs/keeper.md): SIGKILL the daemon and nothing is lost — the
+//! instances keep serving with the same pids, their output written meanwhile reaches the
+//! logs in order, a Node instance's `process.send` works after each death, an instance killed
+//! while no daemon runs is replaced once the next one is up, and a daemon killed in the middle
+//! of a reload or a scale-up leaves exactly one process per slot.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// SIGKILLs the daemon and waits until the keeper's next one answers; returns its pid.
+fn kill_daemon(h: &Herd) -> i32 {
+    let old = h.daemon_pid().expect("a daemon runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        match h.daemon_pid().filter(|&p| p != old && alive(p as u32)) {
+            Some(p) => Ok(p),
+            None => Err(()),
+        }
+    })
+    .expect("no new daemon after a SIGKILL")
+}
+
+/// Lines `tick <pid> <n>` of a log: for each pid, the numbers must follow each other.
+fn gaps_in(log: &str) -> Vec<String> {
+    let mut last: std::collections::HashMap<&str, u64> = Default::default();
+    let mut gaps = Vec::new();
+    for line in log.lines() {
+        let mut w = line.split_whitespace();
+        let (Some("tick"), Some(pid), Some(n)) = (w.next(), w.next(), w.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else {
+            gaps.push(format!("garbled: {line:?}"));
+            continue;
+        };
+        if let Some(prev) = last.insert(pid, n) {
+            if n != prev + 1 {
+                gaps.push(format!("pid {pid}: {prev} then {n}"));
+            }
+        }
+    }
+    gaps
+}
+
+#[test]
+fn twenty_daemon_kills_under_load_lose_no_request_no_instance_and_no_log_line() {
+    let Some(base) = node_fixture() else { return };
+    let h = Herd::new();
+    let dir = tempfile::tempdir().unwrap();
+    let rust_port = free_port();
+    let node_port = free_port();
+    h.ok(&[
+        "start",
+        hello_bin().to_str().unwrap(),
+        "--name",
+        "rs",
+        "-i",
+        "2",
+        "--listen",
+        &format!("127.0.0.1:{rust_port}"),
+    ]);
+    // The daemon's path for messages (not direct channels): process.send must cross it.
+    h.ok(&[
+        "start",
+        base.join("apps/bus.js").to_str().unwrap(),
+        "--name",
+        "nb",
+        "-i",
+        "2",
+        "--listen",
+        &format!("127.0.0.1:{node_port}"),
+        "--env",
+        "HERD_BUS_DIRECT=0",
+    ]);
+    let ticker = script(
+        dir.path(),
+        "ticker.py",
+        "#!/usr/bin/env python3\nimport os, time\ni = 0\nwhile True:\n    print(f'tick {os.getpid()} {i}', flush=True)\n    i += 1\n    time.sleep(0.002)\n",
+    );
+    h.ok(&["start", ticker.to_str().unwrap(), "--name", "tick"]);
+    wait_until(Duration::from_secs(20), || {
+        let all: Vec<String> = ["rs", "nb", "tick"]
+            .iter()
+            .flat_map(|a| h.statuses(a))
+            .collect();
+        all.iter().all(|s| s == "online").then_some(()).ok_or(all)
+    })
+    .expect("online");
+    let ask = |k: usize| -> Value {
+        let body = get(
+            loopback(node_port),
+            &format!("/ask?to=nb:1&data=ping-{k}"),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("process.send round trip after kill {k}: {e}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body:?}: {e}"))
+    };
+    assert_eq!(ask(0)["echo"], "ping-0");
+    let pids: Vec<u32> = ["rs", "nb"].iter().flat_map(|a| h.pids(a)).collect();
+    let tick_pid = h.pids("tick")[0];
+    let stop = AtomicBool::new(false);
+    let (fresh, kept, node) = std::thread::scope(|s| {
+        let fresh = s.spawn(|| load_until(loopback(rust_port), &stop, Duration::from_secs(120)));
+        let kept = s.spawn(|| {
+            keep_alive_until(
+                loopback(rust_port),
+                "/",
+                &stop,
+                Duration::from_secs(120),
+                |_| Duration::from_millis(1),
+            )
+        });
+        let node = s.spawn(|| {
+            load_path_until(
+                loopback(node_port),
+                "/seen",
+                &stop,
+                Duration::from_secs(120),
+            )
+        });
+        for k in 1..=20 {
+            let t = std::time::Instant::now();
+            let daemon = h.daemon_pid().unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(daemon),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            if k == 10 {
+                // An instance that dies while no daemon runs.
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(tick_pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+            }
+            wait_until(Duration::from_secs(10), || {
+                h.daemon_pid()
+                    .filter(|&p| p != daemon && alive(p as u32))
+                    .ok_or(())
+            })
+            .unwrap_or_else(|_| panic!("no new daemon after kill {k}"));
+            h.ok(&["ping"]);
+            let now: Vec<u32> = ["rs", "nb"].iter().flat_map(|a| h.pids(a)).collect();
+            assert_eq!(now, pids, "instances changed after kill {k}");
+            let back = t.elapsed();
+            assert_eq!(ask(k)["echo"], format!("ping-{k}"));
+            eprintln!(
+                "kill {k}: a daemon again after {back:?}, a round trip through it by {:?}",
+                t.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        (
+            fresh.join().unwrap(),
+            kept.join().unwrap(),
+            node.join().unwrap(),
+        )
+    });
+    assert_no_failures(&[fresh, kept.load, node], "20 daemon kills");
+    // The instance killed while no daemon ran was replaced.
+    let replaced = wait_until(Duration::from_secs(10), || {
+        let now = h.pids("tick");
+        if now.len() == 1 && now[0] != tick_pid && h.statuses("tick") == ["online"] {
+            Ok(now)
+        } else {
+            Err(now)
+        }
+    })
+    .unwrap_or_else(|now| {
+        panic!(
+            "the ticker killed during an outage ({tick_pid}, alive: {}) was not replaced: {now:?} {}\n{}",
+            alive(tick_pid),
+            h.app("tick"),
+            std::fs::read_to_string(h.home().join("daemon.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(h.app("tick")["processes"][0]["restarts"], 1);
+    // Every line the ticker wrote, in order, without a gap, across 20 deaths.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = std::fs::read_to_string(h.home().join("logs/tick-0.out")).unwrap();
+    assert_eq!(
+        gaps_in(&log),
+        Vec::<String>::new(),
+        "lines lost or reordered"
+    );
+    let first = log
+        .lines()
+        .filter(|l| l.starts_with(&format!("tick {tick_pid} ")))
+        .count();
+    assert!(first > 100, "the first ticker wrote {first} lines");
+    assert!(
+        log.contains(&format!("tick {} ", replaced[0])),
+        "the replacement's lines"
+    );
+    h.finish();
+}
+
+/// Starts `n` instances named `app` of a server that says it is ready 0.4 s after it starts,
+/// so that a reload or a scale-up is under way long enough to kill the daemon in its middle.
+fn start_slow(h: &Herd, app: &str, n: &str, port: u16) {
+    h.ok(&[
+        "start",
+        hello_bin().to_str().unwrap(),
+        "--name",
+        app,
+        "-i",
+        n,
+        "--env",
+        "READY_DELAY_MS=400",
+        "--wait-ready",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+}
+
+/// Waits until every slot of `app` is online, and returns its pids; then checks that no
+/// process of the app runs beside them (the instances' own environment names the app).
+fn settled(h: &Herd, app: &str, slots: usize) -> Vec<u32> {
+    let pids = wait_until(Duration::from_secs(15), || {
+        let s = h.statuses(app);
+        (s.len() == slots && s.iter().all(|x| x == "online"))
+            .then(|| h.pids(app))
+            .ok_or(s)
+    })
+    .unwrap_or_else(|s| panic!("{app} did not settle to {slots} online slots: {s:?}"));
+    let needle = format!("HERD_APP={app}");
+    let running = wait_until(Duration::from_secs(10), || {
+        let mut of_app: Vec<u32> = h
+            .leftovers()
+            .into_iter()
+            .filter(|&p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .map(|e| e.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .map(|p| p as u32)
+            .collect();
+        of_app.sort_unstable();
+        let mut want = pids.clone();
+        want.sort_unstable();
+        (of_app == want).then_some(()).ok_or(of_app)
+    });
+    assert!(
+        running.is_ok(),
+        "processes of {app} beside its {slots} slots {pids:?}: {running:?}"
+    );
+    pids
+}
+
+#[test]
+fn a_daemon_killed_during_a_reload_or_a_scale_up_leaves_one_process_per_slot() {
+    let h = Herd::new();
+    let port = free_port();
+    start_slow(&h, "web", "2", port);
+    settled(&h, "web", 2);
+    // During a reload: with its first slot's new process not ready yet (200 ms), then with
+    // the first slot done and the second under way (650 ms).
+    for after in [200, 650] {
+        let mut child = h
+            .command(&["reload", "web"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(after));
+        kill_daemon(&h);
+        let _ = child.wait();
+        h.ok(&["ping"]);
+        settled(&h, "web", 2);
+        for k in 0..20 {
+            if let Err(e) = get(loopback(port), "/", Duration::from_secs(5)) {
+                panic!(
+                    "request {k} after a kill {after} ms into a reload: {e}; {}\n{}",
+                    h.app("web"),
+                    std::fs::read_to_string(h.home().join("daemon.log")).unwrap_or_default()
+                );
+            }
+        }
+    }
+    // During a scale-up, its new instances not ready yet.
+    let mut child = h
+        .command(&["scale", "web", "4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    kill_daemon(&h);
+    let _ = child.wait();
+    h.ok(&["ping"]);
+    let slots = h.statuses("web").len();
+    assert_eq!(slots, 4, "the scale-up was in the state: {}", h.app("web"));
+    settled(&h, "web", 4);
+    // And `herd kill` still stops everything, keeper included.
+    h.finish();
+}
