@@ -305,3 +305,59 @@ fn a_daemon_killed_during_a_reload_or_a_scale_up_leaves_one_process_per_slot() {
     // And `herd kill` still stops everything, keeper included.
     h.finish();
 }
+
+/// An app's own primary (`--primary`) is not adopted: the next daemon starts a new one, and
+/// the workers keep serving with their pids.
+#[test]
+fn after_a_daemon_kill_an_apps_own_primary_is_started_again_and_its_workers_kept() {
+    if node_fixture().is_none() {
+        return;
+    }
+    let h = Herd::new();
+    let port = free_port();
+    let script = repo_root().join("examples/node/cluster.js");
+    h.ok(&[
+        "start",
+        script.to_str().unwrap(),
+        "--primary",
+        "--name",
+        "pri",
+        "--port",
+        &port.to_string(),
+    ]);
+    let pid = |p: &Value| p["pid"].as_u64().map(|p| p as u32);
+    let (primary, workers) = wait_until(Duration::from_secs(20), || {
+        let a = h.app("pri");
+        let ps = a["processes"].as_array().cloned().unwrap_or_default();
+        let workers: Vec<u32> = ps.iter().filter_map(pid).collect();
+        match pid(&a["primary"]) {
+            Some(p) if workers.len() >= 2 && a["primary"]["status"] == "online" => Ok((p, workers)),
+            _ => Err(a),
+        }
+    })
+    .expect("primary and workers online");
+    kill_daemon(&h);
+    h.ok(&["ping"]);
+    let again = wait_until(Duration::from_secs(20), || {
+        let a = h.app("pri");
+        pid(&a["primary"])
+            .filter(|&p| p != primary && a["primary"]["status"] == "online")
+            .ok_or(a)
+    })
+    .expect("a new primary");
+    assert!(!alive(primary), "the old primary is gone");
+    assert!(alive(again));
+    let a = h.app("pri");
+    let mut now: Vec<u32> = a["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(pid)
+        .collect();
+    let mut before = workers.clone();
+    now.sort_unstable();
+    before.sort_unstable();
+    assert_eq!(now, before, "the workers were kept: {a}");
+    get(loopback(port), "/", Duration::from_secs(5)).unwrap();
+    h.finish();
+}

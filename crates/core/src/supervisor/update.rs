@@ -609,6 +609,29 @@ impl State {
                 slot.history.backoff_step = s.backoff_step;
                 slot.last_exit = s.last_exit;
             }
+            // An app's own primary (`--primary`) is not in a state (`herd update` waits for
+            // none, a keeper's state leaves it out): the next daemon after a death starts a
+            // new one, which finds the workers as after a crash of the primary.
+            let spec = self
+                .apps
+                .get(&id)
+                .filter(|a| a.spec.primary)
+                .map(|a| a.spec.clone());
+            if let Some(spec) = spec {
+                match self.new_slot(&spec, super::primary::PRIMARY) {
+                    Ok(mut slot) => {
+                        if let Some(app) = self.apps.get_mut(&id) {
+                            // Started by its timer, once the daemon is whole (its Node files
+                            // written).
+                            if app.status == AppStatus::Running {
+                                slot.set(SlotState::WaitingRestart { until: now });
+                            }
+                            app.primary = Some(slot);
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot start the primary of app {}: {e}", spec.name),
+                }
+            }
             if self
                 .apps
                 .get(&id)
