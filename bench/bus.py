@@ -5,6 +5,7 @@ measured in the same run.
 
     python3 bench/bus.py            # full run: 3 runs per row, alternating systems (~7 min)
     python3 bench/bus.py --quick    # 1 run per row, shorter windows (under 2 min)
+    python3 bench/bus.py --quick --only bare-any,herd-rust-1,herd-rust-c   # some rows (keys in main())
 
 Everything runs on this host over Unix sockets (no network), with a private HERD_HOME; every
 load stops after a fixed time; herd is stopped with `herd kill` and every other process this
@@ -26,6 +27,9 @@ from common_helpers import proc_table
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS = os.path.join(ROOT, "bench", "apps")
 QUICK = "--quick" in sys.argv
+# `--only KEY,KEY`: run only these rows (the keys of `plan` in main()); goals whose reference
+# row did not run are not judged.
+ONLY = next((a.split(",") for p, a in zip(sys.argv, sys.argv[1:]) if p == "--only"), None)
 RUNS = 1 if QUICK else 3
 SECS = 3 if QUICK else 8  # measured window of every row
 WARMUP = 1
@@ -410,6 +414,11 @@ def main():
         ("node-oneway", lambda h: cluster("oneway", 1)),
         ("herd-oneway-0", lambda h: h.row(h.oneway, 0)),
     ]
+    if ONLY:
+        unknown = set(ONLY) - {k for k, _ in plan}
+        if unknown:
+            sys.exit(f"--only: no such row {sorted(unknown)}; rows: {', '.join(k for k, _ in plan)}")
+        plan = [(k, fn) for k, fn in plan if k in ONLY]
     results = {k: [] for k, _ in plan}
     h = Herd(herd_bin, examples)
     other = {}  # row key → CPU % of other processes in each run
@@ -426,9 +435,9 @@ def main():
     finally:
         shutil.rmtree(h.home, ignore_errors=True)
 
-    rtt1, rttc = median(results["node-rtt-1"], "rate"), median(results["node-rtt-c"], "rate")
-    node_oneway = median(results["node-oneway"], "rate")
-    bare_rate = median(results["bare-any"], "rate")
+    rtt1, rttc = median(results.get("node-rtt-1", []), "rate"), median(results.get("node-rtt-c", []), "rate")
+    node_oneway = median(results.get("node-oneway", []), "rate")
+    bare_rate = median(results.get("bare-any", []), "rate")
 
     def goal(key):
         """(goal text, met?) of a row: issue #17's targets, against the medians of the same run
@@ -445,6 +454,10 @@ def main():
         mine = median(results[key], "rate")
         texts, verdicts = [], []
         for factor, ref, text in g:
+            if ref is None:
+                texts.append(f"{text} (reference row not run)")
+                verdicts.append("—")
+                continue
             need = factor * ref
             texts.append(f"{text} (≥ {si(need)}/s)")
             verdicts.append("yes" if mine >= need else f"NO ({mine / ref:.2f}×)")
@@ -478,7 +491,9 @@ def main():
           "| peak RSS (daemon / primary) | failed or lost | goal | met? |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key in order:
-        rows = results[key]
+        rows = results.get(key)
+        if not rows:
+            continue
         label, inflight = labels[key]
         g, met = goal(key)
         lost = sum(r["lost"] for r in rows)

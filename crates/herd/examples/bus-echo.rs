@@ -18,6 +18,16 @@ async fn main() -> std::io::Result<()> {
     bus.subscribe("news")?;
     herd::ready()?;
     println!("bus-echo: instance {:?} on the bus", herd::instance());
+    // In a task of its own rather than in `main`'s future: tokio's current_thread runtime
+    // polls its reactor once more (a syscall) before it polls the `block_on` future that
+    // another task (here the bus's reader) woke; a spawned task runs at once.
+    tokio::spawn(serve(bus))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+async fn serve(bus: herd::bus::Bus) -> std::io::Result<()> {
+    let pid = std::process::id();
     let mut seen: Vec<Value> = Vec::new();
     while let Some(msg) = bus.recv().await {
         if !msg.is_request() {
@@ -49,7 +59,7 @@ async fn main() -> std::io::Result<()> {
             if let Some(ms) = d.get("sleep_ms").and_then(Value::as_u64) {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            json!({"echo": msg.data, "lang": "rust", "pid": std::process::id(), "direct": msg.is_direct()})
+            json!({"echo": msg.data, "lang": "rust", "pid": pid, "direct": msg.is_direct()})
         };
         msg.reply(answer).await?;
     }

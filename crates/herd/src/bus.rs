@@ -28,20 +28,28 @@
 //! its address (a reload), or when this instance holds more than `max_direct_channels`
 //! (least recently used first); the next message opens a new one. `HERD_BUS_DIRECT=0` keeps
 //! everything on the daemon's path.
+//!
+//! **Latency.** Each channel is read by a task of this module, which hands messages to
+//! [`Bus::recv`] and answers to [`Bus::request`]. On a `current_thread` runtime, a loop over
+//! `recv()` in a spawned task answers sooner than one in `main`'s own future: tokio polls its
+//! reactor once more (a syscall) before it polls the `block_on` future a task woke.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use herd_proto::worker::{self, ChannelMsg, Delivery, HerdOp, ProcessMsgType, ToInstance};
+use herd_proto::worker::{self, ChannelMsg, HerdOp, ToInstance};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
+
+mod line;
 
 /// Messages kept for [`Bus::recv`]; past it they are dropped (and counted).
 const INCOMING: usize = 1024;
@@ -70,7 +78,13 @@ struct Conn {
     /// Our own address, the `from` of what we write.
     me: String,
     max_bytes: usize,
-    writer: Writer,
+    /// The socket (non-blocking), shared with [`read_direct`]. Written directly under
+    /// `writing` (which keeps lines whole and in order): it is registered with the runtime for
+    /// reading only, because a registration for writability would wake this process each time
+    /// the peer reads what it was sent (the kernel signals the freed space), a wake-up per
+    /// message that a request/reply pair pays on both sides.
+    sock: Arc<OwnedFd>,
+    writing: tokio::sync::Mutex<()>,
     /// When it was last used (a tick of [`Routes::clock`]): the least recently used is closed
     /// first.
     used: AtomicU64,
@@ -177,12 +191,47 @@ impl Message {
         match &self.via {
             Some(Via::Daemon(s)) => write_op(&s.daemon, &reply).await,
             Some(Via::Direct(c)) => {
-                let mut line = serde_json::to_vec(&reply).map_err(io::Error::other)?;
-                line.push(b'\n');
-                c.writer.lock().await.write_all(&line).await
+                let line = line::to_line(&reply).map_err(io::Error::other)?;
+                c.write(&line).await
             }
             None => Ok(()),
         }
+    }
+}
+
+impl Conn {
+    /// Writes a whole line: straight to the socket while it takes it, waiting for space when
+    /// it is full (the peer does not read: backpressure, nothing is dropped).
+    async fn write(&self, line: &[u8]) -> io::Result<()> {
+        let _writing = self.writing.lock().await;
+        let mut rest = line;
+        while !rest.is_empty() {
+            let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+            match rustix::net::send(&self.sock, rest, flags) {
+                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => self.writable().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the socket takes more. Only a full socket gets here: a registration for
+    /// writability of its own (a duplicate of the fd, so that the reader's registration stays
+    /// readable-only), dropped once it says so.
+    async fn writable(&self) -> io::Result<()> {
+        let dup = self.sock.as_fd().try_clone_to_owned()?;
+        let fd = register(Arc::new(dup), Interest::WRITABLE)?;
+        let _ready = fd.writable().await?;
+        Ok(())
+    }
+
+    /// Closes it for writing (after any line being written): the peer sees the end, closes
+    /// its side, and our reader then sees it too.
+    async fn shutdown(&self) {
+        let _writing = self.writing.lock().await;
+        let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Write);
     }
 }
 
@@ -381,8 +430,8 @@ impl Shared {
             r.max_channels = Some(max.max(1));
         }
         let conn = match (fd, c.peer) {
-            (Some(fd), Some(peer)) => match open(fd) {
-                Ok((read, write)) => {
+            (Some(fd), Some(peer)) => match open_direct(fd) {
+                Ok((sock, read)) => {
                     r.next_conn += 1;
                     r.clock += 1;
                     let conn = Arc::new(Conn {
@@ -390,7 +439,8 @@ impl Shared {
                         peer,
                         me: c.me.clone().unwrap_or_default(),
                         max_bytes: c.max_bytes.unwrap_or(MAX_BYTES),
-                        writer: tokio::sync::Mutex::new(write),
+                        sock,
+                        writing: tokio::sync::Mutex::new(()),
                         used: AtomicU64::new(r.clock),
                     });
                     r.conns.insert(conn.id, conn.clone());
@@ -432,7 +482,7 @@ impl Shared {
             r.by_addr
                 .retain(|_, route| !matches!(route, Route::Open(c) if c.id == old.id));
             tokio::spawn(async move {
-                let _ = old.writer.lock().await.shutdown().await;
+                old.shutdown().await;
             });
         }
     }
@@ -454,17 +504,28 @@ impl Shared {
             .retain(|_, route| !matches!(route, Route::Open(c) if c.peer == peer));
         for c in gone {
             tokio::spawn(async move {
-                let _ = c.writer.lock().await.shutdown().await;
+                c.shutdown().await;
             });
         }
     }
 }
 
-/// Makes a tokio stream of a received channel end.
-fn open(fd: OwnedFd) -> io::Result<(OwnedReadHalf, OwnedWriteHalf)> {
+/// A received channel end, non-blocking, and its registration with the runtime for reading.
+type DirectReader = AsyncFd<Arc<OwnedFd>>;
+
+fn open_direct(fd: OwnedFd) -> io::Result<(Arc<OwnedFd>, DirectReader)> {
     let std = std::os::unix::net::UnixStream::from(fd);
     std.set_nonblocking(true)?;
-    Ok(tokio::net::UnixStream::from_std(std)?.into_split())
+    let sock = Arc::new(OwnedFd::from(std));
+    let read = register(sock.clone(), Interest::READABLE)?;
+    Ok((sock, read))
+}
+
+/// Registers a socket with the runtime for `interest` only.
+fn register(sock: Arc<OwnedFd>, interest: Interest) -> io::Result<DirectReader> {
+    // SAFETY: the fd is owned by the `OwnedFd`, which the `AsyncFd` keeps alive (an `Arc` of
+    // it) until it is dropped: it stays open and the same file for the registration's life.
+    unsafe { AsyncFd::register_with_interest(sock, interest) }.map_err(|e| e.into_parts().1)
 }
 
 /// Splits complete lines off `buf`, giving each to `each`; a line longer than `max` is
@@ -498,6 +559,7 @@ async fn read_daemon(shared: Arc<Shared>, r: OwnedReadHalf) {
     let mut chunk = vec![0u8; 64 * 1024];
     let mut fds: VecDeque<OwnedFd> = VecDeque::new();
     let mut skipping = false;
+    let mut msgs = Vec::new();
     loop {
         let read = r
             .as_ref()
@@ -525,14 +587,11 @@ async fn read_daemon(shared: Arc<Shared>, r: OwnedReadHalf) {
             Ok(n) => n,
         };
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        let mut msgs = Vec::new();
         lines(&mut buf, &mut skipping, MAX_BYTES.max(16 << 20), |line| {
             // Lines that are none of herd's messages (a later daemon's) are skipped.
-            if let Ok(m) = serde_json::from_slice::<ToInstance<'static>>(line) {
-                msgs.push(m);
-            }
+            msgs.extend(line::parse(line));
         });
-        for m in msgs {
+        for m in msgs.drain(..) {
             shared.on_message(m, Via::Daemon(shared.clone()), &mut fds);
         }
         // An fd whose message never came (none of ours) is closed with the rest of the read.
@@ -543,24 +602,22 @@ async fn read_daemon(shared: Arc<Shared>, r: OwnedReadHalf) {
 }
 
 /// Reads one direct channel until it closes, then fails what still waits on it.
-async fn read_direct(shared: Arc<Shared>, conn: Arc<Conn>, mut r: OwnedReadHalf) {
+async fn read_direct(shared: Arc<Shared>, conn: Arc<Conn>, r: DirectReader) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut skipping = false;
     let mut none = VecDeque::new();
+    let mut msgs = Vec::new();
     loop {
-        let n = match r.read(&mut chunk).await {
+        let n = match read_some(&r, &mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        let mut msgs = Vec::new();
         lines(&mut buf, &mut skipping, conn.max_bytes, |line| {
-            if let Ok(m) = serde_json::from_slice::<ToInstance<'static>>(line) {
-                msgs.push(m);
-            }
+            msgs.extend(line::parse(line));
         });
-        for m in msgs {
+        for m in msgs.drain(..) {
             // What comes on a direct channel is from its peer, whatever it says.
             let m = match m {
                 ToInstance::Message(mut d) => {
@@ -576,6 +633,26 @@ async fn read_direct(shared: Arc<Shared>, conn: Arc<Conn>, mut r: OwnedReadHalf)
         &conn,
         "closed its direct channel before replying: it exited or restarted",
     );
+}
+
+/// Reads what is there (waiting for something); `Ok(0)` at the end.
+async fn read_some(r: &DirectReader, chunk: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut ready = r.readable().await?;
+        match rustix::io::read(r.get_ref(), &mut *chunk) {
+            Ok(n) => {
+                // Less than asked: the socket is drained (as tokio's own streams assume), so
+                // wait for the next edge rather than asking again only to hear "again".
+                if 0 < n && n < chunk.len() {
+                    ready.clear_ready();
+                }
+                return Ok(n);
+            }
+            Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 impl Bus {
@@ -642,26 +719,20 @@ impl Bus {
         data: &Value,
         request: Option<u64>,
     ) -> io::Result<bool> {
-        let delivery = ToInstance::Message(Delivery {
-            kind: ProcessMsgType::ProcessMsg,
-            topic: topic.unwrap_or("herd").to_string(),
-            data: std::borrow::Cow::Borrowed(data),
-            from: conn.me.clone(),
-            request,
-        });
-        let mut line = serde_json::to_vec(&delivery).map_err(io::Error::other)?;
-        if line.len() > conn.max_bytes {
+        let line = line::delivery(topic.unwrap_or("herd"), data, &conn.me, request)
+            .map_err(io::Error::other)?;
+        // The limit is on the line without its newline.
+        if line.len() - 1 > conn.max_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "a message of {} bytes is over the bus limit of {} bytes; send smaller messages (or raise max_message_bytes in HERD_HOME/config.toml)",
-                    line.len(),
+                    line.len() - 1,
                     conn.max_bytes
                 ),
             ));
         }
-        line.push(b'\n');
-        if conn.writer.lock().await.write_all(&line).await.is_ok() {
+        if conn.write(&line).await.is_ok() {
             return Ok(true);
         }
         self.shared.forget_conn(conn);
@@ -798,6 +869,46 @@ mod tests {
         }
         // Before the daemon said which host this is, `@host` goes through the daemon.
         assert_eq!(direct_key("api:0@h1", None), None);
+    }
+
+    /// Backpressure on a direct channel: a peer that reads slowly makes the writer wait for
+    /// room (the socket registered for reading only), and every line arrives whole and in order.
+    #[tokio::test]
+    async fn a_full_direct_channel_makes_the_writer_wait_and_loses_nothing() {
+        use std::io::Read;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (sock, _reader) = open_direct(ours.into()).unwrap();
+        let conn = Conn {
+            id: 1,
+            peer: "b:0@h".into(),
+            me: "a:0@h".into(),
+            max_bytes: MAX_BYTES,
+            sock,
+            writing: tokio::sync::Mutex::new(()),
+            used: AtomicU64::new(0),
+        };
+        // 8 MiB: far more than a socket buffer holds.
+        let (lines, size) = (128usize, 64 * 1024);
+        let peer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                std::thread::sleep(Duration::from_micros(200));
+                match theirs.read(&mut buf).unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        for i in 0..lines {
+            conn.write(&vec![(i % 251) as u8; size]).await.unwrap();
+        }
+        conn.shutdown().await;
+        let got = peer.join().unwrap();
+        assert_eq!(got.len(), lines * size);
+        for (i, chunk) in got.chunks(size).enumerate() {
+            assert!(chunk.iter().all(|&b| b == (i % 251) as u8), "line {i}");
+        }
     }
 
     #[test]
