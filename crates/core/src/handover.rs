@@ -474,6 +474,21 @@ pub fn fds(h: &Handover) -> Vec<RawFd> {
     out
 }
 
+/// This process's environment as `execve` takes it, without the variables named in `skip`
+/// (and without any entry holding a NUL byte).
+pub fn environment_without(skip: &[&str]) -> Vec<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::env::vars_os()
+        .filter(|(k, _)| !skip.iter().any(|s| k == std::ffi::OsStr::new(s)))
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            std::ffi::CString::new(kv).ok()
+        })
+        .collect()
+}
+
 /// Marks `fd` close-on-exec.
 pub fn set_cloexec(fd: RawFd) {
     // SAFETY: F_SETFD only changes the descriptor's flags; an fd that is not open gives EBADF.
@@ -494,16 +509,7 @@ pub fn fall_back(memfd: RawFd, why: &str) -> io::Error {
     else {
         return io::Error::other("the previous program was not kept");
     };
-    let mut env: Vec<std::ffi::CString> = std::env::vars_os()
-        .filter(|(k, _)| k != ENV && k != FAILED_ENV && k != EXE_ENV && k != FAULT_ENV)
-        .filter_map(|(k, v)| {
-            use std::os::unix::ffi::OsStrExt;
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            std::ffi::CString::new(kv).ok()
-        })
-        .collect();
+    let mut env = environment_without(&[ENV, FAILED_ENV, EXE_ENV, FAULT_ENV]);
     let why = why.replace('\0', " ");
     for entry in [format!("{ENV}={memfd}"), format!("{FAILED_ENV}={why}")] {
         // Neither holds a NUL (a number, and `why` without them); an error here is a bug,

@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use herd_core::keeper::{
@@ -212,26 +211,13 @@ pub fn run() -> u8 {
             return 1;
         }
     };
-    let ours = |k: &std::ffi::OsStr| {
-        [
-            keeper::ENV,
-            keeper::RECOVERY_ENV,
-            herd_core::handover::ENV,
-            herd_core::handover::EXE_ENV,
-            herd_core::handover::FAILED_ENV,
-        ]
-        .iter()
-        .any(|v| k == std::ffi::OsStr::new(v))
-    };
-    let env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| !ours(k))
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
+    let env = herd_core::handover::environment_without(&[
+        keeper::ENV,
+        keeper::RECOVERY_ENV,
+        herd_core::handover::ENV,
+        herd_core::handover::EXE_ENV,
+        herd_core::handover::FAILED_ENV,
+    ]);
     let mut k = Keeper {
         committed: Set::with_capacity(),
         pending: Set::with_capacity(),

@@ -848,15 +848,8 @@ fn exec(
             Err(_) => return "an argument holds a NUL byte".into(),
         }
     }
-    let mut env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != handover::ENV && k != handover::EXE_ENV && k != handover::FAILED_ENV)
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
+    let mut env =
+        handover::environment_without(&[handover::ENV, handover::EXE_ENV, handover::FAILED_ENV]);
     match CString::new(format!("{}={memfd}", handover::ENV)) {
         Ok(v) => env.push(v),
         Err(_) => return "the handover variable holds a NUL byte".into(),
