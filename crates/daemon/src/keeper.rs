@@ -6,10 +6,11 @@
 //! takes over as after `herd update`. Processes it reaps are reported to the daemon, or kept
 //! (up to [`EXITS`]) until the next one runs.
 //!
-//! It is small on purpose and meant to change almost never: one thread, no runtime; every
-//! buffer is allocated before the daemon first starts; between `fork` and `exec` only
-//! async-signal-safe calls; it parses nothing but fixed-size words from its own child; it
-//! does not panic (no unwrap, no indexing). Signals are read from a signalfd: TERM, INT, QUIT,
+//! It is small on purpose and meant to change almost never: one thread, no runtime; its
+//! tables are allocated before the daemon first starts (after that, only a message's fd list
+//! and its own log lines allocate); between `fork` and `exec` only async-signal-safe calls;
+//! it parses nothing but fixed-size words from its own child; it does not panic (no unwrap,
+//! no indexing). Signals are read from a signalfd: TERM, INT, QUIT,
 //! HUP, USR1 and USR2 are passed to the daemon (held until the next one runs if none does).
 
 use std::collections::VecDeque;
