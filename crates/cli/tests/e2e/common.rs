@@ -250,10 +250,20 @@ impl Drop for Herd {
             .stderr(Stdio::null())
             .status();
         if let Some(pid) = self.daemon_pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // The keeper first, or it would start another daemon.
+            let keeper = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(") ")?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                .filter(|&k| self.is_herd(k) && k > 1);
+            for p in keeper.into_iter().chain([pid]) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         for pid in self.leftovers() {
             let _ = nix::sys::signal::kill(

@@ -26,6 +26,12 @@ pub(super) trait Os: Send {
     fn kill_tree(&mut self, pid: u32, cgroup: Option<&Path>);
     /// CPU time and resident memory of `pid`.
     fn sample(&mut self, pid: u32) -> Option<Sample>;
+    /// Whether no process `pid` exists any more, not even as a zombie: someone else reaped
+    /// it (the keeper, for a daemon that died), and its exit will not come from here.
+    fn gone(&self, pid: u32) -> bool {
+        let _ = pid;
+        false
+    }
     /// The time of day, for cron schedules (every timer runs on tokio's monotonic clock).
     fn wall_clock(&self) -> SystemTime {
         SystemTime::now()
@@ -69,6 +75,11 @@ impl Os for System {
 
     fn sample(&mut self, pid: u32) -> Option<Sample> {
         stats::sample(pid)
+    }
+
+    fn gone(&self, pid: u32) -> bool {
+        i32::try_from(pid)
+            .is_ok_and(|p| kill(Pid::from_raw(p), None) == Err(nix::errno::Errno::ESRCH))
     }
 
     fn spawn_probe(&mut self, command: &str, env: &[(String, String)], cwd: &str) -> Option<u32> {

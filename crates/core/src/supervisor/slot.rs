@@ -565,9 +565,29 @@ impl State {
                 self.launch(id, i);
             }
             SlotState::Stopping { proc, then, .. } => {
-                tracing::info!(app = %app.spec.name, instance = i, pid = proc.pid, "kill timeout passed; sending SIGKILL");
+                let pid = proc.pid;
+                // Reaped elsewhere and its exit lost (an exit the keeper gave a daemon that
+                // died before it wrote its state): it ended, killed as it was asked to be.
+                if self.os.gone(pid) {
+                    slot.set(SlotState::Stopping {
+                        proc,
+                        then,
+                        deadline: now + KILL_REPEAT,
+                    });
+                    tracing::warn!(app = %app.spec.name, instance = i, pid, "the stopping process is gone and its exit was not seen; taken as killed");
+                    self.on_exit(
+                        pid,
+                        nix::sys::wait::WaitStatus::Signaled(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                            false,
+                        ),
+                    );
+                    return;
+                }
+                tracing::info!(app = %app.spec.name, instance = i, pid, "kill timeout passed; sending SIGKILL");
                 self.os
-                    .kill_tree(proc.pid, self.cgroups.get(&proc.pid).map(PathBuf::as_path));
+                    .kill_tree(pid, self.cgroups.get(&pid).map(PathBuf::as_path));
                 // It stays stopping until its exit is reaped; SIGKILL is not sent again.
                 slot.set(SlotState::Stopping {
                     proc,
