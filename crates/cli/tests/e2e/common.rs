@@ -193,18 +193,21 @@ impl Herd {
             .ok()
     }
 
-    /// Whether `pid` is this home's daemon or its keeper (the daemon's parent, docs/keeper.md).
-    pub fn is_herd(&self, pid: i32) -> bool {
-        let Some(daemon) = self.daemon_pid() else {
-            return false;
-        };
-        let keeper = std::fs::read_to_string(format!("/proc/{daemon}/stat"))
+    /// The daemon's keeper: its parent (docs/keeper.md), unless that is init.
+    pub fn keeper_pid(&self) -> Option<i32> {
+        let daemon = self.daemon_pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{daemon}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(") ")?;
+        rest.split_whitespace()
+            .nth(1)?
+            .parse::<i32>()
             .ok()
-            .and_then(|s| {
-                let (_, rest) = s.rsplit_once(") ")?;
-                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-            });
-        pid == daemon || Some(pid) == keeper
+            .filter(|&p| p > 1)
+    }
+
+    /// Whether `pid` is this home's daemon or its keeper.
+    pub fn is_herd(&self, pid: i32) -> bool {
+        Some(pid) == self.daemon_pid() || Some(pid) == self.keeper_pid()
     }
 
     /// Processes whose environment carries this test's HERD_HOME (the daemon, instances and
@@ -251,14 +254,7 @@ impl Drop for Herd {
             .status();
         if let Some(pid) = self.daemon_pid() {
             // The keeper first, or it would start another daemon.
-            let keeper = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let (_, rest) = s.rsplit_once(") ")?;
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                .filter(|&k| self.is_herd(k) && k > 1);
-            for p in keeper.into_iter().chain([pid]) {
+            for p in self.keeper_pid().into_iter().chain([pid]) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(p),
                     nix::sys::signal::Signal::SIGKILL,
