@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use herd_proto::{LogSpec, LogStream};
-use tokio::io::AsyncReadExt;
+use nix::errno::Errno;
+use nix::fcntl::{splice, tee, SpliceFFlags};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use tokio::sync::broadcast;
 
 /// One line of output, as sent to followers.
@@ -63,12 +65,15 @@ pub struct LogFile {
 pub type SharedLog = Arc<Mutex<LogFile>>;
 
 impl LogFile {
-    /// Opens (appending) or creates the file.
+    /// Opens or creates one of herd's own files (`logs/<app>-<i>.out`). Herd alone writes it,
+    /// at its end (found again before every write, so a file truncated by `logrotate`'s
+    /// `copytruncate` is written from its start), and without `O_APPEND`, which `splice` refuses:
+    /// output goes into it by [`LogFile::take`].
     ///
     /// # Errors
     /// When the file cannot be opened.
     pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
-        let file = open_append(&path)?;
+        let file = open_own(&path)?;
         Self::with_file(path, file, spec)
     }
 
@@ -180,15 +185,107 @@ impl LogFile {
     ///
     /// # Errors
     /// When writing or rotating fails.
-    pub fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        // A file never passes max_size: a large write is split, at a line end where one fits.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.put(bytes, |file, piece| file.write_all(piece))
+    }
+
+    /// Whether the kernel can move bytes from a pipe into this file ([`LogFile::take`]): one of
+    /// herd's own regular files.
+    fn spliced(&self) -> bool {
+        self.file.is_some() && self.regular && !self.named
+    }
+
+    /// Moves what `pipe` holds, up to `max` bytes, into the file in one `splice`: taken from the
+    /// pipe and written by the same call, so a daemon killed at any instant neither loses nor
+    /// doubles a byte. `None` when this file does not take bytes so (see
+    /// [`LogFile::spliced`]) or the bytes might pass the size limit (rotation cuts at a line
+    /// end, which needs them seen: [`peek`] and [`LogFile::take`]). `Ok(0)`: the pipe is closed
+    /// and empty.
+    fn splice_from(&mut self, pipe: BorrowedFd<'_>, max: usize) -> Option<io::Result<usize>> {
+        if !self.spliced() {
+            return None;
+        }
+        if let Err(e) = self.at_end() {
+            return Some(Err(e));
+        }
+        let file = self.file.as_ref()?;
+        if self.max_size.saturating_sub(self.size) < max as u64 {
+            return None;
+        }
+        let n = splice(pipe, None, file, None, max, SpliceFFlags::SPLICE_F_NONBLOCK);
+        if let Ok(n) = n {
+            self.size += n as u64;
+        }
+        Some(n.map_err(io::Error::from))
+    }
+
+    /// Moves the first `bytes.len()` bytes of `pipe` — `bytes` is what [`peek`] saw there —
+    /// into the file, rotating as [`LogFile::write`] does. Into one of herd's own files the
+    /// kernel moves them (`splice`: see [`LogFile::splice_from`]); into any other they are
+    /// written, then taken from the pipe. Whatever could not be written is taken and dropped
+    /// all the same: a failing file never blocks the app.
+    ///
+    /// # Errors
+    /// When writing or rotating fails (the bytes not written are dropped).
+    pub fn take(&mut self, pipe: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+        let mut taken = 0;
+        let r = if self.spliced() {
+            self.put(bytes, |file, piece| {
+                let mut left = piece.len();
+                while left > 0 {
+                    match splice(
+                        pipe,
+                        None,
+                        &*file,
+                        None,
+                        left,
+                        SpliceFFlags::SPLICE_F_NONBLOCK,
+                    ) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => {
+                            left = left.saturating_sub(n);
+                            taken += n;
+                        }
+                        Err(Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            })
+        } else {
+            self.write(bytes)
+        };
+        // What was peeked is in the pipe still (herd alone reads it), whatever the file did.
+        let left = bytes.len().saturating_sub(taken);
+        let drained = drop_from(pipe, left);
+        r.and(drained)
+    }
+
+    /// Finds the end of one of herd's own files again before a write: someone (`logrotate`'s
+    /// `copytruncate`) may have truncated it.
+    fn at_end(&mut self) -> io::Result<()> {
+        if let Some(file) = self.file.as_mut().filter(|_| self.regular && !self.named) {
+            self.size = file.seek(SeekFrom::End(0))?;
+        }
+        Ok(())
+    }
+
+    /// Puts `bytes` into the file through `put`, rotating first where they would pass the size
+    /// limit: a file never passes max_size, a large write is split at a line end where one
+    /// fits.
+    fn put(
+        &mut self,
+        mut bytes: &[u8],
+        mut put: impl FnMut(&mut File, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.at_end()?;
         while !bytes.is_empty() {
             let Some(file) = self.file.as_mut() else {
                 return Ok(());
             };
             let room = self.max_size.saturating_sub(self.size) as usize;
             if bytes.len() <= room || !self.regular {
-                file.write_all(bytes)?;
+                put(file, bytes)?;
                 self.size += bytes.len() as u64;
                 return Ok(());
             }
@@ -200,7 +297,7 @@ impl LogFile {
                 .unwrap_or(0);
             // `cut` is at most `room`, below `bytes.len()`.
             let (now, rest) = bytes.split_at_checked(cut).unwrap_or((bytes, &[]));
-            file.write_all(now)?;
+            put(file, now)?;
             self.size += now.len() as u64;
             bytes = rest;
             self.rotate()?;
@@ -219,7 +316,7 @@ impl LogFile {
         let file = if self.named {
             open_named(&self.path)?
         } else {
-            open_append(&self.path)?
+            open_own(&self.path)?
         };
         let meta = file.metadata()?;
         self.size = meta.len();
@@ -271,19 +368,24 @@ impl LogFile {
             let _ = std::fs::rename(numbered(n), numbered(n + 1));
         }
         std::fs::rename(&self.path, numbered(1))?;
-        self.file = Some(open_append(&self.path)?);
+        self.file = Some(if self.named {
+            open_named(&self.path)?
+        } else {
+            open_own(&self.path)?
+        });
         self.size = 0;
         Ok(())
     }
 }
 
-/// Opens a log for appending: created 0600, and never through a symbolic link (a link in
-/// `logs/` would let whoever made it point herd's writes at another file).
-fn open_append(path: &Path) -> io::Result<File> {
+/// Opens one of herd's own logs for writing at its end ([`LogFile::open`]): created 0600, and
+/// never through a symbolic link (a link in `logs/` would let whoever made it point herd's
+/// writes at another file).
+fn open_own(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
-        .append(true)
+        .write(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
@@ -387,79 +489,287 @@ impl PumpState {
 /// Longest partial line kept while waiting for its newline; longer ones are cut.
 const MAX_PARTIAL: usize = 64 * 1024;
 
+/// Most bytes a pump reads at a time.
+const CHUNK: usize = 16 * 1024;
+
+/// Most bytes a pump moves at a time into its file by `splice` (all a pipe holds).
+const SPLICED: usize = 1024 * 1024;
+
 /// Copies a process's pipe to its log until the pipe closes (the process and all its children
 /// exited or closed it).
-pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
-    let mut buf = vec![0u8; 16 * 1024];
+///
+/// Bytes leave the pipe only once they are in the file, so a daemon killed at any instant
+/// (the keeper starts the next one, which reads the same pipe) loses none. Into herd's own
+/// files (`logs/<app>-<i>.out|err`, unformatted) the kernel moves them in one call and none is
+/// doubled either; into formatted or shared files they are written, then taken, and a kill
+/// between those two calls writes that chunk again (docs/keeper.md).
+pub async fn pump(pipe: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
+    let mut buf = vec![0u8; CHUNK];
+    // Unformatted into the slot's own file: bytes go as they come, lines are made for
+    // followers only (`heard`: their line in progress).
+    let raw = !t.whole_lines && t.also.is_none();
+    let mut heard = Vec::new();
+    let mut held = 0;
+    if raw {
+        // A line in progress handed over by a daemon that made whole lines.
+        let partial = std::mem::take(&mut *lock(&t.state.partial));
+        write_log(&t, &partial);
+    }
     loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        if let Err(e) = pipe.readable().await {
+            tracing::warn!(app = %t.app, instance = t.instance, "log pipe failed: {e}");
+            break;
+        }
+        let step = pipe.try_io(|| {
+            if raw {
+                raw_step(pipe.as_fd(), &t, &mut buf, &mut heard)
+            } else {
+                line_step(pipe.as_fd(), &t, &mut buf, &mut held)
+            }
+        });
+        match step {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 tracing::warn!(app = %t.app, instance = t.instance, "log pipe read failed: {e}");
                 break;
             }
-        };
-        // `read` never says more than the buffer holds.
-        let chunk = buf.get(..n).unwrap_or_default();
-        let followers = t.bus.receiver_count() > 0;
-        // Its holders only append, drain and take bytes, which cannot leave it half-updated:
-        // a poisoned lock is taken as it is.
-        let mut partial = t
-            .state
-            .partial
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !t.whole_lines && !followers && partial.is_empty() {
-            // Fast path: nobody needs lines, so the bytes go to the file as they are.
-            drop(partial);
-            write_log(&t, chunk);
-            continue;
         }
-        partial.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(partial.len() + 64);
-        // Up to and with the last newline: the complete lines.
-        let complete = partial
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        for line in partial
-            .get(..complete)
-            .unwrap_or_default()
-            .split_inclusive(|&b| b == b'\n')
-        {
-            emit_line(
-                &t,
-                line.strip_suffix(b"\n").unwrap_or(line),
-                followers,
-                &mut out,
-            );
-        }
-        partial.drain(..complete);
-        if partial.len() > MAX_PARTIAL {
-            let line = std::mem::take(&mut *partial);
-            emit_line(&t, &line, followers, &mut out);
-        }
-        drop(partial);
-        write_log(&t, &out);
     }
     drop(pipe);
     t.state
         .done
         .store(true, std::sync::atomic::Ordering::Release);
-    let partial = std::mem::take(
-        &mut *t
-            .state
-            .partial
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
+    let followers = t.bus.receiver_count() > 0;
+    if followers && !heard.is_empty() {
+        emit_line(&t, &heard, true, &mut Vec::new());
+    }
+    let partial = std::mem::take(&mut *lock(&t.state.partial));
     if !partial.is_empty() {
         let mut out = Vec::new();
-        emit_line(&t, &partial, t.bus.receiver_count() > 0, &mut out);
+        emit_line(&t, &partial, followers, &mut out);
         write_log(&t, &out);
     }
+}
+
+/// Its holders only append, drain and take bytes, which cannot leave it half-updated: a
+/// poisoned lock is taken as it is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One move of unformatted output into the slot's own file. `Ok(false)`: the pipe has ended.
+fn raw_step(
+    pipe: BorrowedFd<'_>,
+    t: &PumpTarget,
+    buf: &mut [u8],
+    heard: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let followers = t.bus.receiver_count() > 0;
+    if !followers {
+        let mut file = lock(&t.file);
+        match file.splice_from(pipe, SPLICED) {
+            Some(Ok(n)) => return Ok(n > 0),
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            Some(Err(e)) => {
+                // The file failed (a full disk): the output is dropped and counted.
+                count_write(&file.path, buf.len(), Err(e));
+                drop(file);
+                return read(pipe, buf).map(|n| n > 0);
+            }
+            None => {}
+        }
+    }
+    let (n, seen) = match peek(pipe, buf) {
+        Some(n) => (n?, true),
+        None => (read(pipe, buf)?, false),
+    };
+    let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+        return Ok(false);
+    };
+    if followers {
+        heard.extend_from_slice(chunk);
+        let complete = heard.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in heard
+            .get(..complete)
+            .unwrap_or_default()
+            .split_inclusive(|&b| b == b'\n')
+        {
+            emit_line(
+                t,
+                line.strip_suffix(b"\n").unwrap_or(line),
+                true,
+                &mut Vec::new(),
+            );
+        }
+        heard.drain(..complete);
+        if heard.len() > MAX_PARTIAL {
+            emit_line(t, heard, true, &mut Vec::new());
+            heard.clear();
+        }
+    }
+    if seen {
+        let mut file = lock(&t.file);
+        let r = file.take(pipe, chunk);
+        count_write(&file.path, chunk.len(), r);
+    } else {
+        write_log(t, chunk);
+    }
+    Ok(true)
+}
+
+/// Longest start of a line left in the pipe until its end comes (longer ones are taken and
+/// kept by the pump, up to [`MAX_PARTIAL`]).
+const HOLD: usize = 8 * 1024;
+
+/// One read of output that goes to its files as whole, possibly formatted, lines.
+/// `Ok(false)`: the pipe has ended.
+///
+/// The start of a line whose end has not come yet stays in the pipe (`held`: how many bytes),
+/// so a daemon killed meanwhile loses nothing of it; the pump waits for more bytes or the
+/// pipe's end.
+fn line_step(
+    pipe: BorrowedFd<'_>,
+    t: &PumpTarget,
+    buf: &mut [u8],
+    held: &mut usize,
+) -> io::Result<bool> {
+    let (n, seen) = match peek(pipe, buf) {
+        Some(n) => (n?, true),
+        None => (read(pipe, buf)?, false),
+    };
+    let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+        return Ok(false);
+    };
+    // Nothing came after the held start of a line: wait for more, unless the pipe has no
+    // writer left, when that start is the last line.
+    let ended = seen && n == *held && hung_up(pipe);
+    if seen && n == *held && !ended {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    let followers = t.bus.receiver_count() > 0;
+    let mut partial = lock(&t.state.partial);
+    let kept_before = partial.len();
+    partial.extend_from_slice(chunk);
+    let mut out = Vec::with_capacity(partial.len() + 64);
+    // Up to and with the last newline: the complete lines.
+    let complete = partial
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    for line in partial
+        .get(..complete)
+        .unwrap_or_default()
+        .split_inclusive(|&b| b == b'\n')
+    {
+        emit_line(
+            t,
+            line.strip_suffix(b"\n").unwrap_or(line),
+            followers,
+            &mut out,
+        );
+    }
+    partial.drain(..complete);
+    let mut take = n;
+    *held = 0;
+    if ended || partial.len() > MAX_PARTIAL {
+        let line = std::mem::take(&mut *partial);
+        emit_line(t, &line, followers, &mut out);
+    } else if seen && kept_before == 0 && partial.len() <= HOLD {
+        // The line in progress stays in the pipe.
+        take = complete;
+        *held = partial.len();
+        partial.clear();
+    }
+    drop(partial);
+    write_log(t, &out);
+    if seen {
+        // Written: now taken from the pipe.
+        drop_from(pipe, take)?;
+    }
+    Ok(true)
+}
+
+/// Whether no process holds the pipe's write end any more.
+fn hung_up(pipe: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pipe, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+        && fds
+            .first()
+            .and_then(PollFd::revents)
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+}
+
+thread_local! {
+    /// This thread's pipe that [`peek`] copies a pump's bytes into.
+    static PEEK: std::cell::RefCell<Option<(OwnedFd, OwnedFd)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Copies up to `buf.len()` bytes from the head of `pipe` into `buf` without taking them
+/// (`tee` into a pipe of this thread, read back at once). `Ok(0)`: the pipe is closed and
+/// empty. `None` when no pipe of this thread could be made (the caller reads and takes).
+fn peek(pipe: BorrowedFd<'_>, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    PEEK.with(|cell| {
+        let mut cell = cell.try_borrow_mut().ok()?;
+        if cell.is_none() {
+            *cell =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                    .inspect_err(|e| tracing::warn!("no pipe to read logs through: {e}"))
+                    .ok();
+        }
+        let (r, w) = cell.as_ref()?;
+        let n = match tee(pipe, w, buf.len(), SpliceFFlags::SPLICE_F_NONBLOCK) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let mut got = 0;
+        while got < n {
+            let Some(rest) = buf.get_mut(got..n) else {
+                break;
+            };
+            match nix::unistd::read(r, rest) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    // Never leave bytes behind for the next pump of this thread.
+                    *cell = None;
+                    return Some(Err(e.into()));
+                }
+            }
+        }
+        Some(Ok(got))
+    })
+}
+
+/// Reads (and so takes) what `pipe` holds into `buf`.
+fn read(pipe: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(pipe, buf) {
+            Err(Errno::EINTR) => {}
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Takes the first `n` bytes of `pipe` (already written elsewhere, or dropped).
+fn drop_from(pipe: BorrowedFd<'_>, mut n: usize) -> io::Result<()> {
+    let mut sink = [0u8; 4096];
+    while n > 0 {
+        let want = n.min(sink.len());
+        match read(pipe, sink.get_mut(..want).unwrap_or_default())? {
+            0 => break,
+            k => n = n.saturating_sub(k),
+        }
+    }
+    Ok(())
 }
 
 fn emit_line(t: &PumpTarget, line: &[u8], followers: bool, out: &mut Vec<u8>) {
@@ -600,6 +910,76 @@ mod tests {
         f.truncate().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
         assert!(!dir.path().join("made/by/herd/out.log.1").exists());
+    }
+
+    /// A pump stopped at any await (as a daemon killed between two moves) and a new one on the
+    /// same pipe: every byte reaches the file once, a line begun before the stop included.
+    #[test]
+    fn a_pump_stopped_mid_line_and_the_next_one_lose_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for whole_lines in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a-0.out");
+            let spec = LogSpec::default();
+            let file: SharedLog = Arc::new(Mutex::new(LogFile::open(path.clone(), &spec).unwrap()));
+            let (bus, _) = broadcast::channel(16);
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            let target = |fd: &OwnedFd| PumpTarget {
+                app: Arc::from("a"),
+                instance: 0,
+                stream: LogStream::Out,
+                file: file.clone(),
+                also: None,
+                format: Arc::new(LineFormat::Raw),
+                whole_lines,
+                bus: bus.clone(),
+                state: PumpState::new(std::os::fd::AsRawFd::as_raw_fd(fd), Vec::new()),
+            };
+            let settle = || std::thread::sleep(std::time::Duration::from_millis(50));
+            rt.block_on(async {
+                let first = r.try_clone().unwrap();
+                let t = target(&first);
+                let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(first).unwrap();
+                let pump = tokio::spawn(pump(rx, t));
+                nix::unistd::write(&w, b"one\ntw").unwrap();
+                for _ in 0..5 {
+                    tokio::task::yield_now().await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                pump.abort();
+                let _ = pump.await;
+            });
+            settle();
+            let written = std::fs::read_to_string(&path).unwrap();
+            match whole_lines {
+                // The line in progress stayed in the pipe.
+                true => assert_eq!(written, "one\n"),
+                false => assert_eq!(written, "one\ntw"),
+            }
+            rt.block_on(async {
+                let t = target(&r);
+                let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r).unwrap();
+                let pump = tokio::spawn(pump(rx, t));
+                nix::unistd::write(&w, b"o\nthree").unwrap();
+                drop(w);
+                tokio::time::timeout(std::time::Duration::from_secs(5), pump)
+                    .await
+                    .expect("the pump ends with its pipe")
+                    .unwrap();
+            });
+            let want = match whole_lines {
+                true => "one\ntwo\nthree\n",
+                false => "one\ntwo\nthree",
+            };
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                want,
+                "whole lines: {whole_lines}"
+            );
+        }
     }
 
     #[test]

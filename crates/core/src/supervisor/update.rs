@@ -747,8 +747,9 @@ fn export_pipe(
     let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
     Ok(Some(handover::PipeState {
         fd: kept.keep(fd)?,
-        // For a keeper: the line in progress changes with every read; a daemon that dies
-        // loses it (the next one starts at the next byte of the pipe).
+        // For a keeper: the line in progress changes with every read. It is in the pipe still
+        // (`logs::pump` takes no unfinished line up to 8 KiB); a longer one is lost with a
+        // daemon that dies.
         partial: match journal {
             true => Vec::new(),
             false => s
