@@ -157,7 +157,8 @@ pub fn saved_specs(home: &Home) -> Result<Vec<AppSpec>> {
 }
 
 /// `herd startup systemd`: a unit that runs the saved apps in the foreground under systemd,
-/// as `Type=notify` (herd run says READY=1 and STOPPING=1).
+/// as `Type=notify` (herd run says READY=1 and STOPPING=1). The main process is the keeper
+/// and the daemon its child (docs/keeper.md), which says READY=1: `NotifyAccess=all`.
 pub fn startup(home: &Home, system: &str, install: bool) -> Result<ExitCode> {
     if system != "systemd" {
         bail!("herd startup knows systemd only; run `herd run --resurrect` from your init system");
@@ -166,7 +167,7 @@ pub fn startup(home: &Home, system: &str, install: bool) -> Result<ExitCode> {
     let root = nix::unistd::getuid().is_root();
     let unit = format!(
         "[Unit]\nDescription=herd: the apps saved with `herd save` in {home}\nAfter=network-online.target\nWants=network-online.target\n\n\
-         [Service]\nType=notify\nNotifyAccess=main\nEnvironment=HERD_HOME={home}\nExecStart={exe} run --resurrect --control\n\
+         [Service]\nType=notify\nNotifyAccess=all\nEnvironment=HERD_HOME={home}\nExecStart={exe} run --resurrect --control\n\
          Restart=always\nRestartSec=1\nKillMode=mixed\nTimeoutStopSec=30\n\n[Install]\nWantedBy={target}\n",
         home = home.dir.display(),
         exe = exe.display(),

@@ -21,6 +21,19 @@ use crate::{appfile, apps, dump, output};
 pub fn foreground(r: &RunArgs) -> Result<ExitCode> {
     let a = &r.start;
     let home = Home::from_env();
+    // With --control, the apps outlive this process: a keeper runs it as its child and
+    // starts the next one if it dies (docs/keeper.md). Taken first: nothing started from here
+    // may inherit the link.
+    let keeper = if r.control {
+        herd_core::keeper::Link::from_env().map(std::sync::Arc::new)
+    } else {
+        None
+    };
+    if r.control && keeper.is_none() {
+        if let Some(status) = boot::keep_foreground() {
+            return Ok(ExitCode::from(status));
+        }
+    }
     // `herd update` of a `herd run --control`: this process ran the previous program, and
     // takes over its state instead of starting apps.
     let takeover = if r.control {
@@ -55,13 +68,21 @@ pub fn foreground(r: &RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_apps(boot, home, specs, r))
+    let link = keeper.clone();
+    let code = rt.block_on(run_apps(boot, keeper, home, specs, r));
+    // Stopped for good (or failed): the keeper lets go of everything and ends with this
+    // process instead of starting another.
+    if let Some(k) = link {
+        k.bye();
+    }
+    code
 }
 
 /// Starts the supervisor and `specs` in it, prints their output, and runs until a signal,
 /// `herd kill` or (without `--keep-alive`) the end of every app; then stops them all.
 async fn run_apps(
     boot: boot::Foreground,
+    keeper: Option<std::sync::Arc<herd_core::keeper::Link>>,
     home: Home,
     specs: Vec<AppSpec>,
     r: &RunArgs,
@@ -71,7 +92,8 @@ async fn run_apps(
         supervisor: sup,
         mut done,
         control,
-    } = boot.start(&home).await?;
+        ..
+    } = boot.start(&home, keeper).await?;
     let printer = print_output(&sup, r.json_logs);
     let mut life = sup.subscribe_lifecycle();
     for spec in specs {

@@ -9,8 +9,9 @@
 //! [`DaemonLog`] to write to) and runs `herd run`'s apps in the foreground.
 
 use std::io::{self, Write};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use herd_core::handover::{self, Handover};
 use herd_core::{Config, Supervisor};
@@ -93,7 +94,7 @@ pub fn fresh(home: &Home, init_log: impl FnOnce(DaemonLog)) -> Result<(), BootEr
     home.ensure()?;
     if link.is_none() && herd_core::keeper::wanted() {
         // This process is the keeper; the daemon is its child (docs/keeper.md).
-        let code = crate::keeper::run();
+        let code = crate::keeper::run(vec![c"herd".to_owned(), c"daemon".to_owned()]);
         if code == 0 {
             return Ok(());
         }
@@ -304,9 +305,26 @@ impl Foreground {
     /// # Errors
     /// When the settings, the supervisor, the control socket or the state handed over cannot
     /// be used.
-    pub async fn start(self, home: &Home) -> Result<Running, BootError> {
+    ///
+    /// With `keeper` (this `herd run --control` is the child of a keeper, docs/keeper.md), the
+    /// supervisor journals its state to it, and the control socket and lock are among the fds
+    /// it holds; once every app has stopped for good, the caller says goodbye to it
+    /// ([`herd_core::keeper::Link::bye`]).
+    pub async fn start(
+        self,
+        home: &Home,
+        keeper: Option<Arc<herd_core::keeper::Link>>,
+    ) -> Result<Running, BootError> {
         // `herd update` executes this program again with the same command line.
         let argv = || std::env::args_os().skip(1).collect();
+        let kept = |supervisor: &Supervisor, control: RawFd, lock: RawFd| {
+            if keeper.is_some() {
+                supervisor.keep_daemon_fds(vec![
+                    ("control".to_string(), control),
+                    ("lock".to_string(), lock),
+                ]);
+            }
+        };
         match self {
             Self::TakeOver(t) => {
                 let settings = t.settings();
@@ -316,10 +334,21 @@ impl Foreground {
                     memfd,
                     lock_fd,
                 } = t;
-                let (supervisor, done, listener) =
-                    crate::take_over(crate::config(home, settings), *handover, memfd)
-                        .await
-                        .map_err(BootError::Adopt)?;
+                if std::env::var_os(herd_core::keeper::RECOVERY_ENV).is_some() {
+                    // A new pid took over the lock the keeper held: the file says so.
+                    write_pid(lock_fd);
+                    let _ = writeln!(
+                        io::stderr(),
+                        "[herd] the previous daemon died; this one (pid {}) took over every app",
+                        std::process::id()
+                    );
+                }
+                let mut config = crate::config(home, settings);
+                config.keeper = keeper.clone();
+                let (supervisor, done, listener) = crate::take_over(config, *handover, memfd)
+                    .await
+                    .map_err(BootError::Adopt)?;
+                kept(&supervisor, listener.as_raw_fd(), lock_fd);
                 let accept =
                     crate::spawn_accept(listener, supervisor.clone(), lock_fd, argv(), &limits);
                 Ok(Running {
@@ -330,17 +359,21 @@ impl Foreground {
                         socket: home.socket(),
                         _lock: None,
                     }),
+                    keeper,
                 })
             }
             Self::Control { lock } => {
                 let settings = crate::load_settings(home)?;
                 let limits = settings.limits;
-                let (supervisor, done) = Supervisor::start(crate::config(home, settings))
-                    .map_err(BootError::Supervisor)?;
+                let mut config = crate::config(home, settings);
+                config.keeper = keeper.clone();
+                let (supervisor, done) =
+                    Supervisor::start(config).map_err(BootError::Supervisor)?;
                 let listener = crate::bind_control(home).map_err(|source| BootError::Control {
                     path: home.socket(),
                     source,
                 })?;
+                kept(&supervisor, listener.as_raw_fd(), lock.raw_fd());
                 let accept = crate::spawn_accept(
                     listener,
                     supervisor.clone(),
@@ -356,6 +389,7 @@ impl Foreground {
                         socket: home.socket(),
                         _lock: Some(lock),
                     }),
+                    keeper,
                 })
             }
             Self::Private { dir } => {
@@ -366,6 +400,7 @@ impl Foreground {
                     supervisor,
                     done,
                     control: None,
+                    keeper: None,
                 })
             }
         }
@@ -395,6 +430,28 @@ pub struct Running {
     pub done: JoinHandle<()>,
     /// The control server, with `--control`.
     pub control: Option<ControlServer>,
+    /// The keeper's link, when a keeper runs this `herd run --control`.
+    pub keeper: Option<Arc<herd_core::keeper::Link>>,
+}
+
+/// `herd run --control` keeps its apps alive across its own death as `herd daemon` does
+/// (docs/keeper.md): unless a keeper already runs it (`HERD_KEEPER_FD`), it takes over a
+/// previous program's state (`herd update`), or `HERD_KEEPER=0`, this process becomes the
+/// keeper and runs the same command line as its child. `Some(status)`: the keeper has ended
+/// (with its child's status); `None`: this process runs the apps.
+pub fn keep_foreground() -> Option<u8> {
+    use std::os::unix::ffi::OsStringExt;
+    if std::env::var_os(herd_core::keeper::ENV).is_some()
+        || handover_fd().is_some()
+        || !herd_core::keeper::wanted()
+    {
+        return None;
+    }
+    let argv = std::env::args_os()
+        .map(|a| std::ffi::CString::new(a.into_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    Some(crate::keeper::run(argv))
 }
 
 /// The control socket served by `herd run --control`.

@@ -137,7 +137,11 @@ struct Keeper {
     lost_exits: u64,
     /// The keeper's own program, to start the first daemon.
     own_exe: OwnedFd,
-    argv: [CString; 2],
+    /// The daemon's command line (`herd daemon`, or the `herd run --control …` that started the
+    /// keeper): owns the strings `argv_ptrs` points at.
+    _argv: Vec<CString>,
+    /// Pointers of `_argv`, then NULL.
+    argv_ptrs: Vec<*const libc::c_char>,
     /// The environment the daemon inherits (without the keeper's variables).
     env: Vec<CString>,
     /// Pointers of `env`, then the three variables, then NULL.
@@ -162,9 +166,9 @@ struct Keeper {
     held_signals: Vec<Signal>,
 }
 
-/// Runs the keeper: starts the daemon, and keeps it going until it stops for good.
-/// Returns the exit status for the keeper's process.
-pub fn run() -> u8 {
+/// Runs the keeper: starts the daemon — this program with `argv` — and keeps it going until
+/// it stops for good. Returns the exit status for the keeper's process: the daemon's own.
+pub fn run(argv: Vec<CString>) -> u8 {
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGCHLD,
@@ -227,7 +231,12 @@ pub fn run() -> u8 {
         exits_sent: 0,
         lost_exits: 0,
         own_exe,
-        argv: [c"herd".to_owned(), c"daemon".to_owned()],
+        argv_ptrs: argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect(),
+        _argv: argv,
         envp: Vec::with_capacity(env.len() + 4),
         env,
         link_var: NumVar::new(keeper::ENV),
@@ -567,8 +576,6 @@ impl Keeper {
             self.envp.push(self.recovery_var.ptr());
         }
         self.envp.push(std::ptr::null());
-        let [program, command] = &self.argv;
-        let argv: [*const libc::c_char; 3] = [program.as_ptr(), command.as_ptr(), std::ptr::null()];
         let exe = if recovering {
             self.committed
                 .fds
@@ -596,7 +603,7 @@ impl Keeper {
                     link_target,
                     base,
                     exe,
-                    &argv,
+                    &self.argv_ptrs,
                     &self.envp,
                 )
             }
@@ -637,7 +644,7 @@ unsafe fn child(
     link_target: RawFd,
     base: RawFd,
     exe: RawFd,
-    argv: &[*const libc::c_char; 3],
+    argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> ! {
     let mut empty: libc::sigset_t = std::mem::zeroed();

@@ -211,6 +211,7 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
     let unit = h.ok(&["startup", "systemd"]);
     for line in [
         "Type=notify".to_string(),
+        "NotifyAccess=all".to_string(),
         "Restart=always".to_string(),
         format!("Environment=HERD_HOME={}", h.home().display()),
         format!(
@@ -299,6 +300,57 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
     );
     let twice = h.fails(&["run", "--resurrect", "--control"]);
     assert!(twice.contains("already runs"), "{twice}");
+    // The daemon dies (a bug, the OOM killer): the keeper, systemd's main process, starts the
+    // next one, which takes over every app — same pids, the port never stops answering, the
+    // output still reaches the journal.
+    let pids: BTreeSet<u32> = h.pids("boot").into_iter().collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let load = std::thread::scope(|s| {
+        let load = s.spawn(|| load_until(loopback(port), &stop, Duration::from_secs(60)));
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(200));
+            let daemon = h.daemon_pid().expect("a daemon pid");
+            assert_ne!(daemon, run.id() as i32, "the main process is the keeper");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(daemon),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            wait_until(Duration::from_secs(10), || {
+                h.daemon_pid()
+                    .filter(|&p| p != daemon && alive(p as u32))
+                    .ok_or(())
+            })
+            .expect("no new daemon after a SIGKILL");
+            h.ok(&["ping"]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap()
+    });
+    assert_no_failures(&[load], "3 daemon kills under herd run --control");
+    assert_eq!(h.pids("boot").into_iter().collect::<BTreeSet<_>>(), pids);
+    assert!(run.try_wait().unwrap().is_none(), "herd run ended");
+    while lines.try_recv().is_ok() {}
+    h.ok(&["reload", "boot"]);
+    let fresh: BTreeSet<u32> = h.pids("boot").into_iter().collect();
+    let mut seen = BTreeSet::new();
+    while seen != fresh {
+        let l = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no output from herd run after the daemon died");
+        if let Some(pid) = l
+            .split_whitespace()
+            .skip_while(|w| *w != "pid")
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            if fresh.contains(&pid) {
+                seen.insert(pid);
+            }
+        }
+    }
+    let pids = fresh;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
