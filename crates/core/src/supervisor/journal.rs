@@ -5,9 +5,10 @@
 //! that one takes over as after an update ([`State::after_recovery`] does the rest: processes
 //! that were on their way out are stopped, and children nobody knows are killed).
 //!
-//! Instances' messages do not change the state (bus counters and requests are left out of
-//! it), so after one the journal is looked at within [`JOURNAL_AFTER_MESSAGES`], not at once:
-//! a flood of messages does not cost an export each.
+//! The journal is written within [`JOURNAL_AFTER_CHANGES`] of a change and
+//! [`JOURNAL_AFTER_MESSAGES`] of an instance's message (which does not change the state: bus
+//! counters and requests are left out of it), not after each: a burst of changes or a flood of
+//! messages costs one export. Before a waiting command is answered it is written at once.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -21,6 +22,10 @@ use crate::handover::{self, Handover, Kept};
 
 /// How soon after an instance's message the journal is looked at.
 const JOURNAL_AFTER_MESSAGES: Duration = Duration::from_millis(50);
+/// How soon after any other change: the changes of a burst (a restart of hundreds of
+/// instances) cost one export, not one each. A daemon that dies meanwhile leaves a state a few
+/// milliseconds old, which the next one makes whole ([`State::after_recovery`]).
+const JOURNAL_AFTER_CHANGES: Duration = Duration::from_millis(10);
 /// How long a process on its way out when the daemon died has to stop after SIGTERM.
 const STRAY_KILL_AFTER: Duration = Duration::from_secs(5);
 
@@ -42,16 +47,30 @@ pub(super) struct Journal {
 }
 
 impl State {
-    /// After an event: the journal is written now, or soon after an instance's message.
+    /// After an event: the journal is written soon — within 10 ms of a change, 50 ms of an
+    /// instance's message — unless a timer for it is already nearer.
     pub(super) fn journal_after(&mut self, message: bool) {
         if self.cfg.keeper.is_none() || self.journal.gone {
             return;
         }
-        if message {
-            if self.timers.deadline(TimerKey::Journal).is_none() {
-                self.timers
-                    .set(TimerKey::Journal, Instant::now() + JOURNAL_AFTER_MESSAGES);
-            }
+        let at = Instant::now()
+            + match message {
+                true => JOURNAL_AFTER_MESSAGES,
+                false => JOURNAL_AFTER_CHANGES,
+            };
+        if self
+            .timers
+            .deadline(TimerKey::Journal)
+            .is_none_or(|d| d > at)
+        {
+            self.timers.set(TimerKey::Journal, at);
+        }
+    }
+
+    /// The journal is written now: its time came, or a waiting command is about to hear that
+    /// what it asked for is done (the keeper must hold that state first).
+    pub(super) fn journal_now(&mut self) {
+        if self.cfg.keeper.is_none() || self.journal.gone {
             return;
         }
         self.timers.cancel(TimerKey::Journal);

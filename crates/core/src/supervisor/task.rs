@@ -38,10 +38,18 @@ impl State {
                 },
                 Some(e) = ipc_rx.recv() => e,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let journal_due = self
+                        .timers
+                        .deadline(TimerKey::Journal)
+                        .is_some_and(|d| d <= Instant::now());
                     self.expire_requests();
                     self.fire_timers();
                     self.after_event();
-                    self.journal_after(false);
+                    if journal_due {
+                        self.journal_now();
+                    } else {
+                        self.journal_after(false);
+                    }
                     continue;
                 }
             };
@@ -182,7 +190,7 @@ impl State {
                 TimerKey::Claims { app } => self.on_claims_timer(app),
                 TimerKey::Scrape { id } => self.finish_scrape(id),
                 TimerKey::Trigger { id } => self.finish_trigger(id),
-                // Written by journal_after, right after the timers.
+                // Written by `run`, right after the timers.
                 TimerKey::Journal => {}
                 TimerKey::Watch { app } => {
                     let Some(a) = self.apps.get(&app) else {
@@ -305,21 +313,25 @@ impl State {
         }
         // The keeper lets go of what was closed before a waiting command hears that it was
         // (a port is free once `herd stop` returns).
-        if !self.waiters.is_empty() {
-            self.journal_after(false);
+        if self.waiters.iter().any(|w| self.waiter_ready(w)) {
+            self.journal_now();
         }
         self.answer_waiters();
+    }
+
+    /// Whether every app a waiting command waits for has settled.
+    fn waiter_ready(&self, w: &Waiter) -> bool {
+        w.apps.iter().all(|id| {
+            self.apps
+                .get(id)
+                .is_none_or(|a| a.settled() && (!a.deleting))
+        })
     }
 
     pub(super) fn answer_waiters(&mut self) {
         let waiters = std::mem::take(&mut self.waiters);
         for w in waiters {
-            let ready = w.apps.iter().all(|id| {
-                self.apps
-                    .get(id)
-                    .is_none_or(|a| a.settled() && (!a.deleting))
-            });
-            if !ready {
+            if !self.waiter_ready(&w) {
                 self.waiters.push(w);
                 continue;
             }
