@@ -470,3 +470,62 @@ fn after_a_daemon_kill_an_apps_own_primary_is_started_again_and_its_workers_kept
     get(loopback(port), "/", Duration::from_secs(5)).unwrap();
     h.finish();
 }
+
+/// The keeper's own death (docs/keeper.md): the daemon says so and runs on, its instances keep
+/// serving, and `herd kill` still stops everything; a later death of that daemon is a crash
+/// without a keeper — the next daemon stops what is left.
+#[test]
+fn a_killed_keeper_leaves_the_daemon_serving_and_a_later_daemon_death_is_swept() {
+    let h = Herd::new();
+    let port = free_port();
+    h.ok(&[
+        "start",
+        hello_bin().to_str().unwrap(),
+        "--name",
+        "k",
+        "-i",
+        "2",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let pids = h.pids("k");
+    let keeper = h.keeper_pid().expect("a keeper");
+    let daemon = h.daemon_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(h.home().join("daemon.log")).unwrap_or_default();
+        log.contains("the keeper is gone").then_some(()).ok_or(())
+    })
+    .expect("the daemon did not notice its keeper's death");
+    assert_eq!(h.daemon_pid(), Some(daemon));
+    assert_eq!(h.pids("k"), pids);
+    for _ in 0..20 {
+        get(loopback(port), "/", Duration::from_secs(2)).expect("served after the keeper died");
+    }
+    h.ok(&["restart", "k"]);
+    assert_eq!(h.statuses("k"), ["online", "online"]);
+    // Now the daemon's death is a plain crash: the next daemon (with a keeper of its own)
+    // stops what the dead one left.
+    let pids = h.pids("k");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(5), || {
+        (!alive(daemon as u32)).then_some(()).ok_or(())
+    })
+    .unwrap();
+    h.ok(&["ping"]);
+    wait_until(Duration::from_secs(10), || {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        left.is_empty().then_some(()).ok_or(left)
+    })
+    .expect("instances left by the daemon that died without a keeper");
+    assert!(h.keeper_pid().is_some(), "the new daemon has a keeper");
+    h.finish();
+}
