@@ -946,3 +946,20 @@ pub fn pool_pause(t: usize, n: usize) -> Duration {
         _ => (n * 37 % 50) as u64,
     })
 }
+
+/// SIGKILLs `h`'s daemon and waits until the keeper's next one runs; returns its pid.
+pub fn kill_daemon(h: &Herd) -> i32 {
+    let old = h.daemon_pid().expect("a daemon runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        match h.daemon_pid().filter(|&p| p != old && alive(p as u32)) {
+            Some(p) => Ok(p),
+            None => Err(()),
+        }
+    })
+    .expect("no new daemon after a SIGKILL")
+}

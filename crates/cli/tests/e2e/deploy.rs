@@ -190,6 +190,35 @@ fn save_kill_resurrect_reproduces_the_list_and_survives_a_corrupted_dump() {
     h.finish();
 }
 
+/// Reloads app "boot" of `herd run` and waits until each of its new processes has printed a
+/// line with its pid on herd run's stdout (`lines`); returns their pids.
+fn reloaded_processes_print(
+    h: &Herd,
+    lines: &std::sync::mpsc::Receiver<String>,
+    when: &str,
+) -> BTreeSet<u32> {
+    while lines.try_recv().is_ok() {}
+    h.ok(&["reload", "boot"]);
+    let fresh: BTreeSet<u32> = h.pids("boot").into_iter().collect();
+    let mut seen = BTreeSet::new();
+    while seen != fresh {
+        let l = lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no output from herd run {when}"));
+        if let Some(pid) = l
+            .split_whitespace()
+            .skip_while(|w| *w != "pid")
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            if fresh.contains(&pid) {
+                seen.insert(pid);
+            }
+        }
+    }
+    fresh
+}
+
 #[test]
 fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
     let h = Herd::new();
@@ -274,25 +303,7 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
         "herd run ended at the update"
     );
     // Instance output still reaches herd run's stdout (the journal) after the update.
-    while lines.try_recv().is_ok() {}
-    h.ok(&["reload", "boot"]);
-    let fresh: BTreeSet<u32> = h.pids("boot").into_iter().collect();
-    let mut seen = BTreeSet::new();
-    while seen != fresh {
-        let l = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("no output from herd run after the update");
-        if let Some(pid) = l
-            .split_whitespace()
-            .skip_while(|w| *w != "pid")
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok())
-        {
-            if fresh.contains(&pid) {
-                seen.insert(pid);
-            }
-        }
-    }
+    reloaded_processes_print(&h, &lines, "after the update");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", run.id())).unwrap();
     assert!(
         String::from_utf8_lossy(&cmdline).contains("run\0--resurrect\0--control"),
@@ -309,19 +320,12 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
         let load = s.spawn(|| load_until(loopback(port), &stop, Duration::from_secs(60)));
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(200));
-            let daemon = h.daemon_pid().expect("a daemon pid");
-            assert_ne!(daemon, run.id() as i32, "the main process is the keeper");
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(daemon),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
-            wait_until(Duration::from_secs(10), || {
-                h.daemon_pid()
-                    .filter(|&p| p != daemon && alive(p as u32))
-                    .ok_or(())
-            })
-            .expect("no new daemon after a SIGKILL");
+            assert_ne!(
+                h.daemon_pid(),
+                Some(run.id() as i32),
+                "the main process is the keeper"
+            );
+            kill_daemon(&h);
             h.ok(&["ping"]);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -331,26 +335,7 @@ fn startup_unit_runs_the_saved_apps_with_the_notify_handshake() {
     assert_no_failures(&[load], "3 daemon kills under herd run --control");
     assert_eq!(h.pids("boot").into_iter().collect::<BTreeSet<_>>(), pids);
     assert!(run.try_wait().unwrap().is_none(), "herd run ended");
-    while lines.try_recv().is_ok() {}
-    h.ok(&["reload", "boot"]);
-    let fresh: BTreeSet<u32> = h.pids("boot").into_iter().collect();
-    let mut seen = BTreeSet::new();
-    while seen != fresh {
-        let l = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("no output from herd run after the daemon died");
-        if let Some(pid) = l
-            .split_whitespace()
-            .skip_while(|w| *w != "pid")
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok())
-        {
-            if fresh.contains(&pid) {
-                seen.insert(pid);
-            }
-        }
-    }
-    let pids = fresh;
+    let pids = reloaded_processes_print(&h, &lines, "after the daemon died");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -11,23 +11,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// SIGKILLs the daemon and waits until the keeper's next one answers; returns its pid.
-fn kill_daemon(h: &Herd) -> i32 {
-    let old = h.daemon_pid().expect("a daemon runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    wait_until(Duration::from_secs(10), || {
-        match h.daemon_pid().filter(|&p| p != old && alive(p as u32)) {
-            Some(p) => Ok(p),
-            None => Err(()),
-        }
-    })
-    .expect("no new daemon after a SIGKILL")
-}
-
 /// Lines `[prefix] tick <pid> <n>` of a log: for each pid, the numbers must follow each other
 /// (`Exact`), or may go back to write a chunk again but never skip one (`Again`, a formatted
 /// file: written, then taken from the pipe). Returns the faults and how many lines came twice.
