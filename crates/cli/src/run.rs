@@ -149,6 +149,7 @@ async fn run_apps(
     }
     printer.abort();
     if let Some(c) = control {
+        herd_daemon::kills_answered().await;
         c.close();
     }
     Ok(code)

@@ -26,7 +26,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use server::{bind_control, config, serve, spawn_accept, take_over};
+pub use server::{bind_control, config, kills_answered, serve, spawn_accept, take_over};
 
 /// The files of one `HERD_HOME`.
 #[derive(Debug, Clone)]

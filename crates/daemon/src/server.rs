@@ -91,6 +91,7 @@ pub async fn serve(
             _ = &mut done => break,
         }
     }
+    kills_answered().await;
     accept.abort();
     // Stopped for good: the keeper lets go of everything and does not start another.
     if let Some(k) = &keeper {
@@ -294,6 +295,22 @@ pub fn spawn_accept(
     })
 }
 
+/// `herd kill` requests whose answer is not written yet: the supervisor has stopped when it
+/// sends it, and the process must not end before the client has read it.
+static KILLS_UNANSWERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits (up to a second) until every `herd kill` is answered: called once the supervisor has
+/// stopped, before the daemon's process ends (which would drop an answer not yet written, and
+/// the client would see the connection closed without one).
+pub async fn kills_answered() {
+    for _ in 0..100 {
+        if KILLS_UNANSWERED.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// What `herd update` needs from whoever serves the control socket.
 struct UpdateContext {
     daemon_fds: Vec<(String, RawFd)>,
@@ -429,8 +446,11 @@ async fn connection(
                 stream,
             } => return stream_logs(conn, &sup, target, n, follow, stream).await,
             Command::Kill => {
+                KILLS_UNANSWERED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let reply = sup.request(Command::Kill).await;
-                return send(&mut conn, &reply).await;
+                let sent = send(&mut conn, &reply).await;
+                KILLS_UNANSWERED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                return sent;
             }
             Command::ReloadLogs => {
                 crate::log::reopen();

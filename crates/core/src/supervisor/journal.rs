@@ -8,7 +8,9 @@
 //! The journal is written within [`JOURNAL_AFTER_CHANGES`] of a change and
 //! [`JOURNAL_AFTER_MESSAGES`] of an instance's message (which does not change the state: bus
 //! counters and requests are left out of it), not after each: a burst of changes or a flood of
-//! messages costs one export. Before a waiting command is answered it is written at once.
+//! messages costs one export. Before a command is answered a journal still due is written,
+//! and what the command changed right after it (and before a waiting command hears it is done):
+//! what a user was told is what the keeper holds.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -55,9 +55,22 @@ impl State {
             };
             let retry = matches!(event, Event::UpdateRetry);
             let message = matches!(event, Event::Ipc { .. } | Event::Remote(_));
+            // What a command reports is what the keeper holds: a journal still due is written
+            // before it is answered, and what the command changed right after.
+            let (request, changes) = match &event {
+                Event::Request { cmd, .. } => (true, !cmd.read_only()),
+                _ => (false, true),
+            };
+            if request && self.timers.deadline(TimerKey::Journal).is_some() {
+                self.journal_now();
+            }
             self.handle(event);
             self.after_event();
-            self.journal_after(message);
+            match (request, changes) {
+                (true, true) => self.journal_now(),
+                (true, false) => {}
+                (false, _) => self.journal_after(message),
+            }
             if self.updating.is_some() {
                 self.update_step(&mut rx, &mut ipc_rx, !retry);
             }
