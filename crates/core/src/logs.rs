@@ -59,6 +59,8 @@ pub struct LogFile {
     format: LineFormat,
     /// A path the user named ([`LogFile::open_named`]), opened again the same way.
     named: bool,
+    /// Its file system refused `splice` (some FUSE or network ones do): written instead.
+    no_splice: bool,
 }
 
 /// A log file shared by the processes of one slot (during a reload two write to it).
@@ -102,6 +104,7 @@ impl LogFile {
             notes: None,
             format: LineFormat::of(spec),
             named: false,
+            no_splice: false,
         })
     }
 
@@ -117,6 +120,7 @@ impl LogFile {
             regular: false,
             format: LineFormat::Raw,
             named: false,
+            no_splice: false,
         }
     }
 
@@ -190,9 +194,20 @@ impl LogFile {
     }
 
     /// Whether the kernel can move bytes from a pipe into this file ([`LogFile::take`]): one of
-    /// herd's own regular files.
+    /// herd's own regular files, on a file system that takes `splice`.
     fn spliced(&self) -> bool {
-        self.file.is_some() && self.regular && !self.named
+        self.file.is_some() && self.regular && !self.named && !self.no_splice
+    }
+
+    /// Whether `e` says that the file system does not take `splice` (then it is not tried on
+    /// this file again; its bytes are written instead).
+    fn refuses_splice(&mut self, e: Errno) -> bool {
+        let refused = matches!(e, Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS);
+        if refused && !self.no_splice {
+            self.no_splice = true;
+            tracing::info!(path = %self.path.display(), "the file system does not take splice: output is written (a daemon killed between a write and its taking may write a chunk twice)");
+        }
+        refused
     }
 
     /// Moves what `pipe` holds, up to `max` bytes, into the file in one `splice`: taken from the
@@ -212,11 +227,15 @@ impl LogFile {
         if self.max_size.saturating_sub(self.size) < max as u64 {
             return None;
         }
-        let n = splice(pipe, None, file, None, max, SpliceFFlags::SPLICE_F_NONBLOCK);
-        if let Ok(n) = n {
-            self.size += n as u64;
+        match splice(pipe, None, file, None, max, SpliceFFlags::SPLICE_F_NONBLOCK) {
+            Ok(n) => {
+                self.size += n as u64;
+                Some(Ok(n))
+            }
+            // Before anything was taken: the caller peeks and writes instead.
+            Err(e) if self.refuses_splice(e) => None,
+            Err(e) => Some(Err(e.into())),
         }
-        Some(n.map_err(io::Error::from))
     }
 
     /// Moves the first `bytes.len()` bytes of `pipe` — `bytes` is what [`peek`] saw there —
@@ -254,6 +273,16 @@ impl LogFile {
             })
         } else {
             self.write(bytes)
+        };
+        let r = match r {
+            // The file system refused: the rest is written instead.
+            Err(e)
+                if e.raw_os_error()
+                    .is_some_and(|n| self.refuses_splice(Errno::from_raw(n))) =>
+            {
+                self.write(bytes.get(taken..).unwrap_or_default())
+            }
+            r => r,
         };
         // What was peeked is in the pipe still (herd alone reads it), whatever the file did.
         let left = bytes.len().saturating_sub(taken);
