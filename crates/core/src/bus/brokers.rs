@@ -214,21 +214,28 @@ async fn nats_task(
             return;
         }
     };
+    let mut queued = Vec::with_capacity(PUBLISH_BATCH);
     loop {
         tokio::select! {
             m = subs.next() => match m {
                 Some(m) => deliver(&m.payload, &stats),
                 None => return,
             },
-            out = rx.recv() => match out {
-                Some((subject, bytes)) => match client.publish(subject, bytes.into()).await {
-                    Ok(()) => { stats.published.fetch_add(1, Ordering::Relaxed); }
-                    Err(e) => {
-                        stats.lost.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("bus: publish to nats failed: {e}");
+            // What is queued goes to the client in one go (its connection task writes them
+            // out together), not one turn of this loop each.
+            n = rx.recv_many(&mut queued, PUBLISH_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                for (subject, bytes) in queued.drain(..) {
+                    match client.publish(subject, bytes.into()).await {
+                        Ok(()) => { stats.published.fetch_add(1, Ordering::Relaxed); }
+                        Err(e) => {
+                            stats.lost.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("bus: publish to nats failed: {e}");
+                        }
                     }
-                },
-                None => return,
+                }
             },
         }
     }
