@@ -623,20 +623,7 @@ fn raw_step(
     };
     if followers {
         heard.extend_from_slice(chunk);
-        let complete = heard.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        for line in heard
-            .get(..complete)
-            .unwrap_or_default()
-            .split_inclusive(|&b| b == b'\n')
-        {
-            emit_line(
-                t,
-                line.strip_suffix(b"\n").unwrap_or(line),
-                true,
-                &mut Vec::new(),
-            );
-        }
-        heard.drain(..complete);
+        emit_complete_lines(t, heard, true, &mut Vec::new());
         if heard.len() > MAX_PARTIAL {
             emit_line(t, heard, true, &mut Vec::new());
             heard.clear();
@@ -686,24 +673,7 @@ fn line_step(
     let kept_before = partial.len();
     partial.extend_from_slice(chunk);
     let mut out = Vec::with_capacity(partial.len() + 64);
-    // Up to and with the last newline: the complete lines.
-    let complete = partial
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    for line in partial
-        .get(..complete)
-        .unwrap_or_default()
-        .split_inclusive(|&b| b == b'\n')
-    {
-        emit_line(
-            t,
-            line.strip_suffix(b"\n").unwrap_or(line),
-            followers,
-            &mut out,
-        );
-    }
-    partial.drain(..complete);
+    let complete = emit_complete_lines(t, &mut partial, followers, &mut out);
     let mut take = n;
     *held = 0;
     if ended || partial.len() > MAX_PARTIAL {
@@ -799,6 +769,29 @@ fn drop_from(pipe: BorrowedFd<'_>, mut n: usize) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Emits the complete lines at the start of `pending` (up to and with its last newline) and
+/// removes them; returns how many bytes they took.
+fn emit_complete_lines(
+    t: &PumpTarget,
+    pending: &mut Vec<u8>,
+    followers: bool,
+    out: &mut Vec<u8>,
+) -> usize {
+    let complete = pending
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    for line in pending
+        .get(..complete)
+        .unwrap_or_default()
+        .split_inclusive(|&b| b == b'\n')
+    {
+        emit_line(t, line.strip_suffix(b"\n").unwrap_or(line), followers, out);
+    }
+    pending.drain(..complete);
+    complete
 }
 
 fn emit_line(t: &PumpTarget, line: &[u8], followers: bool, out: &mut Vec<u8>) {
